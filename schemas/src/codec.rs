@@ -1,0 +1,510 @@
+//! JSON event → Avro datum (checked field by field against the event's
+//! schema) → Confluent-framed bytes, and back.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, RwLock},
+};
+
+use apache_avro::{
+    reader::datum::GenericDatumReader,
+    schema::{RecordSchema, Schema},
+    types::Value,
+    writer::datum::GenericDatumWriter,
+};
+use serde_json::Value as Json;
+
+use crate::{
+    FRAME_HEADER_LEN, MAGIC_BYTE,
+    plan::Plan,
+    resolver::{ResolveError, ResolvedSchema, SchemaResolver},
+};
+
+/// Why an event does not fit the tracking plan. `reason()` is the bounded
+/// code ingest reports and counts; `field()` names the offending field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("event must be a JSON object")]
+    NotAnObject,
+    #[error("event {event:?} is not in the tracking plan")]
+    UnplannedEvent { event: String },
+    #[error("{field}: required field is missing")]
+    MissingRequired { field: String },
+    #[error("{field}: expected {expected}, found {found}")]
+    TypeMismatch {
+        field: String,
+        expected: String,
+        found: &'static str,
+    },
+    #[error("{field}: not in the tracking plan for this event")]
+    AdditionalProperty { field: String },
+    #[error("{field}: {message}")]
+    InvalidValue { field: String, message: String },
+    #[error("avro encoding failed: {0}")]
+    Avro(String),
+}
+
+impl EncodeError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotAnObject => "bad_json",
+            Self::UnplannedEvent { .. } => "unplanned_event",
+            Self::MissingRequired { .. } => "missing_required",
+            Self::TypeMismatch { .. } => "type_mismatch",
+            Self::AdditionalProperty { .. } => "additional_property",
+            Self::InvalidValue { .. } | Self::Avro(_) => "invalid_value",
+        }
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::MissingRequired { field }
+            | Self::TypeMismatch { field, .. }
+            | Self::AdditionalProperty { field }
+            | Self::InvalidValue { field, .. } => Some(field),
+            Self::UnplannedEvent { .. } => Some("event"),
+            Self::NotAnObject | Self::Avro(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("message of {0} bytes is shorter than the 5-byte Confluent header")]
+    TooShort(usize),
+    #[error("unknown magic byte {0} (Confluent framing starts with 0)")]
+    BadMagic(u8),
+}
+
+/// Splits Confluent framing into (schema id, Avro datum).
+pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), FrameError> {
+    if bytes.len() < FRAME_HEADER_LEN {
+        return Err(FrameError::TooShort(bytes.len()));
+    }
+    if bytes[0] != MAGIC_BYTE {
+        return Err(FrameError::BadMagic(bytes[0]));
+    }
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    Ok((id, &bytes[FRAME_HEADER_LEN..]))
+}
+
+/// A framed, validated event ready for Kafka.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub schema_id: u32,
+    pub bytes: Vec<u8>,
+}
+
+struct Writer {
+    id: u32,
+    schema: &'static Schema,
+    datum: GenericDatumWriter<'static>,
+}
+
+/// Encodes events with the latest governed version of their schema. Built
+/// once at start-up; `encode` does no lookups beyond a hash map.
+pub struct Encoder {
+    writers: HashMap<String, Writer>,
+}
+
+impl fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoder").field("events", &self.writers.len()).finish()
+    }
+}
+
+impl Encoder {
+    /// Uses the latest version of every event; ids come from `resolver`
+    /// (the lock file when embedded, the registry's answer when external).
+    pub async fn build(plan: &Plan, resolver: &dyn SchemaResolver) -> Result<Self, ResolveError> {
+        let mut writers = HashMap::new();
+        for subject in plan.subjects.values() {
+            let latest = subject.latest();
+            let id = resolver.id_for(&latest.subject, &latest.text).await?;
+            // Schemas live for the whole process; leaking one per event type
+            // lets the datum writer borrow it without a self-referential struct.
+            let schema: &'static Schema = Box::leak(Box::new(latest.schema.clone()));
+            let datum = GenericDatumWriter::builder(schema)
+                .validate(false)
+                .build()
+                .map_err(|e| ResolveError::InvalidSchema(e.to_string()))?;
+            writers.insert(subject.event.clone(), Writer { id, schema, datum });
+        }
+        Ok(Self { writers })
+    }
+
+    pub fn events(&self) -> impl Iterator<Item = &str> {
+        self.writers.keys().map(String::as_str)
+    }
+
+    /// Validates `event` (a tracking-plan JSON object whose `event` names its
+    /// schema) and returns it framed.
+    pub fn encode(&self, event: &Json) -> Result<Encoded, EncodeError> {
+        let obj = event.as_object().ok_or(EncodeError::NotAnObject)?;
+        let name = match obj.get("event") {
+            Some(Json::String(s)) => s,
+            Some(other) => {
+                return Err(EncodeError::TypeMismatch {
+                    field: "event".into(),
+                    expected: "string".into(),
+                    found: json_kind(other),
+                });
+            }
+            None => return Err(EncodeError::MissingRequired { field: "event".into() }),
+        };
+        let writer = self
+            .writers
+            .get(name.as_str())
+            .ok_or_else(|| EncodeError::UnplannedEvent { event: name.clone() })?;
+        let value = to_avro(writer.schema, Some(event), &Path::Root)?;
+        let mut bytes = Vec::with_capacity(256);
+        bytes.push(MAGIC_BYTE);
+        bytes.extend_from_slice(&writer.id.to_be_bytes());
+        writer
+            .datum
+            .write_value_ref(&mut bytes, &value)
+            .map_err(|e| EncodeError::Avro(e.to_string()))?;
+        Ok(Encoded {
+            schema_id: writer.id,
+            bytes,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("schema {id}: {source}")]
+    Resolve { id: u32, source: ResolveError },
+    #[error("schema {id}: datum does not decode: {message}")]
+    Datum { id: u32, message: String },
+}
+
+struct Reader {
+    schema: Arc<ResolvedSchema>,
+    datum: GenericDatumReader<'static>,
+}
+
+/// Decodes framed bytes with the writer schema named by the frame, fetched
+/// from the resolver once per id.
+pub struct Decoder {
+    resolver: Arc<dyn SchemaResolver>,
+    readers: RwLock<HashMap<u32, Arc<Reader>>>,
+}
+
+/// A decoded event: which schema wrote it and the datum.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub schema: Arc<ResolvedSchema>,
+    pub value: Value,
+}
+
+impl Decoder {
+    pub fn new(resolver: Arc<dyn SchemaResolver>) -> Self {
+        Self {
+            resolver,
+            readers: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        let (id, mut datum) = split_frame(bytes)?;
+        let reader = self.reader(id).await?;
+        let value = reader
+            .datum
+            .read_value(&mut datum)
+            .map_err(|e| DecodeError::Datum { id, message: e.to_string() })?;
+        if !datum.is_empty() {
+            return Err(DecodeError::Datum {
+                id,
+                message: format!("{} trailing bytes after the datum", datum.len()),
+            });
+        }
+        Ok(Decoded {
+            schema: Arc::clone(&reader.schema),
+            value,
+        })
+    }
+
+    async fn reader(&self, id: u32) -> Result<Arc<Reader>, DecodeError> {
+        if let Some(r) = self.readers.read().expect("lock poisoned").get(&id) {
+            return Ok(Arc::clone(r));
+        }
+        let schema = self
+            .resolver
+            .schema_by_id(id)
+            .await
+            .map_err(|source| DecodeError::Resolve { id, source })?;
+        let datum = GenericDatumReader::builder(schema.schema)
+            .build()
+            .map_err(|e| DecodeError::Datum { id, message: e.to_string() })?;
+        let reader = Arc::new(Reader { schema, datum });
+        self.readers
+            .write()
+            .expect("lock poisoned")
+            .insert(id, Arc::clone(&reader));
+        Ok(reader)
+    }
+}
+
+/// Where in the event a value sits, rendered only when reporting an error.
+enum Path<'a> {
+    Root,
+    Field(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Path::Root => Ok(()),
+            Path::Field(Path::Root, name) => write!(f, "{name}"),
+            Path::Field(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+fn mismatch(path: &Path<'_>, expected: impl Into<String>, found: &Json) -> EncodeError {
+    EncodeError::TypeMismatch {
+        field: path.to_string(),
+        expected: expected.into(),
+        found: json_kind(found),
+    }
+}
+
+fn json_kind(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "boolean",
+        Json::Number(n) if n.is_f64() => "number",
+        Json::Number(_) => "integer",
+        Json::String(_) => "string",
+        Json::Array(_) => "array",
+        Json::Object(_) => "object",
+    }
+}
+
+fn to_avro(schema: &Schema, json: Option<&Json>, path: &Path<'_>) -> Result<Value, EncodeError> {
+    let Some(json) = json else {
+        return Err(EncodeError::MissingRequired { field: path.to_string() });
+    };
+    match schema {
+        Schema::Record(record) => record_to_avro(record, json, path),
+        Schema::Union(union) => {
+            let variants = union.variants();
+            if json.is_null() {
+                return variants
+                    .iter()
+                    .position(|v| matches!(v, Schema::Null))
+                    .map(|i| Value::Union(i as u32, Box::new(Value::Null)))
+                    .ok_or_else(|| mismatch(path, "a non-null value", json));
+            }
+            let mut last = None;
+            for (i, variant) in variants.iter().enumerate() {
+                if matches!(variant, Schema::Null) {
+                    continue;
+                }
+                match to_avro(variant, Some(json), path) {
+                    Ok(v) => return Ok(Value::Union(i as u32, Box::new(v))),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| mismatch(path, "null", json)))
+        }
+        Schema::Null => match json {
+            Json::Null => Ok(Value::Null),
+            other => Err(mismatch(path, "null", other)),
+        },
+        Schema::Boolean => json.as_bool().map(Value::Boolean).ok_or_else(|| mismatch(path, "boolean", json)),
+        Schema::String => json
+            .as_str()
+            .map(|s| Value::String(s.to_owned()))
+            .ok_or_else(|| mismatch(path, "string", json)),
+        Schema::Bytes => json
+            .as_str()
+            .map(|s| Value::Bytes(s.as_bytes().to_vec()))
+            .ok_or_else(|| mismatch(path, "string", json)),
+        Schema::Int => {
+            let n = json.as_i64().ok_or_else(|| mismatch(path, "integer", json))?;
+            i32::try_from(n).map(Value::Int).map_err(|_| EncodeError::InvalidValue {
+                field: path.to_string(),
+                message: format!("{n} does not fit a 32-bit int"),
+            })
+        }
+        Schema::Long => json.as_i64().map(Value::Long).ok_or_else(|| mismatch(path, "integer", json)),
+        Schema::Float => json
+            .as_f64()
+            .map(|f| Value::Float(f as f32))
+            .ok_or_else(|| mismatch(path, "number", json)),
+        Schema::Double => json.as_f64().map(Value::Double).ok_or_else(|| mismatch(path, "number", json)),
+        Schema::TimestampMillis => timestamp_millis(json, path).map(Value::TimestampMillis),
+        Schema::Enum(e) => {
+            let s = json.as_str().ok_or_else(|| mismatch(path, "string", json))?;
+            e.symbols
+                .iter()
+                .position(|sym| sym == s)
+                .map(|i| Value::Enum(i as u32, s.to_owned()))
+                .ok_or_else(|| EncodeError::InvalidValue {
+                    field: path.to_string(),
+                    message: format!("{s:?} is not one of {}", e.symbols.join(", ")),
+                })
+        }
+        Schema::Array(a) => {
+            let items = json.as_array().ok_or_else(|| mismatch(path, "array", json))?;
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| to_avro(&a.items, Some(item), &Path::Index(path, i)))
+                .collect::<Result<_, _>>()
+                .map(Value::Array)
+        }
+        Schema::Map(m) => {
+            let obj = json.as_object().ok_or_else(|| mismatch(path, "object", json))?;
+            obj.iter()
+                .map(|(k, v)| Ok((k.clone(), to_avro(&m.types, Some(v), &Path::Field(path, k))?)))
+                .collect::<Result<_, _>>()
+                .map(Value::Map)
+        }
+        other => Err(EncodeError::InvalidValue {
+            field: path.to_string(),
+            message: format!("schema type {other:?} is not supported in the tracking plan"),
+        }),
+    }
+}
+
+fn record_to_avro(record: &RecordSchema, json: &Json, path: &Path<'_>) -> Result<Value, EncodeError> {
+    let obj = json.as_object().ok_or_else(|| mismatch(path, "object", json))?;
+    if obj.len() > record.fields.len() || obj.keys().any(|k| !record.lookup.contains_key(k)) {
+        let extra = obj.keys().find(|k| !record.lookup.contains_key(*k)).expect("an extra key");
+        return Err(EncodeError::AdditionalProperty {
+            field: Path::Field(path, extra).to_string(),
+        });
+    }
+    let mut fields = Vec::with_capacity(record.fields.len());
+    for field in &record.fields {
+        let field_path = Path::Field(path, &field.name);
+        let value = match (obj.get(&field.name), &field.default) {
+            (Some(Json::Null) | None, Some(default)) if !default.is_null() || is_nullable(&field.schema) => {
+                to_avro(&field.schema, Some(default), &field_path)?
+            }
+            (None, None) if is_nullable(&field.schema) => to_avro(&field.schema, Some(&Json::Null), &field_path)?,
+            (given, _) => to_avro(&field.schema, given, &field_path)?,
+        };
+        fields.push((field.name.clone(), value));
+    }
+    Ok(Value::Record(fields))
+}
+
+fn is_nullable(schema: &Schema) -> bool {
+    matches!(schema, Schema::Union(u) if u.variants().iter().any(|v| matches!(v, Schema::Null)))
+}
+
+/// Accepts epoch milliseconds or an RFC 3339 string (what Segment SDKs send).
+fn timestamp_millis(json: &Json, path: &Path<'_>) -> Result<i64, EncodeError> {
+    match json {
+        Json::Number(n) => n.as_i64().ok_or_else(|| mismatch(path, "epoch milliseconds or RFC 3339 string", json)),
+        Json::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.timestamp_millis())
+            .map_err(|e| EncodeError::InvalidValue {
+                field: path.to_string(),
+                message: format!("{s:?} is not an RFC 3339 timestamp: {e}"),
+            }),
+        other => Err(mismatch(path, "epoch milliseconds or RFC 3339 string", other)),
+    }
+}
+
+/// Avro datum → JSON in the tracking plan's shape (unions unwrapped, enums as
+/// symbols, timestamps as epoch milliseconds).
+pub fn to_json(value: &Value) -> Json {
+    match value {
+        Value::Null => Json::Null,
+        Value::Boolean(b) => Json::Bool(*b),
+        Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => Json::from(*i),
+        Value::Long(i) | Value::TimeMicros(i) | Value::TimestampMillis(i) | Value::TimestampMicros(i) => Json::from(*i),
+        Value::Float(f) => Json::from(f64::from(*f)),
+        Value::Double(f) => Json::from(*f),
+        Value::Bytes(b) | Value::Fixed(_, b) => Json::String(String::from_utf8_lossy(b).into_owned()),
+        Value::String(s) | Value::Enum(_, s) => Json::String(s.clone()),
+        Value::Union(_, inner) => to_json(inner),
+        Value::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Map(m) => Json::Object(m.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+        Value::Record(fields) => Json::Object(fields.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+        other => Json::String(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolver::EmbeddedResolver;
+    use serde_json::json;
+
+    pub(crate) fn page_view() -> Json {
+        json!({
+            "message_id": "m-1", "event": "page_viewed", "type": "page", "platform": "web",
+            "source_id": "web-main", "tenant": "brand-a", "anonymous_id": "anon-1",
+            "timestamp": "2026-11-22T08:00:00.123+08:00", "received_at": 1_795_000_000_000_i64,
+            "context": {"page_path": "/models/x5/configure", "utm_source": "autohome"},
+            "properties": {"page_type": "configurator", "model_id": "x5", "page_value": 12.5}
+        })
+    }
+
+    async fn codec() -> (Encoder, Decoder) {
+        let plan = Plan::embedded().unwrap();
+        let resolver = Arc::new(EmbeddedResolver::new(&plan).unwrap());
+        (Encoder::build(&plan, resolver.as_ref()).await.unwrap(), Decoder::new(resolver))
+    }
+
+    #[tokio::test]
+    async fn round_trips_through_confluent_framing() {
+        let (enc, dec) = codec().await;
+        let encoded = enc.encode(&page_view()).unwrap();
+        assert_eq!(encoded.bytes[0], 0);
+        let decoded = dec.decode(&encoded.bytes).await.unwrap();
+        assert_eq!(decoded.schema.id, encoded.schema_id);
+        let back = to_json(&decoded.value);
+        assert_eq!(back["properties"]["page_type"], "configurator");
+        assert_eq!(back["properties"]["page_value"], 12.5);
+        assert_eq!(back["timestamp"], 1_795_305_600_123_i64);
+        assert_eq!(back["context"]["is_bot"], false);
+        assert_eq!(back["user_id"], Json::Null);
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_field_and_reason() {
+        let (enc, _) = codec().await;
+        let cases: Vec<(Box<dyn Fn(&mut Json)>, &str, Option<&str>)> = vec![
+            (Box::new(|e| e["event"] = json!("page_veiwed")), "unplanned_event", Some("event")),
+            (Box::new(|e| { e.as_object_mut().unwrap().remove("message_id"); }), "missing_required", Some("message_id")),
+            (Box::new(|e| e["properties"]["model_id"] = json!(5)), "type_mismatch", Some("properties.model_id")),
+            (Box::new(|e| e["properties"]["colour"] = json!("red")), "additional_property", Some("properties.colour")),
+            (Box::new(|e| e["properties"]["page_type"] = json!("checkout")), "invalid_value", Some("properties.page_type")),
+            (Box::new(|e| e["platform"] = json!("tv")), "invalid_value", Some("platform")),
+            (Box::new(|e| e["timestamp"] = json!("yesterday")), "invalid_value", Some("timestamp")),
+            (Box::new(|e| *e = json!([1, 2])), "bad_json", None),
+        ];
+        for (mutate, reason, field) in cases {
+            let mut event = page_view();
+            mutate(&mut event);
+            let err = enc.encode(&event).unwrap_err();
+            assert_eq!((err.reason(), err.field()), (reason, field), "{err}");
+        }
+    }
+
+    #[test]
+    fn framing_is_length_checked() {
+        assert_eq!(split_frame(&[0, 0, 0]), Err(FrameError::TooShort(3)));
+        assert_eq!(split_frame(&[1, 0, 0, 0, 7]), Err(FrameError::BadMagic(1)));
+        assert_eq!(split_frame(&[0, 0, 0, 1, 2, 9]), Ok((258, &[9][..])));
+    }
+
+    #[tokio::test]
+    async fn unknown_schema_id_is_a_typed_error() {
+        let (_, dec) = codec().await;
+        let err = dec.decode(&[0, 0, 0, 0x7f, 0xff, 2]).await.unwrap_err();
+        assert!(matches!(err, DecodeError::Resolve { id: 32767, .. }), "{err}");
+    }
+}

@@ -1,0 +1,69 @@
+//! `leadstream`: one binary, one subcommand per role.
+
+mod broker;
+mod schemas_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "leadstream", version, about = "Clickstream tracking and real-time lead scoring")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Govern the tracking plan: check, render docs, pin ids, publish.
+    Schemas(schemas_cmd::SchemasArgs),
+    /// Serve the Confluent Schema Registry API (read-only) from the tracking plan.
+    Registry(schemas_cmd::RegistryArgs),
+    /// Run a Kafka-compatible dev broker (Tansu, in process) for tests and the quickstart.
+    Broker(broker::BrokerArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("LEADSTREAM_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,tansu_storage=warn,tansu_broker=warn,tansu_sans_io=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Schemas(args) => schemas_cmd::run(args).await,
+            Command::Registry(args) => schemas_cmd::registry(args).await,
+            Command::Broker(args) => broker::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
