@@ -173,13 +173,30 @@ pub fn suggests_personal_data(name: &str) -> bool {
     ];
     const PAIRS: [(&str, &str); 3] = [("id", "card"), ("open", "id"), ("union", "id")];
     const NAME_OWNERS: [&str; 7] = ["first", "last", "full", "real", "nick", "contact", "customer"];
-    let tokens: Vec<&str> = name.split('_').collect();
+    let tokens = words(name);
+    let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
     tokens.iter().any(|t| TOKENS.contains(t))
         || tokens.windows(2).any(|w| PAIRS.contains(&(w[0], w[1])))
         || name == "name"
         || tokens
             .windows(2)
             .any(|w| w[1] == "name" && NAME_OWNERS.contains(&w[0]))
+}
+
+/// Lower-case words of a snake_case or camelCase name.
+fn words(name: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    for c in name.chars() {
+        if c == '_' || c == '-' {
+            out.push(String::new());
+        } else if c.is_uppercase() && !out.last().is_some_and(String::is_empty) {
+            out.push(c.to_lowercase().collect());
+        } else {
+            out.last_mut().expect("non-empty").extend(c.to_lowercase());
+        }
+    }
+    out.retain(|w| !w.is_empty());
+    out
 }
 
 fn near_duplicates(plan: &Plan) -> Vec<Problem> {
@@ -255,7 +272,7 @@ mod tests {
 
     #[test]
     fn personal_data_names() {
-        for name in ["phone", "contact_phone", "email", "wechat_open_id", "id_card_no", "name", "contact_name", "vin", "ip", "union_id", "home_address"] {
+        for name in ["phone", "contact_phone", "email", "wechat_open_id", "id_card_no", "name", "contact_name", "vin", "ip", "union_id", "home_address", "customerPhone", "contactName"] {
             assert!(suggests_personal_data(name), "{name}");
         }
         for name in ["page_name", "model_id", "dealer_id", "form_id", "duration_ms", "trim", "previous_id", "shipping"] {

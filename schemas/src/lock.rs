@@ -83,8 +83,8 @@ pub fn drift(plan: &Plan) -> Vec<Problem> {
     }
     for e in &plan.lock.schemas {
         let present = plan
-            .subject(&e.subject)
-            .is_some_and(|s| s.versions.iter().any(|v| v.version == e.version));
+            .versions()
+            .any(|v| v.subject == e.subject && v.version == e.version);
         if !present {
             problems.push(Problem::new(
                 &lock_file,
