@@ -246,8 +246,15 @@ fn transitive_problems(subject: &Subject, schema: &Schema) -> Vec<String> {
 
 #[derive(Deserialize)]
 struct Verbose {
+    /// Clients send `true`, `True` or nothing.
     #[serde(default)]
-    verbose: bool,
+    verbose: Option<String>,
+}
+
+impl Verbose {
+    fn on(&self) -> bool {
+        self.verbose.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
 }
 
 fn compatibility_reply(problems: Vec<String>, verbose: bool) -> Result<Response, ApiError> {
@@ -270,7 +277,7 @@ async fn compatibility_one(
         .into_iter()
         .map(|(field, rule, msg)| format!("{field}: {rule}: {msg}"))
         .collect();
-    compatibility_reply(problems, q.verbose)
+    compatibility_reply(problems, q.on())
 }
 
 async fn compatibility_all(
@@ -281,5 +288,5 @@ async fn compatibility_all(
 ) -> Result<Response, ApiError> {
     let subject = subject(&plan, &s)?;
     let schema = parse_request(&body)?;
-    compatibility_reply(transitive_problems(subject, &schema), q.verbose)
+    compatibility_reply(transitive_problems(subject, &schema), q.on())
 }

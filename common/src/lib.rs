@@ -1,0 +1,5 @@
+//! Plumbing shared by the leadstream services (and the end-to-end tests):
+//! how to configure Kafka clients and how to connect to ClickHouse.
+
+pub mod clickhouse;
+pub mod kafka;

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The full test suite, from a fresh clone: install what is missing, build
+# once, start a real broker and ClickHouse on 127.0.0.1 (unless
+# LEADSTREAM_TEST_KAFKA / LEADSTREAM_TEST_CLICKHOUSE name running ones),
+# run every test in one cargo invocation, stop the services.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash deploy/scripts/install-test-deps.sh
+cargo build --workspace --all-targets --locked
+
+if [ -z "${LEADSTREAM_TEST_KAFKA:-}" ] || [ -z "${LEADSTREAM_TEST_CLICKHOUSE:-}" ]; then
+  trap 'bash deploy/scripts/services.sh stop' EXIT
+  exports=$(bash deploy/scripts/services.sh start target/debug/leadstream)
+  eval "$exports"
+  export LEADSTREAM_TEST_KAFKA LEADSTREAM_TEST_CLICKHOUSE
+fi
+echo "testing against Kafka at $LEADSTREAM_TEST_KAFKA and ClickHouse at $LEADSTREAM_TEST_CLICKHOUSE"
+
+cargo test --workspace --all-targets --locked

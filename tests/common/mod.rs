@@ -1,0 +1,80 @@
+//! Helpers for tests against the real services that `deploy/test.sh`
+//! starts. A test never skips: without a service it fails and says how to
+//! start one.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+};
+
+const HOW_TO_START: &str = "run the suite with `bash deploy/test.sh` (installs and starts a broker and ClickHouse), \
+     or start them with `deploy/scripts/services.sh start` and export the variables it prints";
+
+/// Bootstrap servers of the test broker (`LEADSTREAM_TEST_KAFKA`).
+pub fn kafka() -> String {
+    std::env::var("LEADSTREAM_TEST_KAFKA")
+        .unwrap_or_else(|_| panic!("LEADSTREAM_TEST_KAFKA is not set: no Kafka-protocol broker to test against; {HOW_TO_START}"))
+}
+
+/// HTTP URL of the test ClickHouse server (`LEADSTREAM_TEST_CLICKHOUSE`).
+pub fn clickhouse() -> String {
+    std::env::var("LEADSTREAM_TEST_CLICKHOUSE")
+        .unwrap_or_else(|_| panic!("LEADSTREAM_TEST_CLICKHOUSE is not set: no ClickHouse server to test against; {HOW_TO_START}"))
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}_{}_{}_{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A topic created for one test and deleted when dropped.
+pub struct TestTopic {
+    pub name: String,
+    bootstrap: String,
+}
+
+impl TestTopic {
+    pub async fn create(bootstrap: &str, prefix: &str, partitions: i32) -> Self {
+        let name = unique(prefix);
+        let admin: AdminClient<DefaultClientContext> = leadstream_common::kafka::admin_config(bootstrap)
+            .create()
+            .expect("admin client");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .create_topics(&[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))], &opts)
+            .await
+            .unwrap_or_else(|e| panic!("creating topic {name} on {bootstrap} failed: {e}; {HOW_TO_START}"));
+        for r in results {
+            r.unwrap_or_else(|(t, e)| panic!("creating topic {t} failed: {e}"));
+        }
+        Self {
+            name,
+            bootstrap: bootstrap.to_owned(),
+        }
+    }
+}
+
+impl Drop for TestTopic {
+    fn drop(&mut self) {
+        let (name, bootstrap) = (self.name.clone(), self.bootstrap.clone());
+        // Drop cannot await; delete from a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let admin: AdminClient<DefaultClientContext> =
+                    leadstream_common::kafka::admin_config(&bootstrap).create().ok()?;
+                let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+                admin.delete_topics(&[&name], &opts).await.ok()
+            })
+        })
+        .join();
+    }
+}
