@@ -12,19 +12,35 @@ use url::Url;
 #[derive(Args)]
 pub struct BrokerArgs {
     /// Address to listen on (keep it on 127.0.0.1: the dev broker has no auth).
-    #[arg(long, env = "LEADSTREAM_BROKER_LISTEN", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "LEADSTREAM_BROKER_LISTEN",
+        default_value = "127.0.0.1:9092"
+    )]
     listen: SocketAddr,
     /// Tansu storage URL: memory://tansu/ keeps everything in RAM.
-    #[arg(long, env = "LEADSTREAM_BROKER_STORAGE", default_value = "memory://tansu/")]
+    #[arg(
+        long,
+        env = "LEADSTREAM_BROKER_STORAGE",
+        default_value = "memory://tansu/"
+    )]
     storage: Url,
     /// Cluster id reported to clients.
-    #[arg(long, env = "LEADSTREAM_BROKER_CLUSTER_ID", default_value = "leadstream-dev")]
+    #[arg(
+        long,
+        env = "LEADSTREAM_BROKER_CLUSTER_ID",
+        default_value = "leadstream-dev"
+    )]
     cluster_id: String,
 }
 
 /// Starts the broker; the returned task serves until aborted (Tansu has no
 /// public shutdown, so aborting the task is how it stops).
-pub async fn start(listen: SocketAddr, storage: Url, cluster_id: &str) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub async fn start(
+    listen: SocketAddr,
+    storage: Url,
+    cluster_id: &str,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     // Tansu's dependencies enable two rustls crypto providers; pick one
     // before anything builds a TLS config. Err means one is already set.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "leadstream", version, about = "Clickstream tracking and real-time lead scoring")]
+#[command(
+    name = "leadstream",
+    version,
+    about = "Clickstream tracking and real-time lead scoring"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,6 +25,8 @@ enum Command {
     Schemas(schemas_cmd::SchemasArgs),
     /// Serve the Confluent Schema Registry API (read-only) from the tracking plan.
     Registry(schemas_cmd::RegistryArgs),
+    /// Serve the Segment-compatible HTTP tracking API: validate, hash PII, publish to Kafka.
+    Ingest(leadstream_ingest::IngestConfig),
     /// Run a Kafka-compatible dev broker (Tansu, in process) for tests and the quickstart.
     Broker(broker::BrokerArgs),
 }
@@ -28,8 +34,9 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("LEADSTREAM_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,tansu_storage=warn,tansu_broker=warn,tansu_sans_io=warn")),
+            EnvFilter::try_from_env("LEADSTREAM_LOG").unwrap_or_else(|_| {
+                EnvFilter::new("info,tansu_storage=warn,tansu_broker=warn,tansu_sans_io=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -46,6 +53,7 @@ fn main() -> ExitCode {
             Command::Schemas(args) => schemas_cmd::run(args).await,
             Command::Registry(args) => schemas_cmd::registry(args).await,
             Command::Broker(args) => broker::run(args).await,
+            Command::Ingest(cfg) => leadstream_ingest::run(cfg, shutdown_signal()).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

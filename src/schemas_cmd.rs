@@ -15,7 +15,12 @@ use leadstream_schemas::{
 #[derive(Args)]
 pub struct SchemasArgs {
     /// Directory holding `avro/` and TRACKING_PLAN.md.
-    #[arg(long, env = "LEADSTREAM_SCHEMAS_DIR", default_value = "schemas", global = true)]
+    #[arg(
+        long,
+        env = "LEADSTREAM_SCHEMAS_DIR",
+        default_value = "schemas",
+        global = true
+    )]
     dir: PathBuf,
     #[command(subcommand)]
     command: SchemasCommand,
@@ -68,14 +73,19 @@ pub async fn run(args: SchemasArgs) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(
                 problems.is_empty(),
                 "fix these before rendering docs:\n{}",
-                problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             let rendered = docs::render(&plan);
             if stdout {
                 print!("{rendered}");
             } else {
                 let path = args.dir.join(docs::DOCS_FILE);
-                fs::write(&path, rendered).with_context(|| format!("writing {}", path.display()))?;
+                fs::write(&path, rendered)
+                    .with_context(|| format!("writing {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }
             Ok(ExitCode::SUCCESS)
@@ -85,18 +95,27 @@ pub async fn run(args: SchemasArgs) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(
                 problems.is_empty(),
                 "fix these before pinning ids:\n{}",
-                problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             let edited: Vec<String> = drift(&plan)
                 .into_iter()
                 .filter(|p| p.rule != "lock_missing")
                 .map(|p| p.to_string())
                 .collect();
-            anyhow::ensure!(edited.is_empty(), "the lock file cannot be extended:\n{}", edited.join("\n"));
+            anyhow::ensure!(
+                edited.is_empty(),
+                "the lock file cannot be extended:\n{}",
+                edited.join("\n")
+            );
             let lock = plan.lock.extended_for(&plan);
             let added = lock.schemas.len() - plan.lock.schemas.len();
             let path = args.dir.join("avro").join(LOCK_FILE);
-            fs::write(&path, lock.to_pretty_json()).with_context(|| format!("writing {}", path.display()))?;
+            fs::write(&path, lock.to_pretty_json())
+                .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("pinned {added} new version(s) in {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -108,8 +127,13 @@ pub async fn run(args: SchemasArgs) -> anyhow::Result<ExitCode> {
             let client = HttpResolver::new(&registry)?;
             let published = publish(&plan, &client, !keep_compatibility).await?;
             for p in &published {
-                let pinned = plan.id_of(&p.subject, p.version).map_or_else(|| "-".into(), |id| id.to_string());
-                println!("{} v{} -> id {} (lock file id {pinned})", p.subject, p.version, p.id);
+                let pinned = plan
+                    .id_of(&p.subject, p.version)
+                    .map_or_else(|| "-".into(), |id| id.to_string());
+                println!(
+                    "{} v{} -> id {} (lock file id {pinned})",
+                    p.subject, p.version, p.id
+                );
             }
             eprintln!("published {} version(s) to {registry}", published.len());
             Ok(ExitCode::SUCCESS)
@@ -120,7 +144,11 @@ pub async fn run(args: SchemasArgs) -> anyhow::Result<ExitCode> {
 #[derive(Args)]
 pub struct RegistryArgs {
     /// Address to listen on.
-    #[arg(long, env = "LEADSTREAM_REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "LEADSTREAM_REGISTRY_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
     listen: SocketAddr,
     /// Serve the plan from this directory instead of the one built into the binary.
     #[arg(long, env = "LEADSTREAM_SCHEMAS_DIR")]

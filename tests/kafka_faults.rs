@@ -17,7 +17,9 @@ async fn idempotent_producer_survives_injected_produce_errors_without_duplicates
     let cluster = MockCluster::new(3).unwrap();
     cluster.create_topic("faults", 4, 3).unwrap();
     let bootstrap = cluster.bootstrap_servers();
-    let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap).create().unwrap();
+    let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap)
+        .create()
+        .unwrap();
 
     let total = 2_000;
     let mut sends = Vec::new();
@@ -38,17 +40,25 @@ async fn idempotent_producer_survives_injected_produce_errors_without_duplicates
         let producer = producer.clone();
         sends.push(tokio::spawn(async move {
             producer
-                .send(FutureRecord::to("faults").key(&key).payload(&payload), Duration::from_secs(30))
+                .send(
+                    FutureRecord::to("faults").key(&key).payload(&payload),
+                    Duration::from_secs(30),
+                )
                 .await
                 .map(|_| ())
                 .map_err(|(e, _)| e)
         }));
     }
     for s in sends {
-        s.await.unwrap().expect("every send is acknowledged despite the injected errors");
+        s.await
+            .unwrap()
+            .expect("every send is acknowledged despite the injected errors");
     }
 
-    let consumer: BaseConsumer = leadstream_common::kafka::consumer_config(&bootstrap, "faults-check").create().unwrap();
+    let consumer: BaseConsumer =
+        leadstream_common::kafka::consumer_config(&bootstrap, "faults-check")
+            .create()
+            .unwrap();
     consumer.subscribe(&["faults"]).unwrap();
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

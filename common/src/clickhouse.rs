@@ -12,7 +12,10 @@ pub const MIN_VALIDATING_MAJOR: u32 = 24;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("ClickHouse at {url} is unreachable or refused `SELECT version()`: {source}")]
-    Unreachable { url: String, source: clickhouse::error::Error },
+    Unreachable {
+        url: String,
+        source: clickhouse::error::Error,
+    },
     #[error("ClickHouse at {url} reported an unparseable version {version:?}")]
     BadVersion { url: String, version: String },
 }
@@ -36,13 +39,20 @@ pub async fn connect(url: &str, database: Option<&str>) -> Result<Connection, Co
         .query("SELECT version()")
         .fetch_one()
         .await
-        .map_err(|source| ConnectError::Unreachable { url: url.to_owned(), source })?;
+        .map_err(|source| ConnectError::Unreachable {
+            url: url.to_owned(),
+            source,
+        })?;
     let major = major_version(&version).ok_or_else(|| ConnectError::BadVersion {
         url: url.to_owned(),
         version: version.clone(),
     })?;
     let client = base.with_validation(major >= MIN_VALIDATING_MAJOR);
-    Ok(Connection { client, version, major })
+    Ok(Connection {
+        client,
+        version,
+        major,
+    })
 }
 
 pub fn major_version(version: &str) -> Option<u32> {

@@ -110,7 +110,9 @@ pub struct Encoder {
 
 impl fmt::Debug for Encoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Encoder").field("events", &self.writers.len()).finish()
+        f.debug_struct("Encoder")
+            .field("events", &self.writers.len())
+            .finish()
     }
 }
 
@@ -151,12 +153,18 @@ impl Encoder {
                     found: json_kind(other),
                 });
             }
-            None => return Err(EncodeError::MissingRequired { field: "event".into() }),
+            None => {
+                return Err(EncodeError::MissingRequired {
+                    field: "event".into(),
+                });
+            }
         };
-        let writer = self
-            .writers
-            .get(name.as_str())
-            .ok_or_else(|| EncodeError::UnplannedEvent { event: name.clone() })?;
+        let writer =
+            self.writers
+                .get(name.as_str())
+                .ok_or_else(|| EncodeError::UnplannedEvent {
+                    event: name.clone(),
+                })?;
         let value = to_avro(writer.schema, Some(event), &Path::Root)?;
         let mut bytes = Vec::with_capacity(256);
         bytes.push(MAGIC_BYTE);
@@ -215,7 +223,10 @@ impl Decoder {
         let value = reader
             .datum
             .read_value(&mut datum)
-            .map_err(|e| DecodeError::Datum { id, message: e.to_string() })?;
+            .map_err(|e| DecodeError::Datum {
+                id,
+                message: e.to_string(),
+            })?;
         if !datum.is_empty() {
             return Err(DecodeError::Datum {
                 id,
@@ -239,7 +250,10 @@ impl Decoder {
             .map_err(|source| DecodeError::Resolve { id, source })?;
         let datum = GenericDatumReader::builder(schema.schema)
             .build()
-            .map_err(|e| DecodeError::Datum { id, message: e.to_string() })?;
+            .map_err(|e| DecodeError::Datum {
+                id,
+                message: e.to_string(),
+            })?;
         let reader = Arc::new(Reader { schema, datum });
         self.readers
             .write()
@@ -289,7 +303,9 @@ fn json_kind(v: &Json) -> &'static str {
 
 fn to_avro(schema: &Schema, json: Option<&Json>, path: &Path<'_>) -> Result<Value, EncodeError> {
     let Some(json) = json else {
-        return Err(EncodeError::MissingRequired { field: path.to_string() });
+        return Err(EncodeError::MissingRequired {
+            field: path.to_string(),
+        });
     };
     match schema {
         Schema::Record(record) => record_to_avro(record, json, path),
@@ -318,7 +334,10 @@ fn to_avro(schema: &Schema, json: Option<&Json>, path: &Path<'_>) -> Result<Valu
             Json::Null => Ok(Value::Null),
             other => Err(mismatch(path, "null", other)),
         },
-        Schema::Boolean => json.as_bool().map(Value::Boolean).ok_or_else(|| mismatch(path, "boolean", json)),
+        Schema::Boolean => json
+            .as_bool()
+            .map(Value::Boolean)
+            .ok_or_else(|| mismatch(path, "boolean", json)),
         Schema::String => json
             .as_str()
             .map(|s| Value::String(s.to_owned()))
@@ -328,21 +347,33 @@ fn to_avro(schema: &Schema, json: Option<&Json>, path: &Path<'_>) -> Result<Valu
             .map(|s| Value::Bytes(s.as_bytes().to_vec()))
             .ok_or_else(|| mismatch(path, "string", json)),
         Schema::Int => {
-            let n = json.as_i64().ok_or_else(|| mismatch(path, "integer", json))?;
-            i32::try_from(n).map(Value::Int).map_err(|_| EncodeError::InvalidValue {
-                field: path.to_string(),
-                message: format!("{n} does not fit a 32-bit int"),
-            })
+            let n = json
+                .as_i64()
+                .ok_or_else(|| mismatch(path, "integer", json))?;
+            i32::try_from(n)
+                .map(Value::Int)
+                .map_err(|_| EncodeError::InvalidValue {
+                    field: path.to_string(),
+                    message: format!("{n} does not fit a 32-bit int"),
+                })
         }
-        Schema::Long => json.as_i64().map(Value::Long).ok_or_else(|| mismatch(path, "integer", json)),
+        Schema::Long => json
+            .as_i64()
+            .map(Value::Long)
+            .ok_or_else(|| mismatch(path, "integer", json)),
         Schema::Float => json
             .as_f64()
             .map(|f| Value::Float(f as f32))
             .ok_or_else(|| mismatch(path, "number", json)),
-        Schema::Double => json.as_f64().map(Value::Double).ok_or_else(|| mismatch(path, "number", json)),
+        Schema::Double => json
+            .as_f64()
+            .map(Value::Double)
+            .ok_or_else(|| mismatch(path, "number", json)),
         Schema::TimestampMillis => timestamp_millis(json, path).map(Value::TimestampMillis),
         Schema::Enum(e) => {
-            let s = json.as_str().ok_or_else(|| mismatch(path, "string", json))?;
+            let s = json
+                .as_str()
+                .ok_or_else(|| mismatch(path, "string", json))?;
             e.symbols
                 .iter()
                 .position(|sym| sym == s)
@@ -353,7 +384,9 @@ fn to_avro(schema: &Schema, json: Option<&Json>, path: &Path<'_>) -> Result<Valu
                 })
         }
         Schema::Array(a) => {
-            let items = json.as_array().ok_or_else(|| mismatch(path, "array", json))?;
+            let items = json
+                .as_array()
+                .ok_or_else(|| mismatch(path, "array", json))?;
             items
                 .iter()
                 .enumerate()
@@ -362,9 +395,16 @@ fn to_avro(schema: &Schema, json: Option<&Json>, path: &Path<'_>) -> Result<Valu
                 .map(Value::Array)
         }
         Schema::Map(m) => {
-            let obj = json.as_object().ok_or_else(|| mismatch(path, "object", json))?;
+            let obj = json
+                .as_object()
+                .ok_or_else(|| mismatch(path, "object", json))?;
             obj.iter()
-                .map(|(k, v)| Ok((k.clone(), to_avro(&m.types, Some(v), &Path::Field(path, k))?)))
+                .map(|(k, v)| {
+                    Ok((
+                        k.clone(),
+                        to_avro(&m.types, Some(v), &Path::Field(path, k))?,
+                    ))
+                })
                 .collect::<Result<_, _>>()
                 .map(Value::Map)
         }
@@ -375,10 +415,19 @@ fn to_avro(schema: &Schema, json: Option<&Json>, path: &Path<'_>) -> Result<Valu
     }
 }
 
-fn record_to_avro(record: &RecordSchema, json: &Json, path: &Path<'_>) -> Result<Value, EncodeError> {
-    let obj = json.as_object().ok_or_else(|| mismatch(path, "object", json))?;
+fn record_to_avro(
+    record: &RecordSchema,
+    json: &Json,
+    path: &Path<'_>,
+) -> Result<Value, EncodeError> {
+    let obj = json
+        .as_object()
+        .ok_or_else(|| mismatch(path, "object", json))?;
     if obj.len() > record.fields.len() || obj.keys().any(|k| !record.lookup.contains_key(k)) {
-        let extra = obj.keys().find(|k| !record.lookup.contains_key(*k)).expect("an extra key");
+        let extra = obj
+            .keys()
+            .find(|k| !record.lookup.contains_key(*k))
+            .expect("an extra key");
         return Err(EncodeError::AdditionalProperty {
             field: Path::Field(path, extra).to_string(),
         });
@@ -387,10 +436,14 @@ fn record_to_avro(record: &RecordSchema, json: &Json, path: &Path<'_>) -> Result
     for field in &record.fields {
         let field_path = Path::Field(path, &field.name);
         let value = match (obj.get(&field.name), &field.default) {
-            (Some(Json::Null) | None, Some(default)) if !default.is_null() || is_nullable(&field.schema) => {
+            (Some(Json::Null) | None, Some(default))
+                if !default.is_null() || is_nullable(&field.schema) =>
+            {
                 to_avro(&field.schema, Some(default), &field_path)?
             }
-            (None, None) if is_nullable(&field.schema) => to_avro(&field.schema, Some(&Json::Null), &field_path)?,
+            (None, None) if is_nullable(&field.schema) => {
+                to_avro(&field.schema, Some(&Json::Null), &field_path)?
+            }
             (given, _) => to_avro(&field.schema, given, &field_path)?,
         };
         fields.push((field.name.clone(), value));
@@ -405,14 +458,20 @@ fn is_nullable(schema: &Schema) -> bool {
 /// Accepts epoch milliseconds or an RFC 3339 string (what Segment SDKs send).
 fn timestamp_millis(json: &Json, path: &Path<'_>) -> Result<i64, EncodeError> {
     match json {
-        Json::Number(n) => n.as_i64().ok_or_else(|| mismatch(path, "epoch milliseconds or RFC 3339 string", json)),
+        Json::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| mismatch(path, "epoch milliseconds or RFC 3339 string", json)),
         Json::String(s) => chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| t.timestamp_millis())
             .map_err(|e| EncodeError::InvalidValue {
                 field: path.to_string(),
                 message: format!("{s:?} is not an RFC 3339 timestamp: {e}"),
             }),
-        other => Err(mismatch(path, "epoch milliseconds or RFC 3339 string", other)),
+        other => Err(mismatch(
+            path,
+            "epoch milliseconds or RFC 3339 string",
+            other,
+        )),
     }
 }
 
@@ -423,15 +482,25 @@ pub fn to_json(value: &Value) -> Json {
         Value::Null => Json::Null,
         Value::Boolean(b) => Json::Bool(*b),
         Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => Json::from(*i),
-        Value::Long(i) | Value::TimeMicros(i) | Value::TimestampMillis(i) | Value::TimestampMicros(i) => Json::from(*i),
+        Value::Long(i)
+        | Value::TimeMicros(i)
+        | Value::TimestampMillis(i)
+        | Value::TimestampMicros(i) => Json::from(*i),
         Value::Float(f) => Json::from(f64::from(*f)),
         Value::Double(f) => Json::from(*f),
-        Value::Bytes(b) | Value::Fixed(_, b) => Json::String(String::from_utf8_lossy(b).into_owned()),
+        Value::Bytes(b) | Value::Fixed(_, b) => {
+            Json::String(String::from_utf8_lossy(b).into_owned())
+        }
         Value::String(s) | Value::Enum(_, s) => Json::String(s.clone()),
         Value::Union(_, inner) => to_json(inner),
         Value::Array(items) => Json::Array(items.iter().map(to_json).collect()),
         Value::Map(m) => Json::Object(m.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
-        Value::Record(fields) => Json::Object(fields.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+        Value::Record(fields) => Json::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect(),
+        ),
         other => Json::String(format!("{other:?}")),
     }
 }
@@ -455,7 +524,10 @@ mod tests {
     async fn codec() -> (Encoder, Decoder) {
         let plan = Plan::embedded().unwrap();
         let resolver = Arc::new(EmbeddedResolver::new(&plan).unwrap());
-        (Encoder::build(&plan, resolver.as_ref()).await.unwrap(), Decoder::new(resolver))
+        (
+            Encoder::build(&plan, resolver.as_ref()).await.unwrap(),
+            Decoder::new(resolver),
+        )
     }
 
     #[tokio::test]
@@ -476,14 +548,45 @@ mod tests {
     #[tokio::test]
     async fn errors_name_the_field_and_reason() {
         let (enc, _) = codec().await;
-        let cases: Vec<(Box<dyn Fn(&mut Json)>, &str, Option<&str>)> = vec![
-            (Box::new(|e| e["event"] = json!("page_veiwed")), "unplanned_event", Some("event")),
-            (Box::new(|e| { e.as_object_mut().unwrap().remove("message_id"); }), "missing_required", Some("message_id")),
-            (Box::new(|e| e["properties"]["model_id"] = json!(5)), "type_mismatch", Some("properties.model_id")),
-            (Box::new(|e| e["properties"]["colour"] = json!("red")), "additional_property", Some("properties.colour")),
-            (Box::new(|e| e["properties"]["page_type"] = json!("checkout")), "invalid_value", Some("properties.page_type")),
-            (Box::new(|e| e["platform"] = json!("tv")), "invalid_value", Some("platform")),
-            (Box::new(|e| e["timestamp"] = json!("yesterday")), "invalid_value", Some("timestamp")),
+        type Mutation = Box<dyn Fn(&mut Json)>;
+        let cases: Vec<(Mutation, &str, Option<&str>)> = vec![
+            (
+                Box::new(|e| e["event"] = json!("page_veiwed")),
+                "unplanned_event",
+                Some("event"),
+            ),
+            (
+                Box::new(|e| {
+                    e.as_object_mut().unwrap().remove("message_id");
+                }),
+                "missing_required",
+                Some("message_id"),
+            ),
+            (
+                Box::new(|e| e["properties"]["model_id"] = json!(5)),
+                "type_mismatch",
+                Some("properties.model_id"),
+            ),
+            (
+                Box::new(|e| e["properties"]["colour"] = json!("red")),
+                "additional_property",
+                Some("properties.colour"),
+            ),
+            (
+                Box::new(|e| e["properties"]["page_type"] = json!("checkout")),
+                "invalid_value",
+                Some("properties.page_type"),
+            ),
+            (
+                Box::new(|e| e["platform"] = json!("tv")),
+                "invalid_value",
+                Some("platform"),
+            ),
+            (
+                Box::new(|e| e["timestamp"] = json!("yesterday")),
+                "invalid_value",
+                Some("timestamp"),
+            ),
             (Box::new(|e| *e = json!([1, 2])), "bad_json", None),
         ];
         for (mutate, reason, field) in cases {
@@ -505,6 +608,9 @@ mod tests {
     async fn unknown_schema_id_is_a_typed_error() {
         let (_, dec) = codec().await;
         let err = dec.decode(&[0, 0, 0, 0x7f, 0xff, 2]).await.unwrap_err();
-        assert!(matches!(err, DecodeError::Resolve { id: 32767, .. }), "{err}");
+        assert!(
+            matches!(err, DecodeError::Resolve { id: 32767, .. }),
+            "{err}"
+        );
     }
 }

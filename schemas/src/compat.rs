@@ -43,7 +43,11 @@ pub fn incompatibilities(old: &Schema, new: &Schema) -> Vec<(String, &'static st
     if found.is_empty()
         && let Err(e) = SchemaCompatibility::can_read(old, new)
     {
-        found.push((String::new(), "backward_incompatible", format!("cannot read data written with the earlier schema: {e}")));
+        found.push((
+            String::new(),
+            "backward_incompatible",
+            format!("cannot read data written with the earlier schema: {e}"),
+        ));
     }
     found
 }
@@ -53,12 +57,18 @@ pub fn diff(old: &Schema, new: &Schema, path: &str) -> Vec<(String, &'static str
     match (old, new) {
         (Schema::Record(o), Schema::Record(n)) => diff_records(o, n, path),
         (Schema::Enum(o), Schema::Enum(n)) => {
-            let removed: Vec<&String> = o.symbols.iter().filter(|s| !n.symbols.contains(s)).collect();
+            let removed: Vec<&String> = o
+                .symbols
+                .iter()
+                .filter(|s| !n.symbols.contains(s))
+                .collect();
             if !removed.is_empty() && n.default.is_none() {
                 vec![(
                     path.to_owned(),
                     "enum_symbol_removed",
-                    format!("symbols {removed:?} were removed and the enum has no default to read them as"),
+                    format!(
+                        "symbols {removed:?} were removed and the enum has no default to read them as"
+                    ),
                 )]
             } else {
                 Vec::new()
@@ -82,26 +92,46 @@ pub fn diff(old: &Schema, new: &Schema, path: &str) -> Vec<(String, &'static str
         (o, Schema::Union(n)) => match n.variants().iter().find(|nv| same_kind(o, nv)) {
             Some(nv) => diff(o, nv, path),
             None if n.variants().iter().any(|nv| promotes(o, nv)) => Vec::new(),
-            None => vec![(path.to_owned(), "type_changed", format!("type changed from {} to a union without it", kind(o)))],
+            None => vec![(
+                path.to_owned(),
+                "type_changed",
+                format!("type changed from {} to a union without it", kind(o)),
+            )],
         },
         (Schema::Array(o), Schema::Array(n)) => diff(&o.items, &n.items, path),
         (Schema::Map(o), Schema::Map(n)) => diff(&o.types, &n.types, path),
         (o, n) if same_kind(o, n) || promotes(o, n) => Vec::new(),
-        (o, n) => vec![(path.to_owned(), "type_changed", format!("type changed from {} to {}", kind(o), kind(n)))],
+        (o, n) => vec![(
+            path.to_owned(),
+            "type_changed",
+            format!("type changed from {} to {}", kind(o), kind(n)),
+        )],
     }
 }
 
-fn diff_records(o: &RecordSchema, n: &RecordSchema, path: &str) -> Vec<(String, &'static str, String)> {
+fn diff_records(
+    o: &RecordSchema,
+    n: &RecordSchema,
+    path: &str,
+) -> Vec<(String, &'static str, String)> {
     let mut out = Vec::new();
     if o.name.fullname(None) != n.name.fullname(None) {
         out.push((
             path.trim_end_matches('.').to_owned(),
             "record_renamed",
-            format!("record {} was renamed to {}", o.name.fullname(None), n.name.fullname(None)),
+            format!(
+                "record {} was renamed to {}",
+                o.name.fullname(None),
+                n.name.fullname(None)
+            ),
         ));
         return out;
     }
-    let prefix = if path.is_empty() { String::new() } else { format!("{path}.") };
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}.")
+    };
     for nf in &n.fields {
         let field_path = format!("{prefix}{}", nf.name);
         let old = o
@@ -113,13 +143,17 @@ fn diff_records(o: &RecordSchema, n: &RecordSchema, path: &str) -> Vec<(String, 
             None if nf.default.is_none() => out.push((
                 field_path,
                 "field_added_without_default",
-                "new field has no default, so data written before it existed cannot be read".to_owned(),
+                "new field has no default, so data written before it existed cannot be read"
+                    .to_owned(),
             )),
             None => {}
         }
     }
     for of in &o.fields {
-        let kept = n.fields.iter().any(|nf| nf.name == of.name || nf.aliases.contains(&of.name));
+        let kept = n
+            .fields
+            .iter()
+            .any(|nf| nf.name == of.name || nf.aliases.contains(&of.name));
         if !kept && of.default.is_none() {
             out.push((
                 format!("{prefix}{}", of.name),
@@ -159,7 +193,11 @@ fn kind(s: &Schema) -> String {
         Schema::Union(_) => "union".to_owned(),
         Schema::Array(_) => "array".to_owned(),
         Schema::Map(_) => "map".to_owned(),
-        other => format!("{other:?}").split(['(', ' ', '{']).next().unwrap_or("?").to_lowercase(),
+        other => format!("{other:?}")
+            .split(['(', ' ', '{'])
+            .next()
+            .unwrap_or("?")
+            .to_lowercase(),
     }
 }
 
@@ -183,15 +221,27 @@ mod tests {
     #[test]
     fn catches_each_breaking_change_and_names_the_field() {
         let added = r#"{"type":"record","name":"E","fields":[{"name":"a","type":"string"},{"name":"k","type":{"type":"enum","name":"K","symbols":["x","y"]}},{"name":"b","type":"int"}]}"#;
-        assert_eq!(rules(BASE, added), vec![("b".into(), "field_added_without_default")]);
+        assert_eq!(
+            rules(BASE, added),
+            vec![("b".into(), "field_added_without_default")]
+        );
         let removed = r#"{"type":"record","name":"E","fields":[{"name":"k","type":{"type":"enum","name":"K","symbols":["x","y"]}}]}"#;
-        assert_eq!(rules(BASE, removed), vec![("a".into(), "field_removed_without_default")]);
+        assert_eq!(
+            rules(BASE, removed),
+            vec![("a".into(), "field_removed_without_default")]
+        );
         let retyped = r#"{"type":"record","name":"E","fields":[{"name":"a","type":"int"},{"name":"k","type":{"type":"enum","name":"K","symbols":["x","y"]}}]}"#;
         assert_eq!(rules(BASE, retyped), vec![("a".into(), "type_changed")]);
         let symbol = r#"{"type":"record","name":"E","fields":[{"name":"a","type":"string"},{"name":"k","type":{"type":"enum","name":"K","symbols":["x"]}}]}"#;
-        assert_eq!(rules(BASE, symbol), vec![("k".into(), "enum_symbol_removed")]);
+        assert_eq!(
+            rules(BASE, symbol),
+            vec![("k".into(), "enum_symbol_removed")]
+        );
         let renamed = BASE.replacen("\"E\"", "\"F\"", 1);
-        assert_eq!(rules(BASE, &renamed), vec![(String::new(), "record_renamed")]);
+        assert_eq!(
+            rules(BASE, &renamed),
+            vec![(String::new(), "record_renamed")]
+        );
     }
 
     #[test]

@@ -30,14 +30,24 @@ pub fn render(plan: &Plan) -> String {
          `drop` = removed at ingest, `truncate` = IP truncated at ingest.\n"
     );
     let _ = writeln!(w, "## Events × platforms\n");
-    let _ = writeln!(w, "| event | {} | owner | latest | since | purpose |", PLATFORMS.join(" | "));
+    let _ = writeln!(
+        w,
+        "| event | {} | owner | latest | since | purpose |",
+        PLATFORMS.join(" | ")
+    );
     let _ = writeln!(w, "|---|{}---|---|---|---|", "---|".repeat(PLATFORMS.len()));
     for s in plan.subjects.values() {
         let latest = s.latest();
         let platforms = attr_list(latest, "platforms");
         let marks: Vec<&str> = PLATFORMS
             .iter()
-            .map(|p| if platforms.iter().any(|x| x == p) { "✓" } else { "" })
+            .map(|p| {
+                if platforms.iter().any(|x| x == p) {
+                    "✓"
+                } else {
+                    ""
+                }
+            })
             .collect();
         let _ = writeln!(
             w,
@@ -46,14 +56,25 @@ pub fn render(plan: &Plan) -> String {
             attr(latest, "owner"),
             latest.version,
             attr(&s.versions[0], "since"),
-            record(latest).doc.as_deref().unwrap_or_default().replace('|', "\\|"),
+            record(latest)
+                .doc
+                .as_deref()
+                .unwrap_or_default()
+                .replace('|', "\\|"),
             e = s.event,
         );
     }
     if let Some(first) = plan.subjects.values().next() {
-        let _ = writeln!(w, "\n## Envelope\n\nFields every event carries (as of each event's latest version).\n");
+        let _ = writeln!(
+            w,
+            "\n## Envelope\n\nFields every event carries (as of each event's latest version).\n"
+        );
         let rec = record(first.latest());
-        let envelope: Vec<&RecordField> = rec.fields.iter().filter(|f| f.name != "properties").collect();
+        let envelope: Vec<&RecordField> = rec
+            .fields
+            .iter()
+            .filter(|f| f.name != "properties")
+            .collect();
         field_table(w, &envelope, "", None);
     }
     for s in plan.subjects.values() {
@@ -70,9 +91,22 @@ fn event_section(w: &mut String, plan: &Plan, s: &Subject) {
     let id = plan
         .id_of(&s.subject, latest.version)
         .map_or_else(|| "unpinned".to_owned(), |id| format!("id {id}"));
-    let _ = writeln!(w, "- Subject: `{}`, latest v{} ({id})", s.subject, latest.version);
-    let _ = writeln!(w, "- Owner: {}; since {}", attr(latest, "owner"), attr(&s.versions[0], "since"));
-    let _ = writeln!(w, "- Platforms: {}\n", attr_list(latest, "platforms").join(", "));
+    let _ = writeln!(
+        w,
+        "- Subject: `{}`, latest v{} ({id})",
+        s.subject, latest.version
+    );
+    let _ = writeln!(
+        w,
+        "- Owner: {}; since {}",
+        attr(latest, "owner"),
+        attr(&s.versions[0], "since")
+    );
+    let _ = writeln!(
+        w,
+        "- Platforms: {}\n",
+        attr_list(latest, "platforms").join(", ")
+    );
     let props: Vec<&RecordField> = rec
         .fields
         .iter()
@@ -97,7 +131,9 @@ fn event_section(w: &mut String, plan: &Plan, s: &Subject) {
         for (path, ty) in &after {
             match before.get(path) {
                 None => changes.push(format!("added `{path}` ({ty})")),
-                Some(old) if old != ty => changes.push(format!("`{path}` changed from {old} to {ty}")),
+                Some(old) if old != ty => {
+                    changes.push(format!("`{path}` changed from {old} to {ty}"))
+                }
                 Some(_) => {}
             }
         }
@@ -122,7 +158,11 @@ fn field_table(w: &mut String, fields: &[&RecordField], prefix: &str, history: O
             .get("pii")
             .and_then(|p| p.as_str())
             .unwrap_or("");
-        let required = if f.default.is_none() && !nullable(&f.schema) { "yes" } else { "no" };
+        let required = if f.default.is_none() && !nullable(&f.schema) {
+            "yes"
+        } else {
+            "no"
+        };
         let _ = writeln!(
             w,
             "| `{}` | {} | {required} | {pii} | {since} | {} |",
@@ -137,7 +177,9 @@ fn first_seen(s: &Subject, path: &str) -> String {
     s.versions
         .iter()
         .find(|v| flatten(record(v)).contains_key(path))
-        .map_or_else(String::new, |v| format!("v{} ({})", v.version, attr(v, "since")))
+        .map_or_else(String::new, |v| {
+            format!("v{} ({})", v.version, attr(v, "since"))
+        })
 }
 
 /// Every field path (nested records included) → its type, for change logs.
@@ -166,7 +208,11 @@ pub fn type_name(schema: &Schema) -> String {
                 .map(type_name)
                 .collect();
             let joined = names.join(" or ");
-            if nullable(schema) { format!("{joined} (nullable)") } else { joined }
+            if nullable(schema) {
+                format!("{joined} (nullable)")
+            } else {
+                joined
+            }
         }
         Schema::Record(r) => format!("record {}", r.name.name()),
         Schema::Enum(e) => format!("enum {}: {}", e.name.name(), e.symbols.join(", ")),
@@ -202,6 +248,10 @@ fn attr_list(v: &SchemaVersion, name: &str) -> Vec<String> {
         .attributes
         .get(name)
         .and_then(|a| a.as_array())
-        .map(|l| l.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .map(|l| {
+            l.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }

@@ -64,7 +64,11 @@ fn lint_version(v: &SchemaVersion, problems: &mut Vec<Problem>) {
         ));
     }
     if record.doc.as_deref().is_none_or(str::is_empty) {
-        problems.push(Problem::new(&v.file, "missing_doc", "the event record needs a doc saying what happened"));
+        problems.push(Problem::new(
+            &v.file,
+            "missing_doc",
+            "the event record needs a doc saying what happened",
+        ));
     }
     for attr in ["owner", "since"] {
         let present = record
@@ -73,13 +77,21 @@ fn lint_version(v: &SchemaVersion, problems: &mut Vec<Problem>) {
             .and_then(|a| a.as_str())
             .is_some_and(|s| !s.is_empty());
         if !present {
-            problems.push(Problem::new(&v.file, "missing_attribute", format!("the event record needs a non-empty \"{attr}\"")));
+            problems.push(Problem::new(
+                &v.file,
+                "missing_attribute",
+                format!("the event record needs a non-empty \"{attr}\""),
+            ));
         }
     }
     if let Some(since) = record.attributes.get("since").and_then(|a| a.as_str())
         && !is_iso_date(since)
     {
-        problems.push(Problem::new(&v.file, "invalid_attribute", format!("\"since\" must be a date YYYY-MM-DD, found {since:?}")));
+        problems.push(Problem::new(
+            &v.file,
+            "invalid_attribute",
+            format!("\"since\" must be a date YYYY-MM-DD, found {since:?}"),
+        ));
     }
     match record.attributes.get("platforms").and_then(|p| p.as_array()) {
         Some(list) if !list.is_empty() => {
@@ -102,7 +114,14 @@ fn lint_version(v: &SchemaVersion, problems: &mut Vec<Problem>) {
     let names: Vec<&str> = record.fields.iter().map(|f| f.name.as_str()).collect();
     for required in ENVELOPE {
         if !names.contains(&required) {
-            problems.push(Problem::new(&v.file, "envelope", format!("every event carries the envelope field {required:?}")).at(required));
+            problems.push(
+                Problem::new(
+                    &v.file,
+                    "envelope",
+                    format!("every event carries the envelope field {required:?}"),
+                )
+                .at(required),
+            );
         }
     }
     lint_fields(&v.file, "", record, problems);
@@ -112,7 +131,8 @@ fn lint_fields(file: &str, prefix: &str, record: &RecordSchema, problems: &mut V
     for field in &record.fields {
         let path = format!("{prefix}{}", field.name);
         if !is_snake_case(&field.name) {
-            problems.push(Problem::new(file, "field_name", "field names must be snake_case").at(&path));
+            problems
+                .push(Problem::new(file, "field_name", "field names must be snake_case").at(&path));
         }
         if field.doc.as_deref().is_none_or(str::is_empty) {
             problems.push(Problem::new(file, "missing_doc", "every field needs a doc").at(&path));
@@ -169,10 +189,13 @@ fn is_string_like(schema: &Schema) -> bool {
 /// Name tokens that mark personal data in Chinese and global CRMs.
 pub fn suggests_personal_data(name: &str) -> bool {
     const TOKENS: [&str; 12] = [
-        "phone", "mobile", "tel", "email", "wechat", "openid", "unionid", "idcard", "passport", "address", "vin", "ip",
+        "phone", "mobile", "tel", "email", "wechat", "openid", "unionid", "idcard", "passport",
+        "address", "vin", "ip",
     ];
     const PAIRS: [(&str, &str); 3] = [("id", "card"), ("open", "id"), ("union", "id")];
-    const NAME_OWNERS: [&str; 7] = ["first", "last", "full", "real", "nick", "contact", "customer"];
+    const NAME_OWNERS: [&str; 7] = [
+        "first", "last", "full", "real", "nick", "contact", "customer",
+    ];
     let tokens = words(name);
     let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
     tokens.iter().any(|t| TOKENS.contains(t))
@@ -238,7 +261,8 @@ fn levenshtein(a: &str, b: &str) -> usize {
 pub fn is_snake_case(s: &str) -> bool {
     !s.is_empty()
         && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !s.contains("__")
         && !s.ends_with('_')
 }
@@ -272,10 +296,33 @@ mod tests {
 
     #[test]
     fn personal_data_names() {
-        for name in ["phone", "contact_phone", "email", "wechat_open_id", "id_card_no", "name", "contact_name", "vin", "ip", "union_id", "home_address", "customerPhone", "contactName"] {
+        for name in [
+            "phone",
+            "contact_phone",
+            "email",
+            "wechat_open_id",
+            "id_card_no",
+            "name",
+            "contact_name",
+            "vin",
+            "ip",
+            "union_id",
+            "home_address",
+            "customerPhone",
+            "contactName",
+        ] {
             assert!(suggests_personal_data(name), "{name}");
         }
-        for name in ["page_name", "model_id", "dealer_id", "form_id", "duration_ms", "trim", "previous_id", "shipping"] {
+        for name in [
+            "page_name",
+            "model_id",
+            "dealer_id",
+            "form_id",
+            "duration_ms",
+            "trim",
+            "previous_id",
+            "shipping",
+        ] {
             assert!(!suggests_personal_data(name), "{name}");
         }
     }
@@ -283,7 +330,15 @@ mod tests {
     #[test]
     fn case_rules() {
         assert!(is_snake_case("page_viewed"));
-        for bad in ["PageViewed", "page-viewed", "page__viewed", "_page", "page_", "1page", ""] {
+        for bad in [
+            "PageViewed",
+            "page-viewed",
+            "page__viewed",
+            "_page",
+            "page_",
+            "1page",
+            "",
+        ] {
             assert!(!is_snake_case(bad), "{bad}");
         }
         assert_eq!(pascal_case("lead_form_submitted"), "LeadFormSubmitted");

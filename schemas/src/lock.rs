@@ -99,7 +99,10 @@ pub fn drift(plan: &Plan) -> Vec<Problem> {
             problems.push(Problem::new(
                 &lock_file,
                 "duplicate_id",
-                format!("id {} is pinned to both {} v{} and {} v{}", e.id, other.subject, other.version, e.subject, e.version),
+                format!(
+                    "id {} is pinned to both {} v{} and {} v{}",
+                    e.id, other.subject, other.version, e.subject, e.version
+                ),
             ));
         }
     }

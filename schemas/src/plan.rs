@@ -42,7 +42,9 @@ pub struct Subject {
 
 impl Subject {
     pub fn latest(&self) -> &Arc<SchemaVersion> {
-        self.versions.last().expect("a subject has at least one version")
+        self.versions
+            .last()
+            .expect("a subject has at least one version")
     }
 }
 
@@ -88,12 +90,20 @@ impl Plan {
         let missing: Vec<Problem> = plan
             .versions()
             .filter(|v| plan.id_of(&v.subject, v.version).is_none())
-            .map(|v| Problem::new(&v.file, "lock_missing", "version has no pinned id in the lock file; run `leadstream schemas lock`"))
+            .map(|v| {
+                Problem::new(
+                    &v.file,
+                    "lock_missing",
+                    "version has no pinned id in the lock file; run `leadstream schemas lock`",
+                )
+            })
             .collect();
         if problems.is_empty() && missing.is_empty() {
             Ok(plan)
         } else {
-            Err(PlanError::Invalid(problems.into_iter().chain(missing).collect()))
+            Err(PlanError::Invalid(
+                problems.into_iter().chain(missing).collect(),
+            ))
         }
     }
 
@@ -177,16 +187,30 @@ impl Plan {
 
 fn parse_path(rel: &str) -> Option<(String, u32)> {
     let (event, file) = rel.split_once('/')?;
-    let version = file.strip_prefix('v')?.strip_suffix(".avsc")?.parse().ok()?;
+    let version = file
+        .strip_prefix('v')?
+        .strip_suffix(".avsc")?
+        .parse()
+        .ok()?;
     (!event.is_empty() && !file.contains('/')).then(|| (event.to_owned(), version))
 }
 
-fn parse_version(event: &str, version: u32, file: &str, text: &str) -> Result<SchemaVersion, Problem> {
-    let json: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| Problem::new(file, "invalid_json", e.to_string()))?;
-    let schema = Schema::parse(&json).map_err(|e| Problem::new(file, "invalid_avro", e.to_string()))?;
+fn parse_version(
+    event: &str,
+    version: u32,
+    file: &str,
+    text: &str,
+) -> Result<SchemaVersion, Problem> {
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Problem::new(file, "invalid_json", e.to_string()))?;
+    let schema =
+        Schema::parse(&json).map_err(|e| Problem::new(file, "invalid_avro", e.to_string()))?;
     let Schema::Record(record) = &schema else {
-        return Err(Problem::new(file, "not_a_record", "an event schema must be an Avro record"));
+        return Err(Problem::new(
+            file,
+            "not_a_record",
+            "an event schema must be an Avro record",
+        ));
     };
     let subject = record.name.fullname(None);
     // serde_json's map is ordered by key, so this text is stable under reformatting.
@@ -259,7 +283,10 @@ mod tests {
 
     #[test]
     fn paths_follow_the_layout() {
-        assert_eq!(parse_path("page_viewed/v2.avsc"), Some(("page_viewed".into(), 2)));
+        assert_eq!(
+            parse_path("page_viewed/v2.avsc"),
+            Some(("page_viewed".into(), 2))
+        );
         assert_eq!(parse_path("page_viewed/2.avsc"), None);
         assert_eq!(parse_path("v1.avsc"), None);
         assert_eq!(parse_path("a/b/v1.avsc"), None);

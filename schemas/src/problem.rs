@@ -29,7 +29,11 @@ impl Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.field {
-            Some(field) => write!(f, "{}: {}: {}: {}", self.file, field, self.rule, self.message),
+            Some(field) => write!(
+                f,
+                "{}: {}: {}: {}",
+                self.file, field, self.rule, self.message
+            ),
             None => write!(f, "{}: -: {}: {}", self.file, self.rule, self.message),
         }
     }

@@ -25,13 +25,21 @@ struct IdBody {
 /// Registers each version in order. When `set_compatibility`, first sets
 /// each subject's level to BACKWARD_TRANSITIVE so the registry enforces what
 /// `schemas check` enforces.
-pub async fn publish(plan: &Plan, registry: &HttpResolver, set_compatibility: bool) -> Result<Vec<Published>, ResolveError> {
+pub async fn publish(
+    plan: &Plan,
+    registry: &HttpResolver,
+    set_compatibility: bool,
+) -> Result<Vec<Published>, ResolveError> {
     let mut out = Vec::new();
     for subject in plan.subjects.values() {
         if set_compatibility {
             let req = registry
                 .client()
-                .put(format!("{}/config/{}", registry.base_url(), subject.subject))
+                .put(format!(
+                    "{}/config/{}",
+                    registry.base_url(),
+                    subject.subject
+                ))
                 .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
                 .json(&serde_json::json!({ "compatibility": COMPATIBILITY }));
             let _: serde_json::Value = registry.call(req).await?;

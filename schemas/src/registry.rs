@@ -41,27 +41,47 @@ impl ApiError {
         }
     }
     fn subject_not_found(s: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, 40401, format!("Subject '{s}' not found."))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            40401,
+            format!("Subject '{s}' not found."),
+        )
     }
     fn version_not_found(v: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, 40402, format!("Version {v} not found."))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            40402,
+            format!("Version {v} not found."),
+        )
     }
     fn schema_not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, 40403, "Schema not found")
     }
     fn invalid_schema(msg: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, 42201, format!("Invalid schema: {msg}"))
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            format!("Invalid schema: {msg}"),
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        reply(self.status, json!({ "error_code": self.code, "message": self.message }))
+        reply(
+            self.status,
+            json!({ "error_code": self.code, "message": self.message }),
+        )
     }
 }
 
 fn reply(status: StatusCode, body: Json) -> Response {
-    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn ok(body: Json) -> Result<Response, ApiError> {
@@ -75,27 +95,60 @@ pub fn router(plan: Arc<Plan>) -> Router {
         .route("/", get(|| async { reply(StatusCode::OK, json!({})) }))
         .route("/subjects", get(list_subjects))
         .route("/subjects/{subject}", post(lookup))
-        .route("/subjects/{subject}/versions", get(list_versions).post(register))
+        .route(
+            "/subjects/{subject}/versions",
+            get(list_versions).post(register),
+        )
         .route("/subjects/{subject}/versions/{version}", get(get_version))
-        .route("/subjects/{subject}/versions/{version}/schema", get(get_version_schema))
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(get_version_schema),
+        )
         .route("/schemas/ids/{id}", get(schema_by_id))
         .route("/schemas/ids/{id}/versions", get(versions_by_id))
-        .route("/schemas/types", get(|| async { reply(StatusCode::OK, json!(["AVRO"])) }))
-        .route("/compatibility/subjects/{subject}/versions/{version}", post(compatibility_one))
-        .route("/compatibility/subjects/{subject}/versions", post(compatibility_all))
-        .route("/config", get(|| async { reply(StatusCode::OK, json!({ "compatibilityLevel": COMPATIBILITY })) }))
+        .route(
+            "/schemas/types",
+            get(|| async { reply(StatusCode::OK, json!(["AVRO"])) }),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(compatibility_one),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(compatibility_all),
+        )
+        .route(
+            "/config",
+            get(|| async {
+                reply(
+                    StatusCode::OK,
+                    json!({ "compatibilityLevel": COMPATIBILITY }),
+                )
+            }),
+        )
         .route("/config/{subject}", get(subject_config))
-        .route("/mode", get(|| async { reply(StatusCode::OK, json!({ "mode": "READONLY" })) }))
+        .route(
+            "/mode",
+            get(|| async { reply(StatusCode::OK, json!({ "mode": "READONLY" })) }),
+        )
         .with_state(plan)
 }
 
 /// Serves the registry on `listener` until `shutdown` resolves.
-pub async fn serve(listener: tokio::net::TcpListener, plan: Arc<Plan>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(plan)).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    plan: Arc<Plan>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(plan))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 fn subject<'a>(plan: &'a Plan, s: &str) -> Result<&'a Subject, ApiError> {
-    plan.subject(s).ok_or_else(|| ApiError::subject_not_found(s))
+    plan.subject(s)
+        .ok_or_else(|| ApiError::subject_not_found(s))
 }
 
 fn version<'a>(subject: &'a Subject, v: &str) -> Result<&'a Arc<SchemaVersion>, ApiError> {
@@ -105,7 +158,9 @@ fn version<'a>(subject: &'a Subject, v: &str) -> Result<&'a Arc<SchemaVersion>, 
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             42202,
-            format!("The specified version '{v}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""),
+            format!(
+                "The specified version '{v}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""
+            ),
         ));
     }
     if latest {
@@ -133,17 +188,32 @@ async fn list_subjects(State(plan): State<AppState>) -> Result<Response, ApiErro
     ok(json!(subjects))
 }
 
-async fn list_versions(State(plan): State<AppState>, Path(s): Path<String>) -> Result<Response, ApiError> {
+async fn list_versions(
+    State(plan): State<AppState>,
+    Path(s): Path<String>,
+) -> Result<Response, ApiError> {
     let subject = subject(&plan, &s)?;
-    ok(json!(subject.versions.iter().map(|v| v.version).collect::<Vec<_>>()))
+    ok(json!(
+        subject
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<_>>()
+    ))
 }
 
-async fn get_version(State(plan): State<AppState>, Path((s, v)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn get_version(
+    State(plan): State<AppState>,
+    Path((s, v)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let sv = version(subject(&plan, &s)?, &v)?;
     ok(version_body(&plan, sv))
 }
 
-async fn get_version_schema(State(plan): State<AppState>, Path((s, v)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn get_version_schema(
+    State(plan): State<AppState>,
+    Path((s, v)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let sv = version(subject(&plan, &s)?, &v)?;
     ok(sv.json.clone())
 }
@@ -152,19 +222,34 @@ fn parse_id(id: &str) -> Result<u32, ApiError> {
     id.parse().map_err(|_| ApiError::schema_not_found())
 }
 
-async fn schema_by_id(State(plan): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn schema_by_id(
+    State(plan): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let v = plan.by_id().remove(&id).ok_or_else(ApiError::schema_not_found)?;
+    let v = plan
+        .by_id()
+        .remove(&id)
+        .ok_or_else(ApiError::schema_not_found)?;
     ok(json!({ "schema": v.text }))
 }
 
-async fn versions_by_id(State(plan): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn versions_by_id(
+    State(plan): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let v = plan.by_id().remove(&id).ok_or_else(ApiError::schema_not_found)?;
+    let v = plan
+        .by_id()
+        .remove(&id)
+        .ok_or_else(ApiError::schema_not_found)?;
     ok(json!([{ "subject": v.subject, "version": v.version }]))
 }
 
-async fn subject_config(State(plan): State<AppState>, Path(s): Path<String>) -> Result<Response, ApiError> {
+async fn subject_config(
+    State(plan): State<AppState>,
+    Path(s): Path<String>,
+) -> Result<Response, ApiError> {
     subject(&plan, &s)?;
     ok(json!({ "compatibilityLevel": COMPATIBILITY }))
 }
@@ -179,12 +264,19 @@ struct SchemaRequest {
 /// Parses a `{"schema": "..."}` body (Confluent clients send it as
 /// `application/vnd.schemaregistry.v1+json`, so no content-type check).
 fn parse_request(body: &Bytes) -> Result<Schema, ApiError> {
-    let req: SchemaRequest = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, 42201, format!("Unrecognized request body: {e}")))?;
+    let req: SchemaRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            format!("Unrecognized request body: {e}"),
+        )
+    })?;
     if let Some(t) = req.schema_type.as_deref()
         && t != "AVRO"
     {
-        return Err(ApiError::invalid_schema(format!("schema type {t} is not served here; the tracking plan is AVRO")));
+        return Err(ApiError::invalid_schema(format!(
+            "schema type {t} is not served here; the tracking plan is AVRO"
+        )));
     }
     Schema::parse_str(&req.schema).map_err(ApiError::invalid_schema)
 }
@@ -192,23 +284,37 @@ fn parse_request(body: &Bytes) -> Result<Schema, ApiError> {
 /// The newest governed version equal to `schema` (same canonical form).
 fn find_match<'a>(subject: &'a Subject, schema: &Schema) -> Option<&'a Arc<SchemaVersion>> {
     let canonical = schema.canonical_form();
-    subject.versions.iter().rev().find(|v| v.schema.canonical_form() == canonical)
+    subject
+        .versions
+        .iter()
+        .rev()
+        .find(|v| v.schema.canonical_form() == canonical)
 }
 
-async fn lookup(State(plan): State<AppState>, Path(s): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn lookup(
+    State(plan): State<AppState>,
+    Path(s): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let subject = subject(&plan, &s)?;
     let schema = parse_request(&body)?;
     let v = find_match(subject, &schema).ok_or_else(ApiError::schema_not_found)?;
     ok(version_body(&plan, v))
 }
 
-async fn register(State(plan): State<AppState>, Path(s): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn register(
+    State(plan): State<AppState>,
+    Path(s): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let schema = parse_request(&body)?;
     let Some(subject) = plan.subject(&s) else {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             42205,
-            format!("Subject '{s}' is not in the tracking plan and this registry is read-only; {GOVERNED}."),
+            format!(
+                "Subject '{s}' is not in the tracking plan and this registry is read-only; {GOVERNED}."
+            ),
         ));
     };
     if let Some(v) = find_match(subject, &schema) {
@@ -228,7 +334,9 @@ async fn register(State(plan): State<AppState>, Path(s): Path<String>, body: Byt
     Err(ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         42205,
-        format!("Subject '{s}' is governed and this registry is read-only; the schema is compatible, but {GOVERNED}."),
+        format!(
+            "Subject '{s}' is governed and this registry is read-only; the schema is compatible, but {GOVERNED}."
+        ),
     ))
 }
 
@@ -253,7 +361,9 @@ struct Verbose {
 
 impl Verbose {
     fn on(&self) -> bool {
-        self.verbose.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        self.verbose
+            .as_deref()
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     }
 }
 

@@ -27,7 +27,8 @@ pub struct ResolvedSchema {
 
 impl ResolvedSchema {
     fn parse(id: u32, text: String) -> Result<Self, ResolveError> {
-        let schema = Schema::parse_str(&text).map_err(|e| ResolveError::InvalidSchema(e.to_string()))?;
+        let schema =
+            Schema::parse_str(&text).map_err(|e| ResolveError::InvalidSchema(e.to_string()))?;
         Ok(Self::from_schema(id, text, schema))
     }
 
@@ -58,13 +59,18 @@ pub enum ResolveError {
     #[error("registry request failed: {0}")]
     Http(String),
     #[error("registry answered {status} (error_code {code}): {message}")]
-    Registry { status: u16, code: i64, message: String },
+    Registry {
+        status: u16,
+        code: i64,
+        message: String,
+    },
 }
 
 impl ResolveError {
     /// Whether retrying later may succeed (the registry was unreachable or failing).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Http(_)) || matches!(self, Self::Registry { status, .. } if *status >= 500)
+        matches!(self, Self::Http(_))
+            || matches!(self, Self::Registry { status, .. } if *status >= 500)
     }
 
     pub fn kind(&self) -> &'static str {
@@ -99,16 +105,29 @@ impl EmbeddedResolver {
         let mut by_subject_text = HashMap::new();
         for (id, v) in plan.by_id() {
             by_subject_text.insert((v.subject.clone(), v.text.clone()), id);
-            by_id.insert(id, Arc::new(ResolvedSchema::from_schema(id, v.text.clone(), v.schema.clone())));
+            by_id.insert(
+                id,
+                Arc::new(ResolvedSchema::from_schema(
+                    id,
+                    v.text.clone(),
+                    v.schema.clone(),
+                )),
+            );
         }
-        Ok(Self { by_id, by_subject_text })
+        Ok(Self {
+            by_id,
+            by_subject_text,
+        })
     }
 }
 
 #[async_trait]
 impl SchemaResolver for EmbeddedResolver {
     async fn schema_by_id(&self, id: u32) -> Result<Arc<ResolvedSchema>, ResolveError> {
-        self.by_id.get(&id).cloned().ok_or(ResolveError::UnknownId(id))
+        self.by_id
+            .get(&id)
+            .cloned()
+            .ok_or(ResolveError::UnknownId(id))
     }
 
     async fn id_for(&self, subject: &str, schema_text: &str) -> Result<u32, ResolveError> {
@@ -171,22 +190,34 @@ impl HttpResolver {
     }
 
     /// Sends a request and decodes a 2xx JSON body, or the registry's error body.
-    pub async fn call<T: for<'de> Deserialize<'de>>(&self, req: reqwest::RequestBuilder) -> Result<T, ResolveError> {
+    pub async fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ResolveError> {
         let resp = req
             .header(reqwest::header::ACCEPT, CONTENT_TYPE)
             .send()
             .await
             .map_err(|e| ResolveError::Http(e.to_string()))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| ResolveError::Http(e.to_string()))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ResolveError::Http(e.to_string()))?;
         if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| ResolveError::Http(format!("unexpected response body: {e}")));
+            return serde_json::from_slice(&body)
+                .map_err(|e| ResolveError::Http(format!("unexpected response body: {e}")));
         }
         let err: Option<ErrorBody> = serde_json::from_slice(&body).ok();
         Err(ResolveError::Registry {
             status: status.as_u16(),
-            code: err.as_ref().map_or(i64::from(status.as_u16()), |e| e.error_code),
-            message: err.map_or_else(|| String::from_utf8_lossy(&body).into_owned(), |e| e.message),
+            code: err
+                .as_ref()
+                .map_or(i64::from(status.as_u16()), |e| e.error_code),
+            message: err.map_or_else(
+                || String::from_utf8_lossy(&body).into_owned(),
+                |e| e.message,
+            ),
         })
     }
 
@@ -198,7 +229,9 @@ impl HttpResolver {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -212,7 +245,9 @@ impl SchemaResolver for HttpResolver {
         }
         let url = format!("{}/schemas/ids/{id}", self.base);
         let body: SchemaBody = match self.call(self.client.get(url)).await {
-            Err(ResolveError::Registry { code: 40403, .. }) => return Err(ResolveError::UnknownId(id)),
+            Err(ResolveError::Registry { code: 40403, .. }) => {
+                return Err(ResolveError::UnknownId(id));
+            }
             other => other?,
         };
         let resolved = Arc::new(ResolvedSchema::parse(id, body.schema)?);
@@ -231,7 +266,11 @@ impl SchemaResolver for HttpResolver {
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
             .json(&serde_json::json!({ "schema": schema_text }));
         let body: IdBody = match self.call(req).await {
-            Err(ResolveError::Registry { code: 40401 | 40403, message, .. }) => {
+            Err(ResolveError::Registry {
+                code: 40401 | 40403,
+                message,
+                ..
+            }) => {
                 return Err(ResolveError::NotRegistered {
                     subject: subject.to_owned(),
                     message,
@@ -239,7 +278,10 @@ impl SchemaResolver for HttpResolver {
             }
             other => other?,
         };
-        self.ids.write().expect("lock poisoned").insert(key, body.id);
+        self.ids
+            .write()
+            .expect("lock poisoned")
+            .insert(key, body.id);
         Ok(body.id)
     }
 }

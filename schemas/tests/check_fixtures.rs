@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use leadstream_schemas::{Problem, check};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn problems(name: &str) -> Vec<Problem> {
@@ -22,10 +24,26 @@ fn found(problems: &[Problem]) -> Vec<(&str, Option<&str>, &'static str)> {
 #[test]
 fn each_breaking_change_fails_naming_file_field_and_rule() {
     let cases = [
-        ("field_removed_without_default", Some("properties.previous_id"), "field_removed_without_default"),
-        ("field_added_without_default", Some("properties.link_reason"), "field_added_without_default"),
-        ("type_changed", Some("properties.previous_id"), "type_changed"),
-        ("enum_symbol_removed", Some("platform"), "enum_symbol_removed"),
+        (
+            "field_removed_without_default",
+            Some("properties.previous_id"),
+            "field_removed_without_default",
+        ),
+        (
+            "field_added_without_default",
+            Some("properties.link_reason"),
+            "field_added_without_default",
+        ),
+        (
+            "type_changed",
+            Some("properties.previous_id"),
+            "type_changed",
+        ),
+        (
+            "enum_symbol_removed",
+            Some("platform"),
+            "enum_symbol_removed",
+        ),
         ("record_renamed", None, "record_renamed"),
     ];
     for (name, field, rule) in cases {
@@ -43,13 +61,32 @@ fn lint_rules_fire() {
     let found = found(&problems);
     for expected in [
         ("avro/alias/v1.avsc", None, "missing_attribute"),
-        ("avro/alias/v1.avsc", Some("properties.customerPhone"), "field_name"),
-        ("avro/alias/v1.avsc", Some("properties.customerPhone"), "pii_untagged"),
-        ("avro/alias/v1.avsc", Some("properties.wechat_id"), "missing_doc"),
-        ("avro/alias/v1.avsc", Some("properties.wechat_id"), "pii_untagged"),
+        (
+            "avro/alias/v1.avsc",
+            Some("properties.customerPhone"),
+            "field_name",
+        ),
+        (
+            "avro/alias/v1.avsc",
+            Some("properties.customerPhone"),
+            "pii_untagged",
+        ),
+        (
+            "avro/alias/v1.avsc",
+            Some("properties.wechat_id"),
+            "missing_doc",
+        ),
+        (
+            "avro/alias/v1.avsc",
+            Some("properties.wechat_id"),
+            "pii_untagged",
+        ),
         ("avro/aliased/v1.avsc", None, "near_duplicate_event"),
     ] {
-        assert!(found.contains(&expected), "missing {expected:?} in {found:#?}");
+        assert!(
+            found.contains(&expected),
+            "missing {expected:?} in {found:#?}"
+        );
     }
     assert_eq!(found.len(), 6, "{found:#?}");
 }

@@ -31,8 +31,16 @@ pub fn clickhouse() -> String {
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}_{}_{}_{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::Relaxed))
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A topic created for one test and deleted when dropped.
@@ -44,14 +52,20 @@ pub struct TestTopic {
 impl TestTopic {
     pub async fn create(bootstrap: &str, prefix: &str, partitions: i32) -> Self {
         let name = unique(prefix);
-        let admin: AdminClient<DefaultClientContext> = leadstream_common::kafka::admin_config(bootstrap)
-            .create()
-            .expect("admin client");
+        let admin: AdminClient<DefaultClientContext> =
+            leadstream_common::kafka::admin_config(bootstrap)
+                .create()
+                .expect("admin client");
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin
-            .create_topics(&[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))], &opts)
+            .create_topics(
+                &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+                &opts,
+            )
             .await
-            .unwrap_or_else(|e| panic!("creating topic {name} on {bootstrap} failed: {e}; {HOW_TO_START}"));
+            .unwrap_or_else(|e| {
+                panic!("creating topic {name} on {bootstrap} failed: {e}; {HOW_TO_START}")
+            });
         for r in results {
             r.unwrap_or_else(|(t, e)| panic!("creating topic {t} failed: {e}"));
         }
@@ -67,10 +81,15 @@ impl Drop for TestTopic {
         let (name, bootstrap) = (self.name.clone(), self.bootstrap.clone());
         // Drop cannot await; delete from a thread with its own runtime.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async {
                 let admin: AdminClient<DefaultClientContext> =
-                    leadstream_common::kafka::admin_config(&bootstrap).create().ok()?;
+                    leadstream_common::kafka::admin_config(&bootstrap)
+                        .create()
+                        .ok()?;
                 let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
                 admin.delete_topics(&[&name], &opts).await.ok()
             })

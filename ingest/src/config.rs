@@ -1,0 +1,84 @@
+//! `leadstream ingest` configuration: every field a flag and an env var.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct IngestConfig {
+    /// Address the HTTP API listens on.
+    #[arg(long = "listen", env = "LEADSTREAM_INGEST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Kafka bootstrap servers.
+    #[arg(long = "kafka", env = "LEADSTREAM_KAFKA_BROKERS")]
+    pub kafka: String,
+    /// Confluent-compatible registry URL; the plan built into the binary when unset.
+    #[arg(long = "registry", env = "LEADSTREAM_REGISTRY_URL")]
+    pub registry: Option<String>,
+    /// Sources file (write keys, platforms, tenants, policies).
+    #[arg(long, env = "LEADSTREAM_SOURCES", default_value = "deploy/config/sources.toml")]
+    pub sources: PathBuf,
+    /// Secret pepper for HMAC-SHA256 of PII fields.
+    #[arg(long, env = "LEADSTREAM_PII_PEPPER", hide_env_values = true)]
+    pub pii_pepper: String,
+    /// Directory of the durable spool.
+    #[arg(long, env = "LEADSTREAM_SPOOL_DIR", default_value = ".leadstream/spool")]
+    pub spool_dir: PathBuf,
+    /// Spool bound in bytes; beyond it requests get 503.
+    #[arg(long, env = "LEADSTREAM_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
+    /// How long a record may wait for Kafka's ack before it is spooled.
+    #[arg(long, env = "LEADSTREAM_PRODUCE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub produce_timeout_ms: u64,
+    #[arg(long, env = "LEADSTREAM_EVENTS_TOPIC", default_value = "leadstream.events")]
+    pub events_topic: String,
+    #[arg(long, env = "LEADSTREAM_DLQ_TOPIC", default_value = "leadstream.events.dlq")]
+    pub dlq_topic: String,
+    /// Largest single event, bytes of JSON.
+    #[arg(long, env = "LEADSTREAM_MAX_EVENT_BYTES", default_value_t = 32 * 1024)]
+    pub max_event_bytes: usize,
+    /// Largest request body (after decompression), bytes.
+    #[arg(long, env = "LEADSTREAM_MAX_BATCH_BYTES", default_value_t = 500 * 1024)]
+    pub max_batch_bytes: usize,
+    #[arg(long, env = "LEADSTREAM_MAX_BATCH_EVENTS", default_value_t = 2_500)]
+    pub max_batch_events: usize,
+    /// Largest gzip expansion ratio accepted.
+    #[arg(long, env = "LEADSTREAM_MAX_GZIP_RATIO", default_value_t = 100)]
+    pub max_gzip_ratio: usize,
+    /// messageId dedupe window, seconds.
+    #[arg(long, env = "LEADSTREAM_DEDUPE_WINDOW_SECS", default_value_t = 86_400)]
+    pub dedupe_window_secs: u64,
+    /// messageIds remembered at most (bounds memory).
+    #[arg(long, env = "LEADSTREAM_DEDUPE_CAPACITY", default_value_t = 2_000_000)]
+    pub dedupe_capacity: u64,
+    /// Cap on the device clock correction, seconds.
+    #[arg(long, env = "LEADSTREAM_MAX_CLOCK_SKEW_SECS", default_value_t = 7 * 86_400)]
+    pub max_clock_skew_secs: i64,
+    /// User-agent fragments of known bots (case-insensitive), comma-separated.
+    #[arg(
+        long,
+        env = "LEADSTREAM_BOT_USER_AGENTS",
+        value_delimiter = ',',
+        default_value = "bot,spider,crawler,slurp,bingpreview,headlesschrome,phantomjs,facebookexternalhit,lighthouse,prerender"
+    )]
+    pub bot_user_agents: Vec<String>,
+}
+
+impl IngestConfig {
+    /// Rejects wiring that cannot work, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.kafka.trim().is_empty() {
+            return Err("--kafka / LEADSTREAM_KAFKA_BROKERS is empty".into());
+        }
+        if self.pii_pepper.len() < 16 {
+            return Err("--pii-pepper / LEADSTREAM_PII_PEPPER must be at least 16 characters".into());
+        }
+        if self.max_event_bytes > self.max_batch_bytes {
+            return Err("--max-event-bytes must not exceed --max-batch-bytes".into());
+        }
+        if self.produce_timeout_ms == 0 {
+            return Err("--produce-timeout-ms must be positive".into());
+        }
+        Ok(())
+    }
+}

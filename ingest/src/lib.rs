@@ -1,0 +1,152 @@
+//! leadstream ingest: the Segment-compatible HTTP tracking API. Every event
+//! is validated against the governed tracking plan, PII is hashed, and the
+//! result is made durable (Kafka ack or fsync'd spool) before the client
+//! hears 2xx.
+
+pub mod config;
+pub mod metrics;
+pub mod pii;
+pub mod pipeline;
+pub mod publish;
+pub mod segment;
+pub mod server;
+pub mod sources;
+pub mod spool;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use leadstream_schemas::{EmbeddedResolver, Encoder, HttpResolver, Plan, SchemaResolver};
+use tokio::net::TcpListener;
+
+pub use config::IngestConfig;
+use pipeline::Pipeline;
+use publish::{KafkaPublisher, Publisher};
+use server::{AppState, Limits};
+use sources::Sources;
+use spool::Spool;
+
+/// Builds the shared state from config, with the given publisher (Kafka in
+/// production, a fake or a MockCluster-backed one in tests).
+pub async fn build_state(cfg: &IngestConfig, publisher: Arc<dyn Publisher>) -> anyhow::Result<Arc<AppState>> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let plan = Plan::embedded()?;
+    let resolver: Box<dyn SchemaResolver> = match &cfg.registry {
+        Some(url) => Box::new(HttpResolver::new(url)?),
+        None => Box::new(EmbeddedResolver::new(&plan)?),
+    };
+    let encoder = Encoder::build(&plan, resolver.as_ref())
+        .await
+        .context("looking up the tracking plan's schema ids in the registry")?;
+    let sources = Sources::load(&cfg.sources)?;
+    let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)
+        .with_context(|| format!("opening the spool at {}", cfg.spool_dir.display()))?;
+    let limiters = AppState::limiters_for(&sources);
+    Ok(Arc::new(AppState {
+        pipeline: Pipeline {
+            encoder,
+            pii: pii::PiiRules::new(&plan, cfg.pii_pepper.as_bytes()),
+            bot_agents: cfg.bot_user_agents.iter().map(|b| b.trim().to_ascii_lowercase()).filter(|b| !b.is_empty()).collect(),
+        },
+        sources,
+        publisher,
+        spool: Arc::new(spool),
+        dedupe: moka::sync::Cache::builder()
+            .max_capacity(cfg.dedupe_capacity)
+            .time_to_live(Duration::from_secs(cfg.dedupe_window_secs))
+            .build(),
+        limiters,
+        limits: Limits {
+            max_event_bytes: cfg.max_event_bytes,
+            max_batch_bytes: cfg.max_batch_bytes,
+            max_batch_events: cfg.max_batch_events,
+            max_gzip_ratio: cfg.max_gzip_ratio,
+            max_skew_ms: cfg.max_clock_skew_secs * 1000,
+            spool_max_bytes: cfg.spool_max_bytes,
+        },
+        replay: tokio::sync::Notify::new(),
+        prometheus: metrics::prometheus(),
+    }))
+}
+
+/// Runs `leadstream ingest` against Kafka until `shutdown` resolves.
+pub async fn run(cfg: IngestConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let publisher = Arc::new(
+        KafkaPublisher::new(&cfg.kafka, &cfg.events_topic, &cfg.dlq_topic, Duration::from_millis(cfg.produce_timeout_ms))
+            .context("creating the Kafka producer")?,
+    );
+    let state = build_state(&cfg, publisher).await?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding ingest to {}", cfg.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, kafka = %cfg.kafka, spool = %cfg.spool_dir.display(), "ingest serving");
+    serve(state, listener, shutdown).await
+}
+
+/// Serves the API and replays the spool until `shutdown`; then drains what
+/// it can and flushes the producer.
+pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let replayer = tokio::spawn(replay_loop(Arc::clone(&state), stop_rx));
+    axum::serve(listener, server::router(Arc::clone(&state)))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = stop_tx.send(true);
+    let _ = replayer.await;
+    // One last drain attempt, bounded; what remains replays on next start.
+    let _ = tokio::time::timeout(Duration::from_secs(10), drain_once(&state)).await;
+    let publisher = Arc::clone(&state.publisher);
+    tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(10))).await?;
+    Ok(())
+}
+
+/// Replays one spool segment. Ok(true) when a segment was fully acknowledged.
+async fn drain_once(state: &Arc<AppState>) -> anyhow::Result<bool> {
+    let spool = Arc::clone(&state.spool);
+    let Some(segment) = tokio::task::spawn_blocking(move || spool.oldest()).await?? else {
+        return Ok(false);
+    };
+    if segment.torn_tail {
+        // A crash mid-append: the torn record was never acknowledged.
+        ::metrics::counter!(metrics::SPOOL_TORN).increment(1);
+    }
+    let results = state.publisher.send_all(&segment.records).await;
+    if results.iter().all(Result::is_ok) {
+        state.spool.remove(segment.seq)?;
+        ::metrics::counter!(metrics::SPOOL_REPLAYED).increment(segment.records.len() as u64);
+        ::metrics::gauge!(metrics::SPOOL_BYTES).set(state.spool.used_bytes() as f64);
+        Ok(true)
+    } else {
+        anyhow::bail!("{} of {} spooled records not acknowledged", results.iter().filter(|r| r.is_err()).count(), results.len())
+    }
+}
+
+async fn replay_loop(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match drain_once(&state).await {
+            Ok(true) => {
+                backoff = Duration::from_millis(100);
+                continue;
+            }
+            Ok(false) => {
+                tokio::select! {
+                    _ = state.replay.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "spool replay failed; Kafka still unavailable?");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Metric names for ingest. Labels are bounded: platform, reason, route, status.
+
+pub const EVENTS_RECEIVED: &str = "ingest_events_received_total";
+pub const EVENTS_ACCEPTED: &str = "ingest_events_accepted_total";
+pub const EVENTS_REJECTED: &str = "ingest_events_rejected_total";
+pub const EVENTS_DUPLICATE: &str = "ingest_events_duplicate_total";
+pub const EVENTS_FLAGGED: &str = "ingest_events_flagged_total";
+pub const DLQ_RECORDS: &str = "ingest_dlq_records_total";
+pub const EVENTS_SPOOLED: &str = "ingest_events_spooled_total";
+pub const SPOOL_REPLAYED: &str = "ingest_spool_replayed_total";
+pub const SPOOL_TORN: &str = "ingest_spool_torn_segments_total";
+pub const SPOOL_BYTES: &str = "ingest_spool_bytes";
+pub const SPOOL_FULL: &str = "ingest_spool_full_total";
+pub const PRODUCE_SECONDS: &str = "ingest_produce_seconds";
+pub const HTTP_REQUESTS: &str = "ingest_http_requests_total";
+pub const UNAUTHORIZED: &str = "ingest_unauthorized_total";
+pub const RATE_LIMITED: &str = "ingest_rate_limited_total";
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The process-wide Prometheus recorder (installed once, shared by every
+/// server in the process, e.g. in tests).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding
+            // process); then our handle simply renders nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

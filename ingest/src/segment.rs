@@ -1,0 +1,338 @@
+//! Segment HTTP Tracking API payloads → tracking-plan events. Pure: the
+//! caller passes the source, the receive time and the batch's shared context.
+
+use serde_json::{Map, Value as Json, json};
+
+use crate::sources::Source;
+
+/// Segment call types and the route that implies each.
+pub const TYPES: [&str; 6] = ["track", "page", "screen", "identify", "alias", "group"];
+
+/// What went wrong mapping a Segment payload, before schema validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapError {
+    pub reason: &'static str,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl MapError {
+    fn new(reason: &'static str, field: &str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            field: Some(field.to_owned()),
+            message: message.into(),
+        }
+    }
+}
+
+/// Per-request facts the mapping needs.
+pub struct Incoming<'a> {
+    pub source: &'a Source,
+    pub received_at_ms: i64,
+    /// Cap on the device clock correction (|receivedAt − sentAt|).
+    pub max_skew_ms: i64,
+    /// `context` of the enclosing batch, merged under each event's own.
+    pub batch_context: Option<&'a Map<String, Json>>,
+    pub batch_sent_at: Option<&'a Json>,
+}
+
+/// Track event names as sent by SDKs ("Test Drive Booked") → plan names (`test_drive_booked`).
+pub fn event_name(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut prev_us = true;
+    let mut prev_lower = false;
+    for c in raw.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            if c.is_ascii_uppercase() && prev_lower && !prev_us {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+            prev_us = false;
+            prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        } else if !prev_us {
+            out.push('_');
+            prev_us = true;
+            prev_lower = false;
+        }
+    }
+    while out.ends_with('_') {
+        out.pop();
+    }
+    out
+}
+
+fn str_of(v: Option<&Json>) -> Option<String> {
+    match v? {
+        Json::String(s) if !s.is_empty() => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn path<'a>(v: &'a Json, keys: &[&str]) -> Option<&'a Json> {
+    keys.iter().try_fold(v, |v, k| v.get(k))
+}
+
+/// Milliseconds since the epoch from an RFC 3339 string or a number.
+pub fn millis(v: &Json) -> Option<i64> {
+    match v {
+        Json::Number(n) => n.as_i64(),
+        Json::String(s) => chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()),
+        _ => None,
+    }
+}
+
+/// Maps one Segment event (already merged with its route's `type`).
+pub fn to_plan(raw: &Json, inc: &Incoming<'_>) -> Result<Json, MapError> {
+    let obj = raw
+        .as_object()
+        .ok_or_else(|| MapError { reason: "bad_json", field: None, message: "an event must be a JSON object".into() })?;
+    let kind = obj.get("type").and_then(Json::as_str).unwrap_or("track");
+    if !TYPES.contains(&kind) {
+        return Err(MapError::new("invalid_value", "type", format!("{kind:?} is not one of {}", TYPES.join(", "))));
+    }
+    let context = merged_context(obj.get("context"), inc.batch_context);
+    let empty = Map::new();
+    let props = obj.get("properties").and_then(Json::as_object).unwrap_or(&empty);
+    let traits = obj
+        .get("traits")
+        .and_then(Json::as_object)
+        .or_else(|| context.get("traits").and_then(Json::as_object))
+        .unwrap_or(&empty);
+
+    let (event, properties) = match kind {
+        "track" => {
+            let name = str_of(obj.get("event")).ok_or_else(|| MapError::new("missing_required", "event", "a track call needs an event name"))?;
+            (event_name(&name), Json::Object(props.clone()))
+        }
+        "page" | "screen" => ("page_viewed".to_owned(), page_properties(obj, props)),
+        "identify" => ("identify".to_owned(), Json::Object(identify_traits(traits))),
+        "alias" => {
+            let previous = str_of(obj.get("previousId"))
+                .ok_or_else(|| MapError::new("missing_required", "previousId", "an alias call needs previousId"))?;
+            ("alias".to_owned(), json!({ "previous_id": previous }))
+        }
+        _ => ("group".to_owned(), Json::Object(props.clone())),
+    };
+
+    let received = inc.received_at_ms;
+    let original = obj
+        .get("timestamp")
+        .or_else(|| obj.get("originalTimestamp"))
+        .map(|v| millis(v).ok_or_else(|| MapError::new("invalid_value", "timestamp", "timestamp must be RFC 3339 or epoch milliseconds")))
+        .transpose()?;
+    let sent_at = obj
+        .get("sentAt")
+        .or(inc.batch_sent_at)
+        .map(|v| millis(v).ok_or_else(|| MapError::new("invalid_value", "sentAt", "sentAt must be RFC 3339 or epoch milliseconds")))
+        .transpose()?;
+    let timestamp = corrected_timestamp(original, sent_at, received, inc.max_skew_ms);
+
+    let union_id = str_of(path(&context, &["wechat", "unionId"]))
+        .or_else(|| str_of(obj.get("unionId")))
+        .or_else(|| str_of(traits.get("union_id").or_else(|| traits.get("unionId"))));
+    let message_id = str_of(obj.get("messageId")).ok_or_else(|| MapError::new("missing_required", "messageId", "every event needs a messageId (Segment SDKs set one)"))?;
+    let anonymous_id = str_of(obj.get("anonymousId"));
+    let user_id = str_of(obj.get("userId"));
+    if anonymous_id.is_none() && user_id.is_none() {
+        return Err(MapError::new("missing_required", "anonymousId", "an event needs userId or anonymousId"));
+    }
+
+    Ok(json!({
+        "message_id": message_id,
+        "event": event,
+        "type": kind,
+        "platform": inc.source.platform.as_str(),
+        "source_id": inc.source.id,
+        "tenant": inc.source.tenant,
+        "anonymous_id": anonymous_id,
+        "user_id": user_id,
+        "union_id": union_id,
+        "phone_hash": null,
+        "timestamp": timestamp,
+        "original_timestamp": original,
+        "sent_at": sent_at,
+        "received_at": received,
+        "context": plan_context(&context, obj),
+        "properties": properties,
+    }))
+}
+
+/// Segment's correction: the device clock is off by (receivedAt − sentAt),
+/// so shift the event's own timestamp by that, capped, and never into the
+/// future of receipt.
+pub fn corrected_timestamp(original: Option<i64>, sent_at: Option<i64>, received: i64, max_skew_ms: i64) -> i64 {
+    match (original, sent_at) {
+        (Some(ts), Some(sent)) => {
+            let offset = (received - sent).clamp(-max_skew_ms, max_skew_ms);
+            (ts + offset).min(received)
+        }
+        (Some(ts), None) => ts.min(received),
+        (None, _) => received,
+    }
+}
+
+fn merged_context(own: Option<&Json>, batch: Option<&Map<String, Json>>) -> Json {
+    let mut merged = batch.cloned().unwrap_or_default();
+    if let Some(Json::Object(own)) = own {
+        for (k, v) in own {
+            merged.insert(k.clone(), v.clone());
+        }
+    }
+    Json::Object(merged)
+}
+
+/// Known Segment context keys → the plan's flat `Context`. Other context
+/// keys (device, screen, network, ...) are SDK metadata the plan does not
+/// keep.
+fn plan_context(ctx: &Json, event: &Map<String, Json>) -> Json {
+    let s = |keys: &[&str]| str_of(path(ctx, keys));
+    let page = |key: &str| s(&["page", key]).or_else(|| str_of(path(&Json::Object(event.clone()), &["properties", key])));
+    let os = match (s(&["os", "name"]), s(&["os", "version"])) {
+        (Some(n), Some(v)) => Some(format!("{n} {v}")),
+        (n, _) => n,
+    };
+    json!({
+        "sdk_name": s(&["library", "name"]),
+        "sdk_version": s(&["library", "version"]),
+        "app_version": s(&["app", "version"]),
+        "os": os,
+        "locale": s(&["locale"]),
+        "page_url": page("url"),
+        "page_path": page("path"),
+        "page_referrer": page("referrer"),
+        "page_title": page("title"),
+        "utm_source": s(&["campaign", "source"]),
+        "utm_medium": s(&["campaign", "medium"]),
+        "utm_campaign": s(&["campaign", "name"]),
+        "utm_term": s(&["campaign", "term"]),
+        "utm_content": s(&["campaign", "content"]),
+        "lead_channel": s(&["leadChannel"]).or_else(|| s(&["lead_channel"])),
+        "session_id": s(&["sessionId"]).or_else(|| s(&["session_id"])),
+        "user_agent": s(&["userAgent"]),
+        "ip": s(&["ip"]),
+        "is_bot": false,
+    })
+}
+
+/// Page keys Segment SDKs add on their own; they belong to context.
+const PAGE_AUTO_KEYS: [&str; 7] = ["url", "path", "referrer", "title", "search", "keywords", "name"];
+
+fn page_properties(obj: &Map<String, Json>, props: &Map<String, Json>) -> Json {
+    let mut out = Map::new();
+    for (k, v) in props {
+        if !PAGE_AUTO_KEYS.contains(&k.as_str()) && k != "category" {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    let name = str_of(obj.get("name")).or_else(|| str_of(props.get("name")));
+    let category = str_of(obj.get("category")).or_else(|| str_of(props.get("category")));
+    if !out.contains_key("page_type") {
+        let guess = category.as_deref().or(name.as_deref()).map_or("other", page_type_of);
+        out.insert("page_type".into(), json!(guess));
+    }
+    if let Some(name) = name {
+        out.insert("page_name".into(), json!(name));
+    }
+    Json::Object(out)
+}
+
+/// The plan's page types, matched from a page category or name.
+pub fn page_type_of(label: &str) -> &'static str {
+    const TYPES: [&str; 11] = [
+        "home", "model_detail", "configurator", "price", "finance", "dealer_locator", "test_drive", "article", "video", "promotion", "owner_service",
+    ];
+    let key = event_name(label);
+    TYPES.iter().copied().find(|t| *t == key).unwrap_or("other")
+}
+
+/// Identify traits → the plan's `identify` properties (snake_case keys).
+fn identify_traits(traits: &Map<String, Json>) -> Map<String, Json> {
+    traits
+        .iter()
+        .filter(|(k, _)| k.as_str() != "union_id" && k.as_str() != "unionId")
+        .map(|(k, v)| (event_name(k), v.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::{Platform, Source, UnplannedPolicy};
+
+    fn source() -> Source {
+        Source {
+            id: "web-main".into(),
+            platform: Platform::Web,
+            tenant: "brand-a".into(),
+            unplanned: UnplannedPolicy::Block,
+            rate_limit_per_sec: 0,
+            write_key_sha256: String::new(),
+        }
+    }
+
+    fn incoming(src: &Source) -> Incoming<'_> {
+        Incoming { source: src, received_at_ms: 1_000_000, max_skew_ms: 86_400_000, batch_context: None, batch_sent_at: None }
+    }
+
+    #[test]
+    fn names_become_snake_case() {
+        assert_eq!(event_name("Test Drive Booked"), "test_drive_booked");
+        assert_eq!(event_name("leadFormSubmitted"), "lead_form_submitted");
+        assert_eq!(event_name("order_placed"), "order_placed");
+        assert_eq!(event_name("  Coupon -- Claimed! "), "coupon_claimed");
+    }
+
+    #[test]
+    fn skew_correction_is_capped_and_never_in_the_future() {
+        // Device clock 10 s slow: event at device 100, sent at device 200, received at 10_200.
+        assert_eq!(corrected_timestamp(Some(100), Some(200), 10_200, 60_000), 10_100);
+        // Bogus sentAt a year off: correction clamped to the cap.
+        assert_eq!(corrected_timestamp(Some(100), Some(-31_536_000_000), 100_000, 60_000), 60_100);
+        assert_eq!(corrected_timestamp(Some(50_000), None, 10_000, 60_000), 10_000);
+        assert_eq!(corrected_timestamp(None, None, 10_000, 60_000), 10_000);
+    }
+
+    #[test]
+    fn page_calls_become_page_viewed_with_context_from_properties() {
+        let src = source();
+        let raw = json!({
+            "type": "page", "messageId": "m1", "anonymousId": "a1", "name": "Configurator",
+            "timestamp": "1970-01-01T00:16:40Z",
+            "properties": {"url": "https://x/cfg", "path": "/cfg", "title": "Build yours", "model_id": "x5"},
+            "context": {"library": {"name": "analytics.js", "version": "5"}, "campaign": {"source": "autohome"}}
+        });
+        let out = to_plan(&raw, &incoming(&src)).unwrap();
+        assert_eq!(out["event"], "page_viewed");
+        assert_eq!(out["properties"], json!({"page_type": "configurator", "page_name": "Configurator", "model_id": "x5"}));
+        assert_eq!(out["context"]["page_path"], "/cfg");
+        assert_eq!(out["context"]["utm_source"], "autohome");
+        assert_eq!(out["context"]["sdk_name"], "analytics.js");
+        assert_eq!(out["timestamp"], 1_000_000);
+        assert_eq!(out["platform"], "web");
+    }
+
+    #[test]
+    fn mapping_errors_name_the_field() {
+        let src = source();
+        let no_id = json!({"type": "track", "event": "x", "anonymousId": "a"});
+        assert_eq!(to_plan(&no_id, &incoming(&src)).unwrap_err().field.as_deref(), Some("messageId"));
+        let no_person = json!({"type": "track", "event": "x", "messageId": "m"});
+        assert_eq!(to_plan(&no_person, &incoming(&src)).unwrap_err().reason, "missing_required");
+        let bad_ts = json!({"type": "track", "event": "x", "messageId": "m", "userId": 7, "timestamp": "soon"});
+        assert_eq!(to_plan(&bad_ts, &incoming(&src)).unwrap_err().field.as_deref(), Some("timestamp"));
+    }
+
+    #[test]
+    fn batch_context_is_merged_under_the_events_own() {
+        let src = source();
+        let batch_ctx = json!({"library": {"name": "batch-sdk"}, "locale": "zh-CN"});
+        let inc = Incoming { batch_context: batch_ctx.as_object(), ..incoming(&src) };
+        let raw = json!({"type": "identify", "messageId": "m", "userId": "u1", "traits": {"email": "A@b.c", "unionId": "wx"}, "context": {"locale": "en-US"}});
+        let out = to_plan(&raw, &inc).unwrap();
+        assert_eq!(out["context"]["sdk_name"], "batch-sdk");
+        assert_eq!(out["context"]["locale"], "en-US");
+        assert_eq!(out["properties"], json!({"email": "A@b.c"}));
+    }
+}

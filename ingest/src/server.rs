@@ -1,0 +1,391 @@
+//! The HTTP shell: Segment routes, auth, limits, gzip, CORS, health and
+//! metrics. Each request is validated event by event, then made durable
+//! (Kafka ack, or fsync'd spool) before it is answered.
+
+use std::{
+    collections::HashMap,
+    io::Read,
+    num::NonZeroU32,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::Engine as _;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
+use serde_json::{Map, Value as Json, json, value::RawValue};
+use tokio::sync::Notify;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::{
+    metrics as m,
+    pipeline::{Pipeline, Record, Rejection, Verdict, mask_unparseable},
+    publish::Publisher,
+    segment::Incoming,
+    sources::Sources,
+    spool::{Spool, SpoolError},
+};
+
+/// Request and event limits (Segment's, by default).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_event_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_gzip_ratio: usize,
+    pub max_skew_ms: i64,
+    pub spool_max_bytes: u64,
+}
+
+pub struct AppState {
+    pub pipeline: Pipeline,
+    pub sources: Sources,
+    pub publisher: Arc<dyn Publisher>,
+    pub spool: Arc<Spool>,
+    pub dedupe: moka::sync::Cache<String, ()>,
+    pub limiters: HashMap<String, DefaultDirectRateLimiter>,
+    pub limits: Limits,
+    pub replay: Notify,
+    pub prometheus: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl AppState {
+    pub fn limiters_for(sources: &Sources) -> HashMap<String, DefaultDirectRateLimiter> {
+        sources
+            .iter()
+            .filter_map(|s| {
+                let per_sec = NonZeroU32::new(s.rate_limit_per_sec)?;
+                Some((s.id.clone(), RateLimiter::direct(Quota::per_second(per_sec))))
+            })
+            .collect()
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::CONTENT_ENCODING, "x-write-key".parse().expect("valid header")])
+        .max_age(Duration::from_secs(3600));
+    let body_limit = state.limits.max_batch_bytes;
+    Router::new()
+        .route("/v1/{kind}", post(ingest))
+        .route("/metrics", get(|State(s): State<Arc<AppState>>| async move { s.prometheus.render() }))
+        .route("/_liveness", get(|| async { "ok" }))
+        .route("/_readiness", get(readiness))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(cors)
+        .with_state(state)
+}
+
+async fn readiness(State(s): State<Arc<AppState>>) -> Response {
+    let spool_ok = s.spool.used_bytes() < s.limits.spool_max_bytes / 10 * 9;
+    let broker = s.publisher.healthy();
+    let body = json!({ "broker": broker, "spool_bytes": s.spool.used_bytes(), "spool_has_room": spool_ok });
+    // Ready while Kafka is up, or while the spool can still absorb an outage.
+    let status = if broker || spool_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Errors that answer the whole request.
+#[derive(Debug)]
+enum RequestError {
+    BadBody(String),
+    Unauthorized,
+    TooLarge(String),
+    RateLimited,
+    Unavailable(String),
+    NotFound(String),
+}
+
+impl RequestError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+        }
+    }
+}
+
+impl IntoResponse for RequestError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (reason, message) = match self {
+            Self::BadBody(m) => ("bad_json", m),
+            Self::Unauthorized => ("unauthorized_source", "missing or unknown write key".to_owned()),
+            Self::TooLarge(m) => ("too_large", m),
+            Self::RateLimited => ("rate_limited", "over the write key's rate limit".to_owned()),
+            Self::Unavailable(m) => ("unavailable", m),
+            Self::NotFound(m) => ("not_found", m),
+        };
+        let mut resp = (status, axum::Json(json!({ "success": false, "reason": reason, "message": message }))).into_response();
+        if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+const ROUTES: [&str; 8] = ["track", "page", "screen", "identify", "alias", "group", "batch", "import"];
+
+async fn ingest(State(s): State<Arc<AppState>>, Path(kind): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let route = ROUTES.iter().copied().find(|r| *r == kind).unwrap_or("unknown");
+    let resp = match handle(&s, route, &headers, body).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    };
+    metrics::counter!(m::HTTP_REQUESTS, "route" => route, "status" => resp.status().as_str().to_owned()).increment(1);
+    resp
+}
+
+#[derive(Deserialize)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    batch: Vec<&'a RawValue>,
+    #[serde(default)]
+    context: Option<Map<String, Json>>,
+    #[serde(rename = "sentAt", default)]
+    sent_at: Option<Json>,
+    #[serde(rename = "writeKey", default)]
+    write_key: Option<String>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn header_key(headers: &HeaderMap) -> Option<String> {
+    if let Some(k) = headers.get("x-write-key").and_then(|v| v.to_str().ok()) {
+        return Some(k.to_owned());
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = auth.strip_prefix("Basic ").or_else(|| auth.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(text.split_once(':').map_or(text.as_str(), |(user, _)| user).to_owned())
+}
+
+fn decompress(headers: &HeaderMap, body: Bytes, limits: &Limits) -> Result<Bytes, RequestError> {
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    if !gzip {
+        return Ok(body);
+    }
+    let cap = limits.max_batch_bytes.min(body.len().saturating_mul(limits.max_gzip_ratio));
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .take(cap as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| RequestError::BadBody(format!("gzip body does not decompress: {e}")))?;
+    if out.len() > cap {
+        return Err(RequestError::TooLarge(format!(
+            "decompressed body exceeds {cap} bytes (limit {} bytes, ratio {}:1)",
+            limits.max_batch_bytes, limits.max_gzip_ratio
+        )));
+    }
+    Ok(out.into())
+}
+
+async fn handle(s: &Arc<AppState>, route: &'static str, headers: &HeaderMap, body: Bytes) -> Result<Response, RequestError> {
+    if route == "unknown" {
+        return Err(RequestError::NotFound(format!("no such endpoint; use /v1/{{{}}}", ROUTES.join(","))));
+    }
+    let received_at_ms = now_ms();
+    let body = decompress(headers, body, &s.limits)?;
+    let batch_route = route == "batch" || route == "import";
+    let key_from_header = header_key(headers);
+
+    // Parse once: a batch keeps each event as raw text (for its size); a
+    // single call is one event of the route's type.
+    let (raw_events, batch_context, batch_sent_at, body_key): (Vec<&str>, Option<Map<String, Json>>, Option<Json>, Option<String>) = if batch_route {
+        let parsed: BatchBody<'_> = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return Err(bad_body(s, key_from_header.as_deref(), &body, received_at_ms, e.to_string()).await),
+        };
+        if parsed.batch.len() > s.limits.max_batch_events {
+            return Err(RequestError::TooLarge(format!("batch of {} events exceeds {}", parsed.batch.len(), s.limits.max_batch_events)));
+        }
+        (parsed.batch.iter().map(|r| r.get()).collect(), parsed.context, parsed.sent_at, parsed.write_key)
+    } else {
+        let text = match std::str::from_utf8(&body) {
+            Ok(t) => t,
+            Err(e) => return Err(bad_body(s, key_from_header.as_deref(), &body, received_at_ms, e.to_string()).await),
+        };
+        let key = serde_json::from_str::<Json>(text)
+            .ok()
+            .and_then(|v| v.get("writeKey").and_then(Json::as_str).map(str::to_owned));
+        (vec![text], None, None, key)
+    };
+
+    let source = key_from_header
+        .or(body_key)
+        .and_then(|k| s.sources.authenticate(&k).cloned())
+        .ok_or_else(|| {
+            metrics::counter!(m::UNAUTHORIZED).increment(1);
+            RequestError::Unauthorized
+        })?;
+    if let Some(limiter) = s.limiters.get(&source.id) {
+        let n = NonZeroU32::new(raw_events.len().max(1) as u32).expect("at least one");
+        if !matches!(limiter.check_n(n), Ok(Ok(()))) {
+            metrics::counter!(m::RATE_LIMITED).increment(1);
+            return Err(RequestError::RateLimited);
+        }
+    }
+    let platform = source.platform.as_str();
+    metrics::counter!(m::EVENTS_RECEIVED, "platform" => platform).increment(raw_events.len() as u64);
+
+    let inc = Incoming {
+        source: &source,
+        received_at_ms,
+        max_skew_ms: s.limits.max_skew_ms,
+        batch_context: batch_context.as_ref(),
+        batch_sent_at: batch_sent_at.as_ref(),
+    };
+    let mut to_send: Vec<Record> = Vec::new();
+    let mut rejected: Vec<Rejection> = Vec::new();
+    let mut accepted = 0usize;
+    let mut duplicates = 0usize;
+    let mut flagged = 0usize;
+    let mut seen_ids: Vec<String> = Vec::new();
+    for (index, text) in raw_events.iter().enumerate() {
+        let mut raw: Json = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                let raw = Json::String(mask_unparseable(text.as_bytes(), 4096));
+                let r = Rejection { index, message_id: None, reason: "bad_json", field: None, message: e.to_string() };
+                to_send.push(s.pipeline.dlq_record(&raw, &r, &inc));
+                rejected.push(r);
+                continue;
+            }
+        };
+        if !batch_route && let Some(obj) = raw.as_object_mut() {
+            obj.insert("type".into(), Json::String(route.to_owned()));
+        }
+        if text.len() > s.limits.max_event_bytes {
+            let r = Rejection {
+                index,
+                message_id: raw.get("messageId").and_then(Json::as_str).map(str::to_owned),
+                reason: "too_large",
+                field: None,
+                message: format!("event is {} bytes; the limit is {}", text.len(), s.limits.max_event_bytes),
+            };
+            let stub = json!({"messageId": r.message_id, "event": raw.get("event"), "type": raw.get("type"), "bytes": text.len()});
+            to_send.push(s.pipeline.dlq_record(&stub, &r, &inc));
+            rejected.push(r);
+            continue;
+        }
+        let dedupe_key = raw
+            .get("messageId")
+            .and_then(Json::as_str)
+            .map(|id| format!("{}\u{1f}{id}", source.id));
+        if let Some(k) = &dedupe_key {
+            if s.dedupe.contains_key(k) || seen_ids.contains(k) {
+                duplicates += 1;
+                continue;
+            }
+            seen_ids.push(k.clone());
+        }
+        match s.pipeline.process(&raw, index, &inc) {
+            Verdict::Accepted { records, flagged: f } => {
+                accepted += 1;
+                flagged += usize::from(f);
+                to_send.extend(records);
+            }
+            Verdict::Rejected { rejection, dlq } => {
+                to_send.push(dlq);
+                rejected.push(rejection);
+            }
+        }
+    }
+
+    let dlq_count = to_send.iter().filter(|r| r.topic == crate::pipeline::Topic::Dlq).count();
+    make_durable(s, to_send).await?;
+    for k in seen_ids {
+        s.dedupe.insert(k, ());
+    }
+    metrics::counter!(m::EVENTS_ACCEPTED, "platform" => platform).increment(accepted as u64);
+    metrics::counter!(m::EVENTS_DUPLICATE).increment(duplicates as u64);
+    metrics::counter!(m::EVENTS_FLAGGED).increment(flagged as u64);
+    metrics::counter!(m::DLQ_RECORDS).increment(dlq_count as u64);
+    for r in &rejected {
+        metrics::counter!(m::EVENTS_REJECTED, "reason" => r.reason).increment(1);
+    }
+    let rejected_json: Vec<Json> = rejected
+        .iter()
+        .map(|r| json!({"index": r.index, "messageId": r.message_id, "reason": r.reason, "field": r.field, "message": r.message}))
+        .collect();
+    Ok(axum::Json(json!({
+        "success": true,
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "rejected": rejected_json,
+    }))
+    .into_response())
+}
+
+/// An unparseable body: 400, and (when the source is known) kept on the DLQ.
+async fn bad_body(s: &Arc<AppState>, key: Option<&str>, body: &[u8], received_at_ms: i64, message: String) -> RequestError {
+    metrics::counter!(m::EVENTS_REJECTED, "reason" => "bad_json").increment(1);
+    if let Some(source) = key.and_then(|k| s.sources.authenticate(k)) {
+        let inc = Incoming { source, received_at_ms, max_skew_ms: 0, batch_context: None, batch_sent_at: None };
+        let r = Rejection { index: 0, message_id: None, reason: "bad_json", field: None, message: message.clone() };
+        let record = s.pipeline.dlq_record(&Json::String(mask_unparseable(body, 4096)), &r, &inc);
+        if let Err(e) = make_durable(s, vec![record]).await {
+            return e;
+        }
+    }
+    RequestError::BadBody(format!("body is not valid JSON: {message}"))
+}
+
+/// Kafka first; whatever Kafka did not acknowledge goes to the spool. While
+/// the spool holds a backlog, new records queue behind it to keep order.
+async fn make_durable(s: &Arc<AppState>, records: Vec<Record>) -> Result<(), RequestError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let to_spool = if s.spool.is_empty() {
+        let results = s.publisher.send_all(&records).await;
+        records
+            .into_iter()
+            .zip(results)
+            .filter_map(|(r, res)| res.is_err().then_some(r))
+            .collect::<Vec<_>>()
+    } else {
+        records
+    };
+    if to_spool.is_empty() {
+        return Ok(());
+    }
+    let n = to_spool.len() as u64;
+    let spool = Arc::clone(&s.spool);
+    let result = tokio::task::spawn_blocking(move || spool.append(&to_spool))
+        .await
+        .map_err(|e| RequestError::Unavailable(format!("spool task failed: {e}")))?;
+    metrics::gauge!(m::SPOOL_BYTES).set(s.spool.used_bytes() as f64);
+    match result {
+        Ok(()) => {
+            metrics::counter!(m::EVENTS_SPOOLED).increment(n);
+            s.replay.notify_one();
+            Ok(())
+        }
+        Err(SpoolError::Full { .. }) => {
+            metrics::counter!(m::SPOOL_FULL).increment(1);
+            Err(RequestError::Unavailable("Kafka is unavailable and the local spool is full; retry later".into()))
+        }
+        Err(e) => Err(RequestError::Unavailable(format!("events could not be made durable: {e}"))),
+    }
+}
