@@ -208,10 +208,12 @@ async fn handle(s: &Arc<AppState>, route: &'static str, headers: &HeaderMap, bod
     let body = decompress(headers, body, &s.limits)?;
     let batch_route = route == "batch" || route == "import";
     let key_from_header = header_key(headers);
+    let mut single: Option<Json> = None;
 
     // Parse once: a batch keeps each event as raw text (for its size); a
     // single call is one event of the route's type.
-    let (raw_events, batch_context, batch_sent_at, body_key): (Vec<&str>, Option<Map<String, Json>>, Option<Json>, Option<String>) = if batch_route {
+    type Parsed<'a> = (Vec<&'a str>, Option<Map<String, Json>>, Option<Json>, Option<String>);
+    let (raw_events, batch_context, batch_sent_at, body_key): Parsed<'_> = if batch_route {
         let parsed: BatchBody<'_> = match serde_json::from_slice(&body) {
             Ok(b) => b,
             Err(e) => return Err(bad_body(s, key_from_header.as_deref(), &body, received_at_ms, e.to_string()).await),
@@ -225,9 +227,13 @@ async fn handle(s: &Arc<AppState>, route: &'static str, headers: &HeaderMap, bod
             Ok(t) => t,
             Err(e) => return Err(bad_body(s, key_from_header.as_deref(), &body, received_at_ms, e.to_string()).await),
         };
-        let key = serde_json::from_str::<Json>(text)
-            .ok()
-            .and_then(|v| v.get("writeKey").and_then(Json::as_str).map(str::to_owned));
+        // A single call's body is its event: unparseable means 400.
+        let parsed: Json = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return Err(bad_body(s, key_from_header.as_deref(), &body, received_at_ms, e.to_string()).await),
+        };
+        let key = parsed.get("writeKey").and_then(Json::as_str).map(str::to_owned);
+        single = Some(parsed);
         (vec![text], None, None, key)
     };
 
@@ -262,7 +268,11 @@ async fn handle(s: &Arc<AppState>, route: &'static str, headers: &HeaderMap, bod
     let mut flagged = 0usize;
     let mut seen_ids: Vec<String> = Vec::new();
     for (index, text) in raw_events.iter().enumerate() {
-        let mut raw: Json = match serde_json::from_str(text) {
+        let parsed = match single.take() {
+            Some(v) => Ok(v),
+            None => serde_json::from_str::<Json>(text),
+        };
+        let mut raw: Json = match parsed {
             Ok(v) => v,
             Err(e) => {
                 let raw = Json::String(mask_unparseable(text.as_bytes(), 4096));
