@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, and nothing
 # when it is already there: build tools for rdkafka (cmake, curl headers),
-# ClickHouse server/client, and Confluent's Python client for the registry
-# compatibility test.
+# ClickHouse server/client, and the real Python clients (Confluent's
+# registry client, Segment's SDK) used by the compatibility tests.
 set -euo pipefail
 
 need_apt=()
@@ -18,7 +18,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import confluent_kafka.schema_registry.avro, fastavro' >/dev/null 2>&1; then
-  echo "installing confluent-kafka (Python) for the registry client test"
-  python3 -m pip install -q 'confluent-kafka[avro,schemaregistry]'
+if ! python3 -c 'import confluent_kafka.schema_registry.avro, fastavro, segment.analytics' >/dev/null 2>&1; then
+  echo "installing confluent-kafka and segment-analytics-python for the client compatibility tests"
+  python3 -m pip install -q 'confluent-kafka[avro,schemaregistry]' segment-analytics-python
 fi

@@ -82,3 +82,18 @@ impl IngestConfig {
         Ok(())
     }
 }
+
+#[derive(clap::Parser)]
+struct Standalone {
+    #[command(flatten)]
+    config: IngestConfig,
+}
+
+impl IngestConfig {
+    /// The defaults every flag documents, for embedding ingest in another
+    /// process (the quickstart, tests). Environment variables still apply.
+    pub fn defaults(kafka: &str, pii_pepper: &str) -> Self {
+        use clap::Parser as _;
+        Standalone::parse_from(["ingest", "--kafka", kafka, "--pii-pepper", pii_pepper]).config
+    }
+}
