@@ -48,14 +48,26 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn drive(url: &str, batch: usize, connections: usize, seconds: u64, run: &str) -> (u64, Vec<f64>, f64) {
+async fn drive(
+    url: &str,
+    batch: usize,
+    connections: usize,
+    seconds: u64,
+    run: &str,
+) -> (u64, Vec<f64>, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..connections {
-        let (stop, sent, counter, url, run) = (stop.clone(), sent.clone(), counter.clone(), url.to_owned(), format!("{run}-c{c}"));
+        let (stop, sent, counter, url, run) = (
+            stop.clone(),
+            sent.clone(),
+            counter.clone(),
+            url.to_owned(),
+            format!("{run}-c{c}"),
+        );
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut latencies = Vec::new();
@@ -89,11 +101,18 @@ async fn drive(url: &str, batch: usize, connections: usize, seconds: u64, run: &
 }
 
 async fn create_topics(bootstrap: &str, names: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> = leadstream_common::kafka::admin_config(bootstrap).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        leadstream_common::kafka::admin_config(bootstrap)
+            .create()
+            .unwrap();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for name in names {
         let topic = NewTopic::new(name, 4, TopicReplication::Fixed(1));
-        for r in admin.create_topics([&topic], &opts).await.expect("create topics") {
+        for r in admin
+            .create_topics([&topic], &opts)
+            .await
+            .expect("create topics")
+        {
             r.expect("topic created");
         }
     }
@@ -111,7 +130,11 @@ async fn main() {
     let connections: usize = env("LEADSTREAM_BENCH_CONNECTIONS", "16").parse().unwrap();
     let batch: usize = env("LEADSTREAM_BENCH_BATCH", "100").parse().unwrap();
     let run = format!("bench{}", std::process::id());
-    let (events_topic, dlq_topic, bare_topic) = (format!("{run}.events"), format!("{run}.dlq"), format!("{run}.bare"));
+    let (events_topic, dlq_topic, bare_topic) = (
+        format!("{run}.events"),
+        format!("{run}.dlq"),
+        format!("{run}.bare"),
+    );
     create_topics(&bootstrap, &[&events_topic, &dlq_topic, &bare_topic]).await;
 
     let spool = tempfile::tempdir().unwrap();
@@ -120,7 +143,15 @@ async fn main() {
     cfg.spool_dir = spool.path().to_path_buf();
     cfg.events_topic = events_topic.clone();
     cfg.dlq_topic = dlq_topic;
-    let publisher = Arc::new(KafkaPublisher::new(&bootstrap, &cfg.events_topic, &cfg.dlq_topic, Duration::from_secs(30)).unwrap());
+    let publisher = Arc::new(
+        KafkaPublisher::new(
+            &bootstrap,
+            &cfg.events_topic,
+            &cfg.dlq_topic,
+            Duration::from_secs(30),
+        )
+        .unwrap(),
+    );
     let state = build_state(&cfg, publisher).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -129,19 +160,32 @@ async fn main() {
     // Bare producer: the same events, validated and encoded up front, sent
     // with the same producer settings.
     let plan = Plan::embedded().unwrap();
-    let encoder = Encoder::build(&plan, &EmbeddedResolver::new(&plan).unwrap()).await.unwrap();
+    let encoder = Encoder::build(&plan, &EmbeddedResolver::new(&plan).unwrap())
+        .await
+        .unwrap();
     let n_bare = 300_000u64;
     let src = leadstream_ingest::sources::Sources::load(&cfg.sources).unwrap();
     let source = src.authenticate("dev-web-key").unwrap().clone();
-    let inc = leadstream_ingest::segment::Incoming { source: &source, received_at_ms: 1_795_305_600_000, max_skew_ms: 0, batch_context: None, batch_sent_at: None };
+    let inc = leadstream_ingest::segment::Incoming {
+        source: &source,
+        received_at_ms: 1_795_305_600_000,
+        max_skew_ms: 0,
+        batch_context: None,
+        batch_sent_at: None,
+    };
     let payloads: Vec<(String, Vec<u8>)> = (0..n_bare)
         .map(|i| {
             let plan_event = leadstream_ingest::segment::to_plan(&event(i, "bare"), &inc).unwrap();
-            (format!("anon-{}", i % 50_000), encoder.encode(&plan_event).unwrap().bytes)
+            (
+                format!("anon-{}", i % 50_000),
+                encoder.encode(&plan_event).unwrap().bytes,
+            )
         })
         .collect();
     let avg_bytes = payloads.iter().map(|p| p.1.len()).sum::<usize>() / payloads.len();
-    let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap).create().unwrap();
+    let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap)
+        .create()
+        .unwrap();
     let t = Instant::now();
     let mut futures = Vec::with_capacity(payloads.len());
     for (key, payload) in &payloads {
@@ -165,11 +209,24 @@ async fn main() {
     let (n1, lat1, secs1) = drive(&url, 1, connections * 4, seconds, &format!("{run}s")).await;
     let single_rate = n1 as f64 / secs1;
 
-    println!("ingest load harness: {connections} connections (x4 for single events), {seconds}s each, broker {bootstrap}, avg Avro payload {avg_bytes} B");
+    println!(
+        "ingest load harness: {connections} connections (x4 for single events), {seconds}s each, broker {bootstrap}, avg Avro payload {avg_bytes} B"
+    );
     println!("| mode | events/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|");
     println!("| bare rdkafka producer, pre-encoded | {bare_rate:.0} | - | - |");
-    println!("| ingest HTTP, batches of {batch} | {batch_rate:.0} | {:.1} | {:.1} |", percentile(&lat, 0.5), percentile(&lat, 0.99));
-    println!("| ingest HTTP, single events | {single_rate:.0} | {:.1} | {:.1} |", percentile(&lat1, 0.5), percentile(&lat1, 0.99));
-    println!("batched ingest / bare producer = {:.2}", batch_rate / bare_rate);
+    println!(
+        "| ingest HTTP, batches of {batch} | {batch_rate:.0} | {:.1} | {:.1} |",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    println!(
+        "| ingest HTTP, single events | {single_rate:.0} | {:.1} | {:.1} |",
+        percentile(&lat1, 0.5),
+        percentile(&lat1, 0.99)
+    );
+    println!(
+        "batched ingest / bare producer = {:.2}",
+        batch_rate / bare_rate
+    );
 }

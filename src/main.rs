@@ -53,7 +53,9 @@ fn main() -> ExitCode {
             Command::Schemas(args) => schemas_cmd::run(args).await,
             Command::Registry(args) => schemas_cmd::registry(args).await,
             Command::Broker(args) => broker::run(args).await,
-            Command::Ingest(cfg) => leadstream_ingest::run(cfg, shutdown_signal()).await.map(|()| ExitCode::SUCCESS),
+            Command::Ingest(cfg) => leadstream_ingest::run(cfg, shutdown_signal())
+                .await
+                .map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

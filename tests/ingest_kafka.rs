@@ -35,7 +35,13 @@ fn config(kafka: &str, events: &str, dlq: &str, spool: &std::path::Path) -> Inge
 
 async fn start_in_process(cfg: &IngestConfig) -> String {
     let publisher = Arc::new(
-        KafkaPublisher::new(&cfg.kafka, &cfg.events_topic, &cfg.dlq_topic, Duration::from_millis(cfg.produce_timeout_ms)).unwrap(),
+        KafkaPublisher::new(
+            &cfg.kafka,
+            &cfg.events_topic,
+            &cfg.dlq_topic,
+            Duration::from_millis(cfg.produce_timeout_ms),
+        )
+        .unwrap(),
     );
     let state = build_state(cfg, publisher).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -46,17 +52,26 @@ async fn start_in_process(cfg: &IngestConfig) -> String {
 
 /// Reads `expected` messages (and a little longer, to catch duplicates).
 async fn consume(bootstrap: &str, topic: &str, expected: usize) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
-    let consumer: StreamConsumer = leadstream_common::kafka::consumer_config(bootstrap, &common::unique("check")).create().unwrap();
+    let consumer: StreamConsumer =
+        leadstream_common::kafka::consumer_config(bootstrap, &common::unique("check"))
+            .create()
+            .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while out.len() < expected && tokio::time::Instant::now() < deadline {
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
-            out.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec()));
+            out.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
         }
     }
     while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
-        out.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec()));
+        out.push((
+            m.key().map(<[u8]>::to_vec),
+            m.payload().unwrap_or_default().to_vec(),
+        ));
     }
     out
 }
@@ -79,33 +94,70 @@ async fn segment_python_sdk_events_reach_kafka_as_governed_avro() {
     let spool = tempfile::tempdir().unwrap();
     let url = start_in_process(&config(&bootstrap, &events.name, &dlq.name, spool.path())).await;
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/segment_sdk_client.py");
-    let out = tokio::task::spawn_blocking(move || Command::new("python3").args([script, &url, "dev-web-key"]).output())
-        .await
-        .unwrap()
-        .expect("python3 must be installed");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/segment_sdk_client.py"
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args([script, &url, "dev-web-key"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 must be installed");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named 'segment'"),
         "segment-analytics-python is not installed; run deploy/scripts/install-test-deps.sh"
     );
-    assert!(out.status.success(), "the Segment SDK reported errors:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the Segment SDK reported errors:\n{stderr}"
+    );
     let sent: Value = serde_json::from_slice(&out.stdout).unwrap();
 
     let on_events = consume(&bootstrap, &events.name, 3).await;
     let on_dlq = consume(&bootstrap, &dlq.name, 1).await;
     let decoded = decode_ids(&on_events).await;
-    let ids: Vec<&str> = decoded.iter().map(|e| e["message_id"].as_str().unwrap()).collect();
-    let expected: Vec<&str> = sent["valid"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(ids.iter().copied().collect::<BTreeSet<_>>(), expected.iter().copied().collect::<BTreeSet<_>>());
+    let ids: Vec<&str> = decoded
+        .iter()
+        .map(|e| e["message_id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<&str> = sent["valid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        expected.iter().copied().collect::<BTreeSet<_>>()
+    );
     assert_eq!(ids.len(), 3, "exactly once");
 
-    let by_event: HashMap<&str, &Value> = decoded.iter().map(|e| (e["event"].as_str().unwrap(), e)).collect();
-    assert_eq!(by_event["test_drive_booked"]["context"]["utm_source"], "autohome");
-    assert_eq!(by_event["test_drive_booked"]["context"]["sdk_name"], "analytics-python");
-    assert_eq!(by_event["page_viewed"]["properties"]["page_type"], "configurator");
+    let by_event: HashMap<&str, &Value> = decoded
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e))
+        .collect();
+    assert_eq!(
+        by_event["test_drive_booked"]["context"]["utm_source"],
+        "autohome"
+    );
+    assert_eq!(
+        by_event["test_drive_booked"]["context"]["sdk_name"],
+        "analytics-python"
+    );
+    assert_eq!(
+        by_event["page_viewed"]["properties"]["page_type"],
+        "configurator"
+    );
     assert_eq!(by_event["identify"]["user_id"], "u-42");
-    assert_eq!(by_event["identify"]["properties"]["name"], Value::Null, "pii drop");
+    assert_eq!(
+        by_event["identify"]["properties"]["name"],
+        Value::Null,
+        "pii drop"
+    );
     assert!(by_event["identify"]["phone_hash"].is_string());
     // The test drive's union id keys the record; the identify is keyed by user id.
     let keys: BTreeSet<Vec<u8>> = on_events.iter().filter_map(|(k, _)| k.clone()).collect();
@@ -114,12 +166,28 @@ async fn segment_python_sdk_events_reach_kafka_as_governed_avro() {
     assert_eq!(on_dlq.len(), 1);
     let violation: Value = serde_json::from_slice(&on_dlq[0].1).unwrap();
     assert_eq!(violation["message_id"], sent["invalid"][0]);
-    assert_eq!((violation["reason"].as_str(), violation["field"].as_str()), (Some("type_mismatch"), Some("properties.form_id")));
+    assert_eq!(
+        (violation["reason"].as_str(), violation["field"].as_str()),
+        (Some("type_mismatch"), Some("properties.form_id"))
+    );
 
-    let everything: Vec<u8> = on_events.iter().chain(&on_dlq).flat_map(|(_, p)| p.clone()).collect();
+    let everything: Vec<u8> = on_events
+        .iter()
+        .chain(&on_dlq)
+        .flat_map(|(_, p)| p.clone())
+        .collect();
     let everything = String::from_utf8_lossy(&everything);
-    for clear in ["13800138000", "138 0013 8000", "wang@example.com", "Wang Wei", "wx-union-1"] {
-        assert!(!everything.contains(clear), "{clear} is in Kafka in clear text");
+    for clear in [
+        "13800138000",
+        "138 0013 8000",
+        "wang@example.com",
+        "Wang Wei",
+        "wx-union-1",
+    ] {
+        assert!(
+            !everything.contains(clear),
+            "{clear} is in Kafka in clear text"
+        );
     }
 }
 
@@ -155,7 +223,10 @@ impl Drop for Ingest {
 
 async fn wait_live(url: &str) {
     for _ in 0..200 {
-        if reqwest::get(format!("{url}/_liveness")).await.is_ok_and(|r| r.status() == 200) {
+        if reqwest::get(format!("{url}/_liveness"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -164,7 +235,11 @@ async fn wait_live(url: &str) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn batch(prefix: &str, n: usize) -> Value {
@@ -190,7 +265,13 @@ async fn kill_9_while_spooling_then_restart_delivers_every_accepted_event_once()
     let mut accepted = BTreeSet::new();
     for b in 0..4 {
         let body = batch(&format!("k{b}"), 25);
-        let r = client.post(format!("{url}/v1/batch")).basic_auth("dev-web-key", Some("")).json(&body).send().await.unwrap();
+        let r = client
+            .post(format!("{url}/v1/batch"))
+            .basic_auth("dev-web-key", Some(""))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         for e in body["batch"].as_array().unwrap() {
             accepted.insert(e["messageId"].as_str().unwrap().to_owned());
@@ -199,12 +280,18 @@ async fn kill_9_while_spooling_then_restart_delivers_every_accepted_event_once()
     // SIGKILL: no flush, no graceful anything.
     first.0.kill().unwrap();
     first.0.wait().unwrap();
-    assert!(std::fs::read_dir(spool.path()).unwrap().count() > 0, "events were spooled");
+    assert!(
+        std::fs::read_dir(spool.path()).unwrap().count() > 0,
+        "events were spooled"
+    );
 
     let _second = Ingest::spawn(&bootstrap, &events.name, &dlq.name, spool.path(), port);
     wait_live(&url).await;
     let got = decode_ids(&consume(&bootstrap, &events.name, accepted.len()).await).await;
-    let ids: Vec<String> = got.iter().map(|e| e["message_id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = got
+        .iter()
+        .map(|e| e["message_id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids.len(), accepted.len(), "no duplicates");
     assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), accepted);
 }
@@ -233,14 +320,23 @@ async fn broker_outage_mid_load_loses_and_duplicates_nothing() {
             }
         }
         let body = batch(&format!("o{b}"), 20);
-        let r = client.post(format!("{url}/v1/batch")).basic_auth("dev-web-key", Some("")).json(&body).send().await.unwrap();
+        let r = client
+            .post(format!("{url}/v1/batch"))
+            .basic_auth("dev-web-key", Some(""))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "batch {b}");
         for e in body["batch"].as_array().unwrap() {
             accepted.insert(e["messageId"].as_str().unwrap().to_owned());
         }
     }
     let got = decode_ids(&consume(&bootstrap, "events", accepted.len()).await).await;
-    let ids: Vec<String> = got.iter().map(|e| e["message_id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = got
+        .iter()
+        .map(|e| e["message_id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids.len(), accepted.len(), "no duplicates");
     assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), accepted);
 }

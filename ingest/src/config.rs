@@ -7,7 +7,11 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct IngestConfig {
     /// Address the HTTP API listens on.
-    #[arg(long = "listen", env = "LEADSTREAM_INGEST_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long = "listen",
+        env = "LEADSTREAM_INGEST_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
     /// Kafka bootstrap servers.
     #[arg(long = "kafka", env = "LEADSTREAM_KAFKA_BROKERS")]
@@ -16,13 +20,21 @@ pub struct IngestConfig {
     #[arg(long = "registry", env = "LEADSTREAM_REGISTRY_URL")]
     pub registry: Option<String>,
     /// Sources file (write keys, platforms, tenants, policies).
-    #[arg(long, env = "LEADSTREAM_SOURCES", default_value = "deploy/config/sources.toml")]
+    #[arg(
+        long,
+        env = "LEADSTREAM_SOURCES",
+        default_value = "deploy/config/sources.toml"
+    )]
     pub sources: PathBuf,
     /// Secret pepper for HMAC-SHA256 of PII fields.
     #[arg(long, env = "LEADSTREAM_PII_PEPPER", hide_env_values = true)]
     pub pii_pepper: String,
     /// Directory of the durable spool.
-    #[arg(long, env = "LEADSTREAM_SPOOL_DIR", default_value = ".leadstream/spool")]
+    #[arg(
+        long,
+        env = "LEADSTREAM_SPOOL_DIR",
+        default_value = ".leadstream/spool"
+    )]
     pub spool_dir: PathBuf,
     /// Spool bound in bytes; beyond it requests get 503.
     #[arg(long, env = "LEADSTREAM_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
@@ -30,9 +42,17 @@ pub struct IngestConfig {
     /// How long a record may wait for Kafka's ack before it is spooled.
     #[arg(long, env = "LEADSTREAM_PRODUCE_TIMEOUT_MS", default_value_t = 5_000)]
     pub produce_timeout_ms: u64,
-    #[arg(long, env = "LEADSTREAM_EVENTS_TOPIC", default_value = "leadstream.events")]
+    #[arg(
+        long,
+        env = "LEADSTREAM_EVENTS_TOPIC",
+        default_value = "leadstream.events"
+    )]
     pub events_topic: String,
-    #[arg(long, env = "LEADSTREAM_DLQ_TOPIC", default_value = "leadstream.events.dlq")]
+    #[arg(
+        long,
+        env = "LEADSTREAM_DLQ_TOPIC",
+        default_value = "leadstream.events.dlq"
+    )]
     pub dlq_topic: String,
     /// Largest single event, bytes of JSON.
     #[arg(long, env = "LEADSTREAM_MAX_EVENT_BYTES", default_value_t = 32 * 1024)]
@@ -71,7 +91,9 @@ impl IngestConfig {
             return Err("--kafka / LEADSTREAM_KAFKA_BROKERS is empty".into());
         }
         if self.pii_pepper.len() < 16 {
-            return Err("--pii-pepper / LEADSTREAM_PII_PEPPER must be at least 16 characters".into());
+            return Err(
+                "--pii-pepper / LEADSTREAM_PII_PEPPER must be at least 16 characters".into(),
+            );
         }
         if self.max_event_bytes > self.max_batch_bytes {
             return Err("--max-event-bytes must not exceed --max-batch-bytes".into());

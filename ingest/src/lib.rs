@@ -28,7 +28,10 @@ use spool::Spool;
 
 /// Builds the shared state from config, with the given publisher (Kafka in
 /// production, a fake or a MockCluster-backed one in tests).
-pub async fn build_state(cfg: &IngestConfig, publisher: Arc<dyn Publisher>) -> anyhow::Result<Arc<AppState>> {
+pub async fn build_state(
+    cfg: &IngestConfig,
+    publisher: Arc<dyn Publisher>,
+) -> anyhow::Result<Arc<AppState>> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let plan = Plan::embedded()?;
     let resolver: Box<dyn SchemaResolver> = match &cfg.registry {
@@ -46,7 +49,12 @@ pub async fn build_state(cfg: &IngestConfig, publisher: Arc<dyn Publisher>) -> a
         pipeline: Pipeline {
             encoder,
             pii: pii::PiiRules::new(&plan, cfg.pii_pepper.as_bytes()),
-            bot_agents: cfg.bot_user_agents.iter().map(|b| b.trim().to_ascii_lowercase()).filter(|b| !b.is_empty()).collect(),
+            bot_agents: cfg
+                .bot_user_agents
+                .iter()
+                .map(|b| b.trim().to_ascii_lowercase())
+                .filter(|b| !b.is_empty())
+                .collect(),
         },
         sources,
         publisher,
@@ -70,10 +78,18 @@ pub async fn build_state(cfg: &IngestConfig, publisher: Arc<dyn Publisher>) -> a
 }
 
 /// Runs `leadstream ingest` against Kafka until `shutdown` resolves.
-pub async fn run(cfg: IngestConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: IngestConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let publisher = Arc::new(
-        KafkaPublisher::new(&cfg.kafka, &cfg.events_topic, &cfg.dlq_topic, Duration::from_millis(cfg.produce_timeout_ms))
-            .context("creating the Kafka producer")?,
+        KafkaPublisher::new(
+            &cfg.kafka,
+            &cfg.events_topic,
+            &cfg.dlq_topic,
+            Duration::from_millis(cfg.produce_timeout_ms),
+        )
+        .context("creating the Kafka producer")?,
     );
     let state = build_state(&cfg, publisher).await?;
     let listener = TcpListener::bind(cfg.listen)
@@ -85,7 +101,11 @@ pub async fn run(cfg: IngestConfig, shutdown: impl Future<Output = ()> + Send + 
 
 /// Serves the API and replays the spool until `shutdown`; then drains what
 /// it can and flushes the producer.
-pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let replayer = tokio::spawn(replay_loop(Arc::clone(&state), stop_rx));
     axum::serve(listener, server::router(Arc::clone(&state)))
@@ -117,7 +137,11 @@ async fn drain_once(state: &Arc<AppState>) -> anyhow::Result<bool> {
         ::metrics::gauge!(metrics::SPOOL_BYTES).set(state.spool.used_bytes() as f64);
         Ok(true)
     } else {
-        anyhow::bail!("{} of {} spooled records not acknowledged", results.iter().filter(|r| r.is_err()).count(), results.len())
+        anyhow::bail!(
+            "{} of {} spooled records not acknowledged",
+            results.iter().filter(|r| r.is_err()).count(),
+            results.len()
+        )
     }
 }
 

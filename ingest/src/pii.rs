@@ -43,7 +43,11 @@ impl PiiRules {
         let normalised = normalise(field, value);
         let mut mac = self.mac.clone();
         mac.update(normalised.as_bytes());
-        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Applies the event's rules in place, and copies a hashed phone into
@@ -56,7 +60,9 @@ impl PiiRules {
             return;
         };
         for (path, action) in rules {
-            let Some(slot) = lookup_mut(event, path) else { continue };
+            let Some(slot) = lookup_mut(event, path) else {
+                continue;
+            };
             let field = path.last().map_or("", String::as_str);
             let text = match slot {
                 Json::String(s) => s.clone(),
@@ -70,9 +76,13 @@ impl PiiRules {
             };
         }
         if event.get("phone_hash").is_none_or(Json::is_null) {
-            let phone = ["phone", "contact_phone"]
-                .iter()
-                .find_map(|k| event.get("properties")?.get(*k)?.as_str().map(str::to_owned));
+            let phone = ["phone", "contact_phone"].iter().find_map(|k| {
+                event
+                    .get("properties")?
+                    .get(*k)?
+                    .as_str()
+                    .map(str::to_owned)
+            });
             if let Some(hashed) = phone {
                 event["phone_hash"] = Json::String(hashed);
             }
@@ -80,7 +90,11 @@ impl PiiRules {
     }
 }
 
-fn collect(r: &apache_avro::schema::RecordSchema, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, Action)>) {
+fn collect(
+    r: &apache_avro::schema::RecordSchema,
+    prefix: &mut Vec<String>,
+    out: &mut Vec<(Vec<String>, Action)>,
+) {
     for f in &r.fields {
         prefix.push(f.name.clone());
         let action = match f.custom_attributes.get("pii").and_then(Json::as_str) {
@@ -157,12 +171,19 @@ mod tests {
         assert_eq!(e["context"]["ip"], "203.0.113.0");
         assert_eq!(e["union_id"], json!(rules.hash("union_id", "wx-union")));
         assert!(!e.to_string().contains("13800138000") && !e.to_string().contains("Wang"));
-        assert_ne!(PiiRules::new(&plan, b"other").hash("phone", "13800138000"), hashed, "the pepper matters");
+        assert_ne!(
+            PiiRules::new(&plan, b"other").hash("phone", "13800138000"),
+            hashed,
+            "the pepper matters"
+        );
     }
 
     #[test]
     fn ip_truncation() {
-        assert_eq!(truncate_ip("2001:db8:85a3:8d3:1319:8a2e:370:7348"), "2001:db8:85a3::");
+        assert_eq!(
+            truncate_ip("2001:db8:85a3:8d3:1319:8a2e:370:7348"),
+            "2001:db8:85a3::"
+        );
         assert_eq!(truncate_ip("not an ip"), "");
     }
 }

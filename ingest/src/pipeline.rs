@@ -54,8 +54,14 @@ pub struct Rejection {
 pub enum Verdict {
     /// Goes to Kafka; a flagged violation (unplanned event under the `flag`
     /// policy) also carries its DLQ record.
-    Accepted { records: Vec<Record>, flagged: bool },
-    Rejected { rejection: Rejection, dlq: Record },
+    Accepted {
+        records: Vec<Record>,
+        flagged: bool,
+    },
+    Rejected {
+        rejection: Rejection,
+        dlq: Record,
+    },
 }
 
 pub struct Pipeline {
@@ -67,9 +73,18 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn process(&self, raw: &Json, index: usize, inc: &Incoming<'_>) -> Verdict {
-        let message_id = raw.get("messageId").and_then(Json::as_str).map(str::to_owned);
+        let message_id = raw
+            .get("messageId")
+            .and_then(Json::as_str)
+            .map(str::to_owned);
         let reject = |reason: &'static str, field: Option<String>, message: String| {
-            let rejection = Rejection { index, message_id: message_id.clone(), reason, field, message };
+            let rejection = Rejection {
+                index,
+                message_id: message_id.clone(),
+                reason,
+                field,
+                message,
+            };
             let dlq = self.dlq_record(raw, &rejection, inc);
             Verdict::Rejected { rejection, dlq }
         };
@@ -77,7 +92,10 @@ impl Pipeline {
             Ok(e) => e,
             Err(e) => return reject(e.reason, e.field, e.message),
         };
-        let ua = event["context"]["user_agent"].as_str().unwrap_or_default().to_ascii_lowercase();
+        let ua = event["context"]["user_agent"]
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         if !ua.is_empty() && self.bot_agents.iter().any(|b| ua.contains(b.as_str())) {
             event["context"]["is_bot"] = Json::Bool(true);
         }
@@ -92,7 +110,10 @@ impl Pipeline {
                 }],
                 flagged: false,
             },
-            Err(e) if e.reason() == "unplanned_event" && inc.source.unplanned == UnplannedPolicy::Flag => {
+            Err(e)
+                if e.reason() == "unplanned_event"
+                    && inc.source.unplanned == UnplannedPolicy::Flag =>
+            {
                 let rejection = Rejection {
                     index,
                     message_id: message_id.clone(),
@@ -100,7 +121,10 @@ impl Pipeline {
                     field: Some("event".into()),
                     message: format!("{e} (accepted: the source's policy is flag)"),
                 };
-                Verdict::Accepted { records: vec![self.dlq_record(raw, &rejection, inc)], flagged: true }
+                Verdict::Accepted {
+                    records: vec![self.dlq_record(raw, &rejection, inc)],
+                    flagged: true,
+                }
             }
             Err(e) => reject(e.reason(), e.field().map(str::to_owned), e.to_string()),
         }
@@ -111,9 +135,14 @@ impl Pipeline {
     pub fn dlq_record(&self, raw: &Json, r: &Rejection, inc: &Incoming<'_>) -> Record {
         let mut scrubbed = raw.clone();
         self.scrub(&mut scrubbed);
-        let event = raw.get("event").and_then(Json::as_str).map(segment::event_name);
+        let event = raw
+            .get("event")
+            .and_then(Json::as_str)
+            .map(segment::event_name);
         let sdk = raw.pointer("/context/library/name").and_then(Json::as_str);
-        let sdk_version = raw.pointer("/context/library/version").and_then(Json::as_str);
+        let sdk_version = raw
+            .pointer("/context/library/version")
+            .and_then(Json::as_str);
         let body = json!({
             "message_id": r.message_id,
             "event": event,
@@ -159,7 +188,12 @@ impl Pipeline {
 pub fn partition_key(event: &Json) -> String {
     ["user_id", "union_id", "anonymous_id"]
         .iter()
-        .find_map(|k| event.get(*k).and_then(Json::as_str).filter(|s| !s.is_empty()))
+        .find_map(|k| {
+            event
+                .get(*k)
+                .and_then(Json::as_str)
+                .filter(|s| !s.is_empty())
+        })
         .unwrap_or_default()
         .to_owned()
 }
@@ -175,11 +209,19 @@ pub fn mask_unparseable(body: &[u8], max: usize) -> String {
             digits.push(c);
             continue;
         }
-        out.push_str(&if digits.len() >= 6 { "#".repeat(digits.len()) } else { std::mem::take(&mut digits) });
+        out.push_str(&if digits.len() >= 6 {
+            "#".repeat(digits.len())
+        } else {
+            std::mem::take(&mut digits)
+        });
         digits.clear();
         out.push(c);
     }
-    out.push_str(&if digits.len() >= 6 { "#".repeat(digits.len()) } else { digits });
+    out.push_str(&if digits.len() >= 6 {
+        "#".repeat(digits.len())
+    } else {
+        digits
+    });
     out.split(' ')
         .map(|w| if w.contains('@') { "***" } else { w })
         .collect::<Vec<_>>()
@@ -195,7 +237,9 @@ mod tests {
     fn pipeline() -> Pipeline {
         let plan = Plan::embedded().unwrap();
         let resolver = EmbeddedResolver::new(&plan).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         Pipeline {
             encoder: rt.block_on(Encoder::build(&plan, &resolver)).unwrap(),
             pii: PiiRules::new(&plan, b"pepper"),
@@ -204,11 +248,24 @@ mod tests {
     }
 
     fn source(unplanned: UnplannedPolicy) -> Source {
-        Source { id: "mp".into(), platform: Platform::MiniProgram, tenant: "t".into(), write_key_sha256: String::new(), unplanned, rate_limit_per_sec: 0 }
+        Source {
+            id: "mp".into(),
+            platform: Platform::MiniProgram,
+            tenant: "t".into(),
+            write_key_sha256: String::new(),
+            unplanned,
+            rate_limit_per_sec: 0,
+        }
     }
 
     fn inc(src: &Source) -> Incoming<'_> {
-        Incoming { source: src, received_at_ms: 1_795_305_600_000, max_skew_ms: 86_400_000, batch_context: None, batch_sent_at: None }
+        Incoming {
+            source: src,
+            received_at_ms: 1_795_305_600_000,
+            max_skew_ms: 86_400_000,
+            batch_context: None,
+            batch_sent_at: None,
+        }
     }
 
     #[test]
@@ -218,9 +275,19 @@ mod tests {
         let raw = json!({"type": "track", "event": "Lead Form Submitted", "messageId": "m1", "anonymousId": "a1",
             "context": {"wechat": {"unionId": "wx-1"}, "userAgent": "Baiduspider/2.0"},
             "properties": {"form_id": "quote", "phone": "13800138000", "name": "Li Lei"}});
-        let Verdict::Accepted { records, flagged: false } = p.process(&raw, 0, &inc(&src)) else { panic!("rejected") };
+        let Verdict::Accepted {
+            records,
+            flagged: false,
+        } = p.process(&raw, 0, &inc(&src))
+        else {
+            panic!("rejected")
+        };
         assert_eq!(records[0].topic, Topic::Events);
-        assert_eq!(records[0].key, p.pii.hash("union_id", "wx-1"), "union id beats anonymous id, hashed");
+        assert_eq!(
+            records[0].key,
+            p.pii.hash("union_id", "wx-1"),
+            "union id beats anonymous id, hashed"
+        );
         let bytes = String::from_utf8_lossy(&records[0].payload);
         assert!(!bytes.contains("13800138000") && !bytes.contains("Li Lei"));
     }
@@ -231,8 +298,17 @@ mod tests {
         let src = source(UnplannedPolicy::Block);
         let raw = json!({"type": "track", "event": "Lead Form Submitted", "messageId": "m2", "userId": "u",
             "properties": {"form_id": 7, "phone": "13800138000"}});
-        let Verdict::Rejected { rejection, dlq } = p.process(&raw, 3, &inc(&src)) else { panic!("accepted") };
-        assert_eq!((rejection.index, rejection.reason, rejection.field.as_deref()), (3, "type_mismatch", Some("properties.form_id")));
+        let Verdict::Rejected { rejection, dlq } = p.process(&raw, 3, &inc(&src)) else {
+            panic!("accepted")
+        };
+        assert_eq!(
+            (
+                rejection.index,
+                rejection.reason,
+                rejection.field.as_deref()
+            ),
+            (3, "type_mismatch", Some("properties.form_id"))
+        );
         assert_eq!(dlq.topic, Topic::Dlq);
         let body: Json = serde_json::from_slice(&dlq.payload).unwrap();
         assert_eq!(body["reason"], "type_mismatch");
@@ -243,16 +319,35 @@ mod tests {
     #[test]
     fn unplanned_events_follow_the_source_policy() {
         let p = pipeline();
-        let raw = json!({"type": "track", "event": "Wishlist Added", "messageId": "m3", "userId": "u"});
+        let raw =
+            json!({"type": "track", "event": "Wishlist Added", "messageId": "m3", "userId": "u"});
         let block = source(UnplannedPolicy::Block);
-        assert!(matches!(p.process(&raw, 0, &inc(&block)), Verdict::Rejected { rejection: Rejection { reason: "unplanned_event", .. }, .. }));
+        assert!(matches!(
+            p.process(&raw, 0, &inc(&block)),
+            Verdict::Rejected {
+                rejection: Rejection {
+                    reason: "unplanned_event",
+                    ..
+                },
+                ..
+            }
+        ));
         let flag = source(UnplannedPolicy::Flag);
-        let Verdict::Accepted { records, flagged: true } = p.process(&raw, 0, &inc(&flag)) else { panic!() };
+        let Verdict::Accepted {
+            records,
+            flagged: true,
+        } = p.process(&raw, 0, &inc(&flag))
+        else {
+            panic!()
+        };
         assert_eq!(records[0].topic, Topic::Dlq);
     }
 
     #[test]
     fn masks_unparseable_bodies() {
-        assert_eq!(mask_unparseable(b"{phone: 13800138000, mail a@b.cn, n 42", 100), "{phone: ###########, mail *** n 42");
+        assert_eq!(
+            mask_unparseable(b"{phone: 13800138000, mail a@b.cn, n 42", 100),
+            "{phone: ###########, mail *** n 42"
+        );
     }
 }

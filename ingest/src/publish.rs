@@ -45,9 +45,17 @@ impl KafkaPublisher {
     /// `delivery_timeout` bounds how long a record may wait for an ack
     /// before it is reported failed (and spooled): librdkafka's
     /// `message.timeout.ms`, so a failed record is definitively not in flight.
-    pub fn new(bootstrap: &str, events_topic: &str, dlq_topic: &str, delivery_timeout: Duration) -> Result<Self, rdkafka::error::KafkaError> {
+    pub fn new(
+        bootstrap: &str,
+        events_topic: &str,
+        dlq_topic: &str,
+        delivery_timeout: Duration,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
         let mut config = leadstream_common::kafka::producer_config(bootstrap);
-        config.set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+        config.set(
+            "message.timeout.ms",
+            delivery_timeout.as_millis().to_string(),
+        );
         let producer: FutureProducer = config.create()?;
         let healthy = Arc::new(AtomicBool::new(false));
         let probe: BaseConsumer = leadstream_common::kafka::admin_config(bootstrap).create()?;
@@ -66,7 +74,12 @@ impl KafkaPublisher {
                 }
             })
             .expect("spawning the health thread");
-        Ok(Self { producer, events_topic: events_topic.to_owned(), dlq_topic: dlq_topic.to_owned(), healthy })
+        Ok(Self {
+            producer,
+            events_topic: events_topic.to_owned(),
+            dlq_topic: dlq_topic.to_owned(),
+            healthy,
+        })
     }
 
     fn topic(&self, t: Topic) -> &str {
@@ -83,8 +96,14 @@ impl Publisher for KafkaPublisher {
         let started = Instant::now();
         let mut pending = Vec::with_capacity(records.len());
         for r in records {
-            let record = FutureRecord::to(self.topic(r.topic)).key(&r.key).payload(&r.payload);
-            pending.push(self.producer.send_result(record).map_err(|(e, _)| PublishError(e.to_string())));
+            let record = FutureRecord::to(self.topic(r.topic))
+                .key(&r.key)
+                .payload(&r.payload);
+            pending.push(
+                self.producer
+                    .send_result(record)
+                    .map_err(|(e, _)| PublishError(e.to_string())),
+            );
         }
         let mut results = Vec::with_capacity(records.len());
         for p in pending {

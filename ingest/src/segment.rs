@@ -78,23 +78,34 @@ fn path<'a>(v: &'a Json, keys: &[&str]) -> Option<&'a Json> {
 pub fn millis(v: &Json) -> Option<i64> {
     match v {
         Json::Number(n) => n.as_i64(),
-        Json::String(s) => chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()),
+        Json::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis()),
         _ => None,
     }
 }
 
 /// Maps one Segment event (already merged with its route's `type`).
 pub fn to_plan(raw: &Json, inc: &Incoming<'_>) -> Result<Json, MapError> {
-    let obj = raw
-        .as_object()
-        .ok_or_else(|| MapError { reason: "bad_json", field: None, message: "an event must be a JSON object".into() })?;
+    let obj = raw.as_object().ok_or_else(|| MapError {
+        reason: "bad_json",
+        field: None,
+        message: "an event must be a JSON object".into(),
+    })?;
     let kind = obj.get("type").and_then(Json::as_str).unwrap_or("track");
     if !TYPES.contains(&kind) {
-        return Err(MapError::new("invalid_value", "type", format!("{kind:?} is not one of {}", TYPES.join(", "))));
+        return Err(MapError::new(
+            "invalid_value",
+            "type",
+            format!("{kind:?} is not one of {}", TYPES.join(", ")),
+        ));
     }
     let context = merged_context(obj.get("context"), inc.batch_context);
     let empty = Map::new();
-    let props = obj.get("properties").and_then(Json::as_object).unwrap_or(&empty);
+    let props = obj
+        .get("properties")
+        .and_then(Json::as_object)
+        .unwrap_or(&empty);
     let traits = obj
         .get("traits")
         .and_then(Json::as_object)
@@ -103,14 +114,25 @@ pub fn to_plan(raw: &Json, inc: &Incoming<'_>) -> Result<Json, MapError> {
 
     let (event, properties) = match kind {
         "track" => {
-            let name = str_of(obj.get("event")).ok_or_else(|| MapError::new("missing_required", "event", "a track call needs an event name"))?;
+            let name = str_of(obj.get("event")).ok_or_else(|| {
+                MapError::new(
+                    "missing_required",
+                    "event",
+                    "a track call needs an event name",
+                )
+            })?;
             (event_name(&name), Json::Object(props.clone()))
         }
         "page" | "screen" => ("page_viewed".to_owned(), page_properties(obj, props)),
         "identify" => ("identify".to_owned(), Json::Object(identify_traits(traits))),
         "alias" => {
-            let previous = str_of(obj.get("previousId"))
-                .ok_or_else(|| MapError::new("missing_required", "previousId", "an alias call needs previousId"))?;
+            let previous = str_of(obj.get("previousId")).ok_or_else(|| {
+                MapError::new(
+                    "missing_required",
+                    "previousId",
+                    "an alias call needs previousId",
+                )
+            })?;
             ("alias".to_owned(), json!({ "previous_id": previous }))
         }
         _ => ("group".to_owned(), Json::Object(props.clone())),
@@ -120,23 +142,49 @@ pub fn to_plan(raw: &Json, inc: &Incoming<'_>) -> Result<Json, MapError> {
     let original = obj
         .get("timestamp")
         .or_else(|| obj.get("originalTimestamp"))
-        .map(|v| millis(v).ok_or_else(|| MapError::new("invalid_value", "timestamp", "timestamp must be RFC 3339 or epoch milliseconds")))
+        .map(|v| {
+            millis(v).ok_or_else(|| {
+                MapError::new(
+                    "invalid_value",
+                    "timestamp",
+                    "timestamp must be RFC 3339 or epoch milliseconds",
+                )
+            })
+        })
         .transpose()?;
     let sent_at = obj
         .get("sentAt")
         .or(inc.batch_sent_at)
-        .map(|v| millis(v).ok_or_else(|| MapError::new("invalid_value", "sentAt", "sentAt must be RFC 3339 or epoch milliseconds")))
+        .map(|v| {
+            millis(v).ok_or_else(|| {
+                MapError::new(
+                    "invalid_value",
+                    "sentAt",
+                    "sentAt must be RFC 3339 or epoch milliseconds",
+                )
+            })
+        })
         .transpose()?;
     let timestamp = corrected_timestamp(original, sent_at, received, inc.max_skew_ms);
 
     let union_id = str_of(path(&context, &["wechat", "unionId"]))
         .or_else(|| str_of(obj.get("unionId")))
         .or_else(|| str_of(traits.get("union_id").or_else(|| traits.get("unionId"))));
-    let message_id = str_of(obj.get("messageId")).ok_or_else(|| MapError::new("missing_required", "messageId", "every event needs a messageId (Segment SDKs set one)"))?;
+    let message_id = str_of(obj.get("messageId")).ok_or_else(|| {
+        MapError::new(
+            "missing_required",
+            "messageId",
+            "every event needs a messageId (Segment SDKs set one)",
+        )
+    })?;
     let anonymous_id = str_of(obj.get("anonymousId"));
     let user_id = str_of(obj.get("userId"));
     if anonymous_id.is_none() && user_id.is_none() {
-        return Err(MapError::new("missing_required", "anonymousId", "an event needs userId or anonymousId"));
+        return Err(MapError::new(
+            "missing_required",
+            "anonymousId",
+            "an event needs userId or anonymousId",
+        ));
     }
 
     Ok(json!({
@@ -162,7 +210,12 @@ pub fn to_plan(raw: &Json, inc: &Incoming<'_>) -> Result<Json, MapError> {
 /// Segment's correction: the device clock is off by (receivedAt − sentAt),
 /// so shift the event's own timestamp by that, capped, and never into the
 /// future of receipt.
-pub fn corrected_timestamp(original: Option<i64>, sent_at: Option<i64>, received: i64, max_skew_ms: i64) -> i64 {
+pub fn corrected_timestamp(
+    original: Option<i64>,
+    sent_at: Option<i64>,
+    received: i64,
+    max_skew_ms: i64,
+) -> i64 {
     match (original, sent_at) {
         (Some(ts), Some(sent)) => {
             let offset = (received - sent).clamp(-max_skew_ms, max_skew_ms);
@@ -188,7 +241,10 @@ fn merged_context(own: Option<&Json>, batch: Option<&Map<String, Json>>) -> Json
 /// keep.
 fn plan_context(ctx: &Json, event: &Map<String, Json>) -> Json {
     let s = |keys: &[&str]| str_of(path(ctx, keys));
-    let page = |key: &str| s(&["page", key]).or_else(|| str_of(path(&Json::Object(event.clone()), &["properties", key])));
+    let page = |key: &str| {
+        s(&["page", key])
+            .or_else(|| str_of(path(&Json::Object(event.clone()), &["properties", key])))
+    };
     let os = match (s(&["os", "name"]), s(&["os", "version"])) {
         (Some(n), Some(v)) => Some(format!("{n} {v}")),
         (n, _) => n,
@@ -217,7 +273,9 @@ fn plan_context(ctx: &Json, event: &Map<String, Json>) -> Json {
 }
 
 /// Page keys Segment SDKs add on their own; they belong to context.
-const PAGE_AUTO_KEYS: [&str; 7] = ["url", "path", "referrer", "title", "search", "keywords", "name"];
+const PAGE_AUTO_KEYS: [&str; 7] = [
+    "url", "path", "referrer", "title", "search", "keywords", "name",
+];
 
 fn page_properties(obj: &Map<String, Json>, props: &Map<String, Json>) -> Json {
     let mut out = Map::new();
@@ -229,7 +287,10 @@ fn page_properties(obj: &Map<String, Json>, props: &Map<String, Json>) -> Json {
     let name = str_of(obj.get("name")).or_else(|| str_of(props.get("name")));
     let category = str_of(obj.get("category")).or_else(|| str_of(props.get("category")));
     if !out.contains_key("page_type") {
-        let guess = category.as_deref().or(name.as_deref()).map_or("other", page_type_of);
+        let guess = category
+            .as_deref()
+            .or(name.as_deref())
+            .map_or("other", page_type_of);
         out.insert("page_type".into(), json!(guess));
     }
     if let Some(name) = name {
@@ -241,7 +302,17 @@ fn page_properties(obj: &Map<String, Json>, props: &Map<String, Json>) -> Json {
 /// The plan's page types, matched from a page category or name.
 pub fn page_type_of(label: &str) -> &'static str {
     const TYPES: [&str; 11] = [
-        "home", "model_detail", "configurator", "price", "finance", "dealer_locator", "test_drive", "article", "video", "promotion", "owner_service",
+        "home",
+        "model_detail",
+        "configurator",
+        "price",
+        "finance",
+        "dealer_locator",
+        "test_drive",
+        "article",
+        "video",
+        "promotion",
+        "owner_service",
     ];
     let key = event_name(label);
     TYPES.iter().copied().find(|t| *t == key).unwrap_or("other")
@@ -273,7 +344,13 @@ mod tests {
     }
 
     fn incoming(src: &Source) -> Incoming<'_> {
-        Incoming { source: src, received_at_ms: 1_000_000, max_skew_ms: 86_400_000, batch_context: None, batch_sent_at: None }
+        Incoming {
+            source: src,
+            received_at_ms: 1_000_000,
+            max_skew_ms: 86_400_000,
+            batch_context: None,
+            batch_sent_at: None,
+        }
     }
 
     #[test]
@@ -287,10 +364,19 @@ mod tests {
     #[test]
     fn skew_correction_is_capped_and_never_in_the_future() {
         // Device clock 10 s slow: event at device 100, sent at device 200, received at 10_200.
-        assert_eq!(corrected_timestamp(Some(100), Some(200), 10_200, 60_000), 10_100);
+        assert_eq!(
+            corrected_timestamp(Some(100), Some(200), 10_200, 60_000),
+            10_100
+        );
         // Bogus sentAt a year off: correction clamped to the cap.
-        assert_eq!(corrected_timestamp(Some(100), Some(-31_536_000_000), 100_000, 60_000), 60_100);
-        assert_eq!(corrected_timestamp(Some(50_000), None, 10_000, 60_000), 10_000);
+        assert_eq!(
+            corrected_timestamp(Some(100), Some(-31_536_000_000), 100_000, 60_000),
+            60_100
+        );
+        assert_eq!(
+            corrected_timestamp(Some(50_000), None, 10_000, 60_000),
+            10_000
+        );
         assert_eq!(corrected_timestamp(None, None, 10_000, 60_000), 10_000);
     }
 
@@ -305,7 +391,10 @@ mod tests {
         });
         let out = to_plan(&raw, &incoming(&src)).unwrap();
         assert_eq!(out["event"], "page_viewed");
-        assert_eq!(out["properties"], json!({"page_type": "configurator", "page_name": "Configurator", "model_id": "x5"}));
+        assert_eq!(
+            out["properties"],
+            json!({"page_type": "configurator", "page_name": "Configurator", "model_id": "x5"})
+        );
         assert_eq!(out["context"]["page_path"], "/cfg");
         assert_eq!(out["context"]["utm_source"], "autohome");
         assert_eq!(out["context"]["sdk_name"], "analytics.js");
@@ -317,18 +406,36 @@ mod tests {
     fn mapping_errors_name_the_field() {
         let src = source();
         let no_id = json!({"type": "track", "event": "x", "anonymousId": "a"});
-        assert_eq!(to_plan(&no_id, &incoming(&src)).unwrap_err().field.as_deref(), Some("messageId"));
+        assert_eq!(
+            to_plan(&no_id, &incoming(&src))
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("messageId")
+        );
         let no_person = json!({"type": "track", "event": "x", "messageId": "m"});
-        assert_eq!(to_plan(&no_person, &incoming(&src)).unwrap_err().reason, "missing_required");
+        assert_eq!(
+            to_plan(&no_person, &incoming(&src)).unwrap_err().reason,
+            "missing_required"
+        );
         let bad_ts = json!({"type": "track", "event": "x", "messageId": "m", "userId": 7, "timestamp": "soon"});
-        assert_eq!(to_plan(&bad_ts, &incoming(&src)).unwrap_err().field.as_deref(), Some("timestamp"));
+        assert_eq!(
+            to_plan(&bad_ts, &incoming(&src))
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("timestamp")
+        );
     }
 
     #[test]
     fn batch_context_is_merged_under_the_events_own() {
         let src = source();
         let batch_ctx = json!({"library": {"name": "batch-sdk"}, "locale": "zh-CN"});
-        let inc = Incoming { batch_context: batch_ctx.as_object(), ..incoming(&src) };
+        let inc = Incoming {
+            batch_context: batch_ctx.as_object(),
+            ..incoming(&src)
+        };
         let raw = json!({"type": "identify", "messageId": "m", "userId": "u1", "traits": {"email": "A@b.c", "unionId": "wx"}, "context": {"locale": "en-US"}});
         let out = to_plan(&raw, &inc).unwrap();
         assert_eq!(out["context"]["sdk_name"], "batch-sdk");

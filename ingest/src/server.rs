@@ -63,7 +63,10 @@ impl AppState {
             .iter()
             .filter_map(|s| {
                 let per_sec = NonZeroU32::new(s.rate_limit_per_sec)?;
-                Some((s.id.clone(), RateLimiter::direct(Quota::per_second(per_sec))))
+                Some((
+                    s.id.clone(),
+                    RateLimiter::direct(Quota::per_second(per_sec)),
+                ))
             })
             .collect()
     }
@@ -73,12 +76,20 @@ pub fn router(state: Arc<AppState>) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::POST, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::CONTENT_ENCODING, "x-write-key".parse().expect("valid header")])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::CONTENT_ENCODING,
+            "x-write-key".parse().expect("valid header"),
+        ])
         .max_age(Duration::from_secs(3600));
     let body_limit = state.limits.max_batch_bytes;
     Router::new()
         .route("/v1/{kind}", post(ingest))
-        .route("/metrics", get(|State(s): State<Arc<AppState>>| async move { s.prometheus.render() }))
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<AppState>>| async move { s.prometheus.render() }),
+        )
         .route("/_liveness", get(|| async { "ok" }))
         .route("/_readiness", get(readiness))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -91,7 +102,11 @@ async fn readiness(State(s): State<Arc<AppState>>) -> Response {
     let broker = s.publisher.healthy();
     let body = json!({ "broker": broker, "spool_bytes": s.spool.used_bytes(), "spool_has_room": spool_ok });
     // Ready while Kafka is up, or while the spool can still absorb an outage.
-    let status = if broker || spool_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if broker || spool_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }
 
@@ -124,24 +139,46 @@ impl IntoResponse for RequestError {
         let status = self.status();
         let (reason, message) = match self {
             Self::BadBody(m) => ("bad_json", m),
-            Self::Unauthorized => ("unauthorized_source", "missing or unknown write key".to_owned()),
+            Self::Unauthorized => (
+                "unauthorized_source",
+                "missing or unknown write key".to_owned(),
+            ),
             Self::TooLarge(m) => ("too_large", m),
             Self::RateLimited => ("rate_limited", "over the write key's rate limit".to_owned()),
             Self::Unavailable(m) => ("unavailable", m),
             Self::NotFound(m) => ("not_found", m),
         };
-        let mut resp = (status, axum::Json(json!({ "success": false, "reason": reason, "message": message }))).into_response();
-        if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut resp = (
+            status,
+            axum::Json(json!({ "success": false, "reason": reason, "message": message })),
+        )
+            .into_response();
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }
 }
 
-const ROUTES: [&str; 8] = ["track", "page", "screen", "identify", "alias", "group", "batch", "import"];
+const ROUTES: [&str; 8] = [
+    "track", "page", "screen", "identify", "alias", "group", "batch", "import",
+];
 
-async fn ingest(State(s): State<Arc<AppState>>, Path(kind): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    let route = ROUTES.iter().copied().find(|r| *r == kind).unwrap_or("unknown");
+async fn ingest(
+    State(s): State<Arc<AppState>>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let route = ROUTES
+        .iter()
+        .copied()
+        .find(|r| *r == kind)
+        .unwrap_or("unknown");
     let resp = match handle(&s, route, &headers, body).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -163,7 +200,9 @@ struct BatchBody<'a> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn header_key(headers: &HeaderMap) -> Option<String> {
@@ -171,10 +210,18 @@ fn header_key(headers: &HeaderMap) -> Option<String> {
         return Some(k.to_owned());
     }
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let encoded = auth.strip_prefix("Basic ").or_else(|| auth.strip_prefix("basic "))?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let encoded = auth
+        .strip_prefix("Basic ")
+        .or_else(|| auth.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
-    Some(text.split_once(':').map_or(text.as_str(), |(user, _)| user).to_owned())
+    Some(
+        text.split_once(':')
+            .map_or(text.as_str(), |(user, _)| user)
+            .to_owned(),
+    )
 }
 
 fn decompress(headers: &HeaderMap, body: Bytes, limits: &Limits) -> Result<Bytes, RequestError> {
@@ -185,7 +232,9 @@ fn decompress(headers: &HeaderMap, body: Bytes, limits: &Limits) -> Result<Bytes
     if !gzip {
         return Ok(body);
     }
-    let cap = limits.max_batch_bytes.min(body.len().saturating_mul(limits.max_gzip_ratio));
+    let cap = limits
+        .max_batch_bytes
+        .min(body.len().saturating_mul(limits.max_gzip_ratio));
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(&body[..])
         .take(cap as u64 + 1)
@@ -200,9 +249,17 @@ fn decompress(headers: &HeaderMap, body: Bytes, limits: &Limits) -> Result<Bytes
     Ok(out.into())
 }
 
-async fn handle(s: &Arc<AppState>, route: &'static str, headers: &HeaderMap, body: Bytes) -> Result<Response, RequestError> {
+async fn handle(
+    s: &Arc<AppState>,
+    route: &'static str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, RequestError> {
     if route == "unknown" {
-        return Err(RequestError::NotFound(format!("no such endpoint; use /v1/{{{}}}", ROUTES.join(","))));
+        return Err(RequestError::NotFound(format!(
+            "no such endpoint; use /v1/{{{}}}",
+            ROUTES.join(",")
+        )));
     }
     let received_at_ms = now_ms();
     let body = decompress(headers, body, &s.limits)?;
@@ -212,27 +269,71 @@ async fn handle(s: &Arc<AppState>, route: &'static str, headers: &HeaderMap, bod
 
     // Parse once: a batch keeps each event as raw text (for its size); a
     // single call is one event of the route's type.
-    type Parsed<'a> = (Vec<&'a str>, Option<Map<String, Json>>, Option<Json>, Option<String>);
+    type Parsed<'a> = (
+        Vec<&'a str>,
+        Option<Map<String, Json>>,
+        Option<Json>,
+        Option<String>,
+    );
     let (raw_events, batch_context, batch_sent_at, body_key): Parsed<'_> = if batch_route {
         let parsed: BatchBody<'_> = match serde_json::from_slice(&body) {
             Ok(b) => b,
-            Err(e) => return Err(bad_body(s, key_from_header.as_deref(), &body, received_at_ms, e.to_string()).await),
+            Err(e) => {
+                return Err(bad_body(
+                    s,
+                    key_from_header.as_deref(),
+                    &body,
+                    received_at_ms,
+                    e.to_string(),
+                )
+                .await);
+            }
         };
         if parsed.batch.len() > s.limits.max_batch_events {
-            return Err(RequestError::TooLarge(format!("batch of {} events exceeds {}", parsed.batch.len(), s.limits.max_batch_events)));
+            return Err(RequestError::TooLarge(format!(
+                "batch of {} events exceeds {}",
+                parsed.batch.len(),
+                s.limits.max_batch_events
+            )));
         }
-        (parsed.batch.iter().map(|r| r.get()).collect(), parsed.context, parsed.sent_at, parsed.write_key)
+        (
+            parsed.batch.iter().map(|r| r.get()).collect(),
+            parsed.context,
+            parsed.sent_at,
+            parsed.write_key,
+        )
     } else {
         let text = match std::str::from_utf8(&body) {
             Ok(t) => t,
-            Err(e) => return Err(bad_body(s, key_from_header.as_deref(), &body, received_at_ms, e.to_string()).await),
+            Err(e) => {
+                return Err(bad_body(
+                    s,
+                    key_from_header.as_deref(),
+                    &body,
+                    received_at_ms,
+                    e.to_string(),
+                )
+                .await);
+            }
         };
         // A single call's body is its event: unparseable means 400.
         let parsed: Json = match serde_json::from_str(text) {
             Ok(v) => v,
-            Err(e) => return Err(bad_body(s, key_from_header.as_deref(), &body, received_at_ms, e.to_string()).await),
+            Err(e) => {
+                return Err(bad_body(
+                    s,
+                    key_from_header.as_deref(),
+                    &body,
+                    received_at_ms,
+                    e.to_string(),
+                )
+                .await);
+            }
         };
-        let key = parsed.get("writeKey").and_then(Json::as_str).map(str::to_owned);
+        let key = parsed
+            .get("writeKey")
+            .and_then(Json::as_str)
+            .map(str::to_owned);
         single = Some(parsed);
         (vec![text], None, None, key)
     };
@@ -252,7 +353,8 @@ async fn handle(s: &Arc<AppState>, route: &'static str, headers: &HeaderMap, bod
         }
     }
     let platform = source.platform.as_str();
-    metrics::counter!(m::EVENTS_RECEIVED, "platform" => platform).increment(raw_events.len() as u64);
+    metrics::counter!(m::EVENTS_RECEIVED, "platform" => platform)
+        .increment(raw_events.len() as u64);
 
     let inc = Incoming {
         source: &source,
@@ -276,7 +378,13 @@ async fn handle(s: &Arc<AppState>, route: &'static str, headers: &HeaderMap, bod
             Ok(v) => v,
             Err(e) => {
                 let raw = Json::String(mask_unparseable(text.as_bytes(), 4096));
-                let r = Rejection { index, message_id: None, reason: "bad_json", field: None, message: e.to_string() };
+                let r = Rejection {
+                    index,
+                    message_id: None,
+                    reason: "bad_json",
+                    field: None,
+                    message: e.to_string(),
+                };
                 to_send.push(s.pipeline.dlq_record(&raw, &r, &inc));
                 rejected.push(r);
                 continue;
@@ -288,10 +396,17 @@ async fn handle(s: &Arc<AppState>, route: &'static str, headers: &HeaderMap, bod
         if text.len() > s.limits.max_event_bytes {
             let r = Rejection {
                 index,
-                message_id: raw.get("messageId").and_then(Json::as_str).map(str::to_owned),
+                message_id: raw
+                    .get("messageId")
+                    .and_then(Json::as_str)
+                    .map(str::to_owned),
                 reason: "too_large",
                 field: None,
-                message: format!("event is {} bytes; the limit is {}", text.len(), s.limits.max_event_bytes),
+                message: format!(
+                    "event is {} bytes; the limit is {}",
+                    text.len(),
+                    s.limits.max_event_bytes
+                ),
             };
             let stub = json!({"messageId": r.message_id, "event": raw.get("event"), "type": raw.get("type"), "bytes": text.len()});
             to_send.push(s.pipeline.dlq_record(&stub, &r, &inc));
@@ -310,7 +425,10 @@ async fn handle(s: &Arc<AppState>, route: &'static str, headers: &HeaderMap, bod
             seen_ids.push(k.clone());
         }
         match s.pipeline.process(&raw, index, &inc) {
-            Verdict::Accepted { records, flagged: f } => {
+            Verdict::Accepted {
+                records,
+                flagged: f,
+            } => {
                 accepted += 1;
                 flagged += usize::from(f);
                 to_send.extend(records);
@@ -322,7 +440,10 @@ async fn handle(s: &Arc<AppState>, route: &'static str, headers: &HeaderMap, bod
         }
     }
 
-    let dlq_count = to_send.iter().filter(|r| r.topic == crate::pipeline::Topic::Dlq).count();
+    let dlq_count = to_send
+        .iter()
+        .filter(|r| r.topic == crate::pipeline::Topic::Dlq)
+        .count();
     make_durable(s, to_send).await?;
     for k in seen_ids {
         s.dedupe.insert(k, ());
@@ -348,12 +469,32 @@ async fn handle(s: &Arc<AppState>, route: &'static str, headers: &HeaderMap, bod
 }
 
 /// An unparseable body: 400, and (when the source is known) kept on the DLQ.
-async fn bad_body(s: &Arc<AppState>, key: Option<&str>, body: &[u8], received_at_ms: i64, message: String) -> RequestError {
+async fn bad_body(
+    s: &Arc<AppState>,
+    key: Option<&str>,
+    body: &[u8],
+    received_at_ms: i64,
+    message: String,
+) -> RequestError {
     metrics::counter!(m::EVENTS_REJECTED, "reason" => "bad_json").increment(1);
     if let Some(source) = key.and_then(|k| s.sources.authenticate(k)) {
-        let inc = Incoming { source, received_at_ms, max_skew_ms: 0, batch_context: None, batch_sent_at: None };
-        let r = Rejection { index: 0, message_id: None, reason: "bad_json", field: None, message: message.clone() };
-        let record = s.pipeline.dlq_record(&Json::String(mask_unparseable(body, 4096)), &r, &inc);
+        let inc = Incoming {
+            source,
+            received_at_ms,
+            max_skew_ms: 0,
+            batch_context: None,
+            batch_sent_at: None,
+        };
+        let r = Rejection {
+            index: 0,
+            message_id: None,
+            reason: "bad_json",
+            field: None,
+            message: message.clone(),
+        };
+        let record = s
+            .pipeline
+            .dlq_record(&Json::String(mask_unparseable(body, 4096)), &r, &inc);
         if let Err(e) = make_durable(s, vec![record]).await {
             return e;
         }
@@ -394,8 +535,12 @@ async fn make_durable(s: &Arc<AppState>, records: Vec<Record>) -> Result<(), Req
         }
         Err(SpoolError::Full { .. }) => {
             metrics::counter!(m::SPOOL_FULL).increment(1);
-            Err(RequestError::Unavailable("Kafka is unavailable and the local spool is full; retry later".into()))
+            Err(RequestError::Unavailable(
+                "Kafka is unavailable and the local spool is full; retry later".into(),
+            ))
         }
-        Err(e) => Err(RequestError::Unavailable(format!("events could not be made durable: {e}"))),
+        Err(e) => Err(RequestError::Unavailable(format!(
+            "events could not be made durable: {e}"
+        ))),
     }
 }

@@ -60,11 +60,12 @@ impl Spool {
         let mut sealed: Vec<Segment> = Vec::new();
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
-            let Some(seq) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("segment-")?.strip_suffix(".log")?.parse().ok())
-            else {
+            let Some(seq) = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
+                n.strip_prefix("segment-")?
+                    .strip_suffix(".log")?
+                    .parse()
+                    .ok()
+            }) else {
                 continue;
             };
             let bytes = fs::metadata(&path)?.len();
@@ -76,7 +77,12 @@ impl Spool {
         Ok(Self {
             dir: dir.to_path_buf(),
             max_bytes,
-            inner: Mutex::new(Inner { sealed: sealed.into(), open: None, next_seq, used }),
+            inner: Mutex::new(Inner {
+                sealed: sealed.into(),
+                open: None,
+                next_seq,
+                used,
+            }),
         })
     }
 
@@ -98,9 +104,16 @@ impl Spool {
         let mut inner = self.inner.lock().expect("spool lock");
         let added = buf.len() as u64;
         if inner.used + added > self.max_bytes {
-            return Err(SpoolError::Full { used: inner.used, max: self.max_bytes });
+            return Err(SpoolError::Full {
+                used: inner.used,
+                max: self.max_bytes,
+            });
         }
-        if inner.open.as_ref().is_some_and(|(s, _)| s.bytes + added > SEGMENT_MAX_BYTES) {
+        if inner
+            .open
+            .as_ref()
+            .is_some_and(|(s, _)| s.bytes + added > SEGMENT_MAX_BYTES)
+        {
             let (seg, _) = inner.open.take().expect("checked");
             inner.sealed.push_back(seg);
         }
@@ -111,7 +124,14 @@ impl Spool {
             let file = OpenOptions::new().create(true).append(true).open(&path)?;
             // The new file's directory entry must survive a crash too.
             File::open(&self.dir)?.sync_all()?;
-            inner.open = Some((Segment { seq, path, bytes: 0 }, file));
+            inner.open = Some((
+                Segment {
+                    seq,
+                    path,
+                    bytes: 0,
+                },
+                file,
+            ));
         }
         let (seg, file) = inner.open.as_mut().expect("opened above");
         file.write_all(&buf)?;
@@ -133,11 +153,17 @@ impl Spool {
             }
             inner.sealed.front().map(|s| (s.path.clone(), s.seq))
         };
-        let Some((path, seq)) = path_seq else { return Ok(None) };
+        let Some((path, seq)) = path_seq else {
+            return Ok(None);
+        };
         let mut bytes = Vec::new();
         File::open(&path)?.read_to_end(&mut bytes)?;
         let (records, torn_tail) = decode_all(&bytes);
-        Ok(Some(SegmentRead { seq, records, torn_tail }))
+        Ok(Some(SegmentRead {
+            seq,
+            records,
+            torn_tail,
+        }))
     }
 
     /// Deletes a segment once every record in it is acknowledged by Kafka.
@@ -179,7 +205,10 @@ fn decode_all(mut bytes: &[u8]) -> (Vec<Record>, bool) {
         let Some(payload) = bytes.get(HEADER..HEADER + len) else {
             return (records, true);
         };
-        match (crc32fast::hash(payload) == crc).then(|| decode(payload)).flatten() {
+        match (crc32fast::hash(payload) == crc)
+            .then(|| decode(payload))
+            .flatten()
+        {
             Some(r) => records.push(r),
             None => return (records, true),
         }
@@ -203,7 +232,12 @@ fn decode(mut p: &[u8]) -> Option<Record> {
     };
     let key = take()?;
     let message_id = take()?;
-    Some(Record { topic, key, message_id, payload: p.to_vec() })
+    Some(Record {
+        topic,
+        key,
+        message_id,
+        payload: p.to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -211,7 +245,16 @@ mod tests {
     use super::*;
 
     fn rec(i: usize) -> Record {
-        Record { topic: if i % 2 == 0 { Topic::Events } else { Topic::Dlq }, key: format!("k{i}"), payload: vec![i as u8; i], message_id: format!("m{i}") }
+        Record {
+            topic: if i.is_multiple_of(2) {
+                Topic::Events
+            } else {
+                Topic::Dlq
+            },
+            key: format!("k{i}"),
+            payload: vec![i as u8; i],
+            message_id: format!("m{i}"),
+        }
     }
 
     #[test]
@@ -240,7 +283,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 100).unwrap();
         spool.append(&[rec(10)]).unwrap();
-        assert!(matches!(spool.append(&[rec(60)]), Err(SpoolError::Full { .. })));
+        assert!(matches!(
+            spool.append(&[rec(60)]),
+            Err(SpoolError::Full { .. })
+        ));
         assert_eq!(spool.oldest().unwrap().unwrap().records, vec![rec(10)]);
     }
 
@@ -250,10 +296,24 @@ mod tests {
         let spool = Spool::open(dir.path(), 1 << 20).unwrap();
         spool.append(&[rec(5), rec(6)]).unwrap();
         drop(spool);
-        let path = fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let path = fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let len = fs::metadata(&path).unwrap().len();
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
-        let read = Spool::open(dir.path(), 1 << 20).unwrap().oldest().unwrap().unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let read = Spool::open(dir.path(), 1 << 20)
+            .unwrap()
+            .oldest()
+            .unwrap()
+            .unwrap();
         assert_eq!(read.records, vec![rec(5)]);
         assert!(read.torn_tail);
     }

@@ -31,7 +31,10 @@ struct FakeKafka {
 impl Publisher for FakeKafka {
     async fn send_all(&self, records: &[Record]) -> Vec<Result<(), PublishError>> {
         if self.down.load(Ordering::SeqCst) {
-            return records.iter().map(|_| Err(PublishError("broker down".into()))).collect();
+            return records
+                .iter()
+                .map(|_| Err(PublishError("broker down".into())))
+                .collect();
         }
         self.sent.lock().unwrap().extend_from_slice(records);
         records.iter().map(|_| Ok(())).collect()
@@ -44,7 +47,13 @@ impl Publisher for FakeKafka {
 
 impl FakeKafka {
     fn on(&self, topic: Topic) -> Vec<Record> {
-        self.sent.lock().unwrap().iter().filter(|r| r.topic == topic).cloned().collect()
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.topic == topic)
+            .cloned()
+            .collect()
     }
 }
 
@@ -91,11 +100,17 @@ fn config(dir: &std::path::Path, spool_max_bytes: u64) -> IngestConfig {
 async fn start(spool_max_bytes: u64) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let kafka = Arc::new(FakeKafka::default());
-    let state = build_state(&config(dir.path(), spool_max_bytes), kafka.clone()).await.unwrap();
+    let state = build_state(&config(dir.path(), spool_max_bytes), kafka.clone())
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(serve(state, listener, std::future::pending()));
-    Server { url, kafka, _dir: dir }
+    Server {
+        url,
+        kafka,
+        _dir: dir,
+    }
 }
 
 fn track(id: &str, event: &str, props: Value) -> Value {
@@ -104,11 +119,17 @@ fn track(id: &str, event: &str, props: Value) -> Value {
 }
 
 fn form(id: &str) -> Value {
-    track(id, "Lead Form Submitted", json!({"form_id": "quote", "phone": "+86 138 0013 8000", "name": "Wang Wei"}))
+    track(
+        id,
+        "Lead Form Submitted",
+        json!({"form_id": "quote", "phone": "+86 138 0013 8000", "name": "Wang Wei"}),
+    )
 }
 
 async fn post(url: &str, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
-    let mut req = reqwest::Client::new().post(format!("{url}{path}")).json(body);
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .json(body);
     if let Some(k) = key {
         req = req.basic_auth(k, Some(""));
     }
@@ -118,14 +139,33 @@ async fn post(url: &str, path: &str, key: Option<&str>, body: &Value) -> reqwest
 #[tokio::test]
 async fn three_ways_to_pass_the_write_key_and_401_otherwise() {
     let s = start(1 << 20).await;
-    assert_eq!(post(&s.url, "/v1/track", Some("web-key"), &form("a1")).await.status(), 200);
-    let r = reqwest::Client::new().post(format!("{}/v1/track", s.url)).header("x-write-key", "web-key").json(&form("a2")).send().await.unwrap();
+    assert_eq!(
+        post(&s.url, "/v1/track", Some("web-key"), &form("a1"))
+            .await
+            .status(),
+        200
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/track", s.url))
+        .header("x-write-key", "web-key")
+        .json(&form("a2"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let mut body = form("a3");
     body["writeKey"] = json!("web-key");
     assert_eq!(post(&s.url, "/v1/track", None, &body).await.status(), 200);
-    assert_eq!(post(&s.url, "/v1/track", Some("wrong"), &form("a4")).await.status(), 401);
-    assert_eq!(post(&s.url, "/v1/track", None, &form("a5")).await.status(), 401);
+    assert_eq!(
+        post(&s.url, "/v1/track", Some("wrong"), &form("a4"))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        post(&s.url, "/v1/track", None, &form("a5")).await.status(),
+        401
+    );
     assert_eq!(s.kafka.on(Topic::Events).len(), 3);
 }
 
@@ -148,16 +188,42 @@ async fn batch_answers_per_event_and_routes_rejects_to_the_dlq() {
     assert_eq!(body["duplicates"], 1);
     let rejected = body["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), 2);
-    assert_eq!(rejected[0], json!({"index": 1, "messageId": "b2", "reason": "type_mismatch", "field": "properties.form_id", "message": "properties.form_id: expected string, found integer"}));
+    assert_eq!(
+        rejected[0],
+        json!({"index": 1, "messageId": "b2", "reason": "type_mismatch", "field": "properties.form_id", "message": "properties.form_id: expected string, found integer"})
+    );
     assert_eq!(rejected[1]["reason"], "unplanned_event");
 
     let dlq = s.kafka.on(Topic::Dlq);
     assert_eq!(dlq.len(), 2);
     let first: Value = serde_json::from_slice(&dlq[0].payload).unwrap();
-    assert_eq!((first["reason"].as_str(), first["field"].as_str(), first["sdk_name"].as_str()), (Some("type_mismatch"), Some("properties.form_id"), Some("test-sdk")));
-    let all: Vec<u8> = s.kafka.sent.lock().unwrap().iter().flat_map(|r| r.payload.clone()).collect();
+    assert_eq!(
+        (
+            first["reason"].as_str(),
+            first["field"].as_str(),
+            first["sdk_name"].as_str()
+        ),
+        (
+            Some("type_mismatch"),
+            Some("properties.form_id"),
+            Some("test-sdk")
+        )
+    );
+    let all: Vec<u8> = s
+        .kafka
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.payload.clone())
+        .collect();
     let all = String::from_utf8_lossy(&all);
-    for clear in ["13800138000", "138 0013 8000", "Wang Wei", "Wang@Example.com"] {
+    for clear in [
+        "13800138000",
+        "138 0013 8000",
+        "Wang Wei",
+        "Wang@Example.com",
+    ] {
         assert!(!all.contains(clear), "{clear} reached Kafka in clear text");
     }
 }
@@ -165,13 +231,36 @@ async fn batch_answers_per_event_and_routes_rejects_to_the_dlq() {
 #[tokio::test]
 async fn limits_gzip_and_cors() {
     let s = start(1 << 20).await;
-    let big = track("c1", "Lead Form Submitted", json!({"form_id": "x".repeat(40 * 1024)}));
-    let body: Value = post(&s.url, "/v1/batch", Some("web-key"), &json!({"batch": [big]})).await.json().await.unwrap();
+    let big = track(
+        "c1",
+        "Lead Form Submitted",
+        json!({"form_id": "x".repeat(40 * 1024)}),
+    );
+    let body: Value = post(
+        &s.url,
+        "/v1/batch",
+        Some("web-key"),
+        &json!({"batch": [big]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(body["rejected"][0]["reason"], "too_large");
     let huge = json!({"batch": (0..30).map(|i| track(&format!("h{i}"), "x", json!({"pad": "y".repeat(20_000)}))).collect::<Vec<_>>()});
-    assert_eq!(post(&s.url, "/v1/batch", Some("web-key"), &huge).await.status(), 413);
+    assert_eq!(
+        post(&s.url, "/v1/batch", Some("web-key"), &huge)
+            .await
+            .status(),
+        413
+    );
     let many = json!({"batch": (0..2501).map(|i| track(&format!("n{i}"), "x", json!({}))).collect::<Vec<_>>()});
-    assert_eq!(post(&s.url, "/v1/batch", Some("web-key"), &many).await.status(), 413);
+    assert_eq!(
+        post(&s.url, "/v1/batch", Some("web-key"), &many)
+            .await
+            .status(),
+        413
+    );
 
     let gz = |bytes: &[u8]| {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -179,22 +268,54 @@ async fn limits_gzip_and_cors() {
         e.finish().unwrap()
     };
     let client = reqwest::Client::new();
-    let ok = client.post(format!("{}/v1/track", s.url)).basic_auth("web-key", Some("")).header("content-encoding", "gzip")
-        .header("content-type", "application/json").body(gz(form("g1").to_string().as_bytes())).send().await.unwrap();
+    let ok = client
+        .post(format!("{}/v1/track", s.url))
+        .basic_auth("web-key", Some(""))
+        .header("content-encoding", "gzip")
+        .header("content-type", "application/json")
+        .body(gz(form("g1").to_string().as_bytes()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
-    let bomb = client.post(format!("{}/v1/track", s.url)).basic_auth("web-key", Some("")).header("content-encoding", "gzip")
-        .body(gz(&vec![b' '; 400 * 1024])).send().await.unwrap();
-    assert_eq!(bomb.status(), 413, "a 400 KB body of spaces compresses > 100:1");
+    let bomb = client
+        .post(format!("{}/v1/track", s.url))
+        .basic_auth("web-key", Some(""))
+        .header("content-encoding", "gzip")
+        .body(gz(&vec![b' '; 400 * 1024]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        bomb.status(),
+        413,
+        "a 400 KB body of spaces compresses > 100:1"
+    );
 
-    let bad = client.post(format!("{}/v1/track", s.url)).basic_auth("web-key", Some("")).body("{not json 13800138000").send().await.unwrap();
+    let bad = client
+        .post(format!("{}/v1/track", s.url))
+        .basic_auth("web-key", Some(""))
+        .body("{not json 13800138000")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
     let dlq = s.kafka.on(Topic::Dlq);
     let last: Value = serde_json::from_slice(&dlq.last().unwrap().payload).unwrap();
     assert_eq!(last["reason"], "bad_json");
     assert!(!last.to_string().contains("13800138000"));
 
-    let pre = client.request(reqwest::Method::OPTIONS, format!("{}/v1/track", s.url)).header("origin", "https://brand.example")
-        .header("access-control-request-method", "POST").header("access-control-request-headers", "content-type,authorization").send().await.unwrap();
+    let pre = client
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/track", s.url))
+        .header("origin", "https://brand.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,authorization",
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(pre.headers()["access-control-allow-origin"], "*");
 }
 
@@ -214,7 +335,13 @@ async fn kafka_down_spools_then_replays_in_order_without_loss_or_duplicates() {
     let mut ids = Vec::new();
     for i in 0..20 {
         let id = format!("s{i}");
-        assert_eq!(post(&s.url, "/v1/track", Some("web-key"), &form(&id)).await.status(), 200, "spooled is durable");
+        assert_eq!(
+            post(&s.url, "/v1/track", Some("web-key"), &form(&id))
+                .await
+                .status(),
+            200,
+            "spooled is durable"
+        );
         ids.push(id);
     }
     assert!(s.kafka.on(Topic::Events).is_empty());
@@ -224,16 +351,31 @@ async fn kafka_down_spools_then_replays_in_order_without_loss_or_duplicates() {
     // Events arriving while the backlog drains queue behind it.
     for i in 20..25 {
         let id = format!("s{i}");
-        assert_eq!(post(&s.url, "/v1/track", Some("web-key"), &form(&id)).await.status(), 200);
+        assert_eq!(
+            post(&s.url, "/v1/track", Some("web-key"), &form(&id))
+                .await
+                .status(),
+            200
+        );
         ids.push(id);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while s.kafka.on(Topic::Events).len() < ids.len() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let got: Vec<String> = s.kafka.on(Topic::Events).into_iter().map(|r| r.message_id).collect();
+    let got: Vec<String> = s
+        .kafka
+        .on(Topic::Events)
+        .into_iter()
+        .map(|r| r.message_id)
+        .collect();
     assert_eq!(got, ids, "every accepted event once, in order");
-    let metrics = reqwest::get(format!("{}/metrics", s.url)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("ingest_events_spooled_total"), "{metrics}");
 }
 
@@ -255,12 +397,22 @@ async fn full_spool_answers_503_and_loses_nothing_it_accepted() {
             other => panic!("unexpected {other}"),
         }
     }
-    assert!(!accepted.is_empty() && refused > 0, "accepted {} refused {refused}", accepted.len());
+    assert!(
+        !accepted.is_empty() && refused > 0,
+        "accepted {} refused {refused}",
+        accepted.len()
+    );
     s.kafka.down.store(false, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while s.kafka.on(Topic::Events).len() < accepted.len() && tokio::time::Instant::now() < deadline {
+    while s.kafka.on(Topic::Events).len() < accepted.len() && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let got: Vec<String> = s.kafka.on(Topic::Events).into_iter().map(|r| r.message_id).collect();
+    let got: Vec<String> = s
+        .kafka
+        .on(Topic::Events)
+        .into_iter()
+        .map(|r| r.message_id)
+        .collect();
     assert_eq!(got, accepted);
 }
