@@ -112,46 +112,82 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await?;
     let _ = stop_tx.send(true);
-    let _ = replayer.await;
-    // One last drain attempt, bounded; what remains replays on next start.
-    let _ = tokio::time::timeout(Duration::from_secs(10), drain_once(&state)).await;
+    let mut progress = replayer.await.unwrap_or_default();
+    // Drain what Kafka will take, bounded; what remains replays on next start.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(true) = drain_once(&state, &mut progress).await {}
+    })
+    .await;
     let publisher = Arc::clone(&state.publisher);
     tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(10))).await?;
     Ok(())
 }
 
+/// Progress through the segment being replayed: which records Kafka has
+/// already acknowledged, so a retry after a partial failure re-sends only
+/// the rest (a crash forgets this; then the whole segment is re-sent and
+/// downstream dedupe by message id absorbs the repeats).
+#[derive(Default)]
+struct ReplayProgress {
+    seq: Option<u64>,
+    acked: Vec<bool>,
+}
+
 /// Replays one spool segment. Ok(true) when a segment was fully acknowledged.
-async fn drain_once(state: &Arc<AppState>) -> anyhow::Result<bool> {
+async fn drain_once(state: &Arc<AppState>, progress: &mut ReplayProgress) -> anyhow::Result<bool> {
     let spool = Arc::clone(&state.spool);
     let Some(segment) = tokio::task::spawn_blocking(move || spool.oldest()).await?? else {
         return Ok(false);
     };
-    if segment.torn_tail {
-        // A crash mid-append: the torn record was never acknowledged.
-        ::metrics::counter!(metrics::SPOOL_TORN).increment(1);
+    if progress.seq != Some(segment.seq) {
+        if segment.torn_tail {
+            // A crash mid-append: the torn record was never acknowledged.
+            ::metrics::counter!(metrics::SPOOL_TORN).increment(1);
+        }
+        *progress = ReplayProgress {
+            seq: Some(segment.seq),
+            acked: vec![false; segment.records.len()],
+        };
     }
-    let results = state.publisher.send_all(&segment.records).await;
-    if results.iter().all(Result::is_ok) {
-        state.spool.remove(segment.seq)?;
-        ::metrics::counter!(metrics::SPOOL_REPLAYED).increment(segment.records.len() as u64);
-        ::metrics::gauge!(metrics::SPOOL_BYTES).set(state.spool.used_bytes() as f64);
-        Ok(true)
-    } else {
+    let pending: Vec<usize> = (0..segment.records.len())
+        .filter(|i| !progress.acked[*i])
+        .collect();
+    let to_send: Vec<pipeline::Record> = pending
+        .iter()
+        .map(|i| segment.records[*i].clone())
+        .collect();
+    let results = state.publisher.send_all(&to_send).await;
+    let mut failed = 0;
+    for (i, r) in pending.iter().zip(&results) {
+        match r {
+            Ok(()) => progress.acked[*i] = true,
+            Err(_) => failed += 1,
+        }
+    }
+    ::metrics::counter!(metrics::SPOOL_REPLAYED).increment((pending.len() - failed) as u64);
+    if failed > 0 {
         anyhow::bail!(
-            "{} of {} spooled records not acknowledged",
-            results.iter().filter(|r| r.is_err()).count(),
-            results.len()
-        )
+            "{failed} of {} spooled records not acknowledged",
+            segment.records.len()
+        );
     }
+    state.spool.remove(segment.seq)?;
+    *progress = ReplayProgress::default();
+    ::metrics::gauge!(metrics::SPOOL_BYTES).set(state.spool.used_bytes() as f64);
+    Ok(true)
 }
 
-async fn replay_loop(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn replay_loop(
+    state: Arc<AppState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> ReplayProgress {
     let mut backoff = Duration::from_millis(100);
+    let mut progress = ReplayProgress::default();
     loop {
         if *stop.borrow() {
-            return;
+            return progress;
         }
-        match drain_once(&state).await {
+        match drain_once(&state, &mut progress).await {
             Ok(true) => {
                 backoff = Duration::from_millis(100);
                 continue;
@@ -160,14 +196,14 @@ async fn replay_loop(state: Arc<AppState>, mut stop: tokio::sync::watch::Receive
                 tokio::select! {
                     _ = state.replay.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => return progress,
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "spool replay failed; Kafka still unavailable?");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => return progress,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
