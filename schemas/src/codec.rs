@@ -11,7 +11,6 @@ use apache_avro::{
     reader::datum::GenericDatumReader,
     schema::{RecordSchema, Schema},
     types::Value,
-    writer::datum::GenericDatumWriter,
 };
 use serde_json::Value as Json;
 
@@ -41,8 +40,6 @@ pub enum EncodeError {
     AdditionalProperty { field: String },
     #[error("{field}: {message}")]
     InvalidValue { field: String, message: String },
-    #[error("avro encoding failed: {0}")]
-    Avro(String),
 }
 
 impl EncodeError {
@@ -53,7 +50,7 @@ impl EncodeError {
             Self::MissingRequired { .. } => "missing_required",
             Self::TypeMismatch { .. } => "type_mismatch",
             Self::AdditionalProperty { .. } => "additional_property",
-            Self::InvalidValue { .. } | Self::Avro(_) => "invalid_value",
+            Self::InvalidValue { .. } => "invalid_value",
         }
     }
 
@@ -64,7 +61,7 @@ impl EncodeError {
             | Self::AdditionalProperty { field }
             | Self::InvalidValue { field, .. } => Some(field),
             Self::UnplannedEvent { .. } => Some("event"),
-            Self::NotAnObject | Self::Avro(_) => None,
+            Self::NotAnObject => None,
         }
     }
 }
@@ -98,8 +95,7 @@ pub struct Encoded {
 
 struct Writer {
     id: u32,
-    schema: &'static Schema,
-    datum: GenericDatumWriter<'static>,
+    schema: Schema,
 }
 
 /// Encodes events with the latest governed version of their schema. Built
@@ -124,14 +120,13 @@ impl Encoder {
         for subject in plan.subjects.values() {
             let latest = subject.latest();
             let id = resolver.id_for(&latest.subject, &latest.text).await?;
-            // Schemas live for the whole process; leaking one per event type
-            // lets the datum writer borrow it without a self-referential struct.
-            let schema: &'static Schema = Box::leak(Box::new(latest.schema.clone()));
-            let datum = GenericDatumWriter::builder(schema)
-                .validate(false)
-                .build()
-                .map_err(|e| ResolveError::InvalidSchema(e.to_string()))?;
-            writers.insert(subject.event.clone(), Writer { id, schema, datum });
+            writers.insert(
+                subject.event.clone(),
+                Writer {
+                    id,
+                    schema: latest.schema.clone(),
+                },
+            );
         }
         Ok(Self { writers })
     }
@@ -165,14 +160,10 @@ impl Encoder {
                 .ok_or_else(|| EncodeError::UnplannedEvent {
                     event: name.clone(),
                 })?;
-        let value = to_avro(writer.schema, Some(event), &Path::Root)?;
-        let mut bytes = Vec::with_capacity(256);
+        let mut bytes = Vec::with_capacity(512);
         bytes.push(MAGIC_BYTE);
         bytes.extend_from_slice(&writer.id.to_be_bytes());
-        writer
-            .datum
-            .write_value_ref(&mut bytes, &value)
-            .map_err(|e| EncodeError::Avro(e.to_string()))?;
+        write_avro(&writer.schema, Some(event), &Path::Root, &mut bytes)?;
         Ok(Encoded {
             schema_id: writer.id,
             bytes,
@@ -301,112 +292,157 @@ fn json_kind(v: &Json) -> &'static str {
     }
 }
 
-fn to_avro(schema: &Schema, json: Option<&Json>, path: &Path<'_>) -> Result<Value, EncodeError> {
+// Avro binary encoding written straight from JSON while validating it:
+// no intermediate `Value`, one pass, one output buffer. Decoding uses
+// apache-avro, so the round-trip tests check this against the reference.
+
+fn write_long(n: i64, out: &mut Vec<u8>) {
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+fn write_bytes(b: &[u8], out: &mut Vec<u8>) {
+    write_long(b.len() as i64, out);
+    out.extend_from_slice(b);
+}
+
+fn write_avro(
+    schema: &Schema,
+    json: Option<&Json>,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     let Some(json) = json else {
         return Err(EncodeError::MissingRequired {
             field: path.to_string(),
         });
     };
     match schema {
-        Schema::Record(record) => record_to_avro(record, json, path),
+        Schema::Record(record) => write_record(record, json, path, out),
         Schema::Union(union) => {
             let variants = union.variants();
             if json.is_null() {
-                return variants
+                let i = variants
                     .iter()
                     .position(|v| matches!(v, Schema::Null))
-                    .map(|i| Value::Union(i as u32, Box::new(Value::Null)))
-                    .ok_or_else(|| mismatch(path, "a non-null value", json));
+                    .ok_or_else(|| mismatch(path, "a non-null value", json))?;
+                write_long(i as i64, out);
+                return Ok(());
             }
             let mut last = None;
             for (i, variant) in variants.iter().enumerate() {
                 if matches!(variant, Schema::Null) {
                     continue;
                 }
-                match to_avro(variant, Some(json), path) {
-                    Ok(v) => return Ok(Value::Union(i as u32, Box::new(v))),
-                    Err(e) => last = Some(e),
+                let mark = out.len();
+                write_long(i as i64, out);
+                match write_avro(variant, Some(json), path, out) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        out.truncate(mark);
+                        last = Some(e);
+                    }
                 }
             }
             Err(last.unwrap_or_else(|| mismatch(path, "null", json)))
         }
         Schema::Null => match json {
-            Json::Null => Ok(Value::Null),
+            Json::Null => Ok(()),
             other => Err(mismatch(path, "null", other)),
         },
-        Schema::Boolean => json
-            .as_bool()
-            .map(Value::Boolean)
-            .ok_or_else(|| mismatch(path, "boolean", json)),
-        Schema::String => json
-            .as_str()
-            .map(|s| Value::String(s.to_owned()))
-            .ok_or_else(|| mismatch(path, "string", json)),
-        Schema::Bytes => json
-            .as_str()
-            .map(|s| Value::Bytes(s.as_bytes().to_vec()))
-            .ok_or_else(|| mismatch(path, "string", json)),
+        Schema::Boolean => {
+            let b = json
+                .as_bool()
+                .ok_or_else(|| mismatch(path, "boolean", json))?;
+            out.push(u8::from(b));
+            Ok(())
+        }
+        Schema::String | Schema::Bytes => {
+            let s = json
+                .as_str()
+                .ok_or_else(|| mismatch(path, "string", json))?;
+            write_bytes(s.as_bytes(), out);
+            Ok(())
+        }
         Schema::Int => {
             let n = json
                 .as_i64()
                 .ok_or_else(|| mismatch(path, "integer", json))?;
-            i32::try_from(n)
-                .map(Value::Int)
-                .map_err(|_| EncodeError::InvalidValue {
-                    field: path.to_string(),
-                    message: format!("{n} does not fit a 32-bit int"),
-                })
+            let n = i32::try_from(n).map_err(|_| EncodeError::InvalidValue {
+                field: path.to_string(),
+                message: format!("{n} does not fit a 32-bit int"),
+            })?;
+            write_long(i64::from(n), out);
+            Ok(())
         }
-        Schema::Long => json
-            .as_i64()
-            .map(Value::Long)
-            .ok_or_else(|| mismatch(path, "integer", json)),
-        Schema::Float => json
-            .as_f64()
-            .map(|f| Value::Float(f as f32))
-            .ok_or_else(|| mismatch(path, "number", json)),
-        Schema::Double => json
-            .as_f64()
-            .map(Value::Double)
-            .ok_or_else(|| mismatch(path, "number", json)),
-        Schema::TimestampMillis => timestamp_millis(json, path).map(Value::TimestampMillis),
+        Schema::Long => {
+            let n = json
+                .as_i64()
+                .ok_or_else(|| mismatch(path, "integer", json))?;
+            write_long(n, out);
+            Ok(())
+        }
+        Schema::Float => {
+            let f = json
+                .as_f64()
+                .ok_or_else(|| mismatch(path, "number", json))?;
+            out.extend_from_slice(&(f as f32).to_le_bytes());
+            Ok(())
+        }
+        Schema::Double => {
+            let f = json
+                .as_f64()
+                .ok_or_else(|| mismatch(path, "number", json))?;
+            out.extend_from_slice(&f.to_le_bytes());
+            Ok(())
+        }
+        Schema::TimestampMillis => {
+            write_long(timestamp_millis(json, path)?, out);
+            Ok(())
+        }
         Schema::Enum(e) => {
             let s = json
                 .as_str()
                 .ok_or_else(|| mismatch(path, "string", json))?;
-            e.symbols
-                .iter()
-                .position(|sym| sym == s)
-                .map(|i| Value::Enum(i as u32, s.to_owned()))
-                .ok_or_else(|| EncodeError::InvalidValue {
+            let i = e.symbols.iter().position(|sym| sym == s).ok_or_else(|| {
+                EncodeError::InvalidValue {
                     field: path.to_string(),
                     message: format!("{s:?} is not one of {}", e.symbols.join(", ")),
-                })
+                }
+            })?;
+            write_long(i as i64, out);
+            Ok(())
         }
         Schema::Array(a) => {
             let items = json
                 .as_array()
                 .ok_or_else(|| mismatch(path, "array", json))?;
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| to_avro(&a.items, Some(item), &Path::Index(path, i)))
-                .collect::<Result<_, _>>()
-                .map(Value::Array)
+            if !items.is_empty() {
+                write_long(items.len() as i64, out);
+                for (i, item) in items.iter().enumerate() {
+                    write_avro(&a.items, Some(item), &Path::Index(path, i), out)?;
+                }
+            }
+            out.push(0);
+            Ok(())
         }
         Schema::Map(m) => {
             let obj = json
                 .as_object()
                 .ok_or_else(|| mismatch(path, "object", json))?;
-            obj.iter()
-                .map(|(k, v)| {
-                    Ok((
-                        k.clone(),
-                        to_avro(&m.types, Some(v), &Path::Field(path, k))?,
-                    ))
-                })
-                .collect::<Result<_, _>>()
-                .map(Value::Map)
+            if !obj.is_empty() {
+                write_long(obj.len() as i64, out);
+                for (k, v) in obj {
+                    write_bytes(k.as_bytes(), out);
+                    write_avro(&m.types, Some(v), &Path::Field(path, k), out)?;
+                }
+            }
+            out.push(0);
+            Ok(())
         }
         other => Err(EncodeError::InvalidValue {
             field: path.to_string(),
@@ -415,40 +451,35 @@ fn to_avro(schema: &Schema, json: Option<&Json>, path: &Path<'_>) -> Result<Valu
     }
 }
 
-fn record_to_avro(
+fn write_record(
     record: &RecordSchema,
     json: &Json,
     path: &Path<'_>,
-) -> Result<Value, EncodeError> {
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     let obj = json
         .as_object()
         .ok_or_else(|| mismatch(path, "object", json))?;
-    if obj.len() > record.fields.len() || obj.keys().any(|k| !record.lookup.contains_key(k)) {
-        let extra = obj
-            .keys()
-            .find(|k| !record.lookup.contains_key(*k))
-            .expect("an extra key");
+    if let Some(extra) = obj.keys().find(|k| !record.lookup.contains_key(*k)) {
         return Err(EncodeError::AdditionalProperty {
             field: Path::Field(path, extra).to_string(),
         });
     }
-    let mut fields = Vec::with_capacity(record.fields.len());
     for field in &record.fields {
         let field_path = Path::Field(path, &field.name);
-        let value = match (obj.get(&field.name), &field.default) {
+        match (obj.get(&field.name), &field.default) {
             (Some(Json::Null) | None, Some(default))
                 if !default.is_null() || is_nullable(&field.schema) =>
             {
-                to_avro(&field.schema, Some(default), &field_path)?
+                write_avro(&field.schema, Some(default), &field_path, out)?
             }
             (None, None) if is_nullable(&field.schema) => {
-                to_avro(&field.schema, Some(&Json::Null), &field_path)?
+                write_avro(&field.schema, Some(&Json::Null), &field_path, out)?
             }
-            (given, _) => to_avro(&field.schema, given, &field_path)?,
-        };
-        fields.push((field.name.clone(), value));
+            (given, _) => write_avro(&field.schema, given, &field_path, out)?,
+        }
     }
-    Ok(Value::Record(fields))
+    Ok(())
 }
 
 fn is_nullable(schema: &Schema) -> bool {
@@ -595,6 +626,47 @@ mod tests {
             let err = enc.encode(&event).unwrap_err();
             assert_eq!((err.reason(), err.field()), (reason, field), "{err}");
         }
+    }
+
+    #[tokio::test]
+    async fn arrays_enums_ints_and_booleans_round_trip_through_apache_avro() {
+        let (enc, dec) = codec().await;
+        let mut visit = page_view();
+        visit["event"] = json!("store_visited");
+        visit["type"] = json!("track");
+        visit["platform"] = json!("offline");
+        visit["context"]["is_bot"] = json!(true);
+        visit["properties"] = json!({"dealer_id": "d-9", "visit_type": "walk_in", "duration_minutes": -45, "models_seen": ["x5", "x3", "i4"]});
+        let back = to_json(
+            &dec.decode(&enc.encode(&visit).unwrap().bytes)
+                .await
+                .unwrap()
+                .value,
+        );
+        assert_eq!(back["properties"], visit["properties"]);
+        assert_eq!(back["context"]["is_bot"], true);
+        assert_eq!(back["platform"], "offline");
+        visit["properties"]["models_seen"] = json!([]);
+        let back = to_json(
+            &dec.decode(&enc.encode(&visit).unwrap().bytes)
+                .await
+                .unwrap()
+                .value,
+        );
+        assert_eq!(back["properties"]["models_seen"], json!([]));
+        let mut call = page_view();
+        call["event"] = json!("call_completed");
+        call["properties"] = json!({"direction": "outbound", "outcome": "appointment_set", "duration_seconds": 184, "agent_id": null});
+        let back = to_json(
+            &dec.decode(&enc.encode(&call).unwrap().bytes)
+                .await
+                .unwrap()
+                .value,
+        );
+        assert_eq!(
+            back["properties"],
+            json!({"dealer_id": null, "direction": "outbound", "outcome": "appointment_set", "duration_seconds": 184, "agent_id": null})
+        );
     }
 
     #[test]
