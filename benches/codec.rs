@@ -7,6 +7,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use leadstream_schemas::{EmbeddedResolver, Encoder, Plan};
 use serde_json::json;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bench(c: &mut Criterion) {
     let plan = Plan::embedded().unwrap();
     let resolver = EmbeddedResolver::new(&plan).unwrap();

@@ -5,6 +5,11 @@ mod schemas_cmd;
 
 use std::process::ExitCode;
 
+// serde_json values allocate per field; glibc malloc spent more time in
+// consolidation than the pipeline did in the load harness.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 

@@ -17,7 +17,7 @@ async fn idempotent_producer_survives_injected_produce_errors_without_duplicates
     let cluster = MockCluster::new(3).unwrap();
     cluster.create_topic("faults", 4, 3).unwrap();
     let bootstrap = cluster.bootstrap_servers();
-    let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap)
+    let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap, 20)
         .create()
         .unwrap();
 

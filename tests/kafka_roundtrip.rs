@@ -36,7 +36,7 @@ async fn framed_avro_round_trips_through_a_consumer_group_that_commits() {
     let encoder = Encoder::build(&plan, resolver.as_ref()).await.unwrap();
     let decoder = Decoder::new(resolver);
 
-    let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap)
+    let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap, 20)
         .create()
         .unwrap();
     // Interleave leads so per-key order is actually exercised.

@@ -3,14 +3,15 @@
 
 use rdkafka::ClientConfig;
 
-/// Producer settings for durable, ordered, idempotent delivery.
-pub fn producer_config(bootstrap: &str) -> ClientConfig {
+/// Producer settings for durable, ordered, idempotent delivery. `linger_ms`
+/// trades single-event latency for batching (fewer, larger produce requests).
+pub fn producer_config(bootstrap: &str, linger_ms: u64) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms.to_string())
         .set("batch.num.messages", "10000")
         .set("message.timeout.ms", "30000");
     c

@@ -42,6 +42,10 @@ pub struct IngestConfig {
     /// How long a record may wait for Kafka's ack before it is spooled.
     #[arg(long, env = "LEADSTREAM_PRODUCE_TIMEOUT_MS", default_value_t = 5_000)]
     pub produce_timeout_ms: u64,
+    /// Producer linger: how long librdkafka waits to fill a batch. Higher
+    /// means more throughput per CPU and a higher single-event latency floor.
+    #[arg(long, env = "LEADSTREAM_KAFKA_LINGER_MS", default_value_t = 20)]
+    pub kafka_linger_ms: u64,
     #[arg(
         long,
         env = "LEADSTREAM_EVENTS_TOPIC",

@@ -82,15 +82,7 @@ pub async fn run(
     cfg: IngestConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let publisher = Arc::new(
-        KafkaPublisher::new(
-            &cfg.kafka,
-            &cfg.events_topic,
-            &cfg.dlq_topic,
-            Duration::from_millis(cfg.produce_timeout_ms),
-        )
-        .context("creating the Kafka producer")?,
-    );
+    let publisher = Arc::new(KafkaPublisher::new(&cfg).context("creating the Kafka producer")?);
     let state = build_state(&cfg, publisher).await?;
     let listener = TcpListener::bind(cfg.listen)
         .await

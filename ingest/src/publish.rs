@@ -15,7 +15,7 @@ use rdkafka::{
 };
 
 use crate::{
-    metrics as m,
+    IngestConfig, metrics as m,
     pipeline::{Record, Topic},
 };
 
@@ -42,20 +42,14 @@ pub struct KafkaPublisher {
 }
 
 impl KafkaPublisher {
-    /// `delivery_timeout` bounds how long a record may wait for an ack
+    /// `produce_timeout_ms` bounds how long a record may wait for an ack
     /// before it is reported failed (and spooled): librdkafka's
     /// `message.timeout.ms`, so a failed record is definitively not in flight.
-    pub fn new(
-        bootstrap: &str,
-        events_topic: &str,
-        dlq_topic: &str,
-        delivery_timeout: Duration,
-    ) -> Result<Self, rdkafka::error::KafkaError> {
-        let mut config = leadstream_common::kafka::producer_config(bootstrap);
-        config.set(
-            "message.timeout.ms",
-            delivery_timeout.as_millis().to_string(),
-        );
+    pub fn new(cfg: &IngestConfig) -> Result<Self, rdkafka::error::KafkaError> {
+        let bootstrap = cfg.kafka.as_str();
+        let (events_topic, dlq_topic) = (cfg.events_topic.as_str(), cfg.dlq_topic.as_str());
+        let mut config = leadstream_common::kafka::producer_config(bootstrap, cfg.kafka_linger_ms);
+        config.set("message.timeout.ms", cfg.produce_timeout_ms.to_string());
         let producer: FutureProducer = config.create()?;
         let healthy = Arc::new(AtomicBool::new(false));
         let probe: BaseConsumer = leadstream_common::kafka::admin_config(bootstrap).create()?;

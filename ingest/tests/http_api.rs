@@ -84,6 +84,7 @@ fn config(dir: &std::path::Path, spool_max_bytes: u64) -> IngestConfig {
         spool_dir: dir.join("spool"),
         spool_max_bytes,
         produce_timeout_ms: 1000,
+        kafka_linger_ms: 5,
         events_topic: "leadstream.events".into(),
         dlq_topic: "leadstream.events.dlq".into(),
         max_event_bytes: 32 * 1024,
