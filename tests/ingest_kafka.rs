@@ -34,7 +34,7 @@ fn config(kafka: &str, events: &str, dlq: &str, spool: &std::path::Path) -> Inge
 }
 
 async fn start_in_process(cfg: &IngestConfig) -> String {
-    let publisher = Arc::new(KafkaPublisher::new(&cfg).unwrap());
+    let publisher = Arc::new(KafkaPublisher::new(cfg).unwrap());
     let state = build_state(cfg, publisher).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
