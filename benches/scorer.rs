@@ -1,0 +1,78 @@
+//! Per-event cost of the scorer's pure stages and the state size per lead.
+//!   cargo bench --bench scorer
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use leadstream_scorer::{
+    DAY_MS,
+    event::{LeadEvent, Platform, Signal},
+    features::LeadState,
+    rules::{DEFAULT_TOML, ScoringConfig},
+    score::score,
+};
+
+const T0: i64 = 1_795_305_600_000;
+
+fn event(i: i64) -> LeadEvent {
+    LeadEvent {
+        message_id: String::new(),
+        event: "page_viewed".into(),
+        ts_ms: T0 + i * 90_000,
+        platform: Some(if i % 3 == 0 { Platform::MiniProgram } else { Platform::Web }),
+        signals: vec![Signal::PageView, Signal::ALL[(i % 8) as usize]],
+        model_id: Some(["x3", "x5", "i4", "ix"][(i % 4) as usize].into()),
+        price: None,
+        channel: Some("autohome".into()),
+        session_id: None,
+        is_bot: false,
+        order: false,
+        purchase_ms: None,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let cfg = ScoringConfig::parse(DEFAULT_TOML).unwrap();
+    let (hl, dormant) = (cfg.half_life_ms(), cfg.dormant_after_ms());
+    let events: Vec<LeadEvent> = (0..4096).map(event).collect();
+
+    // State size: a typical lead (40 events over a month) and a heavy one.
+    let mut typical = LeadState::new(T0);
+    for i in 0..40 {
+        let mut e = event(i);
+        e.ts_ms = T0 + i * (30 * DAY_MS / 40);
+        typical.apply(&e, hl, dormant);
+    }
+    let mut heavy = LeadState::new(T0);
+    for e in &events {
+        heavy.apply(e, hl, dormant);
+    }
+    println!("state bytes per lead: typical (40 events) {}, heavy (4096 events) {}", typical.bytes(), heavy.bytes());
+
+    let mut group = c.benchmark_group("scorer");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("window_update_and_score", |b| {
+        let mut state = LeadState::new(T0);
+        let mut i = 0usize;
+        b.iter(|| {
+            let e = &events[i % events.len()];
+            i += 1;
+            state.apply(black_box(e), hl, dormant);
+            black_box(score(&state, e.ts_ms, &cfg, None))
+        })
+    });
+    group.bench_function("window_update_only", |b| {
+        let mut state = LeadState::new(T0);
+        let mut i = 0usize;
+        b.iter(|| {
+            let e = &events[i % events.len()];
+            i += 1;
+            state.apply(black_box(e), hl, dormant);
+        })
+    });
+    group.bench_function("feature_vector", |b| b.iter(|| black_box(heavy.features(black_box(T0 + 10 * DAY_MS), hl))));
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

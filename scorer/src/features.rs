@@ -1,0 +1,297 @@
+//! One lead's state: windows, decayed intent per signal, recency, sessions,
+//! models, price, platforms, first touch, purchase. Updated in O(1) per
+//! event from event time only; memory bounded per lead.
+
+use crate::{
+    DAY_MS,
+    event::{LeadEvent, Signal},
+    window::{Span, Windows},
+};
+
+const SIGNALS: usize = Signal::ALL.len();
+/// A new session starts after this much inactivity.
+pub const SESSION_GAP_MS: i64 = 30 * 60_000;
+/// How soon after waking high intent must show to count as reactivation.
+pub const WAKE_WINDOW_MS: i64 = 30 * DAY_MS;
+/// Distinct models remembered per lead (hashes); more are counted, not kept.
+const MODELS: usize = 8;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeadState {
+    pub windows: Windows,
+    /// Per-signal intent with exponential decay, valid as of `decayed_at_ms`.
+    pub decayed: [f32; SIGNALS],
+    pub decayed_at_ms: i64,
+    pub first_seen_ms: i64,
+    /// Newest event time seen (stream order may differ from event order).
+    pub last_event_ms: i64,
+    pub last_high_intent_ms: Option<i64>,
+    /// First event after the lead's last dormant gap.
+    pub woke_at_ms: Option<i64>,
+    /// When the lead last came back from dormancy with high intent.
+    pub reactivated_at_ms: Option<i64>,
+    pub events: u32,
+    pub sessions: u16,
+    models: [u32; MODELS],
+    pub distinct_models: u8,
+    pub max_price: f32,
+    /// Bit per platform (app, mini_program, web, server, offline).
+    pub platforms: u8,
+    pub first_channel: Option<Box<str>>,
+    pub test_drive_booked: bool,
+    pub lead_form_submitted: bool,
+    pub last_purchase_ms: Option<i64>,
+}
+
+impl LeadState {
+    pub fn new(first_seen_ms: i64) -> Self {
+        Self {
+            windows: Windows::default(),
+            decayed: [0.0; SIGNALS],
+            decayed_at_ms: first_seen_ms,
+            first_seen_ms,
+            last_event_ms: first_seen_ms,
+            last_high_intent_ms: None,
+            woke_at_ms: None,
+            reactivated_at_ms: None,
+            events: 0,
+            sessions: 0,
+            models: [0; MODELS],
+            distinct_models: 0,
+            max_price: 0.0,
+            platforms: 0,
+            first_channel: None,
+            test_drive_booked: false,
+            lead_form_submitted: false,
+            last_purchase_ms: None,
+        }
+    }
+
+    /// Decay factor for `dt` at `half_life_ms`.
+    fn decay(dt_ms: i64, half_life_ms: i64) -> f32 {
+        if dt_ms <= 0 {
+            1.0
+        } else {
+            0.5f32.powf(dt_ms as f32 / half_life_ms as f32)
+        }
+    }
+
+    /// Decayed intent of each signal at `now_ms`.
+    pub fn intent_at(&self, now_ms: i64, half_life_ms: i64) -> [f32; SIGNALS] {
+        let f = Self::decay(now_ms - self.decayed_at_ms, half_life_ms);
+        self.decayed.map(|d| d * f)
+    }
+
+    /// Applies one event. `dormant_after_ms`: a gap this long before a
+    /// high-intent event marks the lead reactivated.
+    pub fn apply(&mut self, e: &LeadEvent, half_life_ms: i64, dormant_after_ms: i64) {
+        let ts = e.ts_ms;
+        let previous_activity = self.last_event_ms;
+        let is_first = self.events == 0;
+        self.events = self.events.saturating_add(1);
+        if ts < self.first_seen_ms {
+            self.first_seen_ms = ts;
+        }
+        if is_first || ts - previous_activity > SESSION_GAP_MS {
+            self.sessions = self.sessions.saturating_add(1);
+        }
+        // Decay moves forward only; a late event adds its weight already
+        // decayed to the current reference time.
+        if ts > self.decayed_at_ms {
+            let f = Self::decay(ts - self.decayed_at_ms, half_life_ms);
+            for d in &mut self.decayed {
+                *d *= f;
+            }
+            self.decayed_at_ms = ts;
+        }
+        let weight = Self::decay(self.decayed_at_ms - ts, half_life_ms);
+        let mut high_intent = false;
+        for s in &e.signals {
+            self.windows.add(*s, ts);
+            self.decayed[s.index()] += weight;
+            high_intent |= s.is_high_intent();
+            match s {
+                Signal::TestDrive => self.test_drive_booked = true,
+                Signal::LeadForm => self.lead_form_submitted = true,
+                _ => {}
+            }
+        }
+        if !is_first && ts - previous_activity >= dormant_after_ms {
+            self.woke_at_ms = Some(ts);
+        }
+        if high_intent {
+            // High intent within a month of waking from dormancy.
+            if self.woke_at_ms.is_some_and(|w| ts >= w && ts - w <= WAKE_WINDOW_MS) {
+                self.reactivated_at_ms = Some(ts);
+            }
+            self.last_high_intent_ms = Some(self.last_high_intent_ms.map_or(ts, |h| h.max(ts)));
+        }
+        if ts > self.last_event_ms {
+            self.last_event_ms = ts;
+        }
+        if let Some(m) = &e.model_id {
+            self.see_model(m);
+        }
+        if let Some(p) = e.price {
+            self.max_price = self.max_price.max(p as f32);
+        }
+        if let Some(p) = e.platform {
+            self.platforms |= 1 << (p as u8);
+        }
+        if self.first_channel.is_none() {
+            self.first_channel = e.channel.as_deref().map(Into::into);
+        }
+        if e.order {
+            self.last_purchase_ms = Some(self.last_purchase_ms.map_or(ts, |p| p.max(ts)));
+        }
+        if let Some(p) = e.purchase_ms {
+            self.last_purchase_ms = Some(self.last_purchase_ms.map_or(p, |q| q.max(p)));
+        }
+    }
+
+    fn see_model(&mut self, model: &str) {
+        // FNV-1a: stable across processes, so replays give the same state.
+        let h = model.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193)).max(1);
+        if self.models.contains(&h) {
+            return;
+        }
+        if let Some(slot) = self.models.iter_mut().find(|m| **m == 0) {
+            *slot = h;
+        }
+        self.distinct_models = self.distinct_models.saturating_add(1);
+    }
+
+    pub fn platform_count(&self) -> u32 {
+        self.platforms.count_ones()
+    }
+
+    /// Bytes this state occupies (inline plus heap), for the memory budget.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.first_channel.as_ref().map_or(0, |c| c.len())
+    }
+
+    /// The model's feature vector at `now_ms`, in [`FEATURE_NAMES`] order.
+    pub fn features(&self, now_ms: i64, half_life_ms: i64) -> Vec<f32> {
+        let mut f = Vec::with_capacity(FEATURE_NAMES.len());
+        for s in [Signal::PageView, Signal::ModelDetail, Signal::Configurator, Signal::PriceFinance, Signal::Engagement] {
+            for span in [Span::Day, Span::Week, Span::Month] {
+                f.push(self.windows.count(s, span, now_ms) as f32);
+            }
+        }
+        for s in Signal::ALL {
+            f.push(self.intent_at(now_ms, half_life_ms)[s.index()]);
+        }
+        let days = |ms: i64| (ms.max(0) as f32) / DAY_MS as f32;
+        f.push(days(now_ms - self.last_event_ms));
+        f.push(days(now_ms - self.first_seen_ms));
+        f.push(f32::from(self.sessions));
+        f.push(f32::from(self.distinct_models));
+        f.push(self.max_price / 100_000.0);
+        f.push(self.platform_count() as f32);
+        f.push(f32::from(u8::from(self.test_drive_booked)));
+        f.push(f32::from(u8::from(self.lead_form_submitted)));
+        f.push(f32::from(u8::from(self.last_purchase_ms.is_some())));
+        f
+    }
+}
+
+/// Names of [`LeadState::features`], for model files and reports.
+pub const FEATURE_NAMES: [&str; 32] = [
+    "page_views_24h", "page_views_7d", "page_views_30d",
+    "model_detail_24h", "model_detail_7d", "model_detail_30d",
+    "configurator_24h", "configurator_7d", "configurator_30d",
+    "price_finance_24h", "price_finance_7d", "price_finance_30d",
+    "engagement_24h", "engagement_7d", "engagement_30d",
+    "intent_page_views", "intent_model_detail", "intent_configurator", "intent_price_finance",
+    "intent_test_drive", "intent_lead_form", "intent_store_visit", "intent_engagement",
+    "days_since_last_event", "days_since_first_seen", "sessions", "distinct_models",
+    "max_price_100k", "platforms", "test_drive_booked", "lead_form_submitted", "prior_purchase",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Platform;
+
+    const T0: i64 = 1_795_305_600_000;
+    const HL: i64 = 7 * DAY_MS;
+
+    fn ev(ts: i64, signals: &[Signal]) -> LeadEvent {
+        LeadEvent {
+            message_id: String::new(),
+            event: String::new(),
+            ts_ms: ts,
+            platform: Some(Platform::Web),
+            signals: signals.to_vec(),
+            model_id: Some("x5".into()),
+            price: None,
+            channel: Some("autohome".into()),
+            session_id: None,
+            is_bot: false,
+            order: false,
+            purchase_ms: None,
+        }
+    }
+
+    #[test]
+    fn intent_halves_every_half_life() {
+        let mut s = LeadState::new(T0);
+        s.apply(&ev(T0, &[Signal::TestDrive]), HL, 90 * DAY_MS);
+        let now = s.intent_at(T0, HL)[Signal::TestDrive.index()];
+        let later = s.intent_at(T0 + HL, HL)[Signal::TestDrive.index()];
+        assert!((now - 1.0).abs() < 1e-6 && (later - 0.5).abs() < 1e-6, "{now} {later}");
+    }
+
+    #[test]
+    fn a_late_event_counts_as_already_decayed() {
+        let mut s = LeadState::new(T0);
+        s.apply(&ev(T0 + HL, &[Signal::Configurator]), HL, 90 * DAY_MS);
+        s.apply(&ev(T0, &[Signal::Configurator]), HL, 90 * DAY_MS);
+        let v = s.intent_at(T0 + HL, HL)[Signal::Configurator.index()];
+        assert!((v - 1.5).abs() < 1e-5, "{v}");
+        assert_eq!(s.last_event_ms, T0 + HL);
+    }
+
+    #[test]
+    fn sessions_models_platforms_and_first_touch() {
+        let mut s = LeadState::new(T0);
+        s.apply(&ev(T0, &[Signal::PageView]), HL, 90 * DAY_MS);
+        s.apply(&ev(T0 + 60_000, &[Signal::PageView]), HL, 90 * DAY_MS);
+        let mut app = ev(T0 + 2 * 3_600_000, &[Signal::PageView]);
+        app.platform = Some(Platform::App);
+        app.model_id = Some("i4".into());
+        app.channel = Some("wechat".into());
+        s.apply(&app, HL, 90 * DAY_MS);
+        assert_eq!((s.sessions, s.distinct_models, s.platform_count()), (2, 2, 2));
+        assert_eq!(s.first_channel.as_deref(), Some("autohome"));
+        assert_eq!(s.features(T0 + 3 * 3_600_000, HL).len(), FEATURE_NAMES.len());
+    }
+
+    #[test]
+    fn high_intent_after_a_dormant_gap_reactivates() {
+        let mut s = LeadState::new(T0);
+        s.apply(&ev(T0, &[Signal::LeadForm]), HL, 90 * DAY_MS);
+        s.apply(&ev(T0 + 100 * DAY_MS, &[Signal::PageView]), HL, 90 * DAY_MS);
+        assert_eq!(s.reactivated_at_ms, None, "browsing alone does not reactivate");
+        s.apply(&ev(T0 + 101 * DAY_MS, &[Signal::Configurator]), HL, 90 * DAY_MS);
+        assert_eq!(s.reactivated_at_ms, Some(T0 + 101 * DAY_MS), "woke up, then high intent");
+        let mut t = LeadState::new(T0);
+        t.apply(&ev(T0, &[Signal::LeadForm]), HL, 90 * DAY_MS);
+        t.apply(&ev(T0 + 60 * DAY_MS, &[Signal::Configurator]), HL, 90 * DAY_MS);
+        assert_eq!(t.reactivated_at_ms, None, "60 days quiet is not dormant");
+        t.apply(&ev(T0 + 200 * DAY_MS, &[Signal::PageView]), HL, 90 * DAY_MS);
+        t.apply(&ev(T0 + 240 * DAY_MS, &[Signal::TestDrive]), HL, 90 * DAY_MS);
+        assert_eq!(t.reactivated_at_ms, None, "too long after waking");
+    }
+
+    #[test]
+    fn state_stays_within_a_kilobyte() {
+        let mut s = LeadState::new(T0);
+        for i in 0..10_000 {
+            let mut e = ev(T0 + i * 60_000, &[Signal::PageView, Signal::Configurator]);
+            e.model_id = Some(format!("model-{}", i % 40));
+            s.apply(&e, HL, 90 * DAY_MS);
+        }
+        assert!(s.bytes() <= 1024, "{} bytes", s.bytes());
+    }
+}

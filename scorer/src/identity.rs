@@ -1,0 +1,137 @@
+//! Identity stitching: the app, mini-program and web ids of one person
+//! (user id, WeChat union id, phone hash, anonymous ids, aliases) form one
+//! lead. Union-find with a canonical lead id that does not depend on the
+//! order links arrive in (the smallest identifier of the set), so replays
+//! and different instances agree.
+
+use std::collections::HashMap;
+
+use serde_json::Value as Json;
+
+/// Identifiers an event carries, typed so ids from different namespaces
+/// never collide ("u:" user, "w:" WeChat union, "p:" phone hash, "a:" anonymous).
+pub fn identifiers(event: &Json) -> Vec<String> {
+    let mut out = Vec::with_capacity(4);
+    let mut push = |prefix: &str, v: Option<&Json>| {
+        if let Some(s) = v.and_then(Json::as_str).filter(|s| !s.is_empty()) {
+            out.push(format!("{prefix}{s}"));
+        }
+    };
+    push("u:", event.get("user_id"));
+    push("w:", event.get("union_id"));
+    push("p:", event.get("phone_hash"));
+    push("a:", event.get("anonymous_id"));
+    if event.get("event").and_then(Json::as_str) == Some("alias") {
+        // The earlier id of an alias is usually an anonymous id.
+        push("a:", event.pointer("/properties/previous_id"));
+    }
+    out
+}
+
+/// The result of linking an event's identifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linked {
+    pub lead_id: String,
+    /// Leads that ceased to exist because they merged into `lead_id`.
+    pub merged: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct IdentityGraph {
+    parent: HashMap<String, String>,
+}
+
+impl IdentityGraph {
+    fn find(&mut self, id: &str) -> String {
+        let mut root = id.to_owned();
+        while let Some(p) = self.parent.get(&root).filter(|p| **p != root) {
+            root = p.clone();
+        }
+        // Path compression keeps later lookups short.
+        let mut cur = id.to_owned();
+        while cur != root {
+            let next = self.parent.insert(cur, root.clone()).expect("on the path");
+            cur = next;
+        }
+        root
+    }
+
+    /// Links all `ids` into one lead and returns its id plus the leads that
+    /// merged into it. Empty `ids` is a caller bug.
+    pub fn link(&mut self, ids: &[String]) -> Linked {
+        assert!(!ids.is_empty(), "an event needs at least one identifier");
+        let mut roots: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                self.parent.entry(id.clone()).or_insert_with(|| id.clone());
+                self.find(id)
+            })
+            .collect();
+        roots.sort();
+        roots.dedup();
+        let canonical = roots[0].clone();
+        for r in &roots[1..] {
+            self.parent.insert(r.clone(), canonical.clone());
+        }
+        Linked { lead_id: lead_id_of(&canonical), merged: roots[1..].iter().map(|r| lead_id_of(r)).collect() }
+    }
+
+    pub fn lead_of(&mut self, id: &str) -> Option<String> {
+        self.parent.contains_key(id).then(|| lead_id_of(&self.find(id)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.parent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parent.is_empty()
+    }
+}
+
+/// Lead ids are opaque: a stable hash of the canonical identifier, so no
+/// personal id (even hashed) is exposed as the key sales see.
+pub fn lead_id_of(canonical: &str) -> String {
+    let h = canonical.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("L{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn app_mini_program_and_web_ids_become_one_lead_in_any_order() {
+        let web = json!({"anonymous_id": "web-1"});
+        let mp = json!({"anonymous_id": "mp-1", "union_id": "wx-9"});
+        let app = json!({"anonymous_id": "app-1", "union_id": "wx-9", "user_id": "u-7"});
+        let form = json!({"anonymous_id": "web-1", "phone_hash": "ph-3"});
+        let crm = json!({"user_id": "u-7", "phone_hash": "ph-3", "event": "identify"});
+        let events = [web, mp, app, form, crm];
+        let mut forward = IdentityGraph::default();
+        let ids_fwd: Vec<String> = events.iter().map(|e| forward.link(&identifiers(e)).lead_id).collect();
+        let mut backward = IdentityGraph::default();
+        for e in events.iter().rev() {
+            backward.link(&identifiers(e));
+        }
+        let final_fwd = forward.lead_of("a:web-1").unwrap();
+        assert_eq!(final_fwd, backward.lead_of("a:web-1").unwrap(), "order does not matter");
+        for id in ["a:mp-1", "a:app-1", "w:wx-9", "u:u-7", "p:ph-3"] {
+            assert_eq!(forward.lead_of(id).unwrap(), final_fwd, "{id}");
+        }
+        assert_eq!(ids_fwd[4], final_fwd);
+    }
+
+    #[test]
+    fn merges_report_the_lead_that_disappeared() {
+        let mut g = IdentityGraph::default();
+        let a = g.link(&["a:1".into()]).lead_id;
+        let b = g.link(&["a:2".into()]).lead_id;
+        let linked = g.link(&["a:2".into(), "a:1".into()]);
+        assert_eq!(linked.lead_id, a);
+        assert_eq!(linked.merged, vec![b]);
+        let alias = json!({"event": "alias", "user_id": "u", "properties": {"previous_id": "anon"}});
+        assert_eq!(identifiers(&alias), vec!["u:u", "a:anon"]);
+    }
+}

@@ -1,0 +1,15 @@
+//! leadstream scorer, the pure stages: what an event means for a lead
+//! (`event`), bucketed per-lead windows (`window`), the lead's feature state
+//! (`features`), weighted rules with decay (`rules`), and the scored output
+//! with grade, lifecycle stage, reasons and reactivation (`score`), plus
+//! identity stitching (`identity`). All time comes from event timestamps.
+
+pub mod event;
+pub mod features;
+pub mod identity;
+pub mod rules;
+pub mod score;
+pub mod window;
+
+pub const HOUR_MS: i64 = 3_600_000;
+pub const DAY_MS: i64 = 24 * HOUR_MS;

@@ -1,0 +1,141 @@
+//! Weighted rules with decay, configured in TOML (default:
+//! deploy/config/scoring.toml).
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::Deserialize;
+
+use crate::{DAY_MS, event::Signal, features::LeadState};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScoringConfig {
+    /// Intent halves every this many days without new activity.
+    pub half_life_days: f64,
+    /// Inactivity after which a lead counts as dormant.
+    pub dormant_after_days: f64,
+    /// Rule points at which the rule score reaches 63 (1 − 1/e of 100).
+    pub scale: f64,
+    /// Points per unit of (decayed) intent, by reason code; `prior_purchase` is flat.
+    pub weights: BTreeMap<String, f64>,
+    pub grades: Grades,
+    pub stages: Stages,
+    /// How long a reactivated lead keeps the flag.
+    pub reactivated_flag_days: f64,
+    /// Share of the model in the blended score (0 = rules only).
+    pub model_weight: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Grades {
+    pub high: f64,
+    pub medium: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Stages {
+    pub new_days: f64,
+    pub retained_after_days: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read scoring config {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("scoring config: {0}")]
+    Invalid(String),
+}
+
+pub const DEFAULT_TOML: &str = include_str!("../../deploy/config/scoring.toml");
+
+impl ScoringConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let known: Vec<&str> = Signal::ALL.iter().map(|s| s.code()).chain(["prior_purchase"]).collect();
+        if let Some(k) = self.weights.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(ConfigError::Invalid(format!("weights.{k} is not a reason code; known: {}", known.join(", "))));
+        }
+        if self.half_life_days <= 0.0 || self.scale <= 0.0 {
+            return Err(ConfigError::Invalid("half_life_days and scale must be positive".into()));
+        }
+        if !(0.0..=1.0).contains(&self.model_weight) {
+            return Err(ConfigError::Invalid("model_weight must be within 0..=1".into()));
+        }
+        if self.grades.medium > self.grades.high {
+            return Err(ConfigError::Invalid("grades.medium must not exceed grades.high".into()));
+        }
+        Ok(())
+    }
+
+    pub fn half_life_ms(&self) -> i64 {
+        (self.half_life_days * DAY_MS as f64) as i64
+    }
+
+    pub fn dormant_after_ms(&self) -> i64 {
+        (self.dormant_after_days * DAY_MS as f64) as i64
+    }
+
+    fn weight(&self, code: &str) -> f64 {
+        self.weights.get(code).copied().unwrap_or(0.0)
+    }
+
+    /// Rule points by reason code at `now_ms`, largest first.
+    pub fn contributions(&self, state: &LeadState, now_ms: i64) -> Vec<(&'static str, f64)> {
+        let intent = state.intent_at(now_ms, self.half_life_ms());
+        let mut out: Vec<(&'static str, f64)> = Signal::ALL
+            .iter()
+            .map(|s| (s.code(), self.weight(s.code()) * f64::from(intent[s.index()])))
+            .chain(
+                // An owner past the retention horizon is due for a new car.
+                state
+                    .last_purchase_ms
+                    .filter(|p| now_ms - p >= (self.stages.retained_after_days * DAY_MS as f64) as i64)
+                    .map(|_| ("prior_purchase", self.weight("prior_purchase"))),
+            )
+            .filter(|(_, p)| *p > 0.0)
+            .collect();
+        // Ties broken by code so replays give identical reasons.
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+        out
+    }
+
+    /// 0–100 from rule points, saturating.
+    pub fn rule_score(&self, points: f64) -> f64 {
+        100.0 * (1.0 - (-points / self.scale).exp())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_default_parses_and_reflects_common_practice() {
+        let c = ScoringConfig::parse(DEFAULT_TOML).unwrap();
+        assert_eq!(c.weight("configurator"), 10.0);
+        assert_eq!(c.weight("test_drive_booked"), 50.0);
+        assert_eq!(c.weight("prior_purchase"), 100.0);
+        assert!(c.weight("test_drive_booked") > c.weight("lead_form_submitted"));
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let bad = DEFAULT_TOML.replace("configurator = 10", "configurater = 10");
+        let err = ScoringConfig::parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("weights.configurater"), "{err}");
+        let bad = DEFAULT_TOML.replace("model_weight = 0.0", "model_weight = 2.0");
+        assert!(ScoringConfig::parse(&bad).unwrap_err().to_string().contains("model_weight"));
+    }
+}

@@ -1,0 +1,164 @@
+//! Event-time bucketed counters per signal: 12 five-minute buckets (the last
+//! hour), 24 hourly buckets (the last day) and 32 daily buckets (the last 30
+//! days and 7 days). Rings indexed by absolute bucket number; every signal
+//! shares the same three heads. O(1) per event, fixed memory per lead.
+
+use crate::{DAY_MS, HOUR_MS, event::Signal};
+
+const SIGNALS: usize = Signal::ALL.len();
+const FIVE_MIN_MS: i64 = 5 * 60_000;
+const N5: usize = 12;
+const NH: usize = 24;
+const ND: usize = 32;
+
+/// Window lengths reported as features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Span {
+    pub const ALL: [Span; 4] = [Span::Hour, Span::Day, Span::Week, Span::Month];
+    pub fn code(self) -> &'static str {
+        match self {
+            Span::Hour => "1h",
+            Span::Day => "24h",
+            Span::Week => "7d",
+            Span::Month => "30d",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ring<const N: usize> {
+    /// Absolute index (time / bucket length) of the newest bucket.
+    head: i64,
+    counts: [[u8; N]; SIGNALS],
+}
+
+impl<const N: usize> Ring<N> {
+    fn new() -> Self {
+        Self { head: i64::MIN, counts: [[0; N]; SIGNALS] }
+    }
+
+    /// Moves the head forward to `bucket`, clearing what falls out.
+    fn advance(&mut self, bucket: i64) {
+        if self.head == i64::MIN || bucket - self.head >= N as i64 {
+            self.counts = [[0; N]; SIGNALS];
+        } else {
+            for b in self.head + 1..=bucket {
+                let slot = b.rem_euclid(N as i64) as usize;
+                for s in &mut self.counts {
+                    s[slot] = 0;
+                }
+            }
+        }
+        self.head = bucket;
+    }
+
+    /// Counts an event in `bucket`; too-old buckets are not in this ring.
+    fn add(&mut self, signal: usize, bucket: i64) {
+        if bucket > self.head {
+            self.advance(bucket);
+        }
+        if self.head - bucket < N as i64 {
+            let slot = bucket.rem_euclid(N as i64) as usize;
+            self.counts[signal][slot] = self.counts[signal][slot].saturating_add(1);
+        }
+    }
+
+    /// Sum of the `k` buckets ending at `now_bucket`.
+    fn sum(&self, signal: usize, now_bucket: i64, k: usize) -> u32 {
+        let first = now_bucket - k as i64 + 1;
+        let lo = first.max(self.head - N as i64 + 1);
+        let hi = now_bucket.min(self.head);
+        (lo..=hi)
+            .map(|b| u32::from(self.counts[signal][b.rem_euclid(N as i64) as usize]))
+            .sum()
+    }
+}
+
+/// All windows of one lead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Windows {
+    five_min: Ring<N5>,
+    hourly: Ring<NH>,
+    daily: Ring<ND>,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        Self { five_min: Ring::new(), hourly: Ring::new(), daily: Ring::new() }
+    }
+}
+
+impl Windows {
+    pub fn add(&mut self, signal: Signal, ts_ms: i64) {
+        let i = signal.index();
+        self.five_min.add(i, ts_ms.div_euclid(FIVE_MIN_MS));
+        self.hourly.add(i, ts_ms.div_euclid(HOUR_MS));
+        self.daily.add(i, ts_ms.div_euclid(DAY_MS));
+    }
+
+    /// Events of `signal` in the window ending at `now_ms` (bucket-aligned:
+    /// the current bucket counts whole).
+    pub fn count(&self, signal: Signal, span: Span, now_ms: i64) -> u32 {
+        let i = signal.index();
+        match span {
+            Span::Hour => self.five_min.sum(i, now_ms.div_euclid(FIVE_MIN_MS), N5),
+            Span::Day => self.hourly.sum(i, now_ms.div_euclid(HOUR_MS), NH),
+            Span::Week => self.daily.sum(i, now_ms.div_euclid(DAY_MS), 7),
+            Span::Month => self.daily.sum(i, now_ms.div_euclid(DAY_MS), 30),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_795_305_600_000; // a midnight UTC
+
+    #[test]
+    fn counts_per_window_slide_with_event_time() {
+        let mut w = Windows::default();
+        w.add(Signal::Configurator, T0);
+        w.add(Signal::Configurator, T0 + 10 * 60_000);
+        w.add(Signal::Configurator, T0 + 3 * DAY_MS);
+        let now = T0 + 3 * DAY_MS;
+        let c = |span, now| w.count(Signal::Configurator, span, now);
+        assert_eq!(c(Span::Hour, now), 1);
+        assert_eq!(c(Span::Day, now), 1);
+        assert_eq!(c(Span::Week, now), 3);
+        assert_eq!(c(Span::Month, now), 3);
+        assert_eq!(c(Span::Week, now + 5 * DAY_MS), 1, "the first two fell out of the week");
+        assert_eq!(c(Span::Month, now + 40 * DAY_MS), 0);
+        assert_eq!(w.count(Signal::TestDrive, Span::Month, now), 0);
+    }
+
+    #[test]
+    fn late_events_land_in_their_own_bucket() {
+        let mut w = Windows::default();
+        w.add(Signal::PageView, T0 + 2 * HOUR_MS);
+        w.add(Signal::PageView, T0 + 30 * 60_000); // 90 minutes late
+        let now = T0 + 2 * HOUR_MS;
+        assert_eq!(w.count(Signal::PageView, Span::Hour, now), 1);
+        assert_eq!(w.count(Signal::PageView, Span::Day, now), 2);
+        w.add(Signal::PageView, T0 - 40 * DAY_MS); // older than every ring
+        assert_eq!(w.count(Signal::PageView, Span::Month, now), 2);
+    }
+
+    #[test]
+    fn a_long_gap_clears_every_ring() {
+        let mut w = Windows::default();
+        for i in 0..300 {
+            w.add(Signal::PageView, T0 + i);
+        }
+        assert_eq!(w.count(Signal::PageView, Span::Hour, T0), 255, "saturates instead of wrapping");
+        w.add(Signal::PageView, T0 + 400 * DAY_MS);
+        assert_eq!(w.count(Signal::PageView, Span::Month, T0 + 400 * DAY_MS), 1);
+    }
+}
