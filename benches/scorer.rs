@@ -19,7 +19,11 @@ fn event(i: i64) -> LeadEvent {
         message_id: String::new(),
         event: "page_viewed".into(),
         ts_ms: T0 + i * 90_000,
-        platform: Some(if i % 3 == 0 { Platform::MiniProgram } else { Platform::Web }),
+        platform: Some(if i % 3 == 0 {
+            Platform::MiniProgram
+        } else {
+            Platform::Web
+        }),
         signals: vec![Signal::PageView, Signal::ALL[(i % 8) as usize]],
         model_id: Some(["x3", "x5", "i4", "ix"][(i % 4) as usize].into()),
         price: None,
@@ -47,7 +51,11 @@ fn bench(c: &mut Criterion) {
     for e in &events {
         heavy.apply(e, hl, dormant);
     }
-    println!("state bytes per lead: typical (40 events) {}, heavy (4096 events) {}", typical.bytes(), heavy.bytes());
+    println!(
+        "state bytes per lead: typical (40 events) {}, heavy (4096 events) {}",
+        typical.bytes(),
+        heavy.bytes()
+    );
 
     let mut group = c.benchmark_group("scorer");
     group.throughput(Throughput::Elements(1));
@@ -70,7 +78,9 @@ fn bench(c: &mut Criterion) {
             state.apply(black_box(e), hl, dormant);
         })
     });
-    group.bench_function("feature_vector", |b| b.iter(|| black_box(heavy.features(black_box(T0 + 10 * DAY_MS), hl))));
+    group.bench_function("feature_vector", |b| {
+        b.iter(|| black_box(heavy.features(black_box(T0 + 10 * DAY_MS), hl)))
+    });
     group.finish();
 }
 

@@ -70,10 +70,6 @@ fn str_of(v: Option<&Json>) -> Option<String> {
     }
 }
 
-fn path<'a>(v: &'a Json, keys: &[&str]) -> Option<&'a Json> {
-    keys.iter().try_fold(v, |v, k| v.get(k))
-}
-
 /// Milliseconds since the epoch from an RFC 3339 string or a number.
 pub fn millis(v: &Json) -> Option<i64> {
     match v {
@@ -100,7 +96,10 @@ pub fn to_plan(raw: &Json, inc: &Incoming<'_>) -> Result<Json, MapError> {
             format!("{kind:?} is not one of {}", TYPES.join(", ")),
         ));
     }
-    let context = merged_context(obj.get("context"), inc.batch_context);
+    let context = Context {
+        own: obj.get("context").and_then(Json::as_object),
+        batch: inc.batch_context,
+    };
     let empty = Map::new();
     let props = obj
         .get("properties")
@@ -109,7 +108,7 @@ pub fn to_plan(raw: &Json, inc: &Incoming<'_>) -> Result<Json, MapError> {
     let traits = obj
         .get("traits")
         .and_then(Json::as_object)
-        .or_else(|| context.get("traits").and_then(Json::as_object))
+        .or_else(|| context.get(&["traits"]).and_then(Json::as_object))
         .unwrap_or(&empty);
 
     let (event, properties) = match kind {
@@ -167,7 +166,8 @@ pub fn to_plan(raw: &Json, inc: &Incoming<'_>) -> Result<Json, MapError> {
         .transpose()?;
     let timestamp = corrected_timestamp(original, sent_at, received, inc.max_skew_ms);
 
-    let union_id = str_of(path(&context, &["wechat", "unionId"]))
+    let union_id = context
+        .str(&["wechat", "unionId"])
         .or_else(|| str_of(obj.get("unionId")))
         .or_else(|| str_of(traits.get("union_id").or_else(|| traits.get("unionId"))));
     let message_id = str_of(obj.get("messageId")).ok_or_else(|| {
@@ -202,7 +202,7 @@ pub fn to_plan(raw: &Json, inc: &Incoming<'_>) -> Result<Json, MapError> {
         "original_timestamp": original,
         "sent_at": sent_at,
         "received_at": received,
-        "context": plan_context(&context, obj),
+        "context": plan_context(context, obj),
         "properties": properties,
     }))
 }
@@ -226,25 +226,36 @@ pub fn corrected_timestamp(
     }
 }
 
-fn merged_context(own: Option<&Json>, batch: Option<&Map<String, Json>>) -> Json {
-    let mut merged = batch.cloned().unwrap_or_default();
-    if let Some(Json::Object(own)) = own {
-        for (k, v) in own {
-            merged.insert(k.clone(), v.clone());
-        }
+/// The event's context over the batch's, merged per top-level key as
+/// Segment does, read in place rather than copied.
+#[derive(Clone, Copy)]
+struct Context<'a> {
+    own: Option<&'a Map<String, Json>>,
+    batch: Option<&'a Map<String, Json>>,
+}
+
+impl<'a> Context<'a> {
+    fn get(&self, keys: &[&str]) -> Option<&'a Json> {
+        let (first, rest) = keys.split_first()?;
+        let top = self
+            .own
+            .and_then(|m| m.get(*first))
+            .or_else(|| self.batch.and_then(|m| m.get(*first)))?;
+        rest.iter().try_fold(top, |v, k| v.get(k))
     }
-    Json::Object(merged)
+
+    fn str(&self, keys: &[&str]) -> Option<String> {
+        str_of(self.get(keys))
+    }
 }
 
 /// Known Segment context keys → the plan's flat `Context`. Other context
 /// keys (device, screen, network, ...) are SDK metadata the plan does not
 /// keep.
-fn plan_context(ctx: &Json, event: &Map<String, Json>) -> Json {
-    let s = |keys: &[&str]| str_of(path(ctx, keys));
-    let page = |key: &str| {
-        s(&["page", key])
-            .or_else(|| str_of(path(&Json::Object(event.clone()), &["properties", key])))
-    };
+fn plan_context(ctx: Context<'_>, event: &Map<String, Json>) -> Json {
+    let s = |keys: &[&str]| ctx.str(keys);
+    let props = event.get("properties");
+    let page = |key: &str| s(&["page", key]).or_else(|| str_of(props.and_then(|p| p.get(key))));
     let os = match (s(&["os", "name"]), s(&["os", "version"])) {
         (Some(n), Some(v)) => Some(format!("{n} {v}")),
         (n, _) => n,

@@ -368,7 +368,7 @@ async fn handle(
     let mut accepted = 0usize;
     let mut duplicates = 0usize;
     let mut flagged = 0usize;
-    let mut seen_ids: Vec<String> = Vec::new();
+    let mut seen_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (index, text) in raw_events.iter().enumerate() {
         let parsed = match single.take() {
             Some(v) => Ok(v),
@@ -422,7 +422,7 @@ async fn handle(
                 duplicates += 1;
                 continue;
             }
-            seen_ids.push(k.clone());
+            seen_ids.insert(k.clone());
         }
         match s.pipeline.process(&raw, index, &inc) {
             Verdict::Accepted {

@@ -47,7 +47,14 @@ impl Signal {
 
     /// Signals that show purchase intent (used for reactivation).
     pub fn is_high_intent(self) -> bool {
-        matches!(self, Signal::Configurator | Signal::PriceFinance | Signal::TestDrive | Signal::LeadForm | Signal::StoreVisit)
+        matches!(
+            self,
+            Signal::Configurator
+                | Signal::PriceFinance
+                | Signal::TestDrive
+                | Signal::LeadForm
+                | Signal::StoreVisit
+        )
     }
 }
 
@@ -112,7 +119,10 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
         "store_visited" => signals.push(Signal::StoreVisit),
         "content_engaged" | "coupon_claimed" => signals.push(Signal::Engagement),
         "call_completed" => {
-            if matches!(s(&props, &["outcome"]).as_deref(), Some("interested" | "appointment_set" | "callback_requested")) {
+            if matches!(
+                s(&props, &["outcome"]).as_deref(),
+                Some("interested" | "appointment_set" | "callback_requested")
+            ) {
                 signals.push(Signal::Engagement);
             }
         }
@@ -135,7 +145,10 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
         price: props.get("price").and_then(Json::as_f64),
         channel: s(e, &["context", "lead_channel"]).or_else(|| s(e, &["context", "utm_source"])),
         session_id: s(e, &["context", "session_id"]),
-        is_bot: e.pointer("/context/is_bot").and_then(Json::as_bool).unwrap_or(false),
+        is_bot: e
+            .pointer("/context/is_bot")
+            .and_then(Json::as_bool)
+            .unwrap_or(false),
         order: event == "order_placed" || event == "vehicle_delivered",
         purchase_ms: props.get("purchase_date").and_then(Json::as_i64),
         event,
@@ -153,10 +166,17 @@ mod tests {
                        "context": {"utm_source": "autohome", "is_bot": false}, "properties": {"page_type": "finance", "model_id": "x5"}});
         let le = from_plan(&e).unwrap();
         assert_eq!(le.signals, vec![Signal::PageView, Signal::PriceFinance]);
-        assert_eq!((le.platform, le.channel.as_deref(), le.model_id.as_deref()), (Some(Platform::MiniProgram), Some("autohome"), Some("x5")));
+        assert_eq!(
+            (le.platform, le.channel.as_deref(), le.model_id.as_deref()),
+            (Some(Platform::MiniProgram), Some("autohome"), Some("x5"))
+        );
         let call = json!({"event": "call_completed", "timestamp": 5, "properties": {"outcome": "no_answer"}});
         assert!(from_plan(&call).unwrap().signals.is_empty());
-        assert!(from_plan(&json!({"event": "order_placed", "timestamp": 1})).unwrap().order);
+        assert!(
+            from_plan(&json!({"event": "order_placed", "timestamp": 1}))
+                .unwrap()
+                .order
+        );
         assert!(from_plan(&json!({"event": "x"})).is_none(), "no timestamp");
     }
 }

@@ -121,7 +121,10 @@ impl LeadState {
         }
         if high_intent {
             // High intent within a month of waking from dormancy.
-            if self.woke_at_ms.is_some_and(|w| ts >= w && ts - w <= WAKE_WINDOW_MS) {
+            if self
+                .woke_at_ms
+                .is_some_and(|w| ts >= w && ts - w <= WAKE_WINDOW_MS)
+            {
                 self.reactivated_at_ms = Some(ts);
             }
             self.last_high_intent_ms = Some(self.last_high_intent_ms.map_or(ts, |h| h.max(ts)));
@@ -151,7 +154,12 @@ impl LeadState {
 
     fn see_model(&mut self, model: &str) {
         // FNV-1a: stable across processes, so replays give the same state.
-        let h = model.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193)).max(1);
+        let h = model
+            .bytes()
+            .fold(0x811c_9dc5u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            })
+            .max(1);
         if self.models.contains(&h) {
             return;
         }
@@ -173,7 +181,13 @@ impl LeadState {
     /// The model's feature vector at `now_ms`, in [`FEATURE_NAMES`] order.
     pub fn features(&self, now_ms: i64, half_life_ms: i64) -> Vec<f32> {
         let mut f = Vec::with_capacity(FEATURE_NAMES.len());
-        for s in [Signal::PageView, Signal::ModelDetail, Signal::Configurator, Signal::PriceFinance, Signal::Engagement] {
+        for s in [
+            Signal::PageView,
+            Signal::ModelDetail,
+            Signal::Configurator,
+            Signal::PriceFinance,
+            Signal::Engagement,
+        ] {
             for span in [Span::Day, Span::Week, Span::Month] {
                 f.push(self.windows.count(s, span, now_ms) as f32);
             }
@@ -197,15 +211,38 @@ impl LeadState {
 
 /// Names of [`LeadState::features`], for model files and reports.
 pub const FEATURE_NAMES: [&str; 32] = [
-    "page_views_24h", "page_views_7d", "page_views_30d",
-    "model_detail_24h", "model_detail_7d", "model_detail_30d",
-    "configurator_24h", "configurator_7d", "configurator_30d",
-    "price_finance_24h", "price_finance_7d", "price_finance_30d",
-    "engagement_24h", "engagement_7d", "engagement_30d",
-    "intent_page_views", "intent_model_detail", "intent_configurator", "intent_price_finance",
-    "intent_test_drive", "intent_lead_form", "intent_store_visit", "intent_engagement",
-    "days_since_last_event", "days_since_first_seen", "sessions", "distinct_models",
-    "max_price_100k", "platforms", "test_drive_booked", "lead_form_submitted", "prior_purchase",
+    "page_views_24h",
+    "page_views_7d",
+    "page_views_30d",
+    "model_detail_24h",
+    "model_detail_7d",
+    "model_detail_30d",
+    "configurator_24h",
+    "configurator_7d",
+    "configurator_30d",
+    "price_finance_24h",
+    "price_finance_7d",
+    "price_finance_30d",
+    "engagement_24h",
+    "engagement_7d",
+    "engagement_30d",
+    "intent_page_views",
+    "intent_model_detail",
+    "intent_configurator",
+    "intent_price_finance",
+    "intent_test_drive",
+    "intent_lead_form",
+    "intent_store_visit",
+    "intent_engagement",
+    "days_since_last_event",
+    "days_since_first_seen",
+    "sessions",
+    "distinct_models",
+    "max_price_100k",
+    "platforms",
+    "test_drive_booked",
+    "lead_form_submitted",
+    "prior_purchase",
 ];
 
 #[cfg(test)]
@@ -239,7 +276,10 @@ mod tests {
         s.apply(&ev(T0, &[Signal::TestDrive]), HL, 90 * DAY_MS);
         let now = s.intent_at(T0, HL)[Signal::TestDrive.index()];
         let later = s.intent_at(T0 + HL, HL)[Signal::TestDrive.index()];
-        assert!((now - 1.0).abs() < 1e-6 && (later - 0.5).abs() < 1e-6, "{now} {later}");
+        assert!(
+            (now - 1.0).abs() < 1e-6 && (later - 0.5).abs() < 1e-6,
+            "{now} {later}"
+        );
     }
 
     #[test]
@@ -262,9 +302,15 @@ mod tests {
         app.model_id = Some("i4".into());
         app.channel = Some("wechat".into());
         s.apply(&app, HL, 90 * DAY_MS);
-        assert_eq!((s.sessions, s.distinct_models, s.platform_count()), (2, 2, 2));
+        assert_eq!(
+            (s.sessions, s.distinct_models, s.platform_count()),
+            (2, 2, 2)
+        );
         assert_eq!(s.first_channel.as_deref(), Some("autohome"));
-        assert_eq!(s.features(T0 + 3 * 3_600_000, HL).len(), FEATURE_NAMES.len());
+        assert_eq!(
+            s.features(T0 + 3 * 3_600_000, HL).len(),
+            FEATURE_NAMES.len()
+        );
     }
 
     #[test]
@@ -272,15 +318,34 @@ mod tests {
         let mut s = LeadState::new(T0);
         s.apply(&ev(T0, &[Signal::LeadForm]), HL, 90 * DAY_MS);
         s.apply(&ev(T0 + 100 * DAY_MS, &[Signal::PageView]), HL, 90 * DAY_MS);
-        assert_eq!(s.reactivated_at_ms, None, "browsing alone does not reactivate");
-        s.apply(&ev(T0 + 101 * DAY_MS, &[Signal::Configurator]), HL, 90 * DAY_MS);
-        assert_eq!(s.reactivated_at_ms, Some(T0 + 101 * DAY_MS), "woke up, then high intent");
+        assert_eq!(
+            s.reactivated_at_ms, None,
+            "browsing alone does not reactivate"
+        );
+        s.apply(
+            &ev(T0 + 101 * DAY_MS, &[Signal::Configurator]),
+            HL,
+            90 * DAY_MS,
+        );
+        assert_eq!(
+            s.reactivated_at_ms,
+            Some(T0 + 101 * DAY_MS),
+            "woke up, then high intent"
+        );
         let mut t = LeadState::new(T0);
         t.apply(&ev(T0, &[Signal::LeadForm]), HL, 90 * DAY_MS);
-        t.apply(&ev(T0 + 60 * DAY_MS, &[Signal::Configurator]), HL, 90 * DAY_MS);
+        t.apply(
+            &ev(T0 + 60 * DAY_MS, &[Signal::Configurator]),
+            HL,
+            90 * DAY_MS,
+        );
         assert_eq!(t.reactivated_at_ms, None, "60 days quiet is not dormant");
         t.apply(&ev(T0 + 200 * DAY_MS, &[Signal::PageView]), HL, 90 * DAY_MS);
-        t.apply(&ev(T0 + 240 * DAY_MS, &[Signal::TestDrive]), HL, 90 * DAY_MS);
+        t.apply(
+            &ev(T0 + 240 * DAY_MS, &[Signal::TestDrive]),
+            HL,
+            90 * DAY_MS,
+        );
         assert_eq!(t.reactivated_at_ms, None, "too long after waking");
     }
 

@@ -73,11 +73,16 @@ impl IdentityGraph {
         for r in &roots[1..] {
             self.parent.insert(r.clone(), canonical.clone());
         }
-        Linked { lead_id: lead_id_of(&canonical), merged: roots[1..].iter().map(|r| lead_id_of(r)).collect() }
+        Linked {
+            lead_id: lead_id_of(&canonical),
+            merged: roots[1..].iter().map(|r| lead_id_of(r)).collect(),
+        }
     }
 
     pub fn lead_of(&mut self, id: &str) -> Option<String> {
-        self.parent.contains_key(id).then(|| lead_id_of(&self.find(id)))
+        self.parent
+            .contains_key(id)
+            .then(|| lead_id_of(&self.find(id)))
     }
 
     pub fn len(&self) -> usize {
@@ -92,7 +97,9 @@ impl IdentityGraph {
 /// Lead ids are opaque: a stable hash of the canonical identifier, so no
 /// personal id (even hashed) is exposed as the key sales see.
 pub fn lead_id_of(canonical: &str) -> String {
-    let h = canonical.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let h = canonical.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     format!("L{h:016x}")
 }
 
@@ -110,13 +117,20 @@ mod tests {
         let crm = json!({"user_id": "u-7", "phone_hash": "ph-3", "event": "identify"});
         let events = [web, mp, app, form, crm];
         let mut forward = IdentityGraph::default();
-        let ids_fwd: Vec<String> = events.iter().map(|e| forward.link(&identifiers(e)).lead_id).collect();
+        let ids_fwd: Vec<String> = events
+            .iter()
+            .map(|e| forward.link(&identifiers(e)).lead_id)
+            .collect();
         let mut backward = IdentityGraph::default();
         for e in events.iter().rev() {
             backward.link(&identifiers(e));
         }
         let final_fwd = forward.lead_of("a:web-1").unwrap();
-        assert_eq!(final_fwd, backward.lead_of("a:web-1").unwrap(), "order does not matter");
+        assert_eq!(
+            final_fwd,
+            backward.lead_of("a:web-1").unwrap(),
+            "order does not matter"
+        );
         for id in ["a:mp-1", "a:app-1", "w:wx-9", "u:u-7", "p:ph-3"] {
             assert_eq!(forward.lead_of(id).unwrap(), final_fwd, "{id}");
         }
@@ -131,7 +145,8 @@ mod tests {
         let linked = g.link(&["a:2".into(), "a:1".into()]);
         assert_eq!(linked.lead_id, a);
         assert_eq!(linked.merged, vec![b]);
-        let alias = json!({"event": "alias", "user_id": "u", "properties": {"previous_id": "anon"}});
+        let alias =
+            json!({"event": "alias", "user_id": "u", "properties": {"previous_id": "anon"}});
         assert_eq!(identifiers(&alias), vec!["u:u", "a:anon"]);
     }
 }

@@ -52,7 +52,10 @@ pub const DEFAULT_TOML: &str = include_str!("../../deploy/config/scoring.toml");
 
 impl ScoringConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         Self::parse(&text)
     }
 
@@ -63,18 +66,31 @@ impl ScoringConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let known: Vec<&str> = Signal::ALL.iter().map(|s| s.code()).chain(["prior_purchase"]).collect();
+        let known: Vec<&str> = Signal::ALL
+            .iter()
+            .map(|s| s.code())
+            .chain(["prior_purchase"])
+            .collect();
         if let Some(k) = self.weights.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(ConfigError::Invalid(format!("weights.{k} is not a reason code; known: {}", known.join(", "))));
+            return Err(ConfigError::Invalid(format!(
+                "weights.{k} is not a reason code; known: {}",
+                known.join(", ")
+            )));
         }
         if self.half_life_days <= 0.0 || self.scale <= 0.0 {
-            return Err(ConfigError::Invalid("half_life_days and scale must be positive".into()));
+            return Err(ConfigError::Invalid(
+                "half_life_days and scale must be positive".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&self.model_weight) {
-            return Err(ConfigError::Invalid("model_weight must be within 0..=1".into()));
+            return Err(ConfigError::Invalid(
+                "model_weight must be within 0..=1".into(),
+            ));
         }
         if self.grades.medium > self.grades.high {
-            return Err(ConfigError::Invalid("grades.medium must not exceed grades.high".into()));
+            return Err(ConfigError::Invalid(
+                "grades.medium must not exceed grades.high".into(),
+            ));
         }
         Ok(())
     }
@@ -96,12 +112,19 @@ impl ScoringConfig {
         let intent = state.intent_at(now_ms, self.half_life_ms());
         let mut out: Vec<(&'static str, f64)> = Signal::ALL
             .iter()
-            .map(|s| (s.code(), self.weight(s.code()) * f64::from(intent[s.index()])))
+            .map(|s| {
+                (
+                    s.code(),
+                    self.weight(s.code()) * f64::from(intent[s.index()]),
+                )
+            })
             .chain(
                 // An owner past the retention horizon is due for a new car.
                 state
                     .last_purchase_ms
-                    .filter(|p| now_ms - p >= (self.stages.retained_after_days * DAY_MS as f64) as i64)
+                    .filter(|p| {
+                        now_ms - p >= (self.stages.retained_after_days * DAY_MS as f64) as i64
+                    })
                     .map(|_| ("prior_purchase", self.weight("prior_purchase"))),
             )
             .filter(|(_, p)| *p > 0.0)
@@ -136,6 +159,11 @@ mod tests {
         let err = ScoringConfig::parse(&bad).unwrap_err().to_string();
         assert!(err.contains("weights.configurater"), "{err}");
         let bad = DEFAULT_TOML.replace("model_weight = 0.0", "model_weight = 2.0");
-        assert!(ScoringConfig::parse(&bad).unwrap_err().to_string().contains("model_weight"));
+        assert!(
+            ScoringConfig::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("model_weight")
+        );
     }
 }

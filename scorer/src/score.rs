@@ -67,7 +67,11 @@ pub struct Scored {
 pub fn stage(state: &LeadState, now_ms: i64, cfg: &ScoringConfig) -> Stage {
     let days = |ms: i64| ms as f64 / DAY_MS as f64;
     if let Some(p) = state.last_purchase_ms {
-        return if days(now_ms - p) >= cfg.stages.retained_after_days { Stage::Retained } else { Stage::Customer };
+        return if days(now_ms - p) >= cfg.stages.retained_after_days {
+            Stage::Retained
+        } else {
+            Stage::Customer
+        };
     }
     if days(now_ms - state.first_seen_ms) < cfg.stages.new_days {
         Stage::New
@@ -78,14 +82,22 @@ pub fn stage(state: &LeadState, now_ms: i64, cfg: &ScoringConfig) -> Stage {
     }
 }
 
-pub fn score(state: &LeadState, now_ms: i64, cfg: &ScoringConfig, model: Option<&dyn Model>) -> Scored {
+pub fn score(
+    state: &LeadState,
+    now_ms: i64,
+    cfg: &ScoringConfig,
+    model: Option<&dyn Model>,
+) -> Scored {
     let contributions = cfg.contributions(state, now_ms);
     let points: f64 = contributions.iter().map(|(_, p)| p).sum();
     let rule = cfg.rule_score(points);
     let (score, probability) = match model {
         Some(m) => {
             let p = m.probability(&state.features(now_ms, cfg.half_life_ms()));
-            (cfg.model_weight * 100.0 * p + (1.0 - cfg.model_weight) * rule, p)
+            (
+                cfg.model_weight * 100.0 * p + (1.0 - cfg.model_weight) * rule,
+                p,
+            )
         }
         None => (rule, rule / 100.0),
     };
@@ -103,7 +115,9 @@ pub fn score(state: &LeadState, now_ms: i64, cfg: &ScoringConfig, model: Option<
         grade,
         stage: stage(state, now_ms, cfg),
         reasons: contributions.into_iter().take(3).collect(),
-        reactivated: state.reactivated_at_ms.is_some_and(|r| now_ms >= r && now_ms - r <= flag_ms),
+        reactivated: state
+            .reactivated_at_ms
+            .is_some_and(|r| now_ms >= r && now_ms - r <= flag_ms),
     }
 }
 
@@ -153,9 +167,15 @@ mod tests {
         ];
         let s = run(&hot, T0 + DAY_MS + 60_000);
         assert_eq!(s.grade, Grade::High, "{s:?}");
-        assert_eq!(s.reasons.iter().map(|r| r.0).collect::<Vec<_>>(), ["test_drive_booked", "lead_form_submitted", "configurator"]);
+        assert_eq!(
+            s.reasons.iter().map(|r| r.0).collect::<Vec<_>>(),
+            ["test_drive_booked", "lead_form_submitted", "configurator"]
+        );
         assert_eq!(s.stage, Stage::New);
-        let browser = [ev(T0, &[Signal::PageView], false), ev(T0 + 60_000, &[Signal::PageView], false)];
+        let browser = [
+            ev(T0, &[Signal::PageView], false),
+            ev(T0 + 60_000, &[Signal::PageView], false),
+        ];
         assert_eq!(run(&browser, T0 + 60_000).grade, Grade::Low);
         let cooled = run(&hot, T0 + 30 * DAY_MS);
         assert!(cooled.score < 15.0, "{}", cooled.score);
@@ -164,25 +184,42 @@ mod tests {
 
     #[test]
     fn stages_follow_purchase_and_age() {
-        let bought = [ev(T0, &[Signal::StoreVisit], false), ev(T0 + DAY_MS, &[], true)];
+        let bought = [
+            ev(T0, &[Signal::StoreVisit], false),
+            ev(T0 + DAY_MS, &[], true),
+        ];
         assert_eq!(run(&bought, T0 + 100 * DAY_MS).stage, Stage::Customer);
         let old = run(&bought, T0 + 800 * DAY_MS);
         assert_eq!(old.stage, Stage::Retained);
-        assert_eq!(old.reasons[0].0, "prior_purchase", "an owner past 24 months is due");
-        let active = [ev(T0, &[Signal::PageView], false), ev(T0 + 100 * DAY_MS, &[Signal::PageView], false)];
+        assert_eq!(
+            old.reasons[0].0, "prior_purchase",
+            "an owner past 24 months is due"
+        );
+        let active = [
+            ev(T0, &[Signal::PageView], false),
+            ev(T0 + 100 * DAY_MS, &[Signal::PageView], false),
+        ];
         assert_eq!(run(&active, T0 + 100 * DAY_MS).stage, Stage::Nurture);
     }
 
     #[test]
     fn reactivation_flag_lasts_its_configured_days() {
-        let wake = [ev(T0, &[Signal::LeadForm], false), ev(T0 + 150 * DAY_MS, &[Signal::Configurator], false)];
+        let wake = [
+            ev(T0, &[Signal::LeadForm], false),
+            ev(T0 + 150 * DAY_MS, &[Signal::Configurator], false),
+        ];
         assert!(run(&wake, T0 + 150 * DAY_MS).reactivated);
         assert!(!run(&wake, T0 + 170 * DAY_MS).reactivated);
     }
 
     #[test]
     fn replaying_the_same_events_gives_the_same_score() {
-        let events: Vec<LeadEvent> = (0..200).map(|i| ev(T0 + i * 3_600_000, &[Signal::ALL[(i % 8) as usize]], false)).collect();
-        assert_eq!(run(&events, T0 + 300 * 3_600_000), run(&events, T0 + 300 * 3_600_000));
+        let events: Vec<LeadEvent> = (0..200)
+            .map(|i| ev(T0 + i * 3_600_000, &[Signal::ALL[(i % 8) as usize]], false))
+            .collect();
+        assert_eq!(
+            run(&events, T0 + 300 * 3_600_000),
+            run(&events, T0 + 300 * 3_600_000)
+        );
     }
 }

@@ -41,7 +41,10 @@ struct Ring<const N: usize> {
 
 impl<const N: usize> Ring<N> {
     fn new() -> Self {
-        Self { head: i64::MIN, counts: [[0; N]; SIGNALS] }
+        Self {
+            head: i64::MIN,
+            counts: [[0; N]; SIGNALS],
+        }
     }
 
     /// Moves the head forward to `bucket`, clearing what falls out.
@@ -91,7 +94,11 @@ pub struct Windows {
 
 impl Default for Windows {
     fn default() -> Self {
-        Self { five_min: Ring::new(), hourly: Ring::new(), daily: Ring::new() }
+        Self {
+            five_min: Ring::new(),
+            hourly: Ring::new(),
+            daily: Ring::new(),
+        }
     }
 }
 
@@ -134,7 +141,11 @@ mod tests {
         assert_eq!(c(Span::Day, now), 1);
         assert_eq!(c(Span::Week, now), 3);
         assert_eq!(c(Span::Month, now), 3);
-        assert_eq!(c(Span::Week, now + 5 * DAY_MS), 1, "the first two fell out of the week");
+        assert_eq!(
+            c(Span::Week, now + 5 * DAY_MS),
+            1,
+            "the first two fell out of the week"
+        );
         assert_eq!(c(Span::Month, now + 40 * DAY_MS), 0);
         assert_eq!(w.count(Signal::TestDrive, Span::Month, now), 0);
     }
@@ -157,7 +168,11 @@ mod tests {
         for i in 0..300 {
             w.add(Signal::PageView, T0 + i);
         }
-        assert_eq!(w.count(Signal::PageView, Span::Hour, T0), 255, "saturates instead of wrapping");
+        assert_eq!(
+            w.count(Signal::PageView, Span::Hour, T0),
+            255,
+            "saturates instead of wrapping"
+        );
         w.add(Signal::PageView, T0 + 400 * DAY_MS);
         assert_eq!(w.count(Signal::PageView, Span::Month, T0 + 400 * DAY_MS), 1);
     }
