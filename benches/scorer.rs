@@ -32,6 +32,8 @@ fn event(i: i64) -> LeadEvent {
         is_bot: false,
         order: false,
         purchase_ms: None,
+        duration_ms: Some(30_000),
+        page_value: None,
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod broker;
 mod schemas_cmd;
+mod train_cmd;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,8 @@ enum Command {
     Registry(schemas_cmd::RegistryArgs),
     /// Serve the Segment-compatible HTTP tracking API: validate, hash PII, publish to Kafka.
     Ingest(leadstream_ingest::IngestConfig),
+    /// Train the scoring model on historical events and report how well it ranks.
+    Train(train_cmd::TrainArgs),
     /// Run a Kafka-compatible dev broker (Tansu, in process) for tests and the quickstart.
     Broker(broker::BrokerArgs),
 }
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
             Command::Schemas(args) => schemas_cmd::run(args).await,
             Command::Registry(args) => schemas_cmd::registry(args).await,
             Command::Broker(args) => broker::run(args).await,
+            Command::Train(args) => train_cmd::run(args),
             Command::Ingest(cfg) => leadstream_ingest::run(cfg, shutdown_signal())
                 .await
                 .map(|()| ExitCode::SUCCESS),

@@ -83,6 +83,10 @@ pub struct LeadEvent {
     pub order: bool,
     /// Purchase date from the CRM (identify), for lifecycle stage.
     pub purchase_ms: Option<i64>,
+    /// Time on the page, when the SDK reports it.
+    pub duration_ms: Option<i64>,
+    /// Analytics page value of the page, when the source provides it.
+    pub page_value: Option<f64>,
 }
 
 fn s(v: &Json, path: &[&str]) -> Option<String> {
@@ -151,6 +155,8 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
             .unwrap_or(false),
         order: event == "order_placed" || event == "vehicle_delivered",
         purchase_ms: props.get("purchase_date").and_then(Json::as_i64),
+        duration_ms: props.get("duration_ms").and_then(Json::as_i64),
+        page_value: props.get("page_value").and_then(Json::as_f64),
         event,
     })
 }

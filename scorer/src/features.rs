@@ -35,6 +35,10 @@ pub struct LeadState {
     models: [u32; MODELS],
     pub distinct_models: u8,
     pub max_price: f32,
+    /// Highest page value seen (analytics page value of product pages).
+    pub max_page_value: f32,
+    /// Total time on pages, seconds.
+    pub duration_s: f32,
     /// Bit per platform (app, mini_program, web, server, offline).
     pub platforms: u8,
     pub first_channel: Option<Box<str>>,
@@ -59,6 +63,8 @@ impl LeadState {
             models: [0; MODELS],
             distinct_models: 0,
             max_price: 0.0,
+            max_page_value: 0.0,
+            duration_s: 0.0,
             platforms: 0,
             first_channel: None,
             test_drive_booked: false,
@@ -138,6 +144,12 @@ impl LeadState {
         if let Some(p) = e.price {
             self.max_price = self.max_price.max(p as f32);
         }
+        if let Some(v) = e.page_value {
+            self.max_page_value = self.max_page_value.max(v as f32);
+        }
+        if let Some(d) = e.duration_ms {
+            self.duration_s += d.max(0) as f32 / 1000.0;
+        }
         if let Some(p) = e.platform {
             self.platforms |= 1 << (p as u8);
         }
@@ -188,12 +200,15 @@ impl LeadState {
             Signal::PriceFinance,
             Signal::Engagement,
         ] {
+            // Counts are heavy-tailed (a session can hold hundreds of page
+            // views); logs keep a linear model from being dominated by them.
             for span in [Span::Day, Span::Week, Span::Month] {
-                f.push(self.windows.count(s, span, now_ms) as f32);
+                f.push((self.windows.count(s, span, now_ms) as f32).ln_1p());
             }
         }
+        let intent = self.intent_at(now_ms, half_life_ms);
         for s in Signal::ALL {
-            f.push(self.intent_at(now_ms, half_life_ms)[s.index()]);
+            f.push(intent[s.index()]);
         }
         let days = |ms: i64| (ms.max(0) as f32) / DAY_MS as f32;
         f.push(days(now_ms - self.last_event_ms));
@@ -205,12 +220,14 @@ impl LeadState {
         f.push(f32::from(u8::from(self.test_drive_booked)));
         f.push(f32::from(u8::from(self.lead_form_submitted)));
         f.push(f32::from(u8::from(self.last_purchase_ms.is_some())));
+        f.push(self.max_page_value.ln_1p());
+        f.push((1.0 + self.duration_s / 60.0).ln());
         f
     }
 }
 
 /// Names of [`LeadState::features`], for model files and reports.
-pub const FEATURE_NAMES: [&str; 32] = [
+pub const FEATURE_NAMES: [&str; 34] = [
     "page_views_24h",
     "page_views_7d",
     "page_views_30d",
@@ -243,6 +260,8 @@ pub const FEATURE_NAMES: [&str; 32] = [
     "test_drive_booked",
     "lead_form_submitted",
     "prior_purchase",
+    "log_page_value",
+    "log_minutes_on_pages",
 ];
 
 #[cfg(test)]
@@ -267,6 +286,8 @@ mod tests {
             is_bot: false,
             order: false,
             purchase_ms: None,
+            duration_ms: None,
+            page_value: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod features;
 pub mod identity;
 pub mod rules;
 pub mod score;
+pub mod train;
 pub mod window;
 
 pub const HOUR_MS: i64 = 3_600_000;

@@ -145,6 +145,8 @@ mod tests {
             is_bot: false,
             order,
             purchase_ms: None,
+            duration_ms: None,
+            page_value: None,
         }
     }
 

@@ -1,0 +1,386 @@
+//! `leadstream train`: replays historical tracking-plan events through the
+//! scorer's own feature code, takes point-in-time snapshots, labels each by
+//! whether an order follows within the horizon, splits by time, fits a
+//! smartcore logistic regression and reports how well it ranks.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use smartcore::{
+    linalg::basic::{arrays::Array, matrix::DenseMatrix},
+    linear::logistic_regression::{LogisticRegression, LogisticRegressionParameters},
+};
+
+use crate::{
+    DAY_MS,
+    event::{LeadEvent, from_plan},
+    features::{FEATURE_NAMES, LeadState},
+    identity::{IdentityGraph, identifiers},
+    rules::ScoringConfig,
+    score::Model,
+};
+
+/// Features of one lead at one moment, and whether it ordered afterwards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub lead_id: String,
+    pub ts_ms: i64,
+    pub features: Vec<f32>,
+    pub label: bool,
+}
+
+/// Replays `events` (any order; sorted here by time) and snapshots every
+/// lead at the end of each active day and just before each order, so no
+/// snapshot sees the order it is labelled with. Identity uses the final
+/// graph (every link known up front), which is kinder than live scoring.
+pub fn snapshots(events: &[Json], cfg: &ScoringConfig, horizon_ms: i64) -> Vec<Snapshot> {
+    let mut graph = IdentityGraph::default();
+    let mut parsed: Vec<(Vec<String>, LeadEvent)> = Vec::with_capacity(events.len());
+    for e in events {
+        let ids = identifiers(e);
+        let Some(le) = from_plan(e) else { continue };
+        if ids.is_empty() || le.is_bot {
+            continue;
+        }
+        graph.link(&ids);
+        parsed.push((ids, le));
+    }
+    parsed.sort_by(|a, b| {
+        a.1.ts_ms
+            .cmp(&b.1.ts_ms)
+            .then(a.1.message_id.cmp(&b.1.message_id))
+    });
+    let mut orders: HashMap<String, Vec<i64>> = HashMap::new();
+    let leads: Vec<String> = parsed
+        .iter()
+        .map(|(ids, le)| {
+            let lead = graph.lead_of(&ids[0]).expect("linked above");
+            if le.order {
+                orders.entry(lead.clone()).or_default().push(le.ts_ms);
+            }
+            lead
+        })
+        .collect();
+
+    let (hl, dormant) = (cfg.half_life_ms(), cfg.dormant_after_ms());
+    let mut states: BTreeMap<String, LeadState> = BTreeMap::new();
+    let mut out = Vec::new();
+    let snap = |lead: &str, s: &LeadState, out: &mut Vec<Snapshot>| {
+        let ts = s.last_event_ms;
+        let label = orders
+            .get(lead)
+            .is_some_and(|o| o.iter().any(|t| *t > ts && *t - ts <= horizon_ms));
+        out.push(Snapshot {
+            lead_id: lead.to_owned(),
+            ts_ms: ts,
+            features: s.features(ts, hl),
+            label,
+        });
+    };
+    let mut ended_with_order: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for ((_, le), lead) in parsed.iter().zip(&leads) {
+        if let Some(s) = states.get(lead)
+            && (le.order || s.last_event_ms.div_euclid(DAY_MS) != le.ts_ms.div_euclid(DAY_MS))
+            && s.events > 0
+        {
+            snap(lead, s, &mut out);
+        }
+        states
+            .entry(lead.clone())
+            .or_insert_with(|| LeadState::new(le.ts_ms))
+            .apply(le, hl, dormant);
+        if le.order {
+            ended_with_order.insert(lead);
+        } else {
+            ended_with_order.remove(lead.as_str());
+        }
+    }
+    // A lead whose history ends with its order has nothing left to predict.
+    for (lead, s) in &states {
+        if !ended_with_order.contains(lead.as_str()) {
+            snap(lead, s, &mut out);
+        }
+    }
+    out
+}
+
+/// A trained logistic regression over standardised features.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogisticModel {
+    pub features: Vec<String>,
+    /// Indices into [`FEATURE_NAMES`] the model uses.
+    pub columns: Vec<usize>,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    pub coefficients: Vec<f64>,
+    pub intercept: f64,
+    pub horizon_days: f64,
+    pub thresholds: Thresholds,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Thresholds {
+    pub high: f64,
+    pub medium: f64,
+}
+
+impl Model for LogisticModel {
+    fn probability(&self, features: &[f32]) -> f64 {
+        let z: f64 = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| {
+                self.coefficients[j] * ((f64::from(features[c]) - self.mean[j]) / self.std[j])
+            })
+            .sum::<f64>()
+            + self.intercept;
+        1.0 / (1.0 + (-z).exp())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("not enough data: {0}")]
+    NotEnoughData(String),
+    #[error("unknown feature {0:?}; known: {1}")]
+    UnknownFeature(String, String),
+    #[error("smartcore: {0}")]
+    Fit(String),
+}
+
+/// Fits on `train` using every feature except `exclude`.
+pub fn fit(
+    train: &[Snapshot],
+    exclude: &[String],
+    horizon_days: f64,
+    alpha: f64,
+) -> Result<LogisticModel, TrainError> {
+    for e in exclude {
+        if !FEATURE_NAMES.contains(&e.as_str()) {
+            return Err(TrainError::UnknownFeature(
+                e.clone(),
+                FEATURE_NAMES.join(", "),
+            ));
+        }
+    }
+    let positives = train.iter().filter(|s| s.label).count();
+    if positives == 0 || positives == train.len() {
+        return Err(TrainError::NotEnoughData(format!(
+            "{} snapshots, {positives} positive: need both classes",
+            train.len()
+        )));
+    }
+    let columns: Vec<usize> = (0..FEATURE_NAMES.len())
+        .filter(|c| !exclude.iter().any(|e| e == FEATURE_NAMES[*c]))
+        .collect();
+    let n = train.len() as f64;
+    let mean: Vec<f64> = columns
+        .iter()
+        .map(|&c| train.iter().map(|s| f64::from(s.features[c])).sum::<f64>() / n)
+        .collect();
+    let std: Vec<f64> = columns
+        .iter()
+        .zip(&mean)
+        .map(|(&c, m)| {
+            let var = train
+                .iter()
+                .map(|s| (f64::from(s.features[c]) - m).powi(2))
+                .sum::<f64>()
+                / n;
+            // Constant columns get std 1 so they contribute nothing instead of NaN.
+            if var > 1e-12 { var.sqrt() } else { 1.0 }
+        })
+        .collect();
+    let rows: Vec<Vec<f64>> = train
+        .iter()
+        .map(|s| {
+            columns
+                .iter()
+                .enumerate()
+                .map(|(j, &c)| (f64::from(s.features[c]) - mean[j]) / std[j])
+                .collect()
+        })
+        .collect();
+    let x = DenseMatrix::from_2d_vec(&rows).map_err(|e| TrainError::Fit(e.to_string()))?;
+    let y: Vec<i32> = train.iter().map(|s| i32::from(s.label)).collect();
+    let lr = LogisticRegression::fit(
+        &x,
+        &y,
+        LogisticRegressionParameters::default().with_alpha(alpha),
+    )
+    .map_err(|e| TrainError::Fit(e.to_string()))?;
+    let coefficients: Vec<f64> = (0..columns.len())
+        .map(|j| *lr.coefficients().get((0, j)))
+        .collect();
+    let intercept = *lr.intercept().get((0, 0));
+    let mut model = LogisticModel {
+        features: columns
+            .iter()
+            .map(|&c| FEATURE_NAMES[c].to_owned())
+            .collect(),
+        columns,
+        mean,
+        std,
+        coefficients,
+        intercept,
+        horizon_days,
+        thresholds: Thresholds {
+            high: 1.0,
+            medium: 1.0,
+        },
+    };
+    let scored: Vec<(f64, bool)> = train
+        .iter()
+        .map(|s| (model.probability(&s.features), s.label))
+        .collect();
+    model.thresholds = Thresholds {
+        high: threshold_for_precision(&scored, 0.6),
+        medium: threshold_for_precision(&scored, 0.3),
+    };
+    Ok(model)
+}
+
+/// The lowest probability cut whose precision (on `scored`) is still at
+/// least `precision`; the top decile's cut if none reaches it.
+fn threshold_for_precision(scored: &[(f64, bool)], precision: f64) -> f64 {
+    let mut sorted = scored.to_vec();
+    sorted.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut hits = 0usize;
+    let mut best = None;
+    for (i, (p, label)) in sorted.iter().enumerate() {
+        hits += usize::from(*label);
+        if i >= 9 && hits as f64 / (i + 1) as f64 >= precision {
+            best = Some(*p);
+        }
+    }
+    best.unwrap_or_else(|| sorted[(sorted.len() / 10).min(sorted.len() - 1)].0)
+}
+
+/// Area under the ROC curve (Mann–Whitney, ties counted half).
+pub fn roc_auc(scored: &[(f64, bool)]) -> f64 {
+    let mut sorted = scored.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rank_sum, mut i) = (0.0, 0);
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1].0 == sorted[i].0 {
+            j += 1;
+        }
+        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += avg_rank * sorted[i..=j].iter().filter(|s| s.1).count() as f64;
+        i = j + 1;
+    }
+    let pos = scored.iter().filter(|s| s.1).count() as f64;
+    let neg = scored.len() as f64 - pos;
+    (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
+}
+
+/// Average precision (area under the precision–recall curve).
+pub fn pr_auc(scored: &[(f64, bool)]) -> f64 {
+    let mut sorted = scored.to_vec();
+    sorted.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let pos = scored.iter().filter(|s| s.1).count() as f64;
+    let (mut hits, mut ap) = (0.0, 0.0);
+    for (i, (_, label)) in sorted.iter().enumerate() {
+        if *label {
+            hits += 1.0;
+            ap += hits / (i + 1) as f64;
+        }
+    }
+    ap / pos
+}
+
+/// Ten equal-width probability bins: (from, to, count, mean predicted, observed rate).
+pub fn calibration(scored: &[(f64, bool)]) -> Vec<(f64, f64, usize, f64, f64)> {
+    (0..10)
+        .map(|b| {
+            let (lo, hi) = (b as f64 / 10.0, (b + 1) as f64 / 10.0);
+            let bin: Vec<&(f64, bool)> = scored
+                .iter()
+                .filter(|(p, _)| *p >= lo && (*p < hi || (b == 9 && *p <= hi)))
+                .collect();
+            let n = bin.len();
+            let mean = if n == 0 {
+                0.0
+            } else {
+                bin.iter().map(|s| s.0).sum::<f64>() / n as f64
+            };
+            let rate = if n == 0 {
+                0.0
+            } else {
+                bin.iter().filter(|s| s.1).count() as f64 / n as f64
+            };
+            (lo, hi, n, mean, rate)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::DEFAULT_TOML;
+    use serde_json::json;
+
+    #[test]
+    fn metrics_match_hand_computed_values() {
+        let perfect = [(0.9, true), (0.8, true), (0.2, false), (0.1, false)];
+        assert_eq!(roc_auc(&perfect), 1.0);
+        assert_eq!(pr_auc(&perfect), 1.0);
+        let mixed = [(0.9, true), (0.8, false), (0.7, true), (0.1, false)];
+        assert_eq!(roc_auc(&mixed), 0.75);
+        assert!((pr_auc(&mixed) - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert_eq!(
+            roc_auc(&[(0.5, true), (0.5, false)]),
+            0.5,
+            "ties count half"
+        );
+    }
+
+    fn ev(id: &str, anon: &str, event: &str, ts: i64, props: Json) -> Json {
+        json!({"message_id": id, "event": event, "anonymous_id": anon, "timestamp": ts, "platform": "web", "context": {}, "properties": props})
+    }
+
+    #[test]
+    fn snapshots_never_see_the_order_they_are_labelled_with() {
+        let t = 1_795_305_600_000_i64;
+        let events = vec![
+            ev(
+                "1",
+                "a",
+                "page_viewed",
+                t,
+                json!({"page_type": "configurator"}),
+            ),
+            ev("2", "a", "order_placed", t + 60_000, json!({})),
+            ev("3", "b", "page_viewed", t, json!({"page_type": "home"})),
+            ev(
+                "4",
+                "b",
+                "page_viewed",
+                t + 2 * DAY_MS,
+                json!({"page_type": "home"}),
+            ),
+        ];
+        let cfg = ScoringConfig::parse(DEFAULT_TOML).unwrap();
+        let snaps = snapshots(&events, &cfg, 30 * DAY_MS);
+        let prior = FEATURE_NAMES
+            .iter()
+            .position(|f| *f == "prior_purchase")
+            .unwrap();
+        let a: Vec<&Snapshot> = snaps.iter().filter(|s| s.label).collect();
+        assert_eq!(a.len(), 1, "{snaps:#?}");
+        assert_eq!(a[0].ts_ms, t);
+        assert_eq!(
+            a[0].features[prior], 0.0,
+            "the order is not in its own snapshot"
+        );
+        let b: Vec<&Snapshot> = snaps.iter().filter(|s| !s.label).collect();
+        assert_eq!(
+            b.len(),
+            2,
+            "b has a snapshot per active day; a has none after its order"
+        );
+    }
+}
