@@ -11,7 +11,7 @@ cargo build --workspace --all-targets --locked
 
 if [ -z "${LEADSTREAM_TEST_KAFKA:-}" ] || [ -z "${LEADSTREAM_TEST_CLICKHOUSE:-}" ]; then
   trap 'bash deploy/scripts/services.sh stop' EXIT
-  exports=$(bash deploy/scripts/services.sh start target/debug/leadstream)
+  exports=$(bash deploy/scripts/services.sh start "${CARGO_TARGET_DIR:-target}/debug/leadstream")
   eval "$exports"
   export LEADSTREAM_TEST_KAFKA LEADSTREAM_TEST_CLICKHOUSE
 fi
