@@ -102,6 +102,9 @@ struct Writer {
 /// once at start-up; `encode` does no lookups beyond a hash map.
 pub struct Encoder {
     writers: HashMap<String, Writer>,
+    /// Records the pipeline produces (`avro/derived`), kept apart so an SDK
+    /// can never send one as an event.
+    derived: HashMap<String, Writer>,
 }
 
 impl fmt::Debug for Encoder {
@@ -116,19 +119,21 @@ impl Encoder {
     /// Uses the latest version of every event; ids come from `resolver`
     /// (the lock file when embedded, the registry's answer when external).
     pub async fn build(plan: &Plan, resolver: &dyn SchemaResolver) -> Result<Self, ResolveError> {
-        let mut writers = HashMap::new();
-        for subject in plan.subjects.values() {
-            let latest = subject.latest();
-            let id = resolver.id_for(&latest.subject, &latest.text).await?;
-            writers.insert(
-                subject.event.clone(),
-                Writer {
-                    id,
-                    schema: latest.schema.clone(),
-                },
-            );
-        }
-        Ok(Self { writers })
+        Ok(Self {
+            writers: latest_writers(plan.subjects.values(), resolver).await?,
+            derived: latest_writers(plan.derived.values(), resolver).await?,
+        })
+    }
+
+    /// Validates and frames a record the pipeline produces, e.g. `lead_score`.
+    pub fn encode_derived(&self, name: &str, record: &Json) -> Result<Encoded, EncodeError> {
+        let writer = self
+            .derived
+            .get(name)
+            .ok_or_else(|| EncodeError::UnplannedEvent {
+                event: name.to_owned(),
+            })?;
+        frame(writer, record)
     }
 
     pub fn events(&self) -> impl Iterator<Item = &str> {
@@ -160,15 +165,38 @@ impl Encoder {
                 .ok_or_else(|| EncodeError::UnplannedEvent {
                     event: name.clone(),
                 })?;
-        let mut bytes = Vec::with_capacity(512);
-        bytes.push(MAGIC_BYTE);
-        bytes.extend_from_slice(&writer.id.to_be_bytes());
-        write_avro(&writer.schema, Some(event), &Path::Root, &mut bytes)?;
-        Ok(Encoded {
-            schema_id: writer.id,
-            bytes,
-        })
+        frame(writer, event)
     }
+}
+
+async fn latest_writers(
+    subjects: impl Iterator<Item = &crate::plan::Subject>,
+    resolver: &dyn SchemaResolver,
+) -> Result<HashMap<String, Writer>, ResolveError> {
+    let mut writers = HashMap::new();
+    for subject in subjects {
+        let latest = subject.latest();
+        let id = resolver.id_for(&latest.subject, &latest.text).await?;
+        writers.insert(
+            subject.event.clone(),
+            Writer {
+                id,
+                schema: latest.schema.clone(),
+            },
+        );
+    }
+    Ok(writers)
+}
+
+fn frame(writer: &Writer, value: &Json) -> Result<Encoded, EncodeError> {
+    let mut bytes = Vec::with_capacity(512);
+    bytes.push(MAGIC_BYTE);
+    bytes.extend_from_slice(&writer.id.to_be_bytes());
+    write_avro(&writer.schema, Some(value), &Path::Root, &mut bytes)?;
+    Ok(Encoded {
+        schema_id: writer.id,
+        bytes,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

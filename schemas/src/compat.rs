@@ -15,7 +15,7 @@ use crate::{
 
 pub fn check_plan(plan: &Plan) -> Vec<Problem> {
     let mut problems = Vec::new();
-    for subject in plan.subjects.values() {
+    for subject in plan.all_subjects() {
         for (i, new) in subject.versions.iter().enumerate() {
             for old in &subject.versions[..i] {
                 problems.extend(check_pair(old, new));

@@ -43,6 +43,15 @@ pub fn lint(plan: &Plan) -> Vec<Problem> {
             lint_version(v, &mut problems);
         }
     }
+    // Derived records carry no envelope or platforms, but their fields are
+    // governed the same way: names, docs, PII tags.
+    for subject in plan.derived.values() {
+        for v in &subject.versions {
+            if let Schema::Record(record) = &v.schema {
+                lint_fields(&v.file, "", record, &mut problems);
+            }
+        }
+    }
     problems.extend(near_duplicates(plan));
     problems
 }

@@ -50,8 +50,12 @@ impl Subject {
 
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// By event name.
+    /// Tracking-plan events SDKs may send, by event name.
     pub subjects: BTreeMap<String, Subject>,
+    /// Records the pipeline itself produces (e.g. `lead_score`), from
+    /// `avro/derived/<name>/v<N>.avsc`: governed, locked and served like
+    /// events, but never accepted from SDKs.
+    pub derived: BTreeMap<String, Subject>,
     pub lock: Lock,
 }
 
@@ -112,6 +116,7 @@ impl Plan {
         let mut problems = Vec::new();
         let mut lock = Lock::default();
         let mut by_event: BTreeMap<String, BTreeMap<u32, SchemaVersion>> = BTreeMap::new();
+        let mut by_derived: BTreeMap<String, BTreeMap<u32, SchemaVersion>> = BTreeMap::new();
         for (rel, text) in files {
             let file = format!("avro/{rel}");
             if rel == LOCK_FILE {
@@ -124,7 +129,11 @@ impl Plan {
             if rel.ends_with(".md") {
                 continue;
             }
-            let Some((event, version)) = parse_path(&rel) else {
+            let (target, path) = match rel.strip_prefix(DERIVED_DIR) {
+                Some(inner) => (&mut by_derived, inner),
+                None => (&mut by_event, rel.as_str()),
+            };
+            let Some((event, version)) = parse_path(path) else {
                 problems.push(Problem::new(
                     &file,
                     "file_layout",
@@ -134,43 +143,35 @@ impl Plan {
             };
             match parse_version(&event, version, &file, &text) {
                 Ok(v) => {
-                    by_event.entry(event).or_default().insert(version, v);
+                    target.entry(event).or_default().insert(version, v);
                 }
                 Err(p) => problems.push(p),
             }
         }
-        let mut subjects = BTreeMap::new();
-        for (event, versions) in by_event {
-            for (expected, (&found, v)) in (1u32..).zip(versions.iter()) {
-                if expected != found {
-                    problems.push(Problem::new(
-                        &v.file,
-                        "version_gap",
-                        format!("versions of {event} must be v1, v2, ... without gaps; expected v{expected}"),
-                    ));
-                    break;
-                }
-            }
-            let versions: Vec<Arc<SchemaVersion>> = versions.into_values().map(Arc::new).collect();
-            let subject = versions[0].subject.clone();
-            subjects.insert(
-                event.clone(),
-                Subject {
-                    event,
-                    subject,
-                    versions,
-                },
-            );
-        }
-        (Self { subjects, lock }, problems)
+        let subjects = collect_subjects(by_event, &mut problems);
+        let derived = collect_subjects(by_derived, &mut problems);
+        (
+            Self {
+                subjects,
+                derived,
+                lock,
+            },
+            problems,
+        )
     }
 
+    /// Every version of every subject, events first.
     pub fn versions(&self) -> impl Iterator<Item = &Arc<SchemaVersion>> {
-        self.subjects.values().flat_map(|s| s.versions.iter())
+        self.all_subjects().flat_map(|s| s.versions.iter())
+    }
+
+    /// Event subjects then derived ones.
+    pub fn all_subjects(&self) -> impl Iterator<Item = &Subject> {
+        self.subjects.values().chain(self.derived.values())
     }
 
     pub fn subject(&self, subject: &str) -> Option<&Subject> {
-        self.subjects.values().find(|s| s.subject == subject)
+        self.all_subjects().find(|s| s.subject == subject)
     }
 
     pub fn id_of(&self, subject: &str, version: u32) -> Option<u32> {
@@ -183,6 +184,39 @@ impl Plan {
             .filter_map(|v| Some((self.id_of(&v.subject, v.version)?, Arc::clone(v))))
             .collect()
     }
+}
+
+/// Where records the pipeline produces live, under `avro/`.
+pub const DERIVED_DIR: &str = "derived/";
+
+fn collect_subjects(
+    by_name: BTreeMap<String, BTreeMap<u32, SchemaVersion>>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, Subject> {
+    let mut subjects = BTreeMap::new();
+    for (event, versions) in by_name {
+        for (expected, (&found, v)) in (1u32..).zip(versions.iter()) {
+            if expected != found {
+                problems.push(Problem::new(
+                    &v.file,
+                    "version_gap",
+                    format!("versions of {event} must be v1, v2, ... without gaps; expected v{expected}"),
+                ));
+                break;
+            }
+        }
+        let versions: Vec<Arc<SchemaVersion>> = versions.into_values().map(Arc::new).collect();
+        let subject = versions[0].subject.clone();
+        subjects.insert(
+            event.clone(),
+            Subject {
+                event,
+                subject,
+                versions,
+            },
+        );
+    }
+    subjects
 }
 
 fn parse_path(rel: &str) -> Option<(String, u32)> {

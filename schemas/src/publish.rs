@@ -31,7 +31,7 @@ pub async fn publish(
     set_compatibility: bool,
 ) -> Result<Vec<Published>, ResolveError> {
     let mut out = Vec::new();
-    for subject in plan.subjects.values() {
+    for subject in plan.all_subjects() {
         if set_compatibility {
             let req = registry
                 .client()

@@ -183,7 +183,7 @@ fn version_body(plan: &Plan, v: &SchemaVersion) -> Json {
 }
 
 async fn list_subjects(State(plan): State<AppState>) -> Result<Response, ApiError> {
-    let mut subjects: Vec<&str> = plan.subjects.values().map(|s| s.subject.as_str()).collect();
+    let mut subjects: Vec<&str> = plan.all_subjects().map(|s| s.subject.as_str()).collect();
     subjects.sort_unstable();
     ok(json!(subjects))
 }

@@ -32,7 +32,7 @@ pub struct LeadState {
     pub reactivated_at_ms: Option<i64>,
     pub events: u32,
     pub sessions: u16,
-    models: [u32; MODELS],
+    pub(crate) models: [u32; MODELS],
     pub distinct_models: u8,
     pub max_price: f32,
     /// Highest page value seen (analytics page value of product pages).
@@ -164,6 +164,61 @@ impl LeadState {
         }
     }
 
+    /// Folds the state of a lead that was stitched into this one: counts
+    /// add up, extremes take the extreme, flags OR, decayed intent is brought
+    /// to the later reference time before adding.
+    pub fn merge(&mut self, other: &LeadState, half_life_ms: i64) {
+        if other.events == 0 {
+            return;
+        }
+        self.windows.merge(&other.windows);
+        let at = self.decayed_at_ms.max(other.decayed_at_ms);
+        let mine = self.intent_at(at, half_life_ms);
+        let theirs = other.intent_at(at, half_life_ms);
+        for (d, (a, b)) in self.decayed.iter_mut().zip(mine.iter().zip(&theirs)) {
+            *d = a + b;
+        }
+        self.decayed_at_ms = at;
+        if other.first_seen_ms < self.first_seen_ms || self.events == 0 {
+            self.first_channel = other.first_channel.clone().or(self.first_channel.take());
+        }
+        self.first_seen_ms = self.first_seen_ms.min(other.first_seen_ms);
+        self.last_event_ms = self.last_event_ms.max(other.last_event_ms);
+        let later = |a: Option<i64>, b: Option<i64>| a.max(b);
+        self.last_high_intent_ms = later(self.last_high_intent_ms, other.last_high_intent_ms);
+        self.woke_at_ms = later(self.woke_at_ms, other.woke_at_ms);
+        self.reactivated_at_ms = later(self.reactivated_at_ms, other.reactivated_at_ms);
+        self.last_purchase_ms = later(self.last_purchase_ms, other.last_purchase_ms);
+        self.events = self.events.saturating_add(other.events);
+        self.sessions = self.sessions.saturating_add(other.sessions);
+        let before = self.models.iter().filter(|m| **m != 0).count() as u8;
+        let overflow_self = self.distinct_models.saturating_sub(before);
+        let overflow_other = other
+            .distinct_models
+            .saturating_sub(other.models.iter().filter(|m| **m != 0).count() as u8);
+        for &h in other.models.iter().filter(|m| **m != 0) {
+            if self.models.contains(&h) {
+                continue;
+            }
+            if let Some(slot) = self.models.iter_mut().find(|m| **m == 0) {
+                *slot = h;
+            } else {
+                self.distinct_models = self.distinct_models.saturating_add(1);
+            }
+        }
+        let kept = self.models.iter().filter(|m| **m != 0).count() as u8;
+        // Models past the remembered few may overlap; count them once each side.
+        self.distinct_models = self
+            .distinct_models
+            .max(kept.saturating_add(overflow_self).saturating_add(overflow_other));
+        self.max_price = self.max_price.max(other.max_price);
+        self.max_page_value = self.max_page_value.max(other.max_page_value);
+        self.duration_s += other.duration_s;
+        self.platforms |= other.platforms;
+        self.test_drive_booked |= other.test_drive_booked;
+        self.lead_form_submitted |= other.lead_form_submitted;
+    }
+
     fn see_model(&mut self, model: &str) {
         // FNV-1a: stable across processes, so replays give the same state.
         let h = model
@@ -289,6 +344,43 @@ mod tests {
             duration_ms: None,
             page_value: None,
         }
+    }
+
+    #[test]
+    fn merging_two_leads_equals_one_lead_that_saw_both_streams() {
+        let web = [
+            ev(T0, &[Signal::PageView]),
+            ev(T0 + DAY_MS, &[Signal::Configurator]),
+        ];
+        let mut app = [
+            ev(T0 + 3 * DAY_MS, &[Signal::TestDrive]),
+            ev(T0 + 4 * DAY_MS, &[Signal::PriceFinance]),
+        ];
+        app[0].platform = Some(Platform::App);
+        app[0].model_id = Some("i4".into());
+        app[0].channel = Some("wechat".into());
+        let apply_all = |events: &[&LeadEvent]| {
+            let mut s = LeadState::new(events[0].ts_ms);
+            for e in events {
+                s.apply(e, HL, 90 * DAY_MS);
+            }
+            s
+        };
+        let mut a = apply_all(&web.iter().collect::<Vec<_>>());
+        let b = apply_all(&app.iter().collect::<Vec<_>>());
+        let both = apply_all(&web.iter().chain(&app).collect::<Vec<_>>());
+        a.merge(&b, HL);
+        let now = T0 + 5 * DAY_MS;
+        for (x, y) in a.features(now, HL).iter().zip(both.features(now, HL)) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+        assert_eq!(
+            (a.events, a.platform_count(), a.first_channel.as_deref()),
+            (4, 2, Some("autohome"))
+        );
+        let mut empty = LeadState::new(now);
+        empty.merge(&LeadState::new(T0), HL);
+        assert_eq!(empty, LeadState::new(now), "merging nothing changes nothing");
     }
 
     #[test]

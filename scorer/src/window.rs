@@ -73,6 +73,46 @@ impl<const N: usize> Ring<N> {
         }
     }
 
+    /// Adds `other`'s counts (a merged lead's) into this ring.
+    fn merge(&mut self, other: &Self) {
+        if other.head == i64::MIN {
+            return;
+        }
+        if other.head > self.head {
+            self.advance(other.head);
+        }
+        for b in other.head - N as i64 + 1..=other.head {
+            if self.head - b >= N as i64 {
+                continue;
+            }
+            let slot = b.rem_euclid(N as i64) as usize;
+            for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+                mine[slot] = mine[slot].saturating_add(theirs[slot]);
+            }
+        }
+    }
+
+    /// Head then counts, signal-major: the snapshot encoding.
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head.to_le_bytes());
+        for s in &self.counts {
+            out.extend_from_slice(s);
+        }
+    }
+
+    fn read(bytes: &[u8]) -> Option<(Self, &[u8])> {
+        let need = 8 + N * SIGNALS;
+        if bytes.len() < need {
+            return None;
+        }
+        let head = i64::from_le_bytes(bytes[..8].try_into().ok()?);
+        let mut counts = [[0; N]; SIGNALS];
+        for (i, s) in counts.iter_mut().enumerate() {
+            s.copy_from_slice(&bytes[8 + i * N..8 + (i + 1) * N]);
+        }
+        Some((Self { head, counts }, &bytes[need..]))
+    }
+
     /// Sum of the `k` buckets ending at `now_bucket`.
     fn sum(&self, signal: usize, now_bucket: i64, k: usize) -> u32 {
         let first = now_bucket - k as i64 + 1;
@@ -108,6 +148,34 @@ impl Windows {
         self.five_min.add(i, ts_ms.div_euclid(FIVE_MIN_MS));
         self.hourly.add(i, ts_ms.div_euclid(HOUR_MS));
         self.daily.add(i, ts_ms.div_euclid(DAY_MS));
+    }
+
+    /// Folds a merged lead's windows into these.
+    pub fn merge(&mut self, other: &Windows) {
+        self.five_min.merge(&other.five_min);
+        self.hourly.merge(&other.hourly);
+        self.daily.merge(&other.daily);
+    }
+
+    /// Fixed-size binary form for state snapshots.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24 + (N5 + NH + ND) * SIGNALS);
+        self.five_min.write(&mut out);
+        self.hourly.write(&mut out);
+        self.daily.write(&mut out);
+        out
+    }
+
+    /// Inverse of [`Windows::to_bytes`]; `None` when the bytes do not fit.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (five_min, rest) = Ring::read(bytes)?;
+        let (hourly, rest) = Ring::read(rest)?;
+        let (daily, rest) = Ring::read(rest)?;
+        rest.is_empty().then_some(Self {
+            five_min,
+            hourly,
+            daily,
+        })
     }
 
     /// Events of `signal` in the window ending at `now_ms` (bucket-aligned:
@@ -160,6 +228,23 @@ mod tests {
         assert_eq!(w.count(Signal::PageView, Span::Day, now), 2);
         w.add(Signal::PageView, T0 - 40 * DAY_MS); // older than every ring
         assert_eq!(w.count(Signal::PageView, Span::Month, now), 2);
+    }
+
+    #[test]
+    fn merged_windows_count_both_leads_and_round_trip_as_bytes() {
+        let mut a = Windows::default();
+        a.add(Signal::Configurator, T0);
+        a.add(Signal::PageView, T0 + 2 * DAY_MS);
+        let mut b = Windows::default();
+        b.add(Signal::Configurator, T0 + DAY_MS + 10 * 60_000);
+        b.add(Signal::Configurator, T0 - 40 * DAY_MS);
+        a.merge(&b);
+        let now = T0 + 2 * DAY_MS;
+        assert_eq!(a.count(Signal::Configurator, Span::Week, now), 2);
+        assert_eq!(a.count(Signal::Configurator, Span::Day, now), 0);
+        assert_eq!(a.count(Signal::PageView, Span::Hour, now), 1);
+        assert_eq!(Windows::from_bytes(&a.to_bytes()), Some(a.clone()));
+        assert_eq!(Windows::from_bytes(&a.to_bytes()[1..]), None);
     }
 
     #[test]
