@@ -200,7 +200,9 @@ fn collect_subjects(
                 problems.push(Problem::new(
                     &v.file,
                     "version_gap",
-                    format!("versions of {event} must be v1, v2, ... without gaps; expected v{expected}"),
+                    format!(
+                        "versions of {event} must be v1, v2, ... without gaps; expected v{expected}"
+                    ),
                 ));
                 break;
             }

@@ -208,9 +208,10 @@ impl LeadState {
         }
         let kept = self.models.iter().filter(|m| **m != 0).count() as u8;
         // Models past the remembered few may overlap; count them once each side.
-        self.distinct_models = self
-            .distinct_models
-            .max(kept.saturating_add(overflow_self).saturating_add(overflow_other));
+        self.distinct_models = self.distinct_models.max(
+            kept.saturating_add(overflow_self)
+                .saturating_add(overflow_other),
+        );
         self.max_price = self.max_price.max(other.max_price);
         self.max_page_value = self.max_page_value.max(other.max_page_value);
         self.duration_s += other.duration_s;
@@ -380,7 +381,11 @@ mod tests {
         );
         let mut empty = LeadState::new(now);
         empty.merge(&LeadState::new(T0), HL);
-        assert_eq!(empty, LeadState::new(now), "merging nothing changes nothing");
+        assert_eq!(
+            empty,
+            LeadState::new(now),
+            "merging nothing changes nothing"
+        );
     }
 
     #[test]

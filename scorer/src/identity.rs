@@ -39,6 +39,11 @@ pub struct Linked {
 #[derive(Debug, Default, Clone)]
 pub struct IdentityGraph {
     parent: HashMap<String, String>,
+    /// Lead id → the identifier it was derived from, for every identifier
+    /// that was ever a root, so a lead id can be followed to today's lead.
+    canonical: HashMap<String, String>,
+    /// Root → the lead ids that merged into it (transitively).
+    absorbed: HashMap<String, Vec<String>>,
 }
 
 impl IdentityGraph {
@@ -70,8 +75,19 @@ impl IdentityGraph {
         roots.sort();
         roots.dedup();
         let canonical = roots[0].clone();
+        for r in &roots {
+            self.canonical
+                .entry(lead_id_of(r))
+                .or_insert_with(|| r.clone());
+        }
         for r in &roots[1..] {
             self.parent.insert(r.clone(), canonical.clone());
+            let mut moved = self.absorbed.remove(r).unwrap_or_default();
+            moved.push(lead_id_of(r));
+            self.absorbed
+                .entry(canonical.clone())
+                .or_default()
+                .extend(moved);
         }
         Linked {
             lead_id: lead_id_of(&canonical),
@@ -83,6 +99,46 @@ impl IdentityGraph {
         self.parent
             .contains_key(id)
             .then(|| lead_id_of(&self.find(id)))
+    }
+
+    /// The lead `lead_id` belongs to now: itself unless it merged into
+    /// another lead. Lead ids the graph never saw are their own lead.
+    pub fn current_lead(&mut self, lead_id: &str) -> String {
+        match self.canonical.get(lead_id).cloned() {
+            Some(id) => lead_id_of(&self.find(&id)),
+            None => lead_id.to_owned(),
+        }
+    }
+
+    /// Lead ids that merged (directly or through others) into `lead_id`,
+    /// when it is a current lead.
+    pub fn absorbed_into(&self, lead_id: &str) -> &[String] {
+        self.canonical
+            .get(lead_id)
+            .and_then(|id| self.absorbed.get(id))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether all `ids` already belong to one lead (linking them would
+    /// change nothing).
+    pub fn already_linked(&mut self, ids: &[String]) -> bool {
+        let mut root = None;
+        for id in ids {
+            if !self.parent.contains_key(id) {
+                return false;
+            }
+            let r = self.find(id);
+            if root.get_or_insert_with(|| r.clone()) != &r {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The lead of an event with these identifiers, without changing the graph.
+    pub fn resolve(&mut self, ids: &[String]) -> String {
+        let first = ids.first().expect("an event needs at least one identifier");
+        self.lead_of(first).unwrap_or_else(|| lead_id_of(first))
     }
 
     pub fn len(&self) -> usize {
@@ -148,5 +204,35 @@ mod tests {
         let alias =
             json!({"event": "alias", "user_id": "u", "properties": {"previous_id": "anon"}});
         assert_eq!(identifiers(&alias), vec!["u:u", "a:anon"]);
+    }
+
+    #[test]
+    fn old_lead_ids_lead_to_the_surviving_lead_through_chains_of_merges() {
+        let mut g = IdentityGraph::default();
+        let web = lead_id_of("a:web");
+        let mp = lead_id_of("w:mp");
+        let phone = lead_id_of("p:ph");
+        assert_eq!(
+            g.resolve(&["a:web".into()]),
+            web,
+            "unknown ids are their own lead"
+        );
+        assert_eq!(g.current_lead(&web), web);
+        g.link(&["w:mp".into(), "p:ph".into()]);
+        assert_eq!(g.current_lead(&mp), phone);
+        assert_eq!(g.absorbed_into(&phone), [mp.clone()]);
+        assert!(!g.already_linked(&["a:web".into(), "p:ph".into()]));
+        let linked = g.link(&["a:web".into(), "p:ph".into()]);
+        assert_eq!(linked.lead_id, web);
+        for old in [&mp, &phone] {
+            assert_eq!(&g.current_lead(old), &web);
+        }
+        let mut absorbed = g.absorbed_into(&web).to_vec();
+        absorbed.sort();
+        let mut expected = vec![mp, phone];
+        expected.sort();
+        assert_eq!(absorbed, expected);
+        assert!(g.already_linked(&["w:mp".into(), "a:web".into()]));
+        assert_eq!(g.resolve(&["w:mp".into()]), web);
     }
 }

@@ -7,6 +7,9 @@
 pub mod event;
 pub mod features;
 pub mod identity;
+pub mod lead;
+pub mod processor;
+pub mod proto;
 pub mod rules;
 pub mod score;
 pub mod train;

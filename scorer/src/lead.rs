@@ -1,0 +1,206 @@
+//! A lead as the scorer keeps it between events: its feature state plus the
+//! bookkeeping that makes processing repeatable (output version, last
+//! applied offset, recent message ids, merges done and pending), and its
+//! snapshot form for the changelog.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::{features::LeadState, proto::LeadSnapshot, window::Windows};
+
+/// Message ids remembered per lead to skip re-delivered events.
+pub const RECENT: usize = 32;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lead {
+    /// `events == 0` until the first event (or merged state) arrives.
+    pub state: LeadState,
+    pub version: u64,
+    pub applied_offset: i64,
+    pub recent: VecDeque<u64>,
+    pub absorbed: BTreeSet<String>,
+    pub requested: BTreeSet<String>,
+    pub merged_into: Option<String>,
+    pub late_events: u64,
+}
+
+impl Default for Lead {
+    fn default() -> Self {
+        Self {
+            state: LeadState::new(0),
+            version: 0,
+            applied_offset: -1,
+            recent: VecDeque::new(),
+            absorbed: BTreeSet::new(),
+            requested: BTreeSet::new(),
+            merged_into: None,
+            late_events: 0,
+        }
+    }
+}
+
+/// FNV-1a of a message id: stable across processes and restarts.
+pub fn message_hash(message_id: &str) -> u64 {
+    message_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Lead {
+    pub fn has_events(&self) -> bool {
+        self.state.events > 0
+    }
+
+    /// Remembers `hash`; false when it was already seen.
+    pub fn remember(&mut self, hash: u64) -> bool {
+        if self.recent.contains(&hash) {
+            return false;
+        }
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(hash);
+        true
+    }
+
+    /// Folds a merged lead into this one.
+    pub fn absorb(&mut self, other: Lead, half_life_ms: i64) {
+        if other.has_events() {
+            if self.has_events() {
+                self.state.merge(&other.state, half_life_ms);
+            } else {
+                self.state = other.state;
+            }
+        }
+        for h in other.recent {
+            self.remember(h);
+        }
+        self.absorbed.extend(other.absorbed);
+        self.late_events += other.late_events;
+    }
+
+    pub fn to_snapshot(&self) -> LeadSnapshot {
+        let s = &self.state;
+        LeadSnapshot {
+            windows: s.windows.to_bytes(),
+            decayed: s.decayed.to_vec(),
+            decayed_at_ms: s.decayed_at_ms,
+            first_seen_ms: s.first_seen_ms,
+            last_event_ms: s.last_event_ms,
+            last_high_intent_ms: s.last_high_intent_ms,
+            woke_at_ms: s.woke_at_ms,
+            reactivated_at_ms: s.reactivated_at_ms,
+            events: s.events,
+            sessions: u32::from(s.sessions),
+            models: s.models.to_vec(),
+            distinct_models: u32::from(s.distinct_models),
+            max_price: s.max_price,
+            max_page_value: s.max_page_value,
+            duration_s: s.duration_s,
+            platforms: u32::from(s.platforms),
+            first_channel: s.first_channel.as_deref().map(str::to_owned),
+            test_drive_booked: s.test_drive_booked,
+            lead_form_submitted: s.lead_form_submitted,
+            last_purchase_ms: s.last_purchase_ms,
+            version: self.version,
+            applied_offset: self.applied_offset,
+            recent: self.recent.iter().copied().collect(),
+            absorbed: self.absorbed.iter().cloned().collect(),
+            requested: self.requested.iter().cloned().collect(),
+            merged_into: self.merged_into.clone(),
+            late_events: self.late_events,
+        }
+    }
+
+    /// Rebuilds a lead from its snapshot; the error names the bad field.
+    pub fn from_snapshot(p: LeadSnapshot) -> Result<Self, SnapshotError> {
+        let windows = Windows::from_bytes(&p.windows).ok_or(SnapshotError("windows"))?;
+        let mut state = LeadState::new(p.first_seen_ms);
+        state.windows = windows;
+        state.decayed = p.decayed.try_into().map_err(|_| SnapshotError("decayed"))?;
+        state.models = p.models.try_into().map_err(|_| SnapshotError("models"))?;
+        state.decayed_at_ms = p.decayed_at_ms;
+        state.last_event_ms = p.last_event_ms;
+        state.last_high_intent_ms = p.last_high_intent_ms;
+        state.woke_at_ms = p.woke_at_ms;
+        state.reactivated_at_ms = p.reactivated_at_ms;
+        state.events = p.events;
+        state.sessions = u16::try_from(p.sessions).map_err(|_| SnapshotError("sessions"))?;
+        state.distinct_models =
+            u8::try_from(p.distinct_models).map_err(|_| SnapshotError("distinct_models"))?;
+        state.max_price = p.max_price;
+        state.max_page_value = p.max_page_value;
+        state.duration_s = p.duration_s;
+        state.platforms = u8::try_from(p.platforms).map_err(|_| SnapshotError("platforms"))?;
+        state.first_channel = p.first_channel.map(Into::into);
+        state.test_drive_booked = p.test_drive_booked;
+        state.lead_form_submitted = p.lead_form_submitted;
+        state.last_purchase_ms = p.last_purchase_ms;
+        Ok(Self {
+            state,
+            version: p.version,
+            applied_offset: p.applied_offset,
+            recent: p.recent.into(),
+            absorbed: p.absorbed.into_iter().collect(),
+            requested: p.requested.into_iter().collect(),
+            merged_into: p.merged_into,
+            late_events: p.late_events,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("lead snapshot has an invalid {0}")]
+pub struct SnapshotError(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::event::{LeadEvent, Platform, Signal};
+
+    #[test]
+    fn a_lead_survives_its_snapshot_bit_for_bit() {
+        let mut lead = Lead::default();
+        let e = LeadEvent {
+            message_id: "m1".into(),
+            event: "page_viewed".into(),
+            ts_ms: 1_795_305_600_000,
+            platform: Some(Platform::MiniProgram),
+            signals: vec![Signal::PageView, Signal::Configurator],
+            model_id: Some("x5".into()),
+            price: Some(61_000.0),
+            channel: Some("wechat".into()),
+            session_id: None,
+            is_bot: false,
+            order: false,
+            purchase_ms: None,
+            duration_ms: Some(30_000),
+            page_value: None,
+        };
+        lead.state = LeadState::new(e.ts_ms);
+        lead.state.apply(&e, 7 * crate::DAY_MS, 90 * crate::DAY_MS);
+        lead.version = 3;
+        lead.applied_offset = 41;
+        assert!(lead.remember(message_hash("m1")));
+        assert!(!lead.remember(message_hash("m1")));
+        lead.absorbed.insert("Labc".into());
+        lead.merged_into = Some("Lxyz".into());
+        let bytes = lead.to_snapshot().encode_to_vec();
+        let back = Lead::from_snapshot(LeadSnapshot::decode(bytes.as_slice()).unwrap()).unwrap();
+        assert_eq!(back, lead);
+        let mut bad = lead.to_snapshot();
+        bad.decayed.pop();
+        assert_eq!(Lead::from_snapshot(bad), Err(SnapshotError("decayed")));
+    }
+
+    #[test]
+    fn recent_ids_are_bounded() {
+        let mut lead = Lead::default();
+        for i in 0..(RECENT as u64 + 10) {
+            assert!(lead.remember(i));
+        }
+        assert_eq!(lead.recent.len(), RECENT);
+        assert!(lead.remember(0), "the oldest were forgotten");
+    }
+}

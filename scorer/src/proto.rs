@@ -1,0 +1,107 @@
+//! The scorer's internal messages (`schemas/proto/scorer.proto`), derived by
+//! hand with prost so the build needs no protoc. Field numbers match the
+//! .proto file.
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Link {
+    #[prost(string, repeated, tag = "1")]
+    pub ids: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Routed {
+    #[prost(string, tag = "1")]
+    pub lead_id: String,
+    #[prost(uint64, tag = "2")]
+    pub graph_offset: u64,
+    #[prost(oneof = "Body", tags = "3, 4, 5")]
+    pub body: Option<Body>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Body {
+    #[prost(bytes, tag = "3")]
+    Event(Vec<u8>),
+    #[prost(message, tag = "4")]
+    MergeRequest(MergeRequest),
+    #[prost(message, tag = "5")]
+    MergeState(MergeState),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MergeRequest {
+    #[prost(string, tag = "1")]
+    pub into: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MergeState {
+    #[prost(string, tag = "1")]
+    pub from: String,
+    #[prost(message, optional, tag = "2")]
+    pub state: Option<LeadSnapshot>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeadSnapshot {
+    #[prost(bytes, tag = "1")]
+    pub windows: Vec<u8>,
+    #[prost(float, repeated, tag = "2")]
+    pub decayed: Vec<f32>,
+    #[prost(int64, tag = "3")]
+    pub decayed_at_ms: i64,
+    #[prost(int64, tag = "4")]
+    pub first_seen_ms: i64,
+    #[prost(int64, tag = "5")]
+    pub last_event_ms: i64,
+    #[prost(int64, optional, tag = "6")]
+    pub last_high_intent_ms: Option<i64>,
+    #[prost(int64, optional, tag = "7")]
+    pub woke_at_ms: Option<i64>,
+    #[prost(int64, optional, tag = "8")]
+    pub reactivated_at_ms: Option<i64>,
+    #[prost(uint32, tag = "9")]
+    pub events: u32,
+    #[prost(uint32, tag = "10")]
+    pub sessions: u32,
+    #[prost(uint32, repeated, tag = "11")]
+    pub models: Vec<u32>,
+    #[prost(uint32, tag = "12")]
+    pub distinct_models: u32,
+    #[prost(float, tag = "13")]
+    pub max_price: f32,
+    #[prost(float, tag = "14")]
+    pub max_page_value: f32,
+    #[prost(float, tag = "15")]
+    pub duration_s: f32,
+    #[prost(uint32, tag = "16")]
+    pub platforms: u32,
+    #[prost(string, optional, tag = "17")]
+    pub first_channel: Option<String>,
+    #[prost(bool, tag = "18")]
+    pub test_drive_booked: bool,
+    #[prost(bool, tag = "19")]
+    pub lead_form_submitted: bool,
+    #[prost(int64, optional, tag = "20")]
+    pub last_purchase_ms: Option<i64>,
+    #[prost(uint64, tag = "21")]
+    pub version: u64,
+    #[prost(int64, tag = "22")]
+    pub applied_offset: i64,
+    #[prost(fixed64, repeated, tag = "23")]
+    pub recent: Vec<u64>,
+    #[prost(string, repeated, tag = "24")]
+    pub absorbed: Vec<String>,
+    #[prost(string, repeated, tag = "25")]
+    pub requested: Vec<String>,
+    #[prost(string, optional, tag = "26")]
+    pub merged_into: Option<String>,
+    #[prost(uint64, tag = "27")]
+    pub late_events: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StreamTime {
+    #[prost(int64, tag = "1")]
+    pub ms: i64,
+}
