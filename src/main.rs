@@ -33,6 +33,8 @@ enum Command {
     Registry(schemas_cmd::RegistryArgs),
     /// Serve the Segment-compatible HTTP tracking API: validate, hash PII, publish to Kafka.
     Ingest(leadstream_ingest::IngestConfig),
+    /// Score leads from the event stream: stitch identities, keep windows, publish lead_scores.
+    Scorer(leadstream_scorer::runtime::ScorerConfig),
     /// Train the scoring model on historical events and report how well it ranks.
     Train(train_cmd::TrainArgs),
     /// Run a Kafka-compatible dev broker (Tansu, in process) for tests and the quickstart.
@@ -62,6 +64,9 @@ fn main() -> ExitCode {
             Command::Registry(args) => schemas_cmd::registry(args).await,
             Command::Broker(args) => broker::run(args).await,
             Command::Train(args) => train_cmd::run(args),
+            Command::Scorer(cfg) => leadstream_scorer::runtime::run(cfg, shutdown_signal())
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Ingest(cfg) => leadstream_ingest::run(cfg, shutdown_signal())
                 .await
                 .map(|()| ExitCode::SUCCESS),

@@ -16,22 +16,4 @@ pub const HTTP_REQUESTS: &str = "ingest_http_requests_total";
 pub const UNAUTHORIZED: &str = "ingest_unauthorized_total";
 pub const RATE_LIMITED: &str = "ingest_rate_limited_total";
 
-use std::sync::OnceLock;
-
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-
-/// The process-wide Prometheus recorder (installed once, shared by every
-/// server in the process, e.g. in tests).
-pub fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may already be installed (an embedding
-            // process); then our handle simply renders nothing.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
+pub use leadstream_common::ops::prometheus;

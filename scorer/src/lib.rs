@@ -11,6 +11,7 @@ pub mod lead;
 pub mod processor;
 pub mod proto;
 pub mod rules;
+pub mod runtime;
 pub mod score;
 pub mod train;
 pub mod window;

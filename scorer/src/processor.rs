@@ -44,6 +44,8 @@ pub enum Input {
 }
 
 /// What processing one record produced, in the order it must be produced.
+// Outputs live for one record and are produced straight away.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// A `lead_score` record (tracking-plan JSON shape) keyed by lead id.

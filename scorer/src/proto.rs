@@ -18,6 +18,9 @@ pub struct Routed {
     pub body: Option<Body>,
 }
 
+// Records are decoded one at a time and moved on; boxing the snapshot would
+// only add an allocation per merge.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum Body {
     #[prost(bytes, tag = "3")]

@@ -1,0 +1,107 @@
+//! `leadstream scorer` configuration: every field a flag and an env var.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct ScorerConfig {
+    /// Kafka bootstrap servers.
+    #[arg(long = "kafka", env = "LEADSTREAM_KAFKA_BROKERS")]
+    pub kafka: String,
+    /// Confluent-compatible registry URL; the plan built into the binary when unset.
+    #[arg(long = "registry", env = "LEADSTREAM_REGISTRY_URL")]
+    pub registry: Option<String>,
+    #[arg(
+        long,
+        env = "LEADSTREAM_EVENTS_TOPIC",
+        default_value = "leadstream.events"
+    )]
+    pub events_topic: String,
+    /// Output topic of scores (Avro `lead_score`, keyed by lead id).
+    #[arg(
+        long,
+        env = "LEADSTREAM_SCORES_TOPIC",
+        default_value = "leadstream.lead_scores"
+    )]
+    pub scores_topic: String,
+    /// Prefix of the scorer's own topics: `<prefix>.identity`,
+    /// `<prefix>.by_lead`, `<prefix>.changelog`.
+    #[arg(
+        long,
+        env = "LEADSTREAM_SCORER_TOPIC_PREFIX",
+        default_value = "leadstream.scorer"
+    )]
+    pub topic_prefix: String,
+    /// Consumer group; the stitching stage uses `<group>-stitch`.
+    #[arg(
+        long,
+        env = "LEADSTREAM_SCORER_GROUP",
+        default_value = "leadstream-scorer"
+    )]
+    pub group: String,
+    /// Partitions of the by-lead, changelog and scores topics when the scorer
+    /// creates them; default: as many as the events topic has.
+    #[arg(long, env = "LEADSTREAM_SCORER_PARTITIONS")]
+    pub partitions: Option<i32>,
+    /// Replication factor of topics the scorer creates (-1: broker default).
+    #[arg(long, env = "LEADSTREAM_REPLICATION_FACTOR", default_value_t = -1, allow_hyphen_values = true)]
+    pub replication_factor: i32,
+    /// Scoring rules (TOML); the shipped deploy/config/scoring.toml when unset.
+    #[arg(long, env = "LEADSTREAM_SCORING_CONFIG")]
+    pub scoring_config: Option<PathBuf>,
+    /// Model file written by `leadstream train`; reloaded when it changes.
+    #[arg(long, env = "LEADSTREAM_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Events older than the partition's stream time minus this are counted
+    /// as late and not applied.
+    #[arg(long, env = "LEADSTREAM_GRACE_MINUTES", default_value_t = 360)]
+    pub grace_minutes: u64,
+    /// Score events that ingest marked as bots (ignored by default).
+    #[arg(long, env = "LEADSTREAM_SCORE_BOTS")]
+    pub score_bots: bool,
+    /// Records per batch; offsets are committed once per batch.
+    #[arg(long, env = "LEADSTREAM_SCORER_BATCH", default_value_t = 1000)]
+    pub batch_max: usize,
+    /// How long a batch may wait to fill.
+    #[arg(long, env = "LEADSTREAM_SCORER_BATCH_MS", default_value_t = 100)]
+    pub batch_ms: u64,
+    /// How long the group waits for a silent member (e.g. killed) before
+    /// moving its partitions to the others.
+    #[arg(
+        long,
+        env = "LEADSTREAM_KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 45_000
+    )]
+    pub session_timeout_ms: u64,
+    /// Address of /metrics, /_liveness and /_readiness.
+    #[arg(
+        long = "listen",
+        env = "LEADSTREAM_SCORER_LISTEN",
+        default_value = "127.0.0.1:8082"
+    )]
+    pub listen: SocketAddr,
+}
+
+impl ScorerConfig {
+    pub fn identity_topic(&self) -> String {
+        format!("{}.identity", self.topic_prefix)
+    }
+    pub fn by_lead_topic(&self) -> String {
+        format!("{}.by_lead", self.topic_prefix)
+    }
+    pub fn changelog_topic(&self) -> String {
+        format!("{}.changelog", self.topic_prefix)
+    }
+
+    /// Defaults for an embedded run (quickstart, tests): everything but the broker.
+    pub fn defaults(kafka: &str) -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            cfg: ScorerConfig,
+        }
+        Wrapper::parse_from(["scorer", "--kafka", kafka]).cfg
+    }
+}

@@ -1,0 +1,82 @@
+//! The identity log: `<prefix>.identity`, one partition, read whole by every
+//! scorer instance into the same [`IdentityGraph`] in the same order. A
+//! stitcher that links ids appends a [`Link`] and waits until its own
+//! reader has applied it, so routing never runs ahead of the graph.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prost::Message as _;
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    consumer::{Consumer, StreamConsumer},
+};
+use tokio::sync::watch;
+
+use crate::{identity::IdentityGraph, proto::Link};
+
+/// The graph and how far into the log it is (next offset to apply).
+#[derive(Clone)]
+pub struct IdentityLog {
+    pub graph: Arc<Mutex<IdentityGraph>>,
+    applied: watch::Receiver<u64>,
+}
+
+impl IdentityLog {
+    /// Starts reading `topic` from the beginning in a background task.
+    pub fn start(bootstrap: &str, topic: &str) -> anyhow::Result<Self> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            // Assigned, never committed: every instance reads the whole log.
+            .set("group.id", format!("{topic}.reader"))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        let graph = Arc::new(Mutex::new(IdentityGraph::default()));
+        let (tx, rx) = watch::channel(0u64);
+        let g = Arc::clone(&graph);
+        tokio::spawn(async move {
+            loop {
+                match consumer.recv().await {
+                    Ok(m) => {
+                        let next = m.offset() as u64 + 1;
+                        match m.payload().map(Link::decode) {
+                            Some(Ok(link)) if !link.ids.is_empty() => {
+                                g.lock().expect("graph lock").link(&link.ids);
+                            }
+                            other => tracing::error!(
+                                offset = m.offset(),
+                                ?other,
+                                "unreadable identity link skipped"
+                            ),
+                        }
+                        metrics::gauge!(super::metrics::IDENTITY_APPLIED).set(next as f64);
+                        tx.send_replace(next);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "identity log read failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Ok(Self { graph, applied: rx })
+    }
+
+    /// How far the graph has applied the log.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Waits until the graph has applied the log up to `offset` (exclusive).
+    pub async fn wait_for(&self, offset: u64) {
+        let mut rx = self.applied.clone();
+        // The sender lives as long as the reader task, i.e. the process.
+        let _ = rx.wait_for(|applied| *applied >= offset).await;
+    }
+}

@@ -1,0 +1,12 @@
+//! Metric names for the scorer. Labels are bounded (reason codes).
+
+pub const EVENTS_ROUTED: &str = "scorer_events_routed_total";
+pub const LINKS_WRITTEN: &str = "scorer_identity_links_written_total";
+pub const STITCH_SKIPPED: &str = "scorer_stitch_skipped_total";
+pub const IDENTITY_APPLIED: &str = "scorer_identity_log_applied_offset";
+pub const RECORDS: &str = "scorer_records_total";
+pub const SKIPPED: &str = "scorer_records_skipped_total";
+pub const SCORES: &str = "scorer_scores_emitted_total";
+pub const MERGES: &str = "scorer_merges_folded_total";
+pub const RESTORED: &str = "scorer_changelog_records_restored_total";
+pub const LEADS: &str = "scorer_leads";

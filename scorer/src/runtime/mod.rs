@@ -1,0 +1,287 @@
+//! `leadstream scorer`: the Kafka shell around the pure stages. Two consumer
+//! groups in one process — stitching (`events` → `by_lead`) and scoring
+//! (`by_lead` → `lead_scores` + changelog) — plus a reader of the identity
+//! log. Any number of instances may run; partitions spread over them.
+
+pub mod config;
+pub mod identity_log;
+pub mod metrics;
+pub mod score_loop;
+pub mod stitch;
+
+use std::{
+    future::Future,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use leadstream_common::{
+    kafka::{TopicSpec, consumer_config, ensure_topics, partition_count, producer_config},
+    ops::{self, Ready},
+};
+use leadstream_schemas::{Decoder, EmbeddedResolver, Encoder, HttpResolver, Plan, SchemaResolver};
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    message::BorrowedMessage,
+    producer::{DeliveryFuture, FutureProducer},
+};
+
+pub use config::ScorerConfig;
+
+use crate::{processor::Processor, rules::ScoringConfig, train::LogisticModel};
+
+/// Topic names and the partition count of the co-partitioned ones.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub events: String,
+    pub scores: String,
+    pub identity: String,
+    pub by_lead: String,
+    pub changelog: String,
+    pub partitions: i32,
+}
+
+/// Reads up to `max` records, waiting at most `wait_ms` after the first.
+pub(crate) async fn collect_batch<'a, C: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &'a StreamConsumer<C>,
+    max: usize,
+    wait_ms: u64,
+) -> anyhow::Result<Vec<BorrowedMessage<'a>>> {
+    let mut batch = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => batch.push(m),
+            Ok(Err(e)) => {
+                if batch.is_empty() {
+                    return Err(e).context("reading from Kafka");
+                }
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// Moves `consumer` back to its committed offsets after a failed batch, so
+/// the batch is read again.
+pub(crate) fn rewind<C: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+) {
+    use rdkafka::Offset;
+    let result = consumer
+        .committed(Duration::from_secs(10))
+        .and_then(|mut tpl| {
+            let unset: Vec<(String, i32)> = tpl
+                .elements()
+                .iter()
+                .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            for (t, p) in unset {
+                // Nothing committed yet: start where a new member would.
+                tpl.set_partition_offset(&t, p, Offset::Beginning)?;
+            }
+            consumer
+                .seek_partitions(tpl, Duration::from_secs(10))
+                .map(|_| ())
+        });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "rewinding to committed offsets failed");
+    }
+}
+
+/// Waits for every queued record's ack; the first failure fails the batch
+/// (nothing is committed, so it is replayed).
+pub(crate) async fn await_deliveries(deliveries: Vec<DeliveryFuture>) -> anyhow::Result<()> {
+    for d in deliveries {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => anyhow::bail!("Kafka did not accept a record: {e}"),
+            Err(_) => anyhow::bail!("the producer dropped a record before delivery"),
+        }
+    }
+    Ok(())
+}
+
+/// Runs the scorer until `shutdown` resolves; each loop finishes (and
+/// commits) its current batch first.
+pub async fn run(
+    cfg: ScorerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let scoring = match &cfg.scoring_config {
+        Some(path) => ScoringConfig::load(path)?,
+        None => ScoringConfig::parse(crate::rules::DEFAULT_TOML)?,
+    };
+    let plan = Plan::embedded()?;
+    let resolver: Arc<dyn SchemaResolver> = match &cfg.registry {
+        Some(url) => Arc::new(HttpResolver::new(url)?),
+        None => Arc::new(EmbeddedResolver::new(&plan)?),
+    };
+    let encoder = Arc::new(
+        Encoder::build(&plan, resolver.as_ref())
+            .await
+            .context("looking up the lead_score schema id in the registry")?,
+    );
+    let decoder = Arc::new(Decoder::new(Arc::clone(&resolver)));
+
+    let kafka = cfg.kafka.clone();
+    let events_partitions = {
+        let (k, t) = (kafka.clone(), cfg.events_topic.clone());
+        tokio::task::spawn_blocking(move || partition_count(&k, &t)).await??
+    };
+    let partitions = cfg.partitions.unwrap_or(events_partitions);
+    let topics = Topics {
+        events: cfg.events_topic.clone(),
+        scores: cfg.scores_topic.clone(),
+        identity: cfg.identity_topic(),
+        by_lead: cfg.by_lead_topic(),
+        changelog: cfg.changelog_topic(),
+        partitions,
+    };
+    let spec = |name: &str, partitions: i32, compacted: bool| TopicSpec {
+        name: name.to_owned(),
+        partitions,
+        replication: cfg.replication_factor,
+        compacted,
+    };
+    ensure_topics(
+        &kafka,
+        &[
+            spec(&topics.identity, 1, true),
+            spec(&topics.by_lead, partitions, false),
+            spec(&topics.changelog, partitions, true),
+            spec(&topics.scores, partitions, true),
+        ],
+    )
+    .await?;
+    // The by_lead and changelog topics must agree on partitions: state for
+    // partition p of one lives in partition p of the other.
+    for t in [&topics.by_lead, &topics.changelog] {
+        let (k, t2) = (kafka.clone(), t.clone());
+        let n = tokio::task::spawn_blocking(move || partition_count(&k, &t2)).await??;
+        anyhow::ensure!(
+            n == partitions,
+            "topic {t} has {n} partitions but the scorer runs with {partitions}; they must match (set --partitions)"
+        );
+    }
+
+    let ready = Ready::default();
+    let addr = ops::serve(cfg.listen, ready.clone())
+        .await
+        .with_context(|| format!("binding the scorer's operations endpoint to {}", cfg.listen))?;
+
+    let identity = identity_log::IdentityLog::start(&kafka, &topics.identity)?;
+    let model = Arc::new(RwLock::new(None));
+    if let Some(path) = &cfg.model {
+        load_model(path, &model)?;
+        tokio::spawn(watch_model(path.clone(), Arc::clone(&model)));
+    }
+
+    let mut producer_cfg = producer_config(&kafka, 5);
+    // Java clients' partitioner, so keyed scores land where any consumer expects.
+    producer_cfg.set("partitioner", "murmur2_random");
+    let producer: FutureProducer = producer_cfg.create()?;
+
+    let stitch_consumer: StreamConsumer =
+        consumer_config(&kafka, &format!("{}-stitch", cfg.group)).create()?;
+    stitch_consumer.subscribe(&[&topics.events])?;
+    let stitcher = stitch::Stitcher {
+        consumer: stitch_consumer,
+        producer: producer.clone(),
+        decoder: Arc::clone(&decoder),
+        identity: identity.clone(),
+        topics: topics.clone(),
+        batch_max: cfg.batch_max,
+        batch_ms: cfg.batch_ms,
+    };
+    let score_consumer: StreamConsumer<score_loop::RebalanceTracker> =
+        consumer_config(&kafka, &cfg.group)
+            .create_with_context(score_loop::RebalanceTracker::default())?;
+    score_consumer.subscribe(&[&topics.by_lead])?;
+    let mut scorer = score_loop::ScoreLoop {
+        consumer: score_consumer,
+        producer,
+        decoder,
+        encoder,
+        identity,
+        processor: Processor::new(scoring, cfg.grace_minutes as i64 * 60_000, cfg.score_bots),
+        model,
+        topics: topics.clone(),
+        bootstrap: kafka.clone(),
+        batch_max: cfg.batch_max,
+        batch_ms: cfg.batch_ms,
+    };
+    tracing::info!(%addr, kafka = %kafka, events = %topics.events, scores = %topics.scores, partitions, "scorer running");
+    ready.set(true);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stop = stop_rx.clone();
+    let stitch_task = tokio::spawn(async move {
+        while !*stop.borrow() {
+            if let Err(e) = stitcher.step().await {
+                tracing::error!(error = %format!("{e:#}"), "stitching batch failed; retrying from the last commit");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                stitcher.rewind();
+            }
+        }
+    });
+    let stop = stop_rx;
+    let score_task = tokio::spawn(async move {
+        while !*stop.borrow() {
+            if let Err(e) = scorer.step().await {
+                tracing::error!(error = %format!("{e:#}"), "scoring batch failed; retrying from the last commit");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                scorer.rewind();
+            }
+        }
+    });
+    let (a, b) = tokio::join!(stitch_task, score_task);
+    a.context("stitching task")?;
+    b.context("scoring task")?;
+    ready.set(false);
+    tracing::info!("scorer stopped");
+    Ok(())
+}
+
+fn load_model(path: &PathBuf, slot: &RwLock<Option<Arc<LogisticModel>>>) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading model {}", path.display()))?;
+    let model: LogisticModel = serde_json::from_str(&text)
+        .with_context(|| format!("model {} is not a leadstream model file", path.display()))?;
+    anyhow::ensure!(
+        model.features.len() == model.coefficients.len()
+            && model.columns.len() == model.coefficients.len(),
+        "model {} is inconsistent: {} features, {} coefficients",
+        path.display(),
+        model.features.len(),
+        model.coefficients.len()
+    );
+    tracing::info!(model = %path.display(), features = model.features.len(), "model loaded");
+    *slot.write().expect("model lock") = Some(Arc::new(model));
+    Ok(())
+}
+
+/// Reloads the model when its file changes; a bad file keeps the old model.
+async fn watch_model(path: PathBuf, slot: Arc<RwLock<Option<Arc<LogisticModel>>>>) {
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen: Option<SystemTime> = modified(&path);
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = modified(&path);
+        if now != seen {
+            seen = now;
+            if let Err(e) = load_model(&path, &slot) {
+                tracing::error!(error = %format!("{e:#}"), "model reload failed; keeping the previous model");
+            }
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Stage two: `<prefix>.by_lead` → scores, merges and the changelog. Per
+//! batch: process, wait for every output to be acked, write the changed
+//! leads to the changelog, wait, commit input offsets. A crash anywhere
+//! replays from the last commit; leads restored from a newer changelog skip
+//! what they already applied.
+
+use anyhow::Context as _;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use leadstream_common::kafka::partition_for;
+use leadstream_schemas::{Decoder, Encoder, codec::to_json};
+use prost::Message as _;
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    producer::FutureProducer,
+};
+
+use super::{
+    Topics, await_deliveries, collect_batch,
+    identity_log::IdentityLog,
+    metrics::{LEADS, MERGES, RECORDS, RESTORED, SCORES, SKIPPED},
+    stitch::send,
+};
+use crate::{
+    event::from_plan,
+    processor::{Input, Output, Processor, Skipped},
+    proto::{Body, Routed},
+    train::LogisticModel,
+};
+
+/// Notes partitions taken away in a rebalance, for the loop to drop.
+#[derive(Default)]
+pub struct RebalanceTracker {
+    pub revoked: Mutex<Vec<i32>>,
+}
+
+impl rdkafka::ClientContext for RebalanceTracker {}
+
+impl ConsumerContext for RebalanceTracker {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.revoked.lock().expect("revoked lock");
+            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+        }
+    }
+}
+
+pub struct ScoreLoop {
+    pub consumer: StreamConsumer<RebalanceTracker>,
+    pub producer: FutureProducer,
+    pub decoder: Arc<Decoder>,
+    pub encoder: Arc<Encoder>,
+    pub identity: IdentityLog,
+    pub processor: Processor,
+    pub model: Arc<RwLock<Option<Arc<LogisticModel>>>>,
+    pub topics: Topics,
+    pub bootstrap: String,
+    pub batch_max: usize,
+    pub batch_ms: u64,
+}
+
+impl ScoreLoop {
+    pub async fn step(&mut self) -> anyhow::Result<usize> {
+        let revoked: Vec<i32> = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .expect("revoked lock"),
+        );
+        for p in revoked {
+            tracing::info!(partition = p, "partition revoked; state dropped");
+            self.processor.revoke(p);
+        }
+        let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms).await?;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut deliveries = Vec::new();
+        let mut next_offsets: HashMap<i32, i64> = HashMap::new();
+        for m in &batch {
+            let p = m.partition();
+            if !self.processor.owns(p) {
+                restore(
+                    &mut self.processor,
+                    &self.producer,
+                    &self.bootstrap,
+                    &self.topics.changelog,
+                    p,
+                )
+                .await?;
+            }
+            next_offsets.insert(p, m.offset() + 1);
+            let (Some(key), Some(payload)) = (m.key(), m.payload()) else {
+                metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
+                continue;
+            };
+            let key = String::from_utf8_lossy(key).into_owned();
+            let routed = match Routed::decode(payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(partition = p, offset = m.offset(), error = %e, "unreadable by_lead record skipped");
+                    metrics::counter!(SKIPPED, "reason" => "unreadable").increment(1);
+                    continue;
+                }
+            };
+            if tokio::time::timeout(
+                Duration::from_secs(2),
+                self.identity.wait_for(routed.graph_offset),
+            )
+            .await
+            .is_err()
+            {
+                tracing::warn!(
+                    partition = p,
+                    offset = m.offset(),
+                    needed = routed.graph_offset,
+                    applied = self.identity.applied(),
+                    "waiting for the identity log to catch up"
+                );
+                self.identity.wait_for(routed.graph_offset).await;
+            }
+            let input = match routed.body {
+                Some(Body::Event(framed)) => {
+                    let event = match self.decoder.decode(&framed).await {
+                        Ok(d) => from_plan(&to_json(&d.value)),
+                        Err(e) => {
+                            tracing::error!(partition = p, offset = m.offset(), error = %e, "undecodable event in by_lead");
+                            None
+                        }
+                    };
+                    Input::Event { framed, event }
+                }
+                Some(Body::MergeRequest(r)) => Input::MergeRequest { into: r.into },
+                Some(Body::MergeState(s)) => {
+                    metrics::counter!(MERGES).increment(1);
+                    Input::MergeState {
+                        from: s.from,
+                        state: s.state,
+                    }
+                }
+                None => {
+                    metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
+                    continue;
+                }
+            };
+            let model = self.model.read().expect("model lock").clone();
+            let outcome = {
+                let mut graph = self.identity.graph.lock().expect("graph lock");
+                let graph_offset = self.identity.applied();
+                self.processor.handle(
+                    p,
+                    m.offset(),
+                    &key,
+                    input,
+                    &mut graph,
+                    graph_offset,
+                    model.as_deref().map(|m| m as &dyn crate::score::Model),
+                )
+            };
+            metrics::counter!(RECORDS).increment(1);
+            tracing::debug!(partition = p, offset = m.offset(), lead = %key, skipped = ?outcome.skipped, outputs = outcome.outputs.len(), "record");
+            if let Some(s) = outcome.skipped {
+                metrics::counter!(SKIPPED, "reason" => skipped_label(s)).increment(1);
+            }
+            for o in outcome.outputs {
+                match o {
+                    Output::Score { lead_id, record } => {
+                        let framed = self.encoder.encode_derived("lead_score", &record)?;
+                        deliveries.push(
+                            send(
+                                &self.producer,
+                                &self.topics.scores,
+                                -1,
+                                &lead_id,
+                                framed.bytes,
+                            )
+                            .await,
+                        );
+                        metrics::counter!(SCORES).increment(1);
+                    }
+                    Output::Route(r) => {
+                        let partition = partition_for(&r.lead_id, self.topics.partitions);
+                        let lead = r.lead_id.clone();
+                        deliveries.push(
+                            send(
+                                &self.producer,
+                                &self.topics.by_lead,
+                                partition,
+                                &lead,
+                                r.encode_to_vec(),
+                            )
+                            .await,
+                        );
+                    }
+                }
+            }
+        }
+        // Outputs first, then state: a changelog entry implies its outputs landed.
+        await_deliveries(deliveries).await?;
+        let mut state_writes = Vec::new();
+        for (p, records) in self.processor.take_changelog() {
+            for (k, v) in records {
+                state_writes.push(send(&self.producer, &self.topics.changelog, p, &k, v).await);
+            }
+        }
+        await_deliveries(state_writes).await?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in next_offsets {
+            tpl.add_partition_offset(&self.topics.by_lead, p, Offset::Offset(next))?;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+            // After a rebalance the new owner replays; restored leads skip
+            // what this instance already applied.
+            tracing::warn!(error = %e, "offset commit failed (rebalance?); the next owner replays the batch");
+        }
+        metrics::gauge!(LEADS).set(self.processor.leads() as f64);
+        Ok(batch.len())
+    }
+
+    /// After a failed batch: forget in-memory state (it may hold part of the
+    /// batch) and read from the last commit; state comes back from the changelog.
+    pub fn rewind(&mut self) {
+        let owned: Vec<i32> = (0..self.topics.partitions)
+            .filter(|p| self.processor.owns(*p))
+            .collect();
+        for p in owned {
+            self.processor.revoke(p);
+        }
+        super::rewind(&self.consumer);
+    }
+}
+
+/// Reads partition `p` of the changelog from the start into the processor.
+///
+/// The end is found by appending a marker and reading up to it rather than
+/// trusting the high watermark: everything acked before the marker is
+/// before it in the log, on any broker (Tansu 0.6 reports the base offset
+/// of the last batch + 1 as the high watermark, which hides acked records).
+async fn restore(
+    processor: &mut Processor,
+    producer: &FutureProducer,
+    bootstrap: &str,
+    changelog: &str,
+    p: i32,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let marker = send(producer, changelog, p, RESTORE_MARKER_KEY, Vec::new()).await;
+    let end = match marker.await {
+        Ok(Ok(d)) => d.offset,
+        Ok(Err((e, _))) => {
+            anyhow::bail!("cannot append the restore marker to {changelog}[{p}]: {e}")
+        }
+        Err(_) => anyhow::bail!("the producer dropped the restore marker for {changelog}[{p}]"),
+    };
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{changelog}.restore"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(changelog, p, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    processor.assign(p);
+    let mut restored = 0u64;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .with_context(|| {
+                format!("restoring {changelog}[{p}]: no record for 30 s before offset {end}")
+            })??;
+        if m.offset() >= end {
+            break;
+        }
+        match (m.key(), m.payload()) {
+            (Some(k), Some(v)) if k != RESTORE_MARKER_KEY.as_bytes() => {
+                processor.restore(p, &String::from_utf8_lossy(k), v)?;
+                restored += 1;
+            }
+            _ => {}
+        }
+    }
+    metrics::counter!(RESTORED).increment(restored);
+    tracing::info!(
+        partition = p,
+        records = restored,
+        end,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "partition state restored from the changelog"
+    );
+    Ok(())
+}
+
+/// Changelog key of restore markers (empty values, ignored on restore).
+const RESTORE_MARKER_KEY: &str = "\u{0}restore_marker";
+
+fn skipped_label(s: Skipped) -> &'static str {
+    match s {
+        Skipped::Replayed => "replayed",
+        Skipped::Duplicate => "duplicate",
+        Skipped::Late => "late",
+        Skipped::Bot => "bot",
+        Skipped::Unscorable => "unscorable",
+    }
+}

@@ -1,0 +1,447 @@
+//! `leadstream scorer` against the real broker: identities whose events sit
+//! on different partitions and are handled by different instances merge
+//! into one lead with all their history; a kill -9 and a rebalance in the
+//! middle of the stream end in the same scores as an uninterrupted run.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use leadstream_schemas::{EmbeddedResolver, Encoder, Plan, codec::Decoder, codec::to_json};
+use leadstream_scorer::{
+    identity::{IdentityGraph, identifiers},
+    runtime::ScorerConfig,
+};
+use rdkafka::{
+    Message,
+    consumer::{Consumer, StreamConsumer},
+    producer::{FutureProducer, FutureRecord},
+};
+use serde_json::{Value, json};
+
+const PARTITIONS: i32 = 4;
+const T0: i64 = 1_795_305_600_000;
+
+/// One person's journey over web, mini-program and (some) app, spread over
+/// partitions on purpose. Even persons give a phone on a lead form and the
+/// CRM links phone, union id and user id; odd persons never link.
+fn journeys(persons: std::ops::Range<usize>) -> Vec<(i32, Value)> {
+    let mut out = Vec::new();
+    for i in persons {
+        let p = |k: usize| ((i + k) % PARTITIONS as usize) as i32;
+        let base = |n: usize, event: &str, kind: &str, platform: &str| {
+            json!({"message_id": format!("p{i}-{n}"), "event": event, "type": kind, "platform": platform,
+                   "source_id": format!("{platform}-main"), "tenant": "brand-a",
+                   "timestamp": T0 + (i * 20 + n) as i64 * 10_000, "received_at": T0, "context": {}})
+        };
+        for n in 0..3 {
+            let mut e = base(n, "page_viewed", "page", "web");
+            e["anonymous_id"] = json!(format!("web-{i}"));
+            e["properties"] = json!({"page_type": if i % 3 == 0 { "configurator" } else { "model_detail" }, "model_id": "x5"});
+            out.push((p(0), e));
+        }
+        for n in 3..6 {
+            let mut e = base(n, "page_viewed", "page", "mini_program");
+            e["anonymous_id"] = json!(format!("mp-{i}"));
+            e["union_id"] = json!(format!("wx-{i}"));
+            e["properties"] = json!({"page_type": "price", "model_id": "i4"});
+            out.push((p(1), e));
+        }
+        if i % 2 == 0 {
+            let mut form = base(6, "lead_form_submitted", "track", "web");
+            form["anonymous_id"] = json!(format!("web-{i}"));
+            form["phone_hash"] = json!(format!("ph-{i}"));
+            form["properties"] = json!({"form_id": "quote"});
+            out.push((p(0), form));
+            let mut crm = base(7, "identify", "identify", "server");
+            crm["user_id"] = json!(format!("u-{i}"));
+            crm["phone_hash"] = json!(format!("ph-{i}"));
+            crm["union_id"] = json!(format!("wx-{i}"));
+            crm["properties"] = json!({});
+            out.push((p(3), crm));
+        }
+        if i % 4 == 0 {
+            let mut td = base(8, "test_drive_booked", "track", "app");
+            td["anonymous_id"] = json!(format!("app-{i}"));
+            td["union_id"] = json!(format!("wx-{i}"));
+            td["properties"] = json!({"model_id": "i4", "dealer_id": "d-1"});
+            out.push((p(2), td));
+        }
+    }
+    out
+}
+
+/// The leads a single process that saw everything would end with, and
+/// their event counts: what the distributed run must agree with.
+fn expected_leads(events: &[(i32, Value)]) -> (BTreeMap<String, i64>, IdentityGraph) {
+    let mut g = IdentityGraph::default();
+    for (_, e) in events {
+        g.link(&identifiers(e));
+    }
+    let mut counts = BTreeMap::new();
+    for (_, e) in events {
+        *counts.entry(g.resolve(&identifiers(e))).or_insert(0) += 1;
+    }
+    (counts, g)
+}
+
+async fn produce(bootstrap: &str, topic: &str, events: &[(i32, Value)]) {
+    let plan = Plan::embedded().unwrap();
+    let encoder = Encoder::build(&plan, &EmbeddedResolver::new(&plan).unwrap())
+        .await
+        .unwrap();
+    let producer: FutureProducer = leadstream_common::kafka::producer_config(bootstrap, 5)
+        .create()
+        .unwrap();
+    for (partition, e) in events {
+        let bytes = encoder
+            .encode(e)
+            .unwrap_or_else(|err| panic!("test event {e} is invalid: {err}"))
+            .bytes;
+        let key = ["user_id", "union_id", "anonymous_id"]
+            .iter()
+            .find_map(|k| e[*k].as_str())
+            .unwrap()
+            .to_owned();
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .partition(*partition)
+                    .key(&key)
+                    .payload(&bytes),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(err, _)| panic!("produce failed: {err}"));
+    }
+}
+
+/// Latest `lead_score` per lead (highest version), read until `done` holds.
+async fn read_scores(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&BTreeMap<String, Value>) -> bool,
+) -> BTreeMap<String, Value> {
+    let plan = Plan::embedded().unwrap();
+    let decoder = Decoder::new(Arc::new(EmbeddedResolver::new(&plan).unwrap()));
+    let consumer: StreamConsumer =
+        leadstream_common::kafka::consumer_config(bootstrap, &common::unique("scores_reader"))
+            .create()
+            .unwrap();
+    // The scorer creates its output topic when it starts; subscribe once it exists.
+    let deadline = tokio::time::Instant::now() + timeout;
+    while leadstream_common::kafka::partition_count(bootstrap, topic).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic} was never created"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    consumer.subscribe(&[topic]).unwrap();
+    let mut latest: BTreeMap<String, Value> = BTreeMap::new();
+    while !done(&latest) {
+        let m = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => panic!("consuming {topic}: {e}"),
+            Err(_) => panic!(
+                "timed out after {timeout:?} waiting for the expected scores; latest (lead, events, merged_into): {:?}",
+                latest
+                    .values()
+                    .map(|v| (
+                        v["lead_id"].as_str(),
+                        v["event_count"].as_i64(),
+                        v["merged_into"].as_str()
+                    ))
+                    .collect::<Vec<_>>()
+            ),
+        };
+        let v = to_json(
+            &decoder
+                .decode(m.payload().unwrap())
+                .await
+                .expect("lead_score decodes")
+                .value,
+        );
+        let lead = v["lead_id"].as_str().unwrap().to_owned();
+        assert_eq!(m.key(), Some(lead.as_bytes()), "keyed by lead id");
+        if latest
+            .get(&lead)
+            .is_none_or(|old| old["version"].as_i64() < v["version"].as_i64())
+        {
+            latest.insert(lead, v);
+        }
+    }
+    latest
+}
+
+/// Every expected lead at its full event count, every merged-away lead
+/// pointing at its survivor.
+fn complete(expected: &BTreeMap<String, i64>) -> impl Fn(&BTreeMap<String, Value>) -> bool {
+    let expected = expected.clone();
+    move |latest| {
+        expected.iter().all(|(lead, n)| {
+            latest
+                .get(lead)
+                .is_some_and(|v| v["event_count"] == json!(n) && v["merged_into"].is_null())
+        }) && latest
+            .values()
+            .filter(|v| !expected.contains_key(v["lead_id"].as_str().unwrap()))
+            .all(|v| {
+                v["merged_into"]
+                    .as_str()
+                    .is_some_and(|s| expected.contains_key(s))
+            })
+    }
+}
+
+struct Setup {
+    bootstrap: String,
+    events: common::TestTopic,
+}
+
+fn config(bootstrap: &str, events: &str, run: &str) -> ScorerConfig {
+    let mut cfg = ScorerConfig::defaults(bootstrap);
+    cfg.events_topic = events.to_owned();
+    cfg.scores_topic = format!("{run}.lead_scores");
+    cfg.topic_prefix = format!("{run}.scorer");
+    cfg.group = format!("{run}-group");
+    cfg.replication_factor = 1;
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.batch_ms = 50;
+    cfg.session_timeout_ms = 6_000;
+    cfg
+}
+
+/// Runs an in-process scorer until the returned sender fires.
+fn spawn_scorer(
+    cfg: ScorerConfig,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        leadstream_scorer::runtime::run(cfg, async move {
+            let _ = rx.await;
+        })
+        .await
+        .expect("scorer run");
+    });
+    (tx, task)
+}
+
+async fn setup() -> Setup {
+    let bootstrap = common::kafka();
+    let events = common::TestTopic::create(&bootstrap, "scorer_events", PARTITIONS).await;
+    Setup { bootstrap, events }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ids_on_different_partitions_and_instances_merge_into_one_lead() {
+    let s = setup().await;
+    let events = journeys(0..12);
+    let (expected, mut g) = expected_leads(&events);
+    assert_eq!(
+        expected.len(),
+        6 + 12,
+        "6 linked persons are one lead each, 6 unlinked persons two each"
+    );
+    produce(&s.bootstrap, &s.events.name, &events).await;
+
+    let run = common::unique("scorer_merge");
+    let cfg = config(&s.bootstrap, &s.events.name, &run);
+    let a = spawn_scorer(cfg.clone());
+    let b = spawn_scorer(cfg.clone());
+    let latest = read_scores(
+        &s.bootstrap,
+        &cfg.scores_topic,
+        Duration::from_secs(120),
+        complete(&expected),
+    )
+    .await;
+
+    for i in (0..12).step_by(2) {
+        let lead = g.resolve(&[format!("a:web-{i}")]);
+        let v = &latest[&lead];
+        let platforms: Vec<&str> = v["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        let mut want = vec!["mini_program", "web", "server"];
+        if i % 4 == 0 {
+            want.insert(0, "app");
+        }
+        assert_eq!(platforms, want, "person {i}: {v}");
+        assert_eq!(
+            v["reasons"][0]["code"],
+            if i % 4 == 0 {
+                "test_drive_booked"
+            } else {
+                "lead_form_submitted"
+            },
+            "{v}"
+        );
+    }
+    for (tx, task) in [a, b] {
+        let _ = tx.send(());
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("scorer stops on shutdown")
+            .unwrap();
+    }
+}
+
+/// A `leadstream scorer` process, killed (-9) when dropped so a failing
+/// test leaves nothing running.
+struct Scorer(Child);
+
+impl Drop for Scorer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_binary(cfg: &ScorerConfig, log: &str) -> Scorer {
+    let log = std::fs::File::create(std::env::temp_dir().join(log)).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_leadstream"))
+        .args([
+            "scorer",
+            "--kafka",
+            &cfg.kafka,
+            "--events-topic",
+            &cfg.events_topic,
+            "--scores-topic",
+            &cfg.scores_topic,
+            "--topic-prefix",
+            &cfg.topic_prefix,
+            "--group",
+            &cfg.group,
+            "--replication-factor",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--session-timeout-ms",
+            "6000",
+            "--batch-ms",
+            "50",
+            "--batch-max",
+            "20",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map(Scorer)
+        .expect("start leadstream scorer")
+}
+
+/// Comparable view of a final score. The score itself is compared with a
+/// tolerance: it is computed at the partition's stream time, which depends
+/// on how other leads' records interleave in that run.
+type Summary = (i64, String, String, Vec<String>);
+
+fn summary(latest: &BTreeMap<String, Value>) -> BTreeMap<String, Summary> {
+    latest
+        .iter()
+        .filter(|(_, v)| v["merged_into"].is_null())
+        .map(|(k, v)| {
+            let reasons = v["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["code"].as_str().unwrap().to_owned())
+                .collect();
+            (
+                k.clone(),
+                (
+                    v["event_count"].as_i64().unwrap(),
+                    v["grade"].as_str().unwrap().to_owned(),
+                    v["stage"].as_str().unwrap().to_owned(),
+                    reasons,
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_and_a_rebalance_mid_stream_end_in_the_same_scores_as_an_uninterrupted_run() {
+    let s = setup().await;
+    let first = journeys(0..20);
+    let second = journeys(20..40);
+    let all: Vec<(i32, Value)> = first.iter().chain(&second).cloned().collect();
+    let (expected, _) = expected_leads(&all);
+    produce(&s.bootstrap, &s.events.name, &first).await;
+
+    let run = common::unique("scorer_crash");
+    let cfg = config(&s.bootstrap, &s.events.name, &run);
+    let victim = spawn_binary(&cfg, &format!("{run}-a.log"));
+    // Let it get part of the way, then kill -9 mid-stream.
+    read_scores(
+        &s.bootstrap,
+        &cfg.scores_topic,
+        Duration::from_secs(120),
+        |l| l.len() >= 10,
+    )
+    .await;
+    drop(victim); // kill -9
+    let b = spawn_binary(&cfg, &format!("{run}-b.log"));
+    produce(&s.bootstrap, &s.events.name, &second[..second.len() / 2]).await;
+    // A second instance joins: the group rebalances while events flow.
+    let c = spawn_binary(&cfg, &format!("{run}-c.log"));
+    produce(&s.bootstrap, &s.events.name, &second[second.len() / 2..]).await;
+    let crashed = read_scores(
+        &s.bootstrap,
+        &cfg.scores_topic,
+        Duration::from_secs(180),
+        complete(&expected),
+    )
+    .await;
+    drop((b, c));
+
+    let clean_run = common::unique("scorer_clean");
+    let clean_cfg = config(&s.bootstrap, &s.events.name, &clean_run);
+    let (tx, task) = spawn_scorer(clean_cfg.clone());
+    let clean = read_scores(
+        &s.bootstrap,
+        &clean_cfg.scores_topic,
+        Duration::from_secs(120),
+        complete(&expected),
+    )
+    .await;
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+
+    for (lead, v) in clean.iter().filter(|(_, v)| v["merged_into"].is_null()) {
+        let (a, b) = (
+            v["score"].as_f64().unwrap(),
+            crashed[lead]["score"].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() < 1.0,
+            "{lead}: score {a} uninterrupted vs {b} after the crash"
+        );
+    }
+    let (crashed, clean) = (summary(&crashed), summary(&clean));
+    let differ: Vec<_> = clean
+        .iter()
+        .filter(|(k, v)| crashed.get(*k) != Some(v))
+        .map(|(k, v)| (k, v, crashed.get(k)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "final scores differ (lead, uninterrupted, crashed): {differ:?}"
+    );
+    assert_eq!(clean.len(), expected.len());
+}
