@@ -9,7 +9,8 @@ use leadstream_scorer::{
     event::{LeadEvent, Platform, Signal},
     features::LeadState,
     rules::{DEFAULT_TOML, ScoringConfig},
-    score::score,
+    score::{Model, score},
+    train::{LogisticModel, Thresholds},
 };
 
 const T0: i64 = 1_795_305_600_000;
@@ -82,6 +83,42 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("feature_vector", |b| {
         b.iter(|| black_box(heavy.features(black_box(T0 + 10 * DAY_MS), hl)))
+    });
+    // A model over every feature, as `leadstream train` writes it.
+    let n = leadstream_scorer::features::FEATURE_NAMES.len();
+    let model = LogisticModel {
+        features: leadstream_scorer::features::FEATURE_NAMES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        columns: (0..n).collect(),
+        mean: vec![0.5; n],
+        std: vec![2.0; n],
+        coefficients: (0..n).map(|i| (i as f64 - 17.0) / 10.0).collect(),
+        intercept: -3.0,
+        horizon_days: 30.0,
+        thresholds: Thresholds {
+            high: 0.5,
+            medium: 0.2,
+        },
+    };
+    let features = heavy.features(T0 + 10 * DAY_MS, hl);
+    group.bench_function("model_inference", |b| {
+        b.iter(|| black_box(model.probability(black_box(&features))))
+    });
+    let blended = ScoringConfig {
+        model_weight: 0.5,
+        ..cfg.clone()
+    };
+    group.bench_function("window_update_and_score_with_model", |b| {
+        let mut state = LeadState::new(T0);
+        let mut i = 0usize;
+        b.iter(|| {
+            let e = &events[i % events.len()];
+            i += 1;
+            state.apply(black_box(e), hl, dormant);
+            black_box(score(&state, e.ts_ms, &blended, Some(&model)))
+        })
     });
     group.finish();
 }

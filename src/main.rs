@@ -35,6 +35,8 @@ enum Command {
     Ingest(leadstream_ingest::IngestConfig),
     /// Score leads from the event stream: stitch identities, keep windows, publish lead_scores.
     Scorer(leadstream_scorer::runtime::ScorerConfig),
+    /// Write events, scores and violations to ClickHouse; `sink migrate` applies the SQL migrations.
+    Sink(leadstream_sink::SinkArgs),
     /// Train the scoring model on historical events and report how well it ranks.
     Train(train_cmd::TrainArgs),
     /// Run a Kafka-compatible dev broker (Tansu, in process) for tests and the quickstart.
@@ -67,6 +69,15 @@ fn main() -> ExitCode {
             Command::Scorer(cfg) => leadstream_scorer::runtime::run(cfg, shutdown_signal())
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            Command::Sink(args) => match (args.command, args.run) {
+                (Some(leadstream_sink::SinkCommand::Migrate(ch)), _) => {
+                    leadstream_sink::migrate(&ch).await.map(|_| ExitCode::SUCCESS)
+                }
+                (None, Some(cfg)) => leadstream_sink::run(cfg, shutdown_signal())
+                    .await
+                    .map(|()| ExitCode::SUCCESS),
+                (None, None) => Err(anyhow::anyhow!("`leadstream sink` needs --kafka (or `leadstream sink migrate`)")),
+            },
             Command::Ingest(cfg) => leadstream_ingest::run(cfg, shutdown_signal())
                 .await
                 .map(|()| ExitCode::SUCCESS),

@@ -78,7 +78,9 @@ impl ScoreLoop {
             tracing::info!(partition = p, "partition revoked; state dropped");
             self.processor.revoke(p);
         }
+        let t0 = std::time::Instant::now();
         let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms).await?;
+        let t_collect = t0.elapsed();
         if batch.is_empty() {
             return Ok(0);
         }
@@ -203,14 +205,18 @@ impl ScoreLoop {
             }
         }
         // Outputs first, then state: a changelog entry implies its outputs landed.
+        let t_process = t0.elapsed();
         await_deliveries(deliveries).await?;
+        let t_outputs = t0.elapsed();
         let mut state_writes = Vec::new();
         for (p, records) in self.processor.take_changelog() {
             for (k, v) in records {
                 state_writes.push(send(&self.producer, &self.topics.changelog, p, &k, v).await);
             }
         }
+        let n_state = state_writes.len();
         await_deliveries(state_writes).await?;
+        let t_state = t0.elapsed();
         let mut tpl = TopicPartitionList::new();
         for (p, next) in next_offsets {
             tpl.add_partition_offset(&self.topics.by_lead, p, Offset::Offset(next))?;
@@ -221,6 +227,7 @@ impl ScoreLoop {
             tracing::warn!(error = %e, "offset commit failed (rebalance?); the next owner replays the batch");
         }
         metrics::gauge!(LEADS).set(self.processor.leads() as f64);
+        tracing::debug!(records = batch.len(), n_state, ?t_collect, ?t_process, ?t_outputs, ?t_state, total = ?t0.elapsed(), "score batch");
         Ok(batch.len())
     }
 

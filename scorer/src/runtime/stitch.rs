@@ -36,7 +36,9 @@ pub struct Stitcher {
 impl Stitcher {
     /// Processes one batch; returns how many records it read.
     pub async fn step(&self) -> anyhow::Result<usize> {
+        let t0 = std::time::Instant::now();
         let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms).await?;
+        let t_collect = t0.elapsed();
         if batch.is_empty() {
             return Ok(0);
         }
@@ -94,12 +96,15 @@ impl Stitcher {
             );
             metrics::counter!(EVENTS_ROUTED).increment(1);
         }
+        let t_process = t0.elapsed();
         await_deliveries(deliveries).await?;
+        let t_outputs = t0.elapsed();
         let mut tpl = TopicPartitionList::new();
         for ((topic, p), next) in next_offsets {
             tpl.add_partition_offset(&topic, p, Offset::Offset(next))?;
         }
         self.consumer.commit(&tpl, CommitMode::Sync)?;
+        tracing::debug!(records = batch.len(), ?t_collect, ?t_process, ?t_outputs, total = ?t0.elapsed(), "stitch batch");
         Ok(batch.len())
     }
 

@@ -1,0 +1,128 @@
+//! leadstream sink: events, lead scores and schema violations from Kafka
+//! into ClickHouse (or JSONEachRow files), plus the migrations runner.
+
+pub mod config;
+pub mod metrics;
+pub mod migrate;
+pub mod rows;
+pub mod store;
+pub mod writer;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use leadstream_common::{
+    kafka::consumer_config,
+    ops::{self, Ready},
+};
+use leadstream_schemas::{Decoder, EmbeddedResolver, HttpResolver, Plan, SchemaResolver};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+
+pub use config::{ClickHouseArgs, SinkConfig};
+use store::Store;
+
+/// `leadstream sink [migrate]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SinkArgs {
+    #[command(subcommand)]
+    pub command: Option<SinkCommand>,
+    #[command(flatten)]
+    pub run: Option<SinkConfig>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SinkCommand {
+    /// Apply the SQL migrations of deploy/clickhouse that are not applied yet.
+    Migrate(ClickHouseArgs),
+}
+
+/// Connects and applies pending migrations; returns the store.
+pub async fn migrate(args: &ClickHouseArgs) -> anyhow::Result<Store> {
+    let url = args
+        .url
+        .as_deref()
+        .context("no ClickHouse URL: pass --clickhouse or set LEADSTREAM_CLICKHOUSE_URL")?;
+    let store = Store::clickhouse(args, url).await?;
+    if let Store::ClickHouse(client) = &store {
+        let applied = migrate::migrate(client).await?;
+        tracing::info!(applied = applied.len(), "migrations up to date");
+    }
+    Ok(store)
+}
+
+/// Runs the sink until `shutdown`; the current batch is finished (or left
+/// uncommitted) first.
+pub async fn run(cfg: SinkConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let store = match (&cfg.clickhouse.url, &cfg.export_dir) {
+        (Some(url), _) => {
+            let store = Store::clickhouse(&cfg.clickhouse, url).await?;
+            if let Store::ClickHouse(client) = &store {
+                let latest = migrate::MIGRATIONS.last().map_or(0, |m| m.0);
+                let applied: u32 = client
+                    .query("SELECT max(version) FROM schema_migrations")
+                    .fetch_one()
+                    .await
+                    .unwrap_or(0);
+                anyhow::ensure!(
+                    applied >= latest,
+                    "ClickHouse database {} is at migration {applied}, this sink needs {latest}: run `leadstream sink migrate` first",
+                    cfg.clickhouse.database
+                );
+            }
+            store
+        }
+        (None, Some(dir)) => Store::Export(dir.clone()),
+        (None, None) => anyhow::bail!(
+            "nowhere to write: pass --clickhouse URL (or LEADSTREAM_CLICKHOUSE_URL), or --export-dir DIR for JSONEachRow files"
+        ),
+    };
+    let plan = Plan::embedded()?;
+    let resolver: Arc<dyn SchemaResolver> = match &cfg.registry {
+        Some(url) => Arc::new(HttpResolver::new(url)?),
+        None => Arc::new(EmbeddedResolver::new(&plan)?),
+    };
+    let mut consumer_cfg = consumer_config(&cfg.kafka, &cfg.group);
+    consumer_cfg.set("session.timeout.ms", cfg.session_timeout_ms.to_string());
+    let consumer: StreamConsumer = consumer_cfg.create()?;
+    // Topics another role has not created yet are picked up by the
+    // consumer's metadata refresh; subscribe to all three now.
+    consumer.subscribe(&[&cfg.events_topic, &cfg.scores_topic, &cfg.dlq_topic])?;
+    let ready = Ready::default();
+    let addr = ops::serve(cfg.listen, ready.clone())
+        .await
+        .with_context(|| format!("binding the sink's operations endpoint to {}", cfg.listen))?;
+    let writer = writer::Writer {
+        consumer,
+        decoder: Arc::new(Decoder::new(resolver)),
+        store,
+        topics: writer::Topics {
+            events: cfg.events_topic.clone(),
+            scores: cfg.scores_topic.clone(),
+            dlq: cfg.dlq_topic.clone(),
+        },
+        batch_rows: cfg.batch_rows,
+        batch_ms: cfg.batch_ms,
+        max_backoff_ms: cfg.max_backoff_ms,
+    };
+    tracing::info!(%addr, kafka = %cfg.kafka, "sink running");
+    ready.set(true);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    while !*stop_rx.borrow() {
+        if let Err(e) = writer.step(&stop_rx).await {
+            if *stop_rx.borrow() {
+                break;
+            }
+            tracing::error!(error = %format!("{e:#}"), "sink batch failed");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    ready.set(false);
+    tracing::info!("sink stopped");
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The sink loop: read a batch from events, scores and the DLQ; turn it into
+//! rows (undecodable records become dead letters, not crashes); insert
+//! every table, retrying with backoff until ClickHouse takes it; only then
+//! commit the offsets. Redelivery after a crash or rebalance writes the same
+//! rows again, which the ReplacingMergeTree sorting keys collapse.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use base64::Engine as _;
+use leadstream_schemas::{Decoder, codec::to_json};
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    message::BorrowedMessage,
+};
+
+use crate::{
+    metrics::{BATCHES, DEAD_LETTERS, INSERT_RETRIES, INSERT_SECONDS, ROWS},
+    rows::{DeadLetterRow, EventRow, ScoreRow, ViolationRow, event_row, score_row, violation_row},
+    store::Store,
+};
+
+/// Rows of one batch, by table.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<EventRow>,
+    pub scores: Vec<ScoreRow>,
+    pub violations: Vec<ViolationRow>,
+    pub dead: Vec<DeadLetterRow>,
+}
+
+impl Batch {
+    pub fn rows(&self) -> usize {
+        self.events.len() + 2 * self.scores.len() + self.violations.len() + self.dead.len()
+    }
+}
+
+pub struct Topics {
+    pub events: String,
+    pub scores: String,
+    pub dlq: String,
+}
+
+pub struct Writer {
+    pub consumer: StreamConsumer,
+    pub decoder: Arc<Decoder>,
+    pub store: Store,
+    pub topics: Topics,
+    pub batch_rows: usize,
+    pub batch_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+fn now_secs() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
+}
+
+impl Writer {
+    /// One batch end to end; returns the records read. `stop` ends retrying
+    /// (the batch is then not committed and will be read again).
+    pub async fn step(&self, stop: &tokio::sync::watch::Receiver<bool>) -> anyhow::Result<usize> {
+        let mut messages: Vec<BorrowedMessage<'_>> = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.batch_ms);
+        while messages.len() < self.batch_rows {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => messages.push(m),
+                Ok(Err(e)) => {
+                    if messages.is_empty() {
+                        return Err(e.into());
+                    }
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = Batch::default();
+        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        for m in &messages {
+            next.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+            if let Err(error) = self.to_rows(m, &mut batch).await {
+                tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), %error, "record kept as a dead letter");
+                batch.dead.push(DeadLetterRow {
+                    failed_at: now_secs(),
+                    topic: m.topic().to_owned(),
+                    kafka_partition: m.partition(),
+                    kafka_offset: m.offset(),
+                    error,
+                    raw_base64: base64::engine::general_purpose::STANDARD.encode(m.payload().unwrap_or_default()),
+                });
+            }
+        }
+        if !self.insert_with_retry(&batch, stop).await {
+            anyhow::bail!("stopped before ClickHouse accepted the batch; it will be read again");
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, p), o) in next {
+            tpl.add_partition_offset(&topic, p, Offset::Offset(o))?;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+            tracing::warn!(error = %e, "offset commit failed (rebalance?); the batch may be written again, harmlessly");
+        }
+        metrics::counter!(BATCHES).increment(1);
+        Ok(messages.len())
+    }
+
+    async fn to_rows(&self, m: &BorrowedMessage<'_>, batch: &mut Batch) -> Result<(), String> {
+        let payload = m.payload().ok_or("record has no value")?;
+        if m.topic() == self.topics.dlq {
+            batch
+                .violations
+                .push(violation_row(payload, m.partition(), m.offset()).map_err(|e| e.to_string())?);
+            return Ok(());
+        }
+        let decoded = self.decoder.decode(payload).await.map_err(|e| e.to_string())?;
+        let json = to_json(&decoded.value);
+        if m.topic() == self.topics.scores {
+            batch.scores.push(score_row(&json).map_err(|e| e.to_string())?);
+        } else {
+            batch.events.push(
+                event_row(&json, decoded.schema.id, m.partition(), m.offset()).map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Inserts every table; on failure waits (doubling up to the maximum)
+    /// and inserts everything again. False when stopped first.
+    async fn insert_with_retry(&self, batch: &Batch, stop: &tokio::sync::watch::Receiver<bool>) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = std::time::Instant::now();
+            match self.insert(batch).await {
+                Ok(()) => {
+                    metrics::histogram!(INSERT_SECONDS).record(started.elapsed().as_secs_f64());
+                    for (table, n) in [
+                        ("events", batch.events.len()),
+                        ("lead_scores", batch.scores.len()),
+                        ("schema_violations", batch.violations.len()),
+                        ("dead_letters", batch.dead.len()),
+                    ] {
+                        metrics::counter!(ROWS, "table" => table).increment(n as u64);
+                    }
+                    metrics::counter!(DEAD_LETTERS).increment(batch.dead.len() as u64);
+                    return true;
+                }
+                Err(e) => {
+                    metrics::counter!(INSERT_RETRIES).increment(1);
+                    tracing::warn!(error = %format!("{e:#}"), rows = batch.rows(), retry_in_ms = backoff.as_millis() as u64, "insert failed; retrying (offsets not committed)");
+                    let mut stop = stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait_for(|s| *s) => return false,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_millis(self.max_backoff_ms));
+                }
+            }
+        }
+    }
+
+    async fn insert(&self, batch: &Batch) -> anyhow::Result<()> {
+        self.store.insert("events", &batch.events).await?;
+        self.store.insert("lead_scores", &batch.scores).await?;
+        self.store.insert("lead_score_history", &batch.scores).await?;
+        self.store.insert("schema_violations", &batch.violations).await?;
+        self.store.insert("dead_letters", &batch.dead).await?;
+        Ok(())
+    }
+}
