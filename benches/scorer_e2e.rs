@@ -112,7 +112,10 @@ async fn main() {
         return; // built by `cargo build --all-targets`; only `cargo bench` runs it
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEADSTREAM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEADSTREAM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let bootstrap = std::env::var("LEADSTREAM_BENCH_KAFKA")
         .or_else(|_| std::env::var("LEADSTREAM_TEST_KAFKA"))

@@ -69,14 +69,13 @@ fn main() -> ExitCode {
             Command::Scorer(cfg) => leadstream_scorer::runtime::run(cfg, shutdown_signal())
                 .await
                 .map(|()| ExitCode::SUCCESS),
-            Command::Sink(args) => match (args.command, args.run) {
-                (Some(leadstream_sink::SinkCommand::Migrate(ch)), _) => {
-                    leadstream_sink::migrate(&ch).await.map(|_| ExitCode::SUCCESS)
-                }
-                (None, Some(cfg)) => leadstream_sink::run(cfg, shutdown_signal())
+            Command::Sink(args) => match args.command {
+                Some(leadstream_sink::SinkCommand::Migrate(ch)) => leadstream_sink::migrate(&ch)
+                    .await
+                    .map(|_| ExitCode::SUCCESS),
+                None => leadstream_sink::run(args.run, shutdown_signal())
                     .await
                     .map(|()| ExitCode::SUCCESS),
-                (None, None) => Err(anyhow::anyhow!("`leadstream sink` needs --kafka (or `leadstream sink migrate`)")),
             },
             Command::Ingest(cfg) => leadstream_ingest::run(cfg, shutdown_signal())
                 .await

@@ -29,6 +29,15 @@ pub fn consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
         // At low rates a fetch otherwise idles up to 500 ms per hop, and the
         // scorer has two hops; at high rates fetches fill long before this.
         .set("fetch.wait.max.ms", "50");
+    with_debug(c)
+}
+
+/// librdkafka debug contexts (e.g. `fetch,protocol`) from
+/// `LEADSTREAM_KAFKA_DEBUG`, for diagnosing a client against a broker.
+fn with_debug(mut c: ClientConfig) -> ClientConfig {
+    if let Ok(contexts) = std::env::var("LEADSTREAM_KAFKA_DEBUG") {
+        c.set("debug", contexts);
+    }
     c
 }
 

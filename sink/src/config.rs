@@ -6,9 +6,9 @@ use clap::Args;
 
 #[derive(Debug, Clone, Args)]
 pub struct SinkConfig {
-    /// Kafka bootstrap servers.
+    /// Kafka bootstrap servers (required to run; `sink migrate` needs none).
     #[arg(long = "kafka", env = "LEADSTREAM_KAFKA_BROKERS")]
-    pub kafka: String,
+    pub kafka: Option<String>,
     /// Confluent-compatible registry URL; the plan built into the binary when unset.
     #[arg(long = "registry", env = "LEADSTREAM_REGISTRY_URL")]
     pub registry: Option<String>,
@@ -16,13 +16,29 @@ pub struct SinkConfig {
     pub clickhouse: ClickHouseArgs,
     /// Write JSONEachRow files here instead of ClickHouse (load them later
     /// with clickhouse-client); for trying leadstream without a server.
-    #[arg(long, env = "LEADSTREAM_SINK_EXPORT_DIR", conflicts_with = "clickhouse_url")]
+    #[arg(
+        long,
+        env = "LEADSTREAM_SINK_EXPORT_DIR",
+        conflicts_with = "clickhouse_url"
+    )]
     pub export_dir: Option<PathBuf>,
-    #[arg(long, env = "LEADSTREAM_EVENTS_TOPIC", default_value = "leadstream.events")]
+    #[arg(
+        long,
+        env = "LEADSTREAM_EVENTS_TOPIC",
+        default_value = "leadstream.events"
+    )]
     pub events_topic: String,
-    #[arg(long, env = "LEADSTREAM_SCORES_TOPIC", default_value = "leadstream.lead_scores")]
+    #[arg(
+        long,
+        env = "LEADSTREAM_SCORES_TOPIC",
+        default_value = "leadstream.lead_scores"
+    )]
     pub scores_topic: String,
-    #[arg(long, env = "LEADSTREAM_DLQ_TOPIC", default_value = "leadstream.events.dlq")]
+    #[arg(
+        long,
+        env = "LEADSTREAM_DLQ_TOPIC",
+        default_value = "leadstream.events.dlq"
+    )]
     pub dlq_topic: String,
     #[arg(long, env = "LEADSTREAM_SINK_GROUP", default_value = "leadstream-sink")]
     pub group: String,
@@ -35,23 +51,43 @@ pub struct SinkConfig {
     /// Longest wait between retries of a failed insert.
     #[arg(long, env = "LEADSTREAM_SINK_MAX_BACKOFF_MS", default_value_t = 10_000)]
     pub max_backoff_ms: u64,
-    #[arg(long, env = "LEADSTREAM_KAFKA_SESSION_TIMEOUT_MS", default_value_t = 45_000)]
+    #[arg(
+        long,
+        env = "LEADSTREAM_KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 45_000
+    )]
     pub session_timeout_ms: u64,
     /// Address of /metrics, /_liveness and /_readiness.
-    #[arg(long = "listen", env = "LEADSTREAM_SINK_LISTEN", default_value = "127.0.0.1:8083")]
+    #[arg(
+        long = "listen",
+        env = "LEADSTREAM_SINK_LISTEN",
+        default_value = "127.0.0.1:8083"
+    )]
     pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ClickHouseArgs {
     /// ClickHouse HTTP URL.
-    #[arg(long = "clickhouse", id = "clickhouse_url", env = "LEADSTREAM_CLICKHOUSE_URL")]
+    #[arg(
+        long = "clickhouse",
+        id = "clickhouse_url",
+        env = "LEADSTREAM_CLICKHOUSE_URL"
+    )]
     pub url: Option<String>,
-    #[arg(long = "clickhouse-database", env = "LEADSTREAM_CLICKHOUSE_DATABASE", default_value = "leadstream")]
+    #[arg(
+        long = "clickhouse-database",
+        env = "LEADSTREAM_CLICKHOUSE_DATABASE",
+        default_value = "leadstream"
+    )]
     pub database: String,
     #[arg(long = "clickhouse-user", env = "LEADSTREAM_CLICKHOUSE_USER")]
     pub user: Option<String>,
-    #[arg(long = "clickhouse-password", env = "LEADSTREAM_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long = "clickhouse-password",
+        env = "LEADSTREAM_CLICKHOUSE_PASSWORD",
+        hide_env_values = true
+    )]
     pub password: Option<String>,
 }
 

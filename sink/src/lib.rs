@@ -21,6 +21,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 
 pub use config::{ClickHouseArgs, SinkConfig};
 use store::Store;
+use writer::Kind;
 
 /// `leadstream sink [migrate]`.
 #[derive(Debug, Args)]
@@ -29,7 +30,7 @@ pub struct SinkArgs {
     #[command(subcommand)]
     pub command: Option<SinkCommand>,
     #[command(flatten)]
-    pub run: Option<SinkConfig>,
+    pub run: SinkConfig,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,7 +55,10 @@ pub async fn migrate(args: &ClickHouseArgs) -> anyhow::Result<Store> {
 
 /// Runs the sink until `shutdown`; the current batch is finished (or left
 /// uncommitted) first.
-pub async fn run(cfg: SinkConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: SinkConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let store = match (&cfg.clickhouse.url, &cfg.export_dir) {
         (Some(url), _) => {
             let store = Store::clickhouse(&cfg.clickhouse, url).await?;
@@ -78,49 +82,59 @@ pub async fn run(cfg: SinkConfig, shutdown: impl Future<Output = ()> + Send + 's
             "nowhere to write: pass --clickhouse URL (or LEADSTREAM_CLICKHOUSE_URL), or --export-dir DIR for JSONEachRow files"
         ),
     };
+    let kafka = cfg
+        .kafka
+        .clone()
+        .context("no Kafka: pass --kafka or set LEADSTREAM_KAFKA_BROKERS")?;
     let plan = Plan::embedded()?;
     let resolver: Arc<dyn SchemaResolver> = match &cfg.registry {
         Some(url) => Arc::new(HttpResolver::new(url)?),
         None => Arc::new(EmbeddedResolver::new(&plan)?),
     };
-    let mut consumer_cfg = consumer_config(&cfg.kafka, &cfg.group);
-    consumer_cfg.set("session.timeout.ms", cfg.session_timeout_ms.to_string());
-    let consumer: StreamConsumer = consumer_cfg.create()?;
-    // Topics another role has not created yet are picked up by the
-    // consumer's metadata refresh; subscribe to all three now.
-    consumer.subscribe(&[&cfg.events_topic, &cfg.scores_topic, &cfg.dlq_topic])?;
+    let decoder = Arc::new(Decoder::new(resolver));
     let ready = Ready::default();
     let addr = ops::serve(cfg.listen, ready.clone())
         .await
         .with_context(|| format!("binding the sink's operations endpoint to {}", cfg.listen))?;
-    let writer = writer::Writer {
-        consumer,
-        decoder: Arc::new(Decoder::new(resolver)),
-        store,
-        topics: writer::Topics {
-            events: cfg.events_topic.clone(),
-            scores: cfg.scores_topic.clone(),
-            dlq: cfg.dlq_topic.clone(),
-        },
-        batch_rows: cfg.batch_rows,
-        batch_ms: cfg.batch_ms,
-        max_backoff_ms: cfg.max_backoff_ms,
-    };
-    tracing::info!(%addr, kafka = %cfg.kafka, "sink running");
-    ready.set(true);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    while !*stop_rx.borrow() {
-        if let Err(e) = writer.step(&stop_rx).await {
-            if *stop_rx.borrow() {
-                break;
+    let mut loops = Vec::new();
+    for (kind, topic) in [
+        (Kind::Events, &cfg.events_topic),
+        (Kind::Scores, &cfg.scores_topic),
+        (Kind::Violations, &cfg.dlq_topic),
+    ] {
+        let mut consumer_cfg = consumer_config(&kafka, &format!("{}.{}", cfg.group, kind.label()));
+        consumer_cfg.set("session.timeout.ms", cfg.session_timeout_ms.to_string());
+        let consumer: StreamConsumer = consumer_cfg.create()?;
+        consumer.subscribe(&[topic])?;
+        let writer = writer::Writer {
+            kind,
+            consumer,
+            decoder: Arc::clone(&decoder),
+            store: store.clone(),
+            batch_rows: cfg.batch_rows,
+            batch_ms: cfg.batch_ms,
+            max_backoff_ms: cfg.max_backoff_ms,
+        };
+        let stop = stop_rx.clone();
+        loops.push(tokio::spawn(async move {
+            while !*stop.borrow() {
+                if let Err(e) = writer.step(&stop).await {
+                    if *stop.borrow() {
+                        break;
+                    }
+                    tracing::error!(stream = kind.label(), error = %format!("{e:#}"), "sink batch failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
-            tracing::error!(error = %format!("{e:#}"), "sink batch failed");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        }));
+    }
+    tracing::info!(%addr, %kafka, "sink running");
+    ready.set(true);
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for l in loops {
+        l.await.context("sink loop")?;
     }
     ready.set(false);
     tracing::info!("sink stopped");

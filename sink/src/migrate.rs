@@ -8,13 +8,23 @@ use sha2::{Digest, Sha256};
 
 /// The migrations built into the binary, in order.
 pub const MIGRATIONS: &[(u32, &str, &str)] = &[
-    (1, "0001_tables.sql", include_str!("../../deploy/clickhouse/0001_tables.sql")),
-    (2, "0002_views.sql", include_str!("../../deploy/clickhouse/0002_views.sql")),
+    (
+        1,
+        "0001_tables.sql",
+        include_str!("../../deploy/clickhouse/0001_tables.sql"),
+    ),
+    (
+        2,
+        "0002_views.sql",
+        include_str!("../../deploy/clickhouse/0002_views.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("migration {name} was changed after it was applied (checksum {applied} in schema_migrations, {now} in the file); add a new migration instead")]
+    #[error(
+        "migration {name} was changed after it was applied (checksum {applied} in schema_migrations, {now} in the file); add a new migration instead"
+    )]
     Changed {
         name: String,
         applied: String,

@@ -105,7 +105,11 @@ fn millis(v: &Json, path: &str) -> Result<u64, RowError> {
         .and_then(Json::as_i64)
         .filter(|t| *t >= 0)
         .map(|t| t as u64)
-        .ok_or_else(|| RowError(format!("{path} is missing or not a non-negative millisecond timestamp")))
+        .ok_or_else(|| {
+            RowError(format!(
+                "{path} is missing or not a non-negative millisecond timestamp"
+            ))
+        })
 }
 
 fn seconds(ms: u64) -> u32 {
@@ -113,7 +117,12 @@ fn seconds(ms: u64) -> u32 {
 }
 
 /// A decoded tracking-plan event (as JSON) at `partition`/`offset`.
-pub fn event_row(e: &Json, schema_id: u32, partition: i32, offset: i64) -> Result<EventRow, RowError> {
+pub fn event_row(
+    e: &Json,
+    schema_id: u32,
+    partition: i32,
+    offset: i64,
+) -> Result<EventRow, RowError> {
     let message_id = text(e, "/message_id");
     if message_id.is_empty() {
         return Err(RowError("event has no message_id".into()));
@@ -144,7 +153,11 @@ pub fn event_row(e: &Json, schema_id: u32, partition: i32, offset: i64) -> Resul
         session_id: text(e, "/context/session_id"),
         sdk_name: text(e, "/context/sdk_name"),
         sdk_version: text(e, "/context/sdk_version"),
-        is_bot: u8::from(e.pointer("/context/is_bot").and_then(Json::as_bool).unwrap_or(false)),
+        is_bot: u8::from(
+            e.pointer("/context/is_bot")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
+        ),
         context: e.get("context").map(Json::to_string).unwrap_or_default(),
         properties: props.to_string(),
         schema_id,
@@ -160,7 +173,11 @@ pub fn score_row(s: &Json) -> Result<ScoreRow, RowError> {
         return Err(RowError("lead_score has no lead_id".into()));
     }
     let num = |path: &str| s.pointer(path).and_then(Json::as_f64).unwrap_or(0.0);
-    let reasons = s.get("reasons").and_then(Json::as_array).cloned().unwrap_or_default();
+    let reasons = s
+        .get("reasons")
+        .and_then(Json::as_array)
+        .cloned()
+        .unwrap_or_default();
     let updated = millis(s, "/updated_at")?;
     Ok(ScoreRow {
         lead_id,
@@ -174,12 +191,21 @@ pub fn score_row(s: &Json) -> Result<ScoreRow, RowError> {
             .iter()
             .map(|r| r.get("points").and_then(Json::as_f64).unwrap_or(0.0))
             .collect(),
-        reactivated: u8::from(s.get("reactivated").and_then(Json::as_bool).unwrap_or(false)),
+        reactivated: u8::from(
+            s.get("reactivated")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
+        ),
         event_count: s.get("event_count").and_then(Json::as_u64).unwrap_or(0),
         platforms: s
             .get("platforms")
             .and_then(Json::as_array)
-            .map(|a| a.iter().filter_map(Json::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Json::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default(),
         first_channel: text(s, "/first_channel"),
         first_seen_at: seconds(millis(s, "/first_seen_at")?),
@@ -196,7 +222,8 @@ pub fn score_row(s: &Json) -> Result<ScoreRow, RowError> {
 
 /// A DLQ record (JSON written by ingest).
 pub fn violation_row(bytes: &[u8], partition: i32, offset: i64) -> Result<ViolationRow, RowError> {
-    let v: Json = serde_json::from_slice(bytes).map_err(|e| RowError(format!("DLQ record is not JSON: {e}")))?;
+    let v: Json = serde_json::from_slice(bytes)
+        .map_err(|e| RowError(format!("DLQ record is not JSON: {e}")))?;
     let reason = text(&v, "/reason");
     if reason.is_empty() {
         return Err(RowError("DLQ record has no reason".into()));
@@ -233,10 +260,26 @@ mod tests {
             "context": {"utm_source": "autohome", "is_bot": true, "sdk_name": "analytics-python"},
             "properties": {"page_type": "configurator", "model_id": "x5"}});
         let r = event_row(&e, 7, 2, 42).unwrap();
-        assert_eq!((r.timestamp, r.timestamp_ms), (1_795_305_600, 1_795_305_600_123));
-        assert_eq!((r.page_type.as_str(), r.model_id.as_str(), r.utm_source.as_str()), ("configurator", "x5", "autohome"));
-        assert_eq!((r.is_bot, r.schema_id, r.kafka_partition, r.kafka_offset), (1, 7, 2, 42));
-        assert_eq!(serde_json::from_str::<Json>(&r.properties).unwrap(), e["properties"]);
+        assert_eq!(
+            (r.timestamp, r.timestamp_ms),
+            (1_795_305_600, 1_795_305_600_123)
+        );
+        assert_eq!(
+            (
+                r.page_type.as_str(),
+                r.model_id.as_str(),
+                r.utm_source.as_str()
+            ),
+            ("configurator", "x5", "autohome")
+        );
+        assert_eq!(
+            (r.is_bot, r.schema_id, r.kafka_partition, r.kafka_offset),
+            (1, 7, 2, 42)
+        );
+        assert_eq!(
+            serde_json::from_str::<Json>(&r.properties).unwrap(),
+            e["properties"]
+        );
         let err = event_row(&json!({"message_id": "m", "received_at": 1}), 7, 0, 0).unwrap_err();
         assert!(err.0.contains("/timestamp"), "{err}");
     }
@@ -248,13 +291,24 @@ mod tests {
             "event_count": 9, "platforms": ["app", "web"], "first_channel": null, "first_seen_at": 1000,
             "last_event_at": 2000, "merged_into": null, "version": 3, "updated_at": 2000});
         let r = score_row(&s).unwrap();
-        assert_eq!((r.reason_codes.clone(), r.reason_points.clone(), r.version), (vec!["test_drive_booked".to_owned()], vec![50.0], 3));
+        assert_eq!(
+            (r.reason_codes.clone(), r.reason_points.clone(), r.version),
+            (vec!["test_drive_booked".to_owned()], vec![50.0], 3)
+        );
         assert_eq!((r.first_channel.as_str(), r.merged_into.as_str()), ("", ""));
         let dlq = json!({"message_id": "m9", "event": "lead_form_submitted", "reason": "missing_required",
             "field": "properties.form_id", "message": "required", "source_id": "web-main", "platform": "web",
             "received_at": 5000, "raw": {"event": "Lead Form Submitted"}});
         let v = violation_row(dlq.to_string().as_bytes(), 1, 9).unwrap();
-        assert_eq!((v.reason.as_str(), v.field.as_str(), v.received_at), ("missing_required", "properties.form_id", 5));
-        assert!(violation_row(b"not json", 0, 0).unwrap_err().0.contains("not JSON"));
+        assert_eq!(
+            (v.reason.as_str(), v.field.as_str(), v.received_at),
+            ("missing_required", "properties.form_id", 5)
+        );
+        assert!(
+            violation_row(b"not json", 0, 0)
+                .unwrap_err()
+                .0
+                .contains("not JSON")
+        );
     }
 }

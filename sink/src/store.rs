@@ -10,7 +10,7 @@ use crate::config::ClickHouseArgs;
 
 #[derive(Clone)]
 pub enum Store {
-    ClickHouse(Client),
+    ClickHouse(Box<Client>),
     Export(PathBuf),
 }
 
@@ -33,7 +33,7 @@ impl Store {
             .await?;
         let conn = leadstream_common::clickhouse::connect(url, Some(&args.database)).await?;
         tracing::info!(version = %conn.version, database = %args.database, "connected to ClickHouse");
-        Ok(Self::ClickHouse(with_auth(conn.client)))
+        Ok(Self::ClickHouse(Box::new(with_auth(conn.client))))
     }
 
     pub async fn insert<T>(&self, table: &str, rows: &[T]) -> anyhow::Result<()>

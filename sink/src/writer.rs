@@ -35,17 +35,31 @@ impl Batch {
     }
 }
 
-pub struct Topics {
-    pub events: String,
-    pub scores: String,
-    pub dlq: String,
+/// What a writer's topic holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Events,
+    Scores,
+    Violations,
 }
 
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Events => "events",
+            Kind::Scores => "scores",
+            Kind::Violations => "violations",
+        }
+    }
+}
+
+/// One topic's loop. Each topic has its own consumer group
+/// (`<group>.<kind>`), so a slow or broken stream never holds up another.
 pub struct Writer {
+    pub kind: Kind,
     pub consumer: StreamConsumer,
     pub decoder: Arc<Decoder>,
     pub store: Store,
-    pub topics: Topics,
     pub batch_rows: usize,
     pub batch_ms: u64,
     pub max_backoff_ms: u64,
@@ -90,7 +104,8 @@ impl Writer {
                     kafka_partition: m.partition(),
                     kafka_offset: m.offset(),
                     error,
-                    raw_base64: base64::engine::general_purpose::STANDARD.encode(m.payload().unwrap_or_default()),
+                    raw_base64: base64::engine::general_purpose::STANDARD
+                        .encode(m.payload().unwrap_or_default()),
                 });
             }
         }
@@ -110,19 +125,26 @@ impl Writer {
 
     async fn to_rows(&self, m: &BorrowedMessage<'_>, batch: &mut Batch) -> Result<(), String> {
         let payload = m.payload().ok_or("record has no value")?;
-        if m.topic() == self.topics.dlq {
-            batch
-                .violations
-                .push(violation_row(payload, m.partition(), m.offset()).map_err(|e| e.to_string())?);
+        if self.kind == Kind::Violations {
+            batch.violations.push(
+                violation_row(payload, m.partition(), m.offset()).map_err(|e| e.to_string())?,
+            );
             return Ok(());
         }
-        let decoded = self.decoder.decode(payload).await.map_err(|e| e.to_string())?;
+        let decoded = self
+            .decoder
+            .decode(payload)
+            .await
+            .map_err(|e| e.to_string())?;
         let json = to_json(&decoded.value);
-        if m.topic() == self.topics.scores {
-            batch.scores.push(score_row(&json).map_err(|e| e.to_string())?);
+        if self.kind == Kind::Scores {
+            batch
+                .scores
+                .push(score_row(&json).map_err(|e| e.to_string())?);
         } else {
             batch.events.push(
-                event_row(&json, decoded.schema.id, m.partition(), m.offset()).map_err(|e| e.to_string())?,
+                event_row(&json, decoded.schema.id, m.partition(), m.offset())
+                    .map_err(|e| e.to_string())?,
             );
         }
         Ok(())
@@ -130,7 +152,11 @@ impl Writer {
 
     /// Inserts every table; on failure waits (doubling up to the maximum)
     /// and inserts everything again. False when stopped first.
-    async fn insert_with_retry(&self, batch: &Batch, stop: &tokio::sync::watch::Receiver<bool>) -> bool {
+    async fn insert_with_retry(
+        &self,
+        batch: &Batch,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = std::time::Instant::now();
@@ -150,7 +176,7 @@ impl Writer {
                 }
                 Err(e) => {
                     metrics::counter!(INSERT_RETRIES).increment(1);
-                    tracing::warn!(error = %format!("{e:#}"), rows = batch.rows(), retry_in_ms = backoff.as_millis() as u64, "insert failed; retrying (offsets not committed)");
+                    tracing::warn!(error = %format!("{e:#}"), stream = self.kind.label(), rows = batch.rows(), retry_in_ms = backoff.as_millis() as u64, "insert failed; retrying (offsets not committed)");
                     let mut stop = stop.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -165,8 +191,12 @@ impl Writer {
     async fn insert(&self, batch: &Batch) -> anyhow::Result<()> {
         self.store.insert("events", &batch.events).await?;
         self.store.insert("lead_scores", &batch.scores).await?;
-        self.store.insert("lead_score_history", &batch.scores).await?;
-        self.store.insert("schema_violations", &batch.violations).await?;
+        self.store
+            .insert("lead_score_history", &batch.scores)
+            .await?;
+        self.store
+            .insert("schema_violations", &batch.violations)
+            .await?;
         self.store.insert("dead_letters", &batch.dead).await?;
         Ok(())
     }
