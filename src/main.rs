@@ -1,7 +1,9 @@
 //! `leadstream`: one binary, one subcommand per role.
 
 mod broker;
+mod quickstart;
 mod schemas_cmd;
+mod simulate;
 mod train_cmd;
 
 use std::process::ExitCode;
@@ -27,6 +29,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run every role in one process on embedded defaults, fed by the simulator (try it out).
+    Quickstart(quickstart::QuickstartArgs),
+    /// Post simulated multi-platform journeys to ingest; writes the ground truth.
+    Simulate(simulate::SimulateArgs),
     /// Govern the tracking plan: check, render docs, pin ids, publish.
     Schemas(schemas_cmd::SchemasArgs),
     /// Serve the Confluent Schema Registry API (read-only) from the tracking plan.
@@ -65,6 +71,8 @@ fn main() -> ExitCode {
             Command::Schemas(args) => schemas_cmd::run(args).await,
             Command::Registry(args) => schemas_cmd::registry(args).await,
             Command::Broker(args) => broker::run(args).await,
+            Command::Quickstart(args) => quickstart::run(args).await,
+            Command::Simulate(args) => simulate::run(args).await,
             Command::Train(args) => train_cmd::run(args),
             Command::Scorer(cfg) => leadstream_scorer::runtime::run(cfg, shutdown_signal())
                 .await

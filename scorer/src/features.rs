@@ -167,10 +167,26 @@ impl LeadState {
     /// Folds the state of a lead that was stitched into this one: counts
     /// add up, extremes take the extreme, flags OR, decayed intent is brought
     /// to the later reference time before adding.
-    pub fn merge(&mut self, other: &LeadState, half_life_ms: i64) {
+    pub fn merge(&mut self, other: &LeadState, half_life_ms: i64, dormant_after_ms: i64) {
         if other.events == 0 {
             return;
         }
+        // Two histories with a dormant gap between them (an old web lead
+        // and a new mini-program session of the same person): the later one
+        // woke the lead, and high intent there is a reactivation.
+        let (earlier, later) = if self.first_seen_ms <= other.first_seen_ms {
+            (&*self, other)
+        } else {
+            (other, &*self)
+        };
+        let woke = (self.events > 0
+            && earlier.last_event_ms + dormant_after_ms <= later.first_seen_ms)
+            .then_some(later.first_seen_ms);
+        let reactivated = woke.and_then(|w| {
+            later
+                .last_high_intent_ms
+                .filter(|h| *h >= w && *h - w <= WAKE_WINDOW_MS)
+        });
         self.windows.merge(&other.windows);
         let at = self.decayed_at_ms.max(other.decayed_at_ms);
         let mine = self.intent_at(at, half_life_ms);
@@ -186,8 +202,11 @@ impl LeadState {
         self.last_event_ms = self.last_event_ms.max(other.last_event_ms);
         let later = |a: Option<i64>, b: Option<i64>| a.max(b);
         self.last_high_intent_ms = later(self.last_high_intent_ms, other.last_high_intent_ms);
-        self.woke_at_ms = later(self.woke_at_ms, other.woke_at_ms);
-        self.reactivated_at_ms = later(self.reactivated_at_ms, other.reactivated_at_ms);
+        self.woke_at_ms = later(later(self.woke_at_ms, other.woke_at_ms), woke);
+        self.reactivated_at_ms = later(
+            later(self.reactivated_at_ms, other.reactivated_at_ms),
+            reactivated,
+        );
         self.last_purchase_ms = later(self.last_purchase_ms, other.last_purchase_ms);
         self.events = self.events.saturating_add(other.events);
         self.sessions = self.sessions.saturating_add(other.sessions);
@@ -370,7 +389,7 @@ mod tests {
         let mut a = apply_all(&web.iter().collect::<Vec<_>>());
         let b = apply_all(&app.iter().collect::<Vec<_>>());
         let both = apply_all(&web.iter().chain(&app).collect::<Vec<_>>());
-        a.merge(&b, HL);
+        a.merge(&b, HL, 90 * DAY_MS);
         let now = T0 + 5 * DAY_MS;
         for (x, y) in a.features(now, HL).iter().zip(both.features(now, HL)) {
             assert!((x - y).abs() < 1e-4, "{x} vs {y}");
@@ -380,11 +399,29 @@ mod tests {
             (4, 2, Some("autohome"))
         );
         let mut empty = LeadState::new(now);
-        empty.merge(&LeadState::new(T0), HL);
+        empty.merge(&LeadState::new(T0), HL, 90 * DAY_MS);
         assert_eq!(
             empty,
             LeadState::new(now),
             "merging nothing changes nothing"
+        );
+    }
+
+    #[test]
+    fn merging_an_old_lead_into_a_new_high_intent_one_is_a_reactivation() {
+        let mut old = LeadState::new(T0);
+        old.apply(&ev(T0, &[Signal::LeadForm]), HL, 90 * DAY_MS);
+        let wake = T0 + 150 * DAY_MS;
+        let mut new = LeadState::new(wake);
+        new.apply(&ev(wake, &[Signal::Configurator]), HL, 90 * DAY_MS);
+        assert_eq!(
+            new.reactivated_at_ms, None,
+            "alone, the new id has no history"
+        );
+        new.merge(&old, HL, 90 * DAY_MS);
+        assert_eq!(
+            (new.woke_at_ms, new.reactivated_at_ms),
+            (Some(wake), Some(wake))
         );
     }
 

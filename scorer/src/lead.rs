@@ -63,10 +63,11 @@ impl Lead {
     }
 
     /// Folds a merged lead into this one.
-    pub fn absorb(&mut self, other: Lead, half_life_ms: i64) {
+    pub fn absorb(&mut self, other: Lead, half_life_ms: i64, dormant_after_ms: i64) {
         if other.has_events() {
             if self.has_events() {
-                self.state.merge(&other.state, half_life_ms);
+                self.state
+                    .merge(&other.state, half_life_ms, dormant_after_ms);
             } else {
                 self.state = other.state;
             }

@@ -278,7 +278,7 @@ impl Processor {
                     match state.map(Lead::from_snapshot) {
                         Some(Ok(other)) => {
                             let had = other.has_events();
-                            lead.absorb(other, hl);
+                            lead.absorb(other, hl, dormant);
                             had
                         }
                         Some(Err(e)) => {

@@ -1,0 +1,480 @@
+//! `leadstream quickstart`: every role in one process on embedded defaults —
+//! an in-memory Kafka-protocol broker (Tansu), the registry from schemas/,
+//! ingest, scorer, sink and the journey simulator — with a live table of
+//! the hottest leads. For trying leadstream; production runs each role on
+//! its own against real Kafka and ClickHouse.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use leadstream_common::kafka::{TopicSpec, consumer_config, ensure_topics};
+use leadstream_schemas::{Decoder, HttpResolver, Plan, codec::to_json};
+use rdkafka::{
+    Message,
+    consumer::{Consumer, StreamConsumer},
+};
+use serde_json::Value as Json;
+use tokio::sync::watch;
+
+use crate::simulate::{self, Progress, SimulateArgs};
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// Use this Kafka instead of the embedded in-memory broker.
+    #[arg(long, env = "LEADSTREAM_KAFKA_BROKERS")]
+    kafka: Option<String>,
+    /// Use this Confluent-compatible registry instead of serving schemas/.
+    #[arg(long, env = "LEADSTREAM_REGISTRY_URL")]
+    registry: Option<String>,
+    /// Use this ClickHouse (HTTP URL); otherwise a local clickhouse-server
+    /// is started under --dir when installed, else rows go to export files.
+    #[arg(long, env = "LEADSTREAM_CLICKHOUSE_URL")]
+    clickhouse: Option<String>,
+    /// Write JSONEachRow export files even if clickhouse-server is installed.
+    #[arg(long)]
+    no_clickhouse: bool,
+    /// Working directory for the spool, ClickHouse data, exports and truth.
+    #[arg(long, default_value = ".leadstream")]
+    dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    broker_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    registry_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    ingest_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    scorer_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8083")]
+    sink_listen: SocketAddr,
+    /// HTTP port of the local ClickHouse the quickstart starts.
+    #[arg(long, default_value_t = 18130)]
+    clickhouse_port: u16,
+    /// People the simulator plays.
+    #[arg(long, default_value_t = 300)]
+    leads: usize,
+    /// Events per second the simulator posts.
+    #[arg(long, default_value_t = 300.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Stop by itself after this many seconds (headless runs, CI).
+    #[arg(long)]
+    duration_secs: Option<u64>,
+}
+
+/// A clickhouse-server child with its data under the quickstart dir.
+struct LocalClickHouse(std::process::Child);
+
+impl Drop for LocalClickHouse {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn clickhouse_binary() -> Option<PathBuf> {
+    ["/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Replaces the text of the first `<tag>…</tag>` in `xml` (the server's
+/// top-level setting; nested sections reuse some names, e.g. `path`), or
+/// with `value = None` removes every occurrence.
+fn set_tag(xml: &str, tag: &str, value: Option<&str>) -> String {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let Some(j) = rest[i..].find(&close) else {
+            break;
+        };
+        out.push_str(&rest[..i]);
+        rest = &rest[i + j + close.len()..];
+        if let Some(v) = value {
+            out.push_str(&open);
+            out.push_str(v);
+            out.push_str(&close);
+            break;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+async fn start_clickhouse(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+) -> anyhow::Result<(LocalClickHouse, String)> {
+    let d = std::fs::canonicalize(dir)?.join("clickhouse");
+    for sub in ["data", "tmp", "log", "user_files", "format_schemas"] {
+        std::fs::create_dir_all(d.join(sub))?;
+    }
+    let config = std::fs::read_to_string("/etc/clickhouse-server/config.xml").context(
+        "clickhouse-server is installed but /etc/clickhouse-server/config.xml is missing",
+    )?;
+    std::fs::copy("/etc/clickhouse-server/users.xml", d.join("users.xml"))?;
+    let p = |s: &str| d.join(s).display().to_string();
+    let mut xml = config;
+    for (tag, value) in [
+        ("path", format!("{}/", p("data"))),
+        ("tmp_path", format!("{}/", p("tmp"))),
+        ("user_files_path", format!("{}/", p("user_files"))),
+        ("format_schema_path", format!("{}/", p("format_schemas"))),
+        ("log", p("log/server.log")),
+        ("errorlog", p("log/error.log")),
+        ("http_port", port.to_string()),
+        ("tcp_port", (port + 1).to_string()),
+        ("interserver_http_port", (port + 2).to_string()),
+        ("users_config", p("users.xml")),
+    ] {
+        xml = set_tag(&xml, tag, Some(&value));
+    }
+    // Loopback only, once: the packaged config may list several hosts.
+    xml = set_tag(&xml, "listen_host", None)
+        .replace("</yandex>", "<listen_host>127.0.0.1</listen_host></yandex>");
+    std::fs::write(d.join("config.xml"), xml)?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg(format!("--config-file={}", p("config.xml")))
+        .stdout(std::fs::File::create(d.join("log/stdout.log"))?)
+        .stderr(std::process::Stdio::null());
+    let child = LocalClickHouse(cmd.spawn().context("starting clickhouse-server")?);
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if leadstream_common::clickhouse::connect(&url, None)
+            .await
+            .is_ok()
+        {
+            return Ok((child, url));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "clickhouse-server did not answer on {url} within 10 s; see {}",
+        p("log")
+    )
+}
+
+pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |rx: &watch::Receiver<bool>| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = Vec::new();
+
+    // Kafka: the embedded broker unless told otherwise.
+    let (kafka, replication, broker_task) = match &args.kafka {
+        Some(k) => (k.clone(), -1, None),
+        None => {
+            let task = crate::broker::start(
+                args.broker_listen,
+                "memory://tansu/".parse()?,
+                "leadstream-quickstart",
+            )
+            .await?;
+            (args.broker_listen.to_string(), 1, Some(task))
+        }
+    };
+    let spec = |name: &str| TopicSpec {
+        name: name.into(),
+        partitions: 4,
+        replication,
+        compacted: false,
+    };
+    let mut ready = false;
+    for _ in 0..50 {
+        if ensure_topics(
+            &kafka,
+            &[spec("leadstream.events"), spec("leadstream.events.dlq")],
+        )
+        .await
+        .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::ensure!(
+        ready,
+        "Kafka at {kafka} did not accept topic creation within 10 s (is {} free?)",
+        args.broker_listen
+    );
+
+    // Registry: schemas/ served over the Confluent API, used by every role.
+    let registry = match &args.registry {
+        Some(url) => url.clone(),
+        None => {
+            let listener = tokio::net::TcpListener::bind(args.registry_listen)
+                .await
+                .with_context(|| format!("binding the registry to {}", args.registry_listen))?;
+            let plan = Arc::new(Plan::embedded()?);
+            tasks.push(tokio::spawn({
+                let stop = stopped(&stop_rx);
+                async move {
+                    if let Err(e) = leadstream_schemas::registry::serve(listener, plan, stop).await
+                    {
+                        tracing::error!(error = %e, "registry stopped");
+                    }
+                }
+            }));
+            format!("http://{}", args.registry_listen)
+        }
+    };
+
+    // ClickHouse: given, local, or export files.
+    let mut local_ch = None;
+    let (clickhouse, export_dir) = match (&args.clickhouse, args.no_clickhouse, clickhouse_binary())
+    {
+        (Some(url), _, _) => (Some(url.clone()), None),
+        (None, false, Some(bin)) => {
+            let (child, url) = start_clickhouse(&bin, &args.dir, args.clickhouse_port).await?;
+            local_ch = Some(child);
+            (Some(url), None)
+        }
+        _ => (None, Some(args.dir.join("export"))),
+    };
+    let database = "leadstream".to_owned();
+    if let Some(url) = &clickhouse {
+        leadstream_sink::migrate(&leadstream_sink::ClickHouseArgs {
+            url: Some(url.clone()),
+            database: database.clone(),
+            user: None,
+            password: None,
+        })
+        .await?;
+    }
+
+    // Ingest.
+    let mut ingest =
+        leadstream_ingest::IngestConfig::defaults(&kafka, "quickstart-pepper-not-a-secret");
+    ingest.registry = Some(registry.clone());
+    ingest.spool_dir = args.dir.join("spool");
+    ingest.listen = args.ingest_listen;
+    let publisher = Arc::new(leadstream_ingest::publish::KafkaPublisher::new(&ingest)?);
+    let state = leadstream_ingest::build_state(&ingest, publisher).await?;
+    let listener = tokio::net::TcpListener::bind(args.ingest_listen)
+        .await
+        .with_context(|| format!("binding ingest to {}", args.ingest_listen))?;
+    let ingest_task = tokio::spawn(leadstream_ingest::serve(state, listener, stopped(&stop_rx)));
+
+    // Scorer and sink.
+    let mut scorer = leadstream_scorer::runtime::ScorerConfig::defaults(&kafka);
+    scorer.registry = Some(registry.clone());
+    scorer.listen = args.scorer_listen;
+    scorer.replication_factor = replication;
+    scorer.session_timeout_ms = 6_000;
+    let scorer_task = tokio::spawn(leadstream_scorer::runtime::run(scorer, stopped(&stop_rx)));
+    let mut sink = leadstream_sink::SinkConfig::defaults(&kafka);
+    sink.registry = Some(registry.clone());
+    sink.clickhouse.url = clickhouse.clone();
+    sink.clickhouse.database = database.clone();
+    sink.export_dir = export_dir.clone();
+    sink.listen = args.sink_listen;
+    sink.session_timeout_ms = 6_000;
+    let sink_task = tokio::spawn(leadstream_sink::run(sink, stopped(&stop_rx)));
+
+    // The simulator feeds the real HTTP API.
+    let sim = SimulateArgs {
+        url: format!("http://{}", args.ingest_listen),
+        leads: args.leads,
+        seed: args.seed,
+        rate: args.rate,
+        days: 400,
+        truth: args.dir.join("truth.jsonl"),
+    };
+    let (progress_tx, progress_rx) = watch::channel(Progress::default());
+    let sim_task = tokio::spawn({
+        let sim = sim.clone();
+        async move { simulate::run_journeys(&sim, progress_tx).await }
+    });
+
+    println!(
+        "leadstream quickstart — everything in one process, Kafka in memory (for trying it out)"
+    );
+    println!(
+        "  ingest   http://{}/v1/batch  (write key dev-web-key)",
+        args.ingest_listen
+    );
+    println!("  registry {registry}/subjects");
+    println!(
+        "  metrics  http://{}/metrics  http://{}/metrics  http://{}/metrics",
+        args.ingest_listen, args.scorer_listen, args.sink_listen
+    );
+    match (&clickhouse, &export_dir) {
+        (Some(url), _) => println!(
+            "  ClickHouse {url}  try: curl '{url}/?database={database}' --data-binary 'SELECT lead_id, score, grade, stage, reason_codes FROM call_list LIMIT 10'"
+        ),
+        (_, Some(dir)) => println!(
+            "  no ClickHouse: rows go to {}/<table>.jsonl; load later with clickhouse-client --query 'INSERT INTO leadstream.events FORMAT JSONEachRow' < {}/events.jsonl",
+            dir.display(),
+            dir.display()
+        ),
+        _ => {}
+    }
+    println!("  Ctrl-C stops everything cleanly.\n");
+
+    let table_task = tokio::spawn({
+        let (kafka, registry, truth, stop) = (
+            kafka.clone(),
+            registry.clone(),
+            sim.truth.clone(),
+            stop_rx.clone(),
+        );
+        async move { live_table(&kafka, &registry, &truth, progress_rx, stop).await }
+    });
+    match args.duration_secs {
+        Some(s) => tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(s)) => {}
+            _ = crate::shutdown_signal() => {}
+        },
+        None => crate::shutdown_signal().await,
+    }
+    println!("\nstopping: flushing ingest, committing scorer and sink…");
+    let _ = stop_tx.send(true);
+    sim_task.abort();
+    ingest_task.await.context("ingest task")??;
+    scorer_task.await.context("scorer task")??;
+    sink_task.await.context("sink task")??;
+    let latest = table_task.await.context("table task")?;
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let Ok(truth) = simulate::read_truth(&sim.truth) {
+        println!("{}", simulate::check(&truth, &latest));
+    }
+    println!("scores seen: {} leads", latest.len());
+    drop(local_ch);
+    if let Some(b) = broker_task {
+        b.abort();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Follows lead_scores and prints the top leads every few seconds; returns
+/// the latest score per current lead when stopped.
+async fn live_table(
+    kafka: &str,
+    registry: &str,
+    truth_path: &Path,
+    progress: watch::Receiver<Progress>,
+    stop: watch::Receiver<bool>,
+) -> HashMap<String, Json> {
+    let mut latest: HashMap<String, Json> = HashMap::new();
+    let Ok(resolver) = HttpResolver::new(registry) else {
+        return latest;
+    };
+    let decoder = Decoder::new(Arc::new(resolver));
+    let group = format!("leadstream-quickstart-table-{}", std::process::id());
+    let Ok(consumer) = consumer_config(kafka, &group).create::<StreamConsumer>() else {
+        return latest;
+    };
+    // The scorer creates the topic; wait for it.
+    while leadstream_common::kafka::partition_count(kafka, "leadstream.lead_scores").is_err() {
+        if *stop.borrow() {
+            return latest;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    if consumer.subscribe(&["leadstream.lead_scores"]).is_err() {
+        return latest;
+    }
+    let mut personas: HashMap<String, String> = HashMap::new();
+    let started = tokio::time::Instant::now();
+    let mut next_print = started + Duration::from_secs(3);
+    let mut scores_seen = 0u64;
+    while !*stop.borrow() {
+        if tokio::time::Instant::now() < next_print
+            && let Ok(Ok(m)) = tokio::time::timeout_at(next_print, consumer.recv()).await
+        {
+            if let Some(Ok(d)) = match m.payload() {
+                Some(p) => Some(decoder.decode(p).await),
+                None => None,
+            } {
+                scores_seen += 1;
+                let v = to_json(&d.value);
+                let lead = v["lead_id"].as_str().unwrap_or_default().to_owned();
+                if v["merged_into"].is_null() {
+                    latest.insert(lead, v);
+                } else {
+                    latest.remove(&lead);
+                }
+            }
+            continue;
+        }
+        next_print = tokio::time::Instant::now() + Duration::from_secs(3);
+        if personas.is_empty()
+            && let Ok(t) = simulate::read_truth(&truth_path.to_path_buf())
+        {
+            personas = t
+                .into_iter()
+                .map(|(p, _, lead)| (lead, p.as_str().to_owned()))
+                .collect();
+        }
+        let p = progress.borrow().clone();
+        let secs = started.elapsed().as_secs_f64().max(1.0);
+        println!(
+            "── {:>5.0}s  events posted {} ({} rejected, {:.0}/s)  scores {} ({:.0}/s)  leads {}",
+            secs,
+            p.posted,
+            p.rejected,
+            p.posted as f64 / secs,
+            scores_seen,
+            scores_seen as f64 / secs,
+            latest.len()
+        );
+        let mut top: Vec<&Json> = latest.values().collect();
+        top.sort_by(|a, b| {
+            b["score"]
+                .as_f64()
+                .unwrap_or(0.0)
+                .total_cmp(&a["score"].as_f64().unwrap_or(0.0))
+        });
+        println!(
+            "   {:<18} {:>5} {:<6} {:<9} {:<4} {:<28} {:<26} persona",
+            "lead", "score", "grade", "stage", "wake", "top reasons", "platforms"
+        );
+        for s in top.iter().take(10) {
+            let reasons: Vec<&str> = s["reasons"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|x| x["code"].as_str()).collect())
+                .unwrap_or_default();
+            let platforms: Vec<&str> = s["platforms"]
+                .as_array()
+                .map(|r| r.iter().filter_map(Json::as_str).collect())
+                .unwrap_or_default();
+            let lead = s["lead_id"].as_str().unwrap_or_default();
+            println!(
+                "   {:<18} {:>5.1} {:<6} {:<9} {:<4} {:<28} {:<26} {}",
+                lead,
+                s["score"].as_f64().unwrap_or(0.0),
+                s["grade"].as_str().unwrap_or_default(),
+                s["stage"].as_str().unwrap_or_default(),
+                if s["reactivated"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    ""
+                },
+                reasons.join(","),
+                platforms.join(","),
+                personas.get(lead).map_or("", String::as_str)
+            );
+        }
+    }
+    latest
+}
