@@ -215,7 +215,8 @@ fn journey(
             will_order = rng.chance(0.1);
         }
         Persona::HotBuyer => {
-            t = end_ms - (10 + rng.below(20)) as i64 * DAY_MS;
+            // Hot now: the week-long journey ends within the last few days.
+            t = end_ms - (8 + rng.below(5)) as i64 * DAY_MS;
             push(&mut calls, t, "web", page("Model Detail"));
             t += session(rng);
             push(&mut calls, t, "web", page("Configurator"));

@@ -216,6 +216,24 @@ async fn assert_everything_once(db: &clickhouse::Client, events: u64, violations
     assert!(count(db, "SELECT sum(violations) FROM tracking_plan_health").await == violations);
     assert!(count(db, "SELECT sum(leads) FROM grade_mix_daily").await >= leads);
     assert_eq!(count(db, "SELECT count() FROM call_list").await, leads);
+    // Every query of the analyst guide runs against what was written.
+    let guide = include_str!("../deploy/clickhouse/README.md");
+    let queries: Vec<&str> = guide
+        .split("```sql")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .collect();
+    assert!(
+        queries.len() >= 10,
+        "the guide has {} queries",
+        queries.len()
+    );
+    for q in queries {
+        db.query(&format!("SELECT count() FROM ({})", q.trim()))
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or_else(|e| panic!("guide query failed: {e}\n{q}"));
+    }
     let top: String = db
         .query("SELECT lead_id FROM call_list LIMIT 1")
         .fetch_one()

@@ -28,7 +28,10 @@ pub fn consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         // At low rates a fetch otherwise idles up to 500 ms per hop, and the
         // scorer has two hops; at high rates fetches fill long before this.
-        .set("fetch.wait.max.ms", "50");
+        .set("fetch.wait.max.ms", "50")
+        // A subscribed topic that another role has yet to create is found
+        // within seconds rather than librdkafka's default 5 minutes.
+        .set("topic.metadata.refresh.interval.ms", "10000");
     with_debug(c)
 }
 
