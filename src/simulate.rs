@@ -112,6 +112,7 @@ pub struct Journey {
 }
 
 const MODELS: [&str; 4] = ["x3", "x5", "i4", "ix"];
+const PAGES: [&str; 4] = ["Home", "Article", "Model Detail", "Video"];
 
 /// Builds every journey for `args`, times relative to `end_ms`.
 pub fn journeys(args: &SimulateArgs, end_ms: i64) -> Vec<Journey> {
@@ -185,7 +186,7 @@ fn journey(
                         &mut calls,
                         t,
                         "web",
-                        page(*rng.pick(&["Home", "Article", "Model Detail", "Video"])),
+                        page(PAGES[rng.below(PAGES.len() as u64) as usize]),
                     );
                     t += session(rng);
                 }
