@@ -73,7 +73,7 @@ fn main() -> ExitCode {
             Command::Broker(args) => broker::run(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
-            Command::Train(args) => train_cmd::run(args),
+            Command::Train(args) => train_cmd::run(args).await,
             Command::Scorer(cfg) => leadstream_scorer::runtime::run(cfg, shutdown_signal())
                 .await
                 .map(|()| ExitCode::SUCCESS),

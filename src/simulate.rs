@@ -276,6 +276,16 @@ fn journey(
                 json!({"type": "track", "event": "Store Visited", "properties": {"dealer_id": "sh-001", "visit_type": "test_drive"}, "context": {}, "userId": format!("crm-{tag}")}),
             );
             will_order = true;
+            // Those far enough along have already signed: the order is history.
+            if t + 2 * DAY_MS < end_ms {
+                push(
+                    &mut calls,
+                    t + 2 * DAY_MS,
+                    "server",
+                    json!({"type": "track", "event": "Order Placed", "userId": format!("crm-{tag}"),
+                    "properties": {"order_id": format!("o-{tag}"), "model_id": model, "order_type": "deposit", "amount": 5000.0}, "context": {}}),
+                );
+            }
         }
         Persona::DormantWaker => {
             t = end_ms - (150 + rng.below(60)) as i64 * DAY_MS;

@@ -16,12 +16,30 @@ use leadstream_scorer::{
     score::Model,
     train::{calibration, fit, pr_auc, roc_auc, snapshots},
 };
+use serde_json::{Value as Json, json};
 
 #[derive(Args)]
 pub struct TrainArgs {
     /// Historical events, one tracking-plan JSON object per line (NDJSON).
-    #[arg(long, env = "LEADSTREAM_TRAIN_EVENTS")]
-    events: PathBuf,
+    #[arg(
+        long,
+        env = "LEADSTREAM_TRAIN_EVENTS",
+        required_unless_present = "clickhouse",
+        conflicts_with = "clickhouse"
+    )]
+    events: Option<PathBuf>,
+    /// Read the events from ClickHouse instead (the sink's `events` table), HTTP URL.
+    #[arg(long, env = "LEADSTREAM_CLICKHOUSE_URL")]
+    clickhouse: Option<String>,
+    #[arg(
+        long,
+        env = "LEADSTREAM_CLICKHOUSE_DATABASE",
+        default_value = "leadstream"
+    )]
+    clickhouse_database: String,
+    /// Extra SQL condition on `events` (e.g. "timestamp >= '2026-01-01'").
+    #[arg(long, env = "LEADSTREAM_TRAIN_WHERE")]
+    r#where: Option<String>,
     /// Scoring config (half-life, dormancy); the built-in default when unset.
     #[arg(long, env = "LEADSTREAM_SCORING_CONFIG")]
     config: Option<PathBuf>,
@@ -62,13 +80,72 @@ pub struct TrainArgs {
     report: PathBuf,
 }
 
-pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let cfg = match &args.config {
-        Some(p) => ScoringConfig::load(p)?,
-        None => ScoringConfig::parse(DEFAULT_TOML)?,
+/// A row of the sink's `events` table (JSONEachRow) back as a
+/// tracking-plan event: identities, time, context and properties.
+pub fn row_to_event(row: &Json) -> Option<Json> {
+    let text = |k: &str| row.get(k).and_then(Json::as_str).filter(|s| !s.is_empty());
+    let ts = match row.get("timestamp_ms")? {
+        // ClickHouse quotes 64-bit integers in JSON by default.
+        Json::String(s) => s.parse::<i64>().ok()?,
+        other => other.as_i64()?,
     };
-    let file = fs::File::open(&args.events)
-        .with_context(|| format!("opening {}", args.events.display()))?;
+    let parse = |k: &str| {
+        text(k)
+            .and_then(|t| serde_json::from_str::<Json>(t).ok())
+            .unwrap_or(Json::Null)
+    };
+    Some(json!({
+        "message_id": text("message_id")?,
+        "event": text("event")?,
+        "type": text("type"),
+        "platform": text("platform"),
+        "anonymous_id": text("anonymous_id"),
+        "user_id": text("user_id"),
+        "union_id": text("union_id"),
+        "phone_hash": text("phone_hash"),
+        "timestamp": ts,
+        "context": parse("context"),
+        "properties": parse("properties"),
+    }))
+}
+
+async fn events_from_clickhouse(
+    url: &str,
+    database: &str,
+    condition: Option<&str>,
+) -> anyhow::Result<Vec<Json>> {
+    let sql = format!(
+        "SELECT message_id, event, type, platform, anonymous_id, user_id, union_id, phone_hash, timestamp_ms, context, properties \
+         FROM {database}.events FINAL {} ORDER BY timestamp_ms FORMAT JSONEachRow",
+        condition.map(|c| format!("WHERE {c}")).unwrap_or_default()
+    );
+    let resp = reqwest::Client::new()
+        .post(url)
+        .body(sql)
+        .send()
+        .await
+        .with_context(|| format!("querying ClickHouse at {url}"))?;
+    let status = resp.status();
+    let body = resp.text().await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "ClickHouse answered {status}: {}",
+        body.trim()
+    );
+    body.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let row: Json =
+                serde_json::from_str(l).context("ClickHouse returned a line that is not JSON")?;
+            row_to_event(&row).with_context(|| {
+                format!("events row without message_id, event or timestamp_ms: {l}")
+            })
+        })
+        .collect()
+}
+
+fn events_from_file(path: &PathBuf) -> anyhow::Result<Vec<Json>> {
+    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut events = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line?;
@@ -77,9 +154,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         events.push(
             serde_json::from_str(&line)
-                .with_context(|| format!("{}:{}: not JSON", args.events.display(), i + 1))?,
+                .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?,
         );
     }
+    Ok(events)
+}
+
+pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let cfg = match &args.config {
+        Some(p) => ScoringConfig::load(p)?,
+        None => ScoringConfig::parse(DEFAULT_TOML)?,
+    };
+    let events = match (&args.events, &args.clickhouse) {
+        (Some(path), _) => events_from_file(path)?,
+        (None, Some(url)) => {
+            events_from_clickhouse(url, &args.clickhouse_database, args.r#where.as_deref()).await?
+        }
+        (None, None) => anyhow::bail!("pass --events FILE or --clickhouse URL"),
+    };
     let horizon_ms = (args.horizon_days * DAY_MS as f64) as i64;
     let snaps = snapshots(&events, &cfg, horizon_ms);
     let (train, test, scored, model, split) = match (&args.test_from, args.folds) {
@@ -142,7 +234,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         r,
         "- events: {} from `{}`",
         events.len(),
-        args.events.display()
+        match (&args.events, &args.clickhouse) {
+            (Some(p), _) => p.display().to_string(),
+            (None, url) => format!(
+                "{}.events at {}",
+                args.clickhouse_database,
+                url.as_deref().unwrap_or_default()
+            ),
+        }
     )?;
     writeln!(
         r,
@@ -206,4 +305,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     );
     eprintln!("wrote {} and {}", args.out.display(), args.report.display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clickhouse_rows_become_tracking_plan_events() {
+        let row = json!({"message_id": "m1", "event": "page_viewed", "type": "page", "platform": "web",
+            "anonymous_id": "a1", "user_id": "", "union_id": "", "phone_hash": "ph",
+            "timestamp_ms": "1795305600123", "context": "{\"utm_source\":\"autohome\"}",
+            "properties": "{\"page_type\":\"configurator\"}"});
+        let e = row_to_event(&row).unwrap();
+        assert_eq!(e["timestamp"], 1_795_305_600_123_i64);
+        assert!(e["user_id"].is_null(), "empty columns are absent ids");
+        assert_eq!(e["properties"]["page_type"], "configurator");
+        let le = leadstream_scorer::event::from_plan(&e).unwrap();
+        assert_eq!(le.channel.as_deref(), Some("autohome"));
+        assert!(row_to_event(&json!({"message_id": "m", "event": "x"})).is_none());
+    }
 }

@@ -115,6 +115,9 @@ impl<const N: usize> Ring<N> {
 
     /// Sum of the `k` buckets ending at `now_bucket`.
     fn sum(&self, signal: usize, now_bucket: i64, k: usize) -> u32 {
+        if self.head == i64::MIN {
+            return 0; // nothing counted yet (e.g. a lead with only identify calls)
+        }
         let first = now_bucket - k as i64 + 1;
         let lo = first.max(self.head - N as i64 + 1);
         let hi = now_bucket.min(self.head);
@@ -216,6 +219,11 @@ mod tests {
         );
         assert_eq!(c(Span::Month, now + 40 * DAY_MS), 0);
         assert_eq!(w.count(Signal::TestDrive, Span::Month, now), 0);
+        assert_eq!(
+            Windows::default().count(Signal::PageView, Span::Week, now),
+            0,
+            "empty rings"
+        );
     }
 
     #[test]
