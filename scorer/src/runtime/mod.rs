@@ -185,6 +185,7 @@ pub async fn run(
     let mut producer_cfg = producer_config(&kafka, 5);
     // Java clients' partitioner, so keyed scores land where any consumer expects.
     producer_cfg.set("partitioner", "murmur2_random");
+    producer_cfg.set("batch.num.messages", cfg.kafka_batch_messages.to_string());
     let producer: FutureProducer = producer_cfg.create()?;
 
     let stitch_consumer: StreamConsumer =
