@@ -69,7 +69,11 @@ pub struct ScorerConfig {
     /// Most records per produce batch of the scorer's producer. Tests against
     /// Tansu 0.6 set 1: that broker cannot serve a fetch that starts inside a
     /// record batch, which is where a consumer resumes after a rebalance.
-    #[arg(long, env = "LEADSTREAM_KAFKA_BATCH_MESSAGES", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "LEADSTREAM_KAFKA_BATCH_MESSAGES",
+        default_value_t = 10_000
+    )]
     pub kafka_batch_messages: u32,
     /// How long the group waits for a silent member (e.g. killed) before
     /// moving its partitions to the others.
