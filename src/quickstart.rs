@@ -385,7 +385,11 @@ async fn live_table(
         return latest;
     };
     // The scorer creates the topic; wait for it.
-    while leadstream_common::kafka::partition_count(kafka, "leadstream.lead_scores").is_err() {
+    while tokio::task::block_in_place(|| {
+        leadstream_common::kafka::partition_count(kafka, "leadstream.lead_scores")
+    })
+    .is_err()
+    {
         if *stop.borrow() {
             return latest;
         }

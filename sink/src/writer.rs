@@ -116,7 +116,9 @@ impl Writer {
         for ((topic, p), o) in next {
             tpl.add_partition_offset(&topic, p, Offset::Offset(o))?;
         }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+        // A synchronous commit blocks its thread; keep the runtime's other tasks running.
+        if let Err(e) = tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))
+        {
             tracing::warn!(error = %e, "offset commit failed (rebalance?); the batch may be written again, harmlessly");
         }
         metrics::counter!(BATCHES).increment(1);

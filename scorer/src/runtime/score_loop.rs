@@ -221,7 +221,8 @@ impl ScoreLoop {
         for (p, next) in next_offsets {
             tpl.add_partition_offset(&self.topics.by_lead, p, Offset::Offset(next))?;
         }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+        if let Err(e) = tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))
+        {
             // After a rebalance the new owner replays; restored leads skip
             // what this instance already applied.
             tracing::warn!(error = %e, "offset commit failed (rebalance?); the next owner replays the batch");

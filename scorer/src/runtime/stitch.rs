@@ -103,7 +103,9 @@ impl Stitcher {
         for ((topic, p), next) in next_offsets {
             tpl.add_partition_offset(&topic, p, Offset::Offset(next))?;
         }
-        self.consumer.commit(&tpl, CommitMode::Sync)?;
+        // A synchronous commit blocks its thread until the coordinator answers;
+        // let the runtime move other tasks (ingest, the other stage) elsewhere.
+        tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))?;
         tracing::debug!(records = batch.len(), ?t_collect, ?t_process, ?t_outputs, total = ?t0.elapsed(), "stitch batch");
         Ok(batch.len())
     }
