@@ -234,6 +234,25 @@ async fn assert_everything_once(db: &clickhouse::Client, events: u64, violations
             .await
             .unwrap_or_else(|e| panic!("guide query failed: {e}\n{q}"));
     }
+    // Every panel of the Grafana dashboards runs against it too.
+    let mut panels = 0;
+    for dashboard in [
+        include_str!("../deploy/grafana/dashboards/leads.json"),
+        include_str!("../deploy/grafana/dashboards/tracking-plan.json"),
+    ] {
+        let d: serde_json::Value = serde_json::from_str(dashboard).expect("dashboard JSON");
+        for panel in d["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let sql = target["rawSql"].as_str().unwrap();
+                db.query(&format!("SELECT count() FROM ({sql})"))
+                    .fetch_one::<u64>()
+                    .await
+                    .unwrap_or_else(|e| panic!("panel {:?} failed: {e}\n{sql}", panel["title"]));
+                panels += 1;
+            }
+        }
+    }
+    assert!(panels >= 10, "{panels} panels");
     let top: String = db
         .query("SELECT lead_id FROM call_list LIMIT 1")
         .fetch_one()
