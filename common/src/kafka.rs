@@ -155,3 +155,52 @@ pub fn partition_for(key: &str, partitions: i32) -> i32 {
     });
     (h % partitions.max(1) as u32) as i32
 }
+
+/// Reads up to `max` records from `consumer`, waiting at most `wait_ms` in
+/// all. An error ends the batch early; it is returned only when nothing was
+/// read, so records already in hand are processed first.
+pub async fn collect_batch<'a, C>(
+    consumer: &'a rdkafka::consumer::StreamConsumer<C>,
+    max: usize,
+    wait_ms: u64,
+) -> rdkafka::error::KafkaResult<Vec<rdkafka::message::BorrowedMessage<'a>>>
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    let mut batch = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => batch.push(m),
+            Ok(Err(e)) if batch.is_empty() => return Err(e),
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// Commits, synchronously, the offset after the last record processed of
+/// each (topic, partition) in `processed`. The wait happens in
+/// `block_in_place` so the runtime's other tasks keep running meanwhile.
+pub fn commit_processed<'a, C>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    processed: impl IntoIterator<Item = &'a rdkafka::message::BorrowedMessage<'a>>,
+) -> rdkafka::error::KafkaResult<()>
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    use rdkafka::{
+        Message, Offset, TopicPartitionList,
+        consumer::{CommitMode, Consumer},
+    };
+    // One entry per partition (the list would keep duplicates): the last wins.
+    let mut next = std::collections::BTreeMap::new();
+    for m in processed {
+        next.insert((m.topic(), m.partition()), m.offset() + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))
+}

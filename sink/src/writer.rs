@@ -4,15 +4,13 @@
 //! commit the offsets. Redelivery after a crash or rebalance writes the same
 //! rows again, which the ReplacingMergeTree sorting keys collapse.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
+
+use leadstream_common::kafka::{collect_batch, commit_processed};
 
 use base64::Engine as _;
 use leadstream_schemas::{Decoder, codec::to_json};
-use rdkafka::{
-    Message, Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer, StreamConsumer},
-    message::BorrowedMessage,
-};
+use rdkafka::{Message, consumer::StreamConsumer, message::BorrowedMessage};
 
 use crate::{
     metrics::{BATCHES, DEAD_LETTERS, INSERT_RETRIES, INSERT_SECONDS, ROWS},
@@ -75,27 +73,12 @@ impl Writer {
     /// One batch end to end; returns the records read. `stop` ends retrying
     /// (the batch is then not committed and will be read again).
     pub async fn step(&self, stop: &tokio::sync::watch::Receiver<bool>) -> anyhow::Result<usize> {
-        let mut messages: Vec<BorrowedMessage<'_>> = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.batch_ms);
-        while messages.len() < self.batch_rows {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => messages.push(m),
-                Ok(Err(e)) => {
-                    if messages.is_empty() {
-                        return Err(e.into());
-                    }
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+        let messages = collect_batch(&self.consumer, self.batch_rows, self.batch_ms).await?;
         if messages.is_empty() {
             return Ok(0);
         }
         let mut batch = Batch::default();
-        let mut next: HashMap<(String, i32), i64> = HashMap::new();
         for m in &messages {
-            next.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
             if let Err(error) = self.to_rows(m, &mut batch).await {
                 tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), %error, "record kept as a dead letter");
                 batch.dead.push(DeadLetterRow {
@@ -112,13 +95,7 @@ impl Writer {
         if !self.insert_with_retry(&batch, stop).await {
             anyhow::bail!("stopped before ClickHouse accepted the batch; it will be read again");
         }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, p), o) in next {
-            tpl.add_partition_offset(&topic, p, Offset::Offset(o))?;
-        }
-        // A synchronous commit blocks its thread; keep the runtime's other tasks running.
-        if let Err(e) = tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))
-        {
+        if let Err(e) = commit_processed(&self.consumer, &messages) {
             tracing::warn!(error = %e, "offset commit failed (rebalance?); the batch may be written again, harmlessly");
         }
         metrics::counter!(BATCHES).increment(1);

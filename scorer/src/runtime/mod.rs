@@ -24,7 +24,6 @@ use leadstream_common::{
 use leadstream_schemas::{Decoder, EmbeddedResolver, Encoder, HttpResolver, Plan, SchemaResolver};
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
-    message::BorrowedMessage,
     producer::{DeliveryFuture, FutureProducer},
 };
 
@@ -41,29 +40,6 @@ pub struct Topics {
     pub by_lead: String,
     pub changelog: String,
     pub partitions: i32,
-}
-
-/// Reads up to `max` records, waiting at most `wait_ms` after the first.
-pub(crate) async fn collect_batch<'a, C: rdkafka::consumer::ConsumerContext + 'static>(
-    consumer: &'a StreamConsumer<C>,
-    max: usize,
-    wait_ms: u64,
-) -> anyhow::Result<Vec<BorrowedMessage<'a>>> {
-    let mut batch = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-    while batch.len() < max {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(m)) => batch.push(m),
-            Ok(Err(e)) => {
-                if batch.is_empty() {
-                    return Err(e).context("reading from Kafka");
-                }
-                break;
-            }
-            Err(_) => break,
-        }
-    }
-    Ok(batch)
 }
 
 /// Moves `consumer` back to its committed offsets after a failed batch, so

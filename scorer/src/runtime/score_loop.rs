@@ -6,22 +6,21 @@
 
 use anyhow::Context as _;
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
-use leadstream_common::kafka::partition_for;
+use leadstream_common::kafka::{collect_batch, commit_processed, partition_for};
 use leadstream_schemas::{Decoder, Encoder, codec::to_json};
 use prost::Message as _;
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     producer::FutureProducer,
 };
 
 use super::{
-    Topics, await_deliveries, collect_batch,
+    Topics, await_deliveries,
     identity_log::IdentityLog,
     metrics::{LEADS, MERGES, RECORDS, RESTORED, SCORES, SKIPPED},
     stitch::send,
@@ -79,13 +78,14 @@ impl ScoreLoop {
             self.processor.revoke(p);
         }
         let t0 = std::time::Instant::now();
-        let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms).await?;
+        let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms)
+            .await
+            .context("reading from Kafka")?;
         let t_collect = t0.elapsed();
         if batch.is_empty() {
             return Ok(0);
         }
         let mut deliveries = Vec::new();
-        let mut next_offsets: HashMap<i32, i64> = HashMap::new();
         for m in &batch {
             let p = m.partition();
             if !self.processor.owns(p) {
@@ -98,7 +98,6 @@ impl ScoreLoop {
                 )
                 .await?;
             }
-            next_offsets.insert(p, m.offset() + 1);
             let (Some(key), Some(payload)) = (m.key(), m.payload()) else {
                 metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
                 continue;
@@ -217,12 +216,7 @@ impl ScoreLoop {
         let n_state = state_writes.len();
         await_deliveries(state_writes).await?;
         let t_state = t0.elapsed();
-        let mut tpl = TopicPartitionList::new();
-        for (p, next) in next_offsets {
-            tpl.add_partition_offset(&self.topics.by_lead, p, Offset::Offset(next))?;
-        }
-        if let Err(e) = tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))
-        {
+        if let Err(e) = commit_processed(&self.consumer, &batch) {
             // After a rebalance the new owner replays; restored leads skip
             // what this instance already applied.
             tracing::warn!(error = %e, "offset commit failed (rebalance?); the next owner replays the batch");

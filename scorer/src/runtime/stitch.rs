@@ -2,19 +2,20 @@
 //! `<prefix>.by_lead` (keyed by lead id). Links new id combinations through
 //! the identity log first, so every instance routes with the same graph.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use anyhow::Context as _;
+use std::{sync::Arc, time::Duration};
 
-use leadstream_common::kafka::partition_for;
+use leadstream_common::kafka::{collect_batch, commit_processed, partition_for};
 use leadstream_schemas::{Decoder, codec::to_json};
 use prost::Message as _;
 use rdkafka::{
-    Message, Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    Message,
+    consumer::StreamConsumer,
     producer::{FutureProducer, FutureRecord},
 };
 
 use super::{
-    Topics, await_deliveries, collect_batch,
+    Topics, await_deliveries,
     identity_log::IdentityLog,
     metrics::{EVENTS_ROUTED, LINKS_WRITTEN, STITCH_SKIPPED},
 };
@@ -37,15 +38,15 @@ impl Stitcher {
     /// Processes one batch; returns how many records it read.
     pub async fn step(&self) -> anyhow::Result<usize> {
         let t0 = std::time::Instant::now();
-        let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms).await?;
+        let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms)
+            .await
+            .context("reading from Kafka")?;
         let t_collect = t0.elapsed();
         if batch.is_empty() {
             return Ok(0);
         }
         let mut deliveries = Vec::with_capacity(batch.len());
-        let mut next_offsets: HashMap<(String, i32), i64> = HashMap::new();
         for m in &batch {
-            next_offsets.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
             let Some(payload) = m.payload() else {
                 metrics::counter!(STITCH_SKIPPED, "reason" => "empty").increment(1);
                 continue;
@@ -99,13 +100,7 @@ impl Stitcher {
         let t_process = t0.elapsed();
         await_deliveries(deliveries).await?;
         let t_outputs = t0.elapsed();
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, p), next) in next_offsets {
-            tpl.add_partition_offset(&topic, p, Offset::Offset(next))?;
-        }
-        // A synchronous commit blocks its thread until the coordinator answers;
-        // let the runtime move other tasks (ingest, the other stage) elsewhere.
-        tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))?;
+        commit_processed(&self.consumer, &batch)?;
         tracing::debug!(records = batch.len(), ?t_collect, ?t_process, ?t_outputs, total = ?t0.elapsed(), "stitch batch");
         Ok(batch.len())
     }
