@@ -326,12 +326,11 @@ fn score_record(
     let s = &lead.state;
     let now = stream_time_ms.max(s.last_event_ms);
     let scored: Scored = score(s, now, cfg, model);
-    let points: f64 = cfg.contributions(s, now).iter().map(|(_, p)| p).sum();
     lead.version += 1;
     json!({
         "lead_id": lead_id,
         "score": round2(scored.score),
-        "rule_score": round2(cfg.rule_score(points)),
+        "rule_score": round2(scored.rule_score),
         "probability": scored.probability,
         "grade": scored.grade.as_str(),
         "stage": scored.stage.as_str(),

@@ -54,6 +54,8 @@ pub trait Model: Send + Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
     pub score: f64,
+    /// The rules' part alone (0–100), before blending with the model.
+    pub rule_score: f64,
     /// Model probability when a model is loaded, else the rule score / 100
     /// (uncalibrated).
     pub probability: f64,
@@ -111,6 +113,7 @@ pub fn score(
     let flag_ms = (cfg.reactivated_flag_days * DAY_MS as f64) as i64;
     Scored {
         score,
+        rule_score: rule,
         probability,
         grade,
         stage: stage(state, now_ms, cfg),
