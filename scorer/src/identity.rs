@@ -153,10 +153,7 @@ impl IdentityGraph {
 /// Lead ids are opaque: a stable hash of the canonical identifier, so no
 /// personal id (even hashed) is exposed as the key sales see.
 pub fn lead_id_of(canonical: &str) -> String {
-    let h = canonical.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("L{h:016x}")
+    format!("L{:016x}", crate::fnv1a64(canonical))
 }
 
 #[cfg(test)]

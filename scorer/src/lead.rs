@@ -38,11 +38,9 @@ impl Default for Lead {
     }
 }
 
-/// FNV-1a of a message id: stable across processes and restarts.
+/// Hash of a message id as remembered per lead.
 pub fn message_hash(message_id: &str) -> u64 {
-    message_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    crate::fnv1a64(message_id)
 }
 
 impl Lead {
