@@ -16,8 +16,6 @@ use leadstream_schemas::{EmbeddedResolver, Encoder, Plan, codec::Decoder, codec:
 use leadstream_scorer::runtime::{ScorerConfig, run};
 use rdkafka::{
     Message,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
     consumer::{Consumer, StreamConsumer},
     producer::{FutureProducer, FutureRecord},
 };
@@ -46,18 +44,15 @@ fn event(lead: usize, k: usize) -> serde_json::Value {
 }
 
 async fn create_topic(bootstrap: &str, name: &str) {
-    let admin: AdminClient<DefaultClientContext> =
-        leadstream_common::kafka::admin_config(bootstrap)
-            .create()
-            .unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .create_topics([&NewTopic::new(name, 4, TopicReplication::Fixed(1))], &opts)
+    let spec = leadstream_common::kafka::TopicSpec {
+        name: name.to_owned(),
+        partitions: 4,
+        replication: 1,
+        compacted: false,
+    };
+    leadstream_common::kafka::ensure_topics(bootstrap, &[spec])
         .await
-        .unwrap()
-    {
-        r.expect("topic created");
-    }
+        .expect("topic created");
 }
 
 fn config(bootstrap: &str, run: &str) -> ScorerConfig {
