@@ -7,7 +7,7 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Arc,
     time::Duration,
 };
@@ -302,18 +302,7 @@ async fn ids_on_different_partitions_and_instances_merge_into_one_lead() {
     }
 }
 
-/// A `leadstream scorer` process, killed (-9) when dropped so a failing
-/// test leaves nothing running.
-struct Scorer(Child);
-
-impl Drop for Scorer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_binary(cfg: &ScorerConfig, log: &str) -> Scorer {
+fn spawn_binary(cfg: &ScorerConfig, log: &str) -> common::KilledOnDrop {
     let log = std::fs::File::create(std::env::temp_dir().join(log)).unwrap();
     Command::new(env!("CARGO_BIN_EXE_leadstream"))
         .args([
@@ -344,7 +333,7 @@ fn spawn_binary(cfg: &ScorerConfig, log: &str) -> Scorer {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .map(Scorer)
+        .map(common::KilledOnDrop)
         .expect("start leadstream scorer")
 }
 

@@ -6,7 +6,7 @@
 mod common;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -304,16 +304,7 @@ async fn clickhouse_going_away_mid_load_loses_and_doubles_nothing() {
         .unwrap();
 }
 
-struct Sink(Child);
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_sink(cfg: &SinkConfig, name: &str) -> Sink {
+fn spawn_sink(cfg: &SinkConfig, name: &str) -> common::KilledOnDrop {
     let log = std::env::temp_dir().join(format!("{}-{name}.log", cfg.group));
     let log = std::fs::File::create(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_leadstream"))
@@ -345,7 +336,7 @@ fn spawn_sink(cfg: &SinkConfig, name: &str) -> Sink {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .map(Sink)
+        .map(common::KilledOnDrop)
         .expect("start leadstream sink")
 }
 

@@ -97,3 +97,14 @@ impl Drop for TestTopic {
         .join();
     }
 }
+
+/// A child process (a `leadstream` role under test), killed with -9 when
+/// dropped: the way tests crash it, and so a failing test leaves nothing running.
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
