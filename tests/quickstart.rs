@@ -2,7 +2,13 @@
 //! role for a bounded time, the simulator's events get scored, and the
 //! sink's rows land (here as export files, so the test needs no ClickHouse).
 
-use std::{net::TcpListener, process::Command};
+use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -16,7 +22,8 @@ fn free_port() -> u16 {
 fn quickstart_scores_simulated_leads_and_writes_rows_then_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let addr = |p: u16| format!("127.0.0.1:{p}");
-    let out = Command::new(env!("CARGO_BIN_EXE_leadstream"))
+    let ops = [addr(free_port()), addr(free_port()), addr(free_port())];
+    let child = Command::new(env!("CARGO_BIN_EXE_leadstream"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
             "quickstart",
@@ -31,18 +38,43 @@ fn quickstart_scores_simulated_leads_and_writes_rows_then_exits_cleanly() {
         .args(["--dir", dir.path().to_str().unwrap()])
         .args(["--broker-listen", &addr(free_port())])
         .args(["--registry-listen", &addr(free_port())])
-        .args(["--ingest-listen", &addr(free_port())])
-        .args(["--scorer-listen", &addr(free_port())])
-        .args(["--sink-listen", &addr(free_port())])
+        .args(["--ingest-listen", &ops[0]])
+        .args(["--scorer-listen", &ops[1]])
+        .args(["--sink-listen", &ops[2]])
         .env("LEADSTREAM_LOG", "warn")
-        .output()
+        // Files, not pipes: nobody reads a pipe while the test polls /metrics.
+        .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+        .spawn()
         .expect("run leadstream quickstart");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let child = KillOnPanic(Some(child));
+
+    // While it runs, every series the Prometheus dashboard queries must be
+    // on some role's /metrics: a renamed metric breaks a panel here.
+    let wanted = dashboard_series();
+    let deadline = Instant::now() + Duration::from_secs(80);
+    let missing = loop {
+        std::thread::sleep(Duration::from_secs(5));
+        let exposed: String = ops.iter().map(|a| scrape(a)).collect();
+        let missing: BTreeSet<&String> = wanted
+            .iter()
+            .filter(|m| {
+                !exposed.lines().any(|l| {
+                    l.strip_prefix(m.as_str())
+                        .is_some_and(|r| r.starts_with(['{', ' ']))
+                })
+            })
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+    };
+    let status = child.wait();
+    let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(
-        out.status.success(),
-        "quickstart failed: {}\n{stdout}\n{stderr}",
-        out.status
+        status.success(),
+        "quickstart failed: {status}\n{stdout}\n{stderr}"
     );
     let leads: usize = stdout
         .lines()
@@ -55,6 +87,27 @@ fn quickstart_scores_simulated_leads_and_writes_rows_then_exits_cleanly() {
         .unwrap_or_else(|| panic!("no score summary in:\n{stdout}"));
     assert!(leads >= 5, "only {leads} leads scored:\n{stdout}");
     assert!(stdout.contains("ranking check over"), "{stdout}");
+    assert!(
+        missing.is_empty(),
+        "pipeline-health dashboard queries series no role exposes: {missing:?}"
+    );
+    // Each role reported its per-minute metrics, and the sink wrote them.
+    let metrics = std::fs::read_to_string(dir.path().join("export/pipeline_metrics.jsonl"))
+        .unwrap_or_default();
+    let accepted: f64 = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| {
+            r["metric"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("ingest_events_accepted_total"))
+        })
+        .filter_map(|r| r["value"].as_f64())
+        .sum();
+    assert!(
+        accepted > 0.0,
+        "no accepted-events minute in pipeline_metrics:\n{metrics}"
+    );
     for table in ["events", "lead_scores", "lead_score_history"] {
         let path = dir.path().join("export").join(format!("{table}.jsonl"));
         let rows = std::fs::read_to_string(&path).unwrap_or_default();
@@ -63,5 +116,64 @@ fn quickstart_scores_simulated_leads_and_writes_rows_then_exits_cleanly() {
             .next()
             .unwrap_or_else(|| panic!("{} is empty:\n{stdout}", path.display()));
         serde_json::from_str::<serde_json::Value>(first).expect("JSONEachRow");
+    }
+}
+
+/// The leadstream series the pipeline-health dashboard's PromQL names.
+fn dashboard_series() -> BTreeSet<String> {
+    let d: serde_json::Value = serde_json::from_str(include_str!(
+        "../deploy/grafana/dashboards/pipeline-health.json"
+    ))
+    .unwrap();
+    let mut names = BTreeSet::new();
+    for panel in d["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let Some(expr) = t["expr"].as_str() else {
+                continue;
+            };
+            for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if ["ingest_", "scorer_", "sink_"]
+                    .iter()
+                    .any(|p| token.starts_with(p))
+                {
+                    names.insert(token.to_owned());
+                }
+            }
+        }
+    }
+    assert!(names.len() >= 15, "{names:?}");
+    names
+}
+
+/// GET /metrics over a bare socket; empty when the role is not up yet.
+fn scrape(addr: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+/// The quickstart child, killed if the test panics before it exits.
+struct KillOnPanic(Option<std::process::Child>);
+
+impl KillOnPanic {
+    fn wait(mut self) -> std::process::ExitStatus {
+        self.0.take().unwrap().wait().unwrap()
+    }
+}
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

@@ -4,3 +4,4 @@
 pub mod clickhouse;
 pub mod kafka;
 pub mod ops;
+pub mod pipeline_metrics;

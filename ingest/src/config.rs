@@ -58,6 +58,8 @@ pub struct IngestConfig {
         default_value = "leadstream.events.dlq"
     )]
     pub dlq_topic: String,
+    #[command(flatten)]
+    pub pipeline_metrics: leadstream_common::pipeline_metrics::PipelineMetricsArgs,
     /// Largest single event, bytes of JSON.
     #[arg(long, env = "LEADSTREAM_MAX_EVENT_BYTES", default_value_t = 32 * 1024)]
     pub max_event_bytes: usize,

@@ -16,6 +16,7 @@ pub mod spool;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use leadstream_common::pipeline_metrics;
 use leadstream_schemas::{EmbeddedResolver, Encoder, HttpResolver, Plan, SchemaResolver};
 use tokio::net::TcpListener;
 
@@ -45,6 +46,7 @@ pub async fn build_state(
     let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)
         .with_context(|| format!("opening the spool at {}", cfg.spool_dir.display()))?;
     let limiters = AppState::limiters_for(&sources);
+    metrics::register();
     Ok(Arc::new(AppState {
         pipeline: Pipeline {
             encoder,
@@ -74,6 +76,13 @@ pub async fn build_state(
         },
         replay: tokio::sync::Notify::new(),
         prometheus: metrics::prometheus(),
+        pipeline_metrics: cfg.pipeline_metrics.enabled().map(|topic| {
+            (
+                cfg.kafka.clone(),
+                topic.to_owned(),
+                leadstream_common::pipeline_metrics::instance(cfg.listen),
+            )
+        }),
     }))
 }
 
@@ -99,6 +108,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reporter = state
+        .pipeline_metrics
+        .clone()
+        .map(|(kafka, topic, instance)| {
+            tokio::spawn(pipeline_metrics::publish(
+                kafka,
+                topic,
+                pipeline_metrics::Reporter::new("ingest", &instance, "ingest_"),
+                stop_rx.clone(),
+            ))
+        });
     let replayer = tokio::spawn(replay_loop(Arc::clone(&state), stop_rx));
     axum::serve(listener, server::router(Arc::clone(&state)))
         .with_graceful_shutdown(shutdown)
@@ -112,6 +132,10 @@ pub async fn serve(
     .await;
     let publisher = Arc::clone(&state.publisher);
     tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(10))).await?;
+    if let Some(reporter) = reporter {
+        // The partial minute's rows; bounded, as the broker may be gone.
+        let _ = tokio::time::timeout(Duration::from_secs(5), reporter).await;
+    }
     Ok(())
 }
 

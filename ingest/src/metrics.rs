@@ -17,3 +17,29 @@ pub const UNAUTHORIZED: &str = "ingest_unauthorized_total";
 pub const RATE_LIMITED: &str = "ingest_rate_limited_total";
 
 pub use leadstream_common::ops::prometheus;
+
+/// Puts every series on /metrics at 0 from the start, so dashboards and
+/// alerts see "none yet" rather than "no data" (and `rate()` has a start).
+pub fn register() {
+    // The recorder first: series registered before it exists are lost.
+    prometheus();
+    for name in [
+        EVENTS_DUPLICATE,
+        EVENTS_FLAGGED,
+        DLQ_RECORDS,
+        EVENTS_SPOOLED,
+        SPOOL_REPLAYED,
+        SPOOL_TORN,
+        SPOOL_FULL,
+        UNAUTHORIZED,
+        RATE_LIMITED,
+    ] {
+        ::metrics::counter!(name).increment(0);
+    }
+    for reason in crate::pipeline::REASONS {
+        if reason != "duplicate" {
+            ::metrics::counter!(EVENTS_REJECTED, "reason" => reason).increment(0);
+        }
+    }
+    ::metrics::gauge!(SPOOL_BYTES).increment(0.0);
+}

@@ -95,6 +95,10 @@ fn config(dir: &std::path::Path, spool_max_bytes: u64) -> IngestConfig {
         dedupe_capacity: 10_000,
         max_clock_skew_secs: 86_400,
         bot_user_agents: vec!["bot".into()],
+        // The fake publisher stands in for Kafka; no broker for metrics either.
+        pipeline_metrics: leadstream_common::pipeline_metrics::PipelineMetricsArgs {
+            topic: String::new(),
+        },
     }
 }
 

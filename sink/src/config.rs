@@ -40,6 +40,10 @@ pub struct SinkConfig {
         default_value = "leadstream.events.dlq"
     )]
     pub dlq_topic: String,
+    /// Per-minute metrics of every role (this one included), into
+    /// `pipeline_metrics`.
+    #[command(flatten)]
+    pub pipeline_metrics: leadstream_common::pipeline_metrics::PipelineMetricsArgs,
     #[arg(long, env = "LEADSTREAM_SINK_GROUP", default_value = "leadstream-sink")]
     pub group: String,
     /// Rows per insert (all tables together); offsets commit after each.

@@ -13,8 +13,9 @@ use std::{future::Future, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use leadstream_common::{
-    kafka::consumer_config,
+    kafka::{LagGauge, consumer_config},
     ops::{self, Ready},
+    pipeline_metrics,
 };
 use leadstream_schemas::{Decoder, EmbeddedResolver, HttpResolver, Plan, SchemaResolver};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -92,17 +93,28 @@ pub async fn run(
         None => Arc::new(EmbeddedResolver::new(&plan)?),
     };
     let decoder = Arc::new(Decoder::new(resolver));
+    metrics::register();
     let ready = Ready::default();
     let addr = ops::serve(cfg.listen, ready.clone())
         .await
         .with_context(|| format!("binding the sink's operations endpoint to {}", cfg.listen))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut loops = Vec::new();
-    for (kind, topic) in [
-        (Kind::Events, &cfg.events_topic),
-        (Kind::Scores, &cfg.scores_topic),
-        (Kind::Violations, &cfg.dlq_topic),
-    ] {
+    let mut streams = vec![
+        (Kind::Events, cfg.events_topic.as_str()),
+        (Kind::Scores, cfg.scores_topic.as_str()),
+        (Kind::Violations, cfg.dlq_topic.as_str()),
+    ];
+    if let Some(topic) = cfg.pipeline_metrics.enabled() {
+        streams.push((Kind::Metrics, topic));
+        loops.push(tokio::spawn(pipeline_metrics::publish(
+            kafka.clone(),
+            topic.to_owned(),
+            pipeline_metrics::Reporter::new("sink", &pipeline_metrics::instance(addr), "sink_"),
+            stop_rx.clone(),
+        )));
+    }
+    for (kind, topic) in streams {
         let mut consumer_cfg = consumer_config(&kafka, &format!("{}.{}", cfg.group, kind.label()));
         consumer_cfg.set("session.timeout.ms", cfg.session_timeout_ms.to_string());
         let consumer: StreamConsumer = consumer_cfg.create()?;
@@ -115,6 +127,7 @@ pub async fn run(
             batch_rows: cfg.batch_rows,
             batch_ms: cfg.batch_ms,
             max_backoff_ms: cfg.max_backoff_ms,
+            lag: LagGauge::new(metrics::CONSUMER_LAG, ("stream", kind.label())),
         };
         let stop = stop_rx.clone();
         loops.push(tokio::spawn(async move {

@@ -221,6 +221,34 @@ pub fn score_row(s: &Json) -> Result<ScoreRow, RowError> {
 }
 
 /// A DLQ record (JSON written by ingest).
+#[derive(Debug, Clone, PartialEq, Row, Serialize)]
+pub struct PipelineMetricRow {
+    pub minute: u32,
+    pub service: String,
+    pub instance: String,
+    pub metric: String,
+    pub value: f64,
+}
+
+/// A role's per-minute metric record (JSON, see
+/// `leadstream_common::pipeline_metrics`) → a `pipeline_metrics` row.
+pub fn pipeline_metric_row(bytes: &[u8]) -> Result<PipelineMetricRow, RowError> {
+    let m: leadstream_common::pipeline_metrics::MetricRow = serde_json::from_slice(bytes)
+        .map_err(|e| RowError(format!("pipeline metrics record is not a metric row: {e}")))?;
+    if m.service.is_empty() || m.metric.is_empty() {
+        return Err(RowError(
+            "pipeline metrics record has no service or metric".into(),
+        ));
+    }
+    Ok(PipelineMetricRow {
+        minute: m.minute,
+        service: m.service,
+        instance: m.instance,
+        metric: m.metric,
+        value: m.value,
+    })
+}
+
 pub fn violation_row(bytes: &[u8], partition: i32, offset: i64) -> Result<ViolationRow, RowError> {
     let v: Json = serde_json::from_slice(bytes)
         .map_err(|e| RowError(format!("DLQ record is not JSON: {e}")))?;

@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use leadstream_common::kafka::{collect_batch, commit_processed};
+use leadstream_common::kafka::{LagGauge, collect_batch, commit_processed};
 
 use base64::Engine as _;
 use leadstream_schemas::{Decoder, codec::to_json};
@@ -14,7 +14,10 @@ use rdkafka::{Message, consumer::StreamConsumer, message::BorrowedMessage};
 
 use crate::{
     metrics::{BATCHES, DEAD_LETTERS, INSERT_RETRIES, INSERT_SECONDS, ROWS},
-    rows::{DeadLetterRow, EventRow, ScoreRow, ViolationRow, event_row, score_row, violation_row},
+    rows::{
+        DeadLetterRow, EventRow, PipelineMetricRow, ScoreRow, ViolationRow, event_row,
+        pipeline_metric_row, score_row, violation_row,
+    },
     store::Store,
 };
 
@@ -25,11 +28,16 @@ pub struct Batch {
     pub scores: Vec<ScoreRow>,
     pub violations: Vec<ViolationRow>,
     pub dead: Vec<DeadLetterRow>,
+    pub metrics: Vec<PipelineMetricRow>,
 }
 
 impl Batch {
     pub fn rows(&self) -> usize {
-        self.events.len() + 2 * self.scores.len() + self.violations.len() + self.dead.len()
+        self.events.len()
+            + 2 * self.scores.len()
+            + self.violations.len()
+            + self.dead.len()
+            + self.metrics.len()
     }
 }
 
@@ -39,6 +47,7 @@ pub enum Kind {
     Events,
     Scores,
     Violations,
+    Metrics,
 }
 
 impl Kind {
@@ -47,6 +56,7 @@ impl Kind {
             Kind::Events => "events",
             Kind::Scores => "scores",
             Kind::Violations => "violations",
+            Kind::Metrics => "metrics",
         }
     }
 }
@@ -61,6 +71,7 @@ pub struct Writer {
     pub batch_rows: usize,
     pub batch_ms: u64,
     pub max_backoff_ms: u64,
+    pub lag: LagGauge,
 }
 
 fn now_secs() -> u32 {
@@ -74,6 +85,7 @@ impl Writer {
     /// (the batch is then not committed and will be read again).
     pub async fn step(&self, stop: &tokio::sync::watch::Receiver<bool>) -> anyhow::Result<usize> {
         let messages = collect_batch(&self.consumer, self.batch_rows, self.batch_ms).await?;
+        self.lag.maybe_record(&self.consumer);
         if messages.is_empty() {
             return Ok(0);
         }
@@ -104,6 +116,12 @@ impl Writer {
 
     async fn to_rows(&self, m: &BorrowedMessage<'_>, batch: &mut Batch) -> Result<(), String> {
         let payload = m.payload().ok_or("record has no value")?;
+        if self.kind == Kind::Metrics {
+            batch
+                .metrics
+                .push(pipeline_metric_row(payload).map_err(|e| e.to_string())?);
+            return Ok(());
+        }
         if self.kind == Kind::Violations {
             batch.violations.push(
                 violation_row(payload, m.partition(), m.offset()).map_err(|e| e.to_string())?,
@@ -147,6 +165,7 @@ impl Writer {
                         ("lead_scores", batch.scores.len()),
                         ("schema_violations", batch.violations.len()),
                         ("dead_letters", batch.dead.len()),
+                        ("pipeline_metrics", batch.metrics.len()),
                     ] {
                         metrics::counter!(ROWS, "table" => table).increment(n as u64);
                     }
@@ -177,6 +196,9 @@ impl Writer {
             .insert("schema_violations", &batch.violations)
             .await?;
         self.store.insert("dead_letters", &batch.dead).await?;
+        self.store
+            .insert("pipeline_metrics", &batch.metrics)
+            .await?;
         Ok(())
     }
 }

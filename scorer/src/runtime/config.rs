@@ -90,6 +90,8 @@ pub struct ScorerConfig {
         default_value = "127.0.0.1:8082"
     )]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub pipeline_metrics: leadstream_common::pipeline_metrics::PipelineMetricsArgs,
 }
 
 impl ScorerConfig {

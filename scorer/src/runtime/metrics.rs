@@ -10,3 +10,23 @@ pub const SCORES: &str = "scorer_scores_emitted_total";
 pub const MERGES: &str = "scorer_merges_folded_total";
 pub const RESTORED: &str = "scorer_changelog_records_restored_total";
 pub const LEADS: &str = "scorer_leads";
+pub const CONSUMER_LAG: &str = "scorer_consumer_lag";
+
+/// Puts the role's series on /metrics at 0 from the start (see ingest's).
+pub fn register() {
+    // The recorder first: series registered before it exists are lost.
+    leadstream_common::ops::prometheus();
+    for name in [
+        EVENTS_ROUTED,
+        LINKS_WRITTEN,
+        RECORDS,
+        SCORES,
+        MERGES,
+        RESTORED,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for stage in ["stitch", "score"] {
+        metrics::gauge!(CONSUMER_LAG, "stage" => stage).increment(0.0);
+    }
+}

@@ -18,8 +18,11 @@ use std::{
 
 use anyhow::Context as _;
 use leadstream_common::{
-    kafka::{TopicSpec, consumer_config, ensure_topics, partition_count, producer_config},
+    kafka::{
+        LagGauge, TopicSpec, consumer_config, ensure_topics, partition_count, producer_config,
+    },
     ops::{self, Ready},
+    pipeline_metrics,
 };
 use leadstream_schemas::{Decoder, EmbeddedResolver, Encoder, HttpResolver, Plan, SchemaResolver};
 use rdkafka::{
@@ -146,6 +149,7 @@ pub async fn run(
         );
     }
 
+    metrics::register();
     let ready = Ready::default();
     let addr = ops::serve(cfg.listen, ready.clone())
         .await
@@ -175,6 +179,7 @@ pub async fn run(
         topics: topics.clone(),
         batch_max: cfg.batch_max,
         batch_ms: cfg.batch_ms,
+        lag: LagGauge::new(metrics::CONSUMER_LAG, ("stage", "stitch")),
     };
     let score_consumer: StreamConsumer<score_loop::RebalanceTracker> =
         consumer_config(&kafka, &cfg.group)
@@ -192,6 +197,7 @@ pub async fn run(
         bootstrap: kafka.clone(),
         batch_max: cfg.batch_max,
         batch_ms: cfg.batch_ms,
+        lag: LagGauge::new(metrics::CONSUMER_LAG, ("stage", "score")),
     };
     tracing::info!(%addr, kafka = %kafka, events = %topics.events, scores = %topics.scores, partitions, "scorer running");
     ready.set(true);
@@ -200,6 +206,18 @@ pub async fn run(
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
+    });
+    let reporter = cfg.pipeline_metrics.enabled().map(|topic| {
+        tokio::spawn(pipeline_metrics::publish(
+            kafka.clone(),
+            topic.to_owned(),
+            pipeline_metrics::Reporter::new(
+                "scorer",
+                &pipeline_metrics::instance(cfg.listen),
+                "scorer_",
+            ),
+            stop_rx.clone(),
+        ))
     });
     let stop = stop_rx.clone();
     let stitch_task = tokio::spawn(async move {
@@ -224,6 +242,9 @@ pub async fn run(
     let (a, b) = tokio::join!(stitch_task, score_task);
     a.context("stitching task")?;
     b.context("scoring task")?;
+    if let Some(reporter) = reporter {
+        let _ = tokio::time::timeout(Duration::from_secs(5), reporter).await;
+    }
     ready.set(false);
     tracing::info!("scorer stopped");
     Ok(())

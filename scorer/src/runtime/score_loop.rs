@@ -61,6 +61,7 @@ pub struct ScoreLoop {
     pub bootstrap: String,
     pub batch_max: usize,
     pub batch_ms: u64,
+    pub lag: leadstream_common::kafka::LagGauge,
 }
 
 impl ScoreLoop {
@@ -81,6 +82,7 @@ impl ScoreLoop {
         let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms)
             .await
             .context("reading from Kafka")?;
+        self.lag.maybe_record(&self.consumer);
         let t_collect = t0.elapsed();
         if batch.is_empty() {
             return Ok(0);

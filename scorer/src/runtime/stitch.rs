@@ -32,6 +32,7 @@ pub struct Stitcher {
     pub topics: Topics,
     pub batch_max: usize,
     pub batch_ms: u64,
+    pub lag: leadstream_common::kafka::LagGauge,
 }
 
 impl Stitcher {
@@ -41,6 +42,7 @@ impl Stitcher {
         let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms)
             .await
             .context("reading from Kafka")?;
+        self.lag.maybe_record(&self.consumer);
         let t_collect = t0.elapsed();
         if batch.is_empty() {
             return Ok(0);
