@@ -20,7 +20,14 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "leadstream",
     version,
-    about = "Clickstream tracking and real-time lead scoring"
+    about = "Clickstream tracking and real-time lead scoring",
+    after_help = "Every flag is also an environment variable (see each subcommand's --help). \
+Variables every subcommand reads:
+  LEADSTREAM_LOG          log filter, e.g. `info` or `warn,leadstream_scorer=debug`
+  LEADSTREAM_KAFKA_DEBUG  librdkafka debug contexts, e.g. `broker,fetch`
+  LEADSTREAM_RDKAFKA_*    any librdkafka property for every Kafka client:
+                          LEADSTREAM_RDKAFKA_SECURITY_PROTOCOL=SASL_SSL sets security.protocol,
+                          LEADSTREAM_RDKAFKA_SASL_PASSWORD=... sets sasl.password"
 )]
 struct Cli {
     #[command(subcommand)]

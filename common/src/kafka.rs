@@ -14,7 +14,7 @@ pub fn producer_config(bootstrap: &str, linger_ms: u64) -> ClientConfig {
         .set("linger.ms", linger_ms.to_string())
         .set("batch.num.messages", "10000")
         .set("message.timeout.ms", "30000");
-    c
+    with_env_overrides(c)
 }
 
 /// Consumer settings for at-least-once processing: offsets are committed
@@ -32,23 +32,52 @@ pub fn consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
         // A subscribed topic that another role has yet to create is found
         // within seconds rather than librdkafka's default 5 minutes.
         .set("topic.metadata.refresh.interval.ms", "10000");
-    with_debug(c)
+    with_env_overrides(c)
 }
 
-/// librdkafka debug contexts (e.g. `fetch,protocol`) from
-/// `LEADSTREAM_KAFKA_DEBUG`, for diagnosing a client against a broker.
-fn with_debug(mut c: ClientConfig) -> ClientConfig {
+/// An assign-only consumer that reads a whole partition and never commits
+/// (the identity log, changelog restore). The group id is only a label.
+pub fn reader_config(bootstrap: &str, label: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("group.id", label)
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10");
+    with_env_overrides(c)
+}
+
+/// Prefix of environment variables passed to librdkafka as properties:
+/// `LEADSTREAM_RDKAFKA_SECURITY_PROTOCOL=SASL_SSL` sets
+/// `security.protocol`. This is how TLS, SASL and any other client setting
+/// reach every Kafka client of every role (secrets stay in the environment).
+pub const RDKAFKA_ENV_PREFIX: &str = "LEADSTREAM_RDKAFKA_";
+
+/// The librdkafka property an override variable names, or None.
+pub fn rdkafka_property(var: &str) -> Option<String> {
+    let name = var.strip_prefix(RDKAFKA_ENV_PREFIX)?;
+    (!name.is_empty()).then(|| name.to_ascii_lowercase().replace('_', "."))
+}
+
+/// Applies `LEADSTREAM_RDKAFKA_*` properties and the librdkafka debug
+/// contexts of `LEADSTREAM_KAFKA_DEBUG` (e.g. `fetch,protocol`), so they
+/// win over the built-in settings.
+fn with_env_overrides(mut c: ClientConfig) -> ClientConfig {
+    for (var, value) in std::env::vars() {
+        if let Some(property) = rdkafka_property(&var) {
+            c.set(property, value);
+        }
+    }
     if let Ok(contexts) = std::env::var("LEADSTREAM_KAFKA_DEBUG") {
         c.set("debug", contexts);
     }
     c
 }
 
-/// Settings for the admin client (topic creation).
+/// Settings for the admin client (topic creation, metadata).
 pub fn admin_config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap);
-    c
+    with_env_overrides(c)
 }
 
 /// A topic a role needs, created at start when missing.
@@ -263,4 +292,23 @@ where
         lag += (high - pos).max(0);
     }
     Some(lag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_variables_name_librdkafka_properties() {
+        assert_eq!(
+            rdkafka_property("LEADSTREAM_RDKAFKA_SECURITY_PROTOCOL").as_deref(),
+            Some("security.protocol")
+        );
+        assert_eq!(
+            rdkafka_property("LEADSTREAM_RDKAFKA_SSL_CA_LOCATION").as_deref(),
+            Some("ssl.ca.location")
+        );
+        assert_eq!(rdkafka_property("LEADSTREAM_RDKAFKA_"), None);
+        assert_eq!(rdkafka_property("LEADSTREAM_KAFKA_BROKERS"), None);
+    }
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, and nothing
-# when it is already there: build tools for rdkafka (cmake, curl headers),
+# when it is already there: build tools for rdkafka (cmake, curl and OpenSSL headers),
 # ClickHouse server/client, and the real Python clients (Confluent's
 # registry client, Segment's SDK) used by the compatibility tests.
 set -euo pipefail
@@ -8,6 +8,9 @@ set -euo pipefail
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need_apt+=(libcurl4-openssl-dev)
+# librdkafka's TLS (rdkafka's `ssl` feature) links the system OpenSSL.
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v clickhouse-server >/dev/null || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server)
 command -v clickhouse-client >/dev/null || need_apt+=(clickhouse-client)
 if [ ${#need_apt[@]} -gt 0 ]; then

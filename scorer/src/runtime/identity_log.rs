@@ -10,7 +10,7 @@ use std::{
 
 use prost::Message as _;
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
+    Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
 };
 use tokio::sync::watch;
@@ -27,13 +27,10 @@ pub struct IdentityLog {
 impl IdentityLog {
     /// Starts reading `topic` from the beginning in a background task.
     pub fn start(bootstrap: &str, topic: &str) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            // Assigned, never committed: every instance reads the whole log.
-            .set("group.id", format!("{topic}.reader"))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()?;
+        // Assigned, never committed: every instance reads the whole log.
+        let consumer: StreamConsumer =
+            leadstream_common::kafka::reader_config(bootstrap, &format!("{topic}.reader"))
+                .create()?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
         consumer.assign(&tpl)?;

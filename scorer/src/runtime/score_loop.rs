@@ -14,7 +14,7 @@ use leadstream_common::kafka::{collect_batch, commit_processed, partition_for};
 use leadstream_schemas::{Decoder, Encoder, codec::to_json};
 use prost::Message as _;
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
+    Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     producer::FutureProducer,
 };
@@ -263,12 +263,9 @@ async fn restore(
         }
         Err(_) => anyhow::bail!("the producer dropped the restore marker for {changelog}[{p}]"),
     };
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{changelog}.restore"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
+    let consumer: StreamConsumer =
+        leadstream_common::kafka::reader_config(bootstrap, &format!("{changelog}.restore"))
+            .create()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(changelog, p, Offset::Beginning)?;
     consumer.assign(&tpl)?;

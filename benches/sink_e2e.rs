@@ -1,0 +1,324 @@
+//! `leadstream sink` against a real broker and ClickHouse:
+//! 1. rows/s from a Kafka backlog of events (and of lead scores) into
+//!    ClickHouse through the sink, beside the bare `clickhouse` crate
+//!    inserting the same rows in the same batch size in the same run;
+//! 2. freshness at a steady rate: from an event's produce to Kafka (the
+//!    moment ingest acknowledges it) to the row being countable in
+//!    ClickHouse, polled every 50 ms.
+//!
+//!   LEADSTREAM_BENCH_KAFKA=127.0.0.1:19092 \
+//!   LEADSTREAM_BENCH_CLICKHOUSE=http://127.0.0.1:18123 cargo bench --bench sink_e2e
+//!
+//! Knobs: LEADSTREAM_BENCH_EVENTS (200000), LEADSTREAM_BENCH_SCORES (50000),
+//! LEADSTREAM_BENCH_RATE (events/s in the freshness run, 10000),
+//! LEADSTREAM_BENCH_SECONDS (freshness run length, 20).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use leadstream_schemas::{EmbeddedResolver, Encoder, Plan, codec::Decoder, codec::to_json};
+use leadstream_sink::{
+    ClickHouseArgs, SinkConfig,
+    rows::{EventRow, ScoreRow, event_row, score_row},
+};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+
+const T0: i64 = 1_795_305_600_000;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn event(i: usize, received_ms: i64) -> serde_json::Value {
+    let page_type = ["home", "model_detail", "configurator", "price", "article"][i % 5];
+    let platform = ["web", "app", "mini_program"][i % 3];
+    json!({"message_id": format!("e-{i:09}"), "event": "page_viewed", "type": "page", "platform": platform,
+           "source_id": "web-main", "tenant": "brand-a", "anonymous_id": format!("anon-{}", i % 20_000),
+           "timestamp": T0 + i as i64 * 10, "received_at": received_ms,
+           "context": {"page_path": "/models/x5", "utm_source": "autohome", "sdk_name": "analytics.js", "sdk_version": "4.1.0",
+                       "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"},
+           "properties": {"page_type": page_type, "model_id": "x5", "duration_ms": 30_000}})
+}
+
+fn score(i: usize) -> serde_json::Value {
+    let v = (i / 10_000 + 1) as i64;
+    json!({"lead_id": format!("L{:06}", i % 10_000), "score": 42.5, "rule_score": 40.0, "probability": 0.2,
+           "grade": "medium", "stage": "nurture",
+           "reasons": [{"code": "configurator", "points": 12.0}, {"code": "price_page", "points": 8.0}],
+           "reactivated": false, "event_count": v * 3, "platforms": ["web", "app"], "first_channel": "autohome",
+           "first_seen_at": T0, "last_event_at": T0 + v * 1000, "merged_into": null, "version": v,
+           "updated_at": T0 + v * 1000})
+}
+
+async fn produce_all(producer: &FutureProducer, topic: &str, records: &[(String, Vec<u8>)]) {
+    let mut pending = Vec::new();
+    for (key, bytes) in records {
+        let record = FutureRecord::to(topic).key(key).payload(bytes);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        if pending.len() >= 50_000 {
+            for d in pending.drain(..) {
+                d.await.unwrap().unwrap();
+            }
+        }
+    }
+    for d in pending {
+        d.await.unwrap().unwrap();
+    }
+}
+
+async fn count(db: &clickhouse::Client, sql: &str) -> u64 {
+    db.query(sql).fetch_one::<u64>().await.unwrap_or(0)
+}
+
+/// Seconds from `start` until `sql` counts `n`, and from the first row seen.
+async fn wait_for(db: &clickhouse::Client, sql: &str, n: u64, start: Instant) -> (f64, f64) {
+    let mut first = None;
+    loop {
+        let c = count(db, sql).await;
+        if c > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if c >= n {
+            let all = start.elapsed().as_secs_f64();
+            return (all, first.unwrap().elapsed().as_secs_f64());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "only {c} of {n} rows after 10 minutes: {sql}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The bare client: the same rows, the same batch size, one table after
+/// another as the sink does. Returns rows/s.
+async fn bare_insert<T>(db: &clickhouse::Client, tables: &[&str], rows: &[T], batch: usize) -> f64
+where
+    T: clickhouse::RowWrite + serde::Serialize + for<'a> clickhouse::Row<Value<'a> = T>,
+{
+    let started = Instant::now();
+    for chunk in rows.chunks(batch) {
+        for table in tables {
+            let mut insert = db.insert::<T>(table).await.unwrap();
+            for row in chunk {
+                insert.write(row).await.unwrap();
+            }
+            insert.end().await.unwrap();
+        }
+    }
+    (rows.len() * tables.len()) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::main]
+async fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // built by `cargo build --all-targets`; only `cargo bench` runs it
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEADSTREAM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let bootstrap = std::env::var("LEADSTREAM_BENCH_KAFKA")
+        .or_else(|_| std::env::var("LEADSTREAM_TEST_KAFKA"))
+        .expect("set LEADSTREAM_BENCH_KAFKA to a broker, e.g. one started by deploy/scripts/services.sh");
+    let clickhouse_url = std::env::var("LEADSTREAM_BENCH_CLICKHOUSE")
+        .or_else(|_| std::env::var("LEADSTREAM_TEST_CLICKHOUSE"))
+        .expect("set LEADSTREAM_BENCH_CLICKHOUSE to a ClickHouse HTTP URL, e.g. one started by deploy/scripts/services.sh");
+    let n_events: usize = env("LEADSTREAM_BENCH_EVENTS", "200000").parse().unwrap();
+    let n_scores: usize = env("LEADSTREAM_BENCH_SCORES", "50000").parse().unwrap();
+    let rate: usize = env("LEADSTREAM_BENCH_RATE", "10000").parse().unwrap();
+    let seconds: usize = env("LEADSTREAM_BENCH_SECONDS", "20").parse().unwrap();
+
+    let run = format!("skbench{}", std::process::id());
+    let database = run.clone();
+    let args = ClickHouseArgs {
+        url: Some(clickhouse_url.clone()),
+        database: database.clone(),
+        user: None,
+        password: None,
+    };
+    leadstream_sink::migrate(&args).await.unwrap();
+    let db = leadstream_common::clickhouse::connect(&clickhouse_url, Some(&database))
+        .await
+        .unwrap()
+        .client;
+    for (bare, like) in [
+        ("bare_events", "events"),
+        ("bare_scores", "lead_scores"),
+        ("bare_history", "lead_score_history"),
+    ] {
+        db.query(&format!("CREATE TABLE {bare} AS {like}"))
+            .execute()
+            .await
+            .unwrap();
+    }
+
+    let mut cfg = SinkConfig::defaults(&bootstrap);
+    cfg.clickhouse = args;
+    cfg.events_topic = format!("{run}.events");
+    cfg.scores_topic = format!("{run}.lead_scores");
+    cfg.dlq_topic = format!("{run}.dlq");
+    cfg.pipeline_metrics.topic = String::new();
+    cfg.group = format!("{run}-sink");
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let spec = |name: &str, partitions| leadstream_common::kafka::TopicSpec {
+        name: name.to_owned(),
+        partitions,
+        replication: 1,
+        compacted: false,
+    };
+    leadstream_common::kafka::ensure_topics(
+        &bootstrap,
+        &[
+            spec(&cfg.events_topic, 4),
+            spec(&cfg.scores_topic, 4),
+            spec(&cfg.dlq_topic, 1),
+        ],
+    )
+    .await
+    .unwrap();
+
+    // The same rows both ways: encode, then decode exactly as the sink does.
+    let plan = Plan::embedded().unwrap();
+    let resolver = Arc::new(EmbeddedResolver::new(&plan).unwrap());
+    let encoder = Encoder::build(&plan, resolver.as_ref()).await.unwrap();
+    let decoder = Decoder::new(resolver);
+    let mut events = Vec::with_capacity(n_events);
+    let mut event_rows: Vec<EventRow> = Vec::with_capacity(n_events);
+    for i in 0..n_events {
+        let enc = encoder.encode(&event(i, T0 + i as i64)).unwrap();
+        let d = decoder.decode(&enc.bytes).await.unwrap();
+        event_rows.push(event_row(&to_json(&d.value), d.schema.id, 0, i as i64).unwrap());
+        events.push((format!("anon-{}", i % 20_000), enc.bytes));
+    }
+    let mut scores = Vec::with_capacity(n_scores);
+    let mut score_rows: Vec<ScoreRow> = Vec::with_capacity(n_scores);
+    for i in 0..n_scores {
+        let enc = encoder.encode_derived("lead_score", &score(i)).unwrap();
+        let d = decoder.decode(&enc.bytes).await.unwrap();
+        score_rows.push(score_row(&to_json(&d.value)).unwrap());
+        scores.push((format!("L{:06}", i % 10_000), enc.bytes));
+    }
+
+    let bare_events = bare_insert(&db, &["bare_events"], &event_rows, cfg.batch_rows).await;
+    let bare_scores = bare_insert(
+        &db,
+        &["bare_scores", "bare_history"],
+        &score_rows,
+        cfg.batch_rows / 2,
+    )
+    .await;
+
+    let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap, 5)
+        .create()
+        .unwrap();
+    produce_all(&producer, &cfg.events_topic, &events).await;
+    produce_all(&producer, &cfg.scores_topic, &scores).await;
+
+    let started = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sink = tokio::spawn(leadstream_sink::run(cfg.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+    let (ev_all, ev_busy) =
+        wait_for(&db, "SELECT count() FROM events", n_events as u64, started).await;
+    let (sc_all, sc_busy) = wait_for(
+        &db,
+        "SELECT count() FROM lead_score_history",
+        n_scores as u64,
+        started,
+    )
+    .await;
+    let sink_events = n_events as f64 / ev_busy;
+    println!(
+        "events: {n_events} rows; sink {sink_events:.0} rows/s (first to last row {ev_busy:.2} s; \
+         {ev_all:.2} s from start incl. group join); bare clickhouse insert {bare_events:.0} rows/s; \
+         ratio {:.2}",
+        sink_events / bare_events
+    );
+    let sink_scores = 2.0 * n_scores as f64 / sc_busy;
+    println!(
+        "scores: {n_scores} records = {} rows (lead_scores + history); sink {sink_scores:.0} rows/s \
+         (first to last {sc_busy:.2} s, ran alongside events; {sc_all:.2} s from start); \
+         bare clickhouse insert {bare_scores:.0} rows/s; ratio {:.2}",
+        2 * n_scores,
+        sink_scores / bare_scores
+    );
+
+    // Freshness: the sink is caught up; events arrive at `rate`. Each
+    // event's produce time is kept; when a poll first counts k rows, rows
+    // beyond the previous count became queryable by then.
+    let base = count(&db, "SELECT count() FROM events").await as usize;
+    let total = rate * seconds;
+    let sent: Arc<std::sync::Mutex<Vec<i64>>> = Arc::default();
+    let producing = {
+        let (producer, topic, sent) = (producer.clone(), cfg.events_topic.clone(), sent.clone());
+        tokio::spawn(async move {
+            let tick = Duration::from_millis(10);
+            let per_tick = (rate / 100).max(1);
+            let mut interval = tokio::time::interval(tick);
+            let mut i = 0;
+            let mut pending = Vec::new();
+            while i < total {
+                interval.tick().await;
+                for _ in 0..per_tick.min(total - i) {
+                    let now = now_ms();
+                    let bytes = encoder.encode(&event(n_events + i, now)).unwrap().bytes;
+                    let key = format!("anon-{}", i % 20_000);
+                    let record = FutureRecord::to(&topic).key(&key).payload(&bytes);
+                    pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+                    sent.lock().unwrap().push(now);
+                    i += 1;
+                }
+            }
+            for d in pending {
+                d.await.unwrap().unwrap();
+            }
+        })
+    };
+    let mut latencies = Vec::with_capacity(total);
+    let mut seen = 0usize;
+    while seen < total {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = now_ms();
+        let c = (count(&db, "SELECT count() FROM events").await as usize).saturating_sub(base);
+        let sent = sent.lock().unwrap();
+        for &t in &sent[seen..c.min(sent.len())] {
+            latencies.push((now - t) as f64 / 1000.0);
+        }
+        seen = seen.max(c.min(sent.len()));
+    }
+    producing.await.unwrap();
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "freshness at {rate} events/s for {seconds} s ({total} events): produce → countable in ClickHouse \
+         p50 {:.2} s, p99 {:.2} s, max {:.2} s (sink batch_ms {}, poll 50 ms)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().unwrap(),
+        cfg.batch_ms
+    );
+
+    let _ = stop_tx.send(());
+    sink.await.unwrap().unwrap();
+    db.query(&format!("DROP DATABASE {database}"))
+        .execute()
+        .await
+        .unwrap();
+}
