@@ -11,14 +11,15 @@
 //!
 //! Knobs: LEADSTREAM_BENCH_EVENTS (200000), LEADSTREAM_BENCH_SCORES (50000),
 //! LEADSTREAM_BENCH_RATE (events/s in the freshness run, 10000),
-//! LEADSTREAM_BENCH_SECONDS (freshness run length, 20).
+//! LEADSTREAM_BENCH_SECONDS (freshness run length, 20),
+//! LEADSTREAM_BENCH_BATCH_MS (the sink's --batch-ms; its default otherwise).
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use leadstream_schemas::{EmbeddedResolver, Encoder, Plan, codec::Decoder, codec::to_json};
+use leadstream_schemas::{EmbeddedResolver, Encoder, Plan, codec::Decoder};
 use leadstream_sink::{
     ClickHouseArgs, SinkConfig,
     rows::{EventRow, ScoreRow, event_row, score_row},
@@ -73,17 +74,24 @@ async fn count(db: &clickhouse::Client, sql: &str) -> u64 {
     db.query(sql).fetch_one::<u64>().await.unwrap_or(0)
 }
 
-/// Seconds from `start` until `sql` counts `n`, and from the first row seen.
+/// Rows/s from the first rows seen until `sql` counts `n` (the rows of the
+/// first insert are not counted: their start is unknown), and the seconds
+/// from `start` to the end (group join included).
 async fn wait_for(db: &clickhouse::Client, sql: &str, n: u64, start: Instant) -> (f64, f64) {
-    let mut first = None;
+    let mut first: Option<(Instant, u64)> = None;
     loop {
         let c = count(db, sql).await;
         if c > 0 && first.is_none() {
-            first = Some(Instant::now());
+            first = Some((Instant::now(), c));
         }
         if c >= n {
             let all = start.elapsed().as_secs_f64();
-            return (all, first.unwrap().elapsed().as_secs_f64());
+            let (t, c0) = first.unwrap();
+            assert!(
+                c0 < n,
+                "every row arrived in one insert; raise the row count"
+            );
+            return (all, (n - c0) as f64 / t.elapsed().as_secs_f64());
         }
         assert!(
             start.elapsed() < Duration::from_secs(600),
@@ -177,6 +185,9 @@ async fn main() {
     cfg.pipeline_metrics.topic = String::new();
     cfg.group = format!("{run}-sink");
     cfg.listen = "127.0.0.1:0".parse().unwrap();
+    if let Ok(ms) = std::env::var("LEADSTREAM_BENCH_BATCH_MS") {
+        cfg.batch_ms = ms.parse().unwrap();
+    }
     let spec = |name: &str, partitions| leadstream_common::kafka::TopicSpec {
         name: name.to_owned(),
         partitions,
@@ -204,7 +215,7 @@ async fn main() {
     for i in 0..n_events {
         let enc = encoder.encode(&event(i, T0 + i as i64)).unwrap();
         let d = decoder.decode(&enc.bytes).await.unwrap();
-        event_rows.push(event_row(&to_json(&d.value), d.schema.id, 0, i as i64).unwrap());
+        event_rows.push(event_row(&d.value, d.schema.id, 0, i as i64).unwrap());
         events.push((format!("anon-{}", i % 20_000), enc.bytes));
     }
     let mut scores = Vec::with_capacity(n_scores);
@@ -212,9 +223,27 @@ async fn main() {
     for i in 0..n_scores {
         let enc = encoder.encode_derived("lead_score", &score(i)).unwrap();
         let d = decoder.decode(&enc.bytes).await.unwrap();
-        score_rows.push(score_row(&to_json(&d.value)).unwrap());
+        score_rows.push(score_row(&d.value).unwrap());
         scores.push((format!("L{:06}", i % 10_000), enc.bytes));
     }
+
+    // What the sink does per record before inserting, alone on one core.
+    let (mut t_decode, mut t_row) = (Duration::ZERO, Duration::ZERO);
+    for (_, bytes) in &events {
+        let t = Instant::now();
+        let d = decoder.decode(bytes).await.unwrap();
+        t_decode += t.elapsed();
+        let t = Instant::now();
+        std::hint::black_box(event_row(&d.value, d.schema.id, 0, 0).unwrap());
+        t_row += t.elapsed();
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n_events as f64;
+    println!(
+        "per event, one core: Avro decode {:.2} µs, Avro value to row {:.2} µs = {:.0} events/s",
+        per(t_decode),
+        per(t_row),
+        1e6 / (per(t_decode) + per(t_row))
+    );
 
     let bare_events = bare_insert(&db, &["bare_events"], &event_rows, cfg.batch_rows).await;
     let bare_scores = bare_insert(
@@ -229,33 +258,41 @@ async fn main() {
         .create()
         .unwrap();
     produce_all(&producer, &cfg.events_topic, &events).await;
-    produce_all(&producer, &cfg.scores_topic, &scores).await;
 
     let started = Instant::now();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sink = tokio::spawn(leadstream_sink::run(cfg.clone(), async move {
         let _ = stop_rx.await;
     }));
-    let (ev_all, ev_busy) =
+    let (ev_all, sink_events) =
         wait_for(&db, "SELECT count() FROM events", n_events as u64, started).await;
-    let (sc_all, sc_busy) = wait_for(
+    println!(
+        "events: {n_events} rows; sink {sink_events:.0} rows/s (after its first insert; \
+         all in {ev_all:.2} s from start incl. group join); bare clickhouse insert {bare_events:.0} rows/s; \
+         ratio {:.2}",
+        sink_events / bare_events
+    );
+    let _ = stop_tx.send(());
+    sink.await.unwrap().unwrap();
+
+    // Scores: a backlog while the sink is stopped, then the same group resumes.
+    produce_all(&producer, &cfg.scores_topic, &scores).await;
+    let started = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sink = tokio::spawn(leadstream_sink::run(cfg.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+    let (sc_all, history) = wait_for(
         &db,
         "SELECT count() FROM lead_score_history",
         n_scores as u64,
         started,
     )
     .await;
-    let sink_events = n_events as f64 / ev_busy;
-    println!(
-        "events: {n_events} rows; sink {sink_events:.0} rows/s (first to last row {ev_busy:.2} s; \
-         {ev_all:.2} s from start incl. group join); bare clickhouse insert {bare_events:.0} rows/s; \
-         ratio {:.2}",
-        sink_events / bare_events
-    );
-    let sink_scores = 2.0 * n_scores as f64 / sc_busy;
+    let sink_scores = 2.0 * history; // each score is a lead_scores and a history row
     println!(
         "scores: {n_scores} records = {} rows (lead_scores + history); sink {sink_scores:.0} rows/s \
-         (first to last {sc_busy:.2} s, ran alongside events; {sc_all:.2} s from start); \
+         (after its first insert; all in {sc_all:.2} s from start); \
          bare clickhouse insert {bare_scores:.0} rows/s; ratio {:.2}",
         2 * n_scores,
         sink_scores / bare_scores

@@ -237,8 +237,25 @@ impl Decoder {
     }
 
     pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
-        let (id, mut datum) = split_frame(bytes)?;
+        let (id, _) = split_frame(bytes)?;
         let reader = self.reader(id).await?;
+        Self::read(&reader, bytes)
+    }
+
+    /// Decodes without waiting: None when the frame names a schema this
+    /// decoder has not fetched yet (then use [`Decoder::decode`]). For
+    /// decoding a batch on several threads.
+    pub fn decode_cached(&self, bytes: &[u8]) -> Option<Result<Decoded, DecodeError>> {
+        let id = match split_frame(bytes) {
+            Ok((id, _)) => id,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let reader = Arc::clone(self.readers.read().expect("lock poisoned").get(&id)?);
+        Some(Self::read(&reader, bytes))
+    }
+
+    fn read(reader: &Reader, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        let (id, mut datum) = split_frame(bytes)?;
         let value = reader
             .datum
             .read_value(&mut datum)
@@ -280,6 +297,75 @@ impl Decoder {
             .insert(id, Arc::clone(&reader));
         Ok(reader)
     }
+}
+
+/// Appends `value` as JSON text: the same text as `to_json(value).to_string()`
+/// (keys of records and maps sorted), without building the JSON tree.
+pub fn write_json(value: &Value, out: &mut String) {
+    use std::fmt::Write as _;
+    let string = write_str;
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Long(i)
+        | Value::TimeMicros(i)
+        | Value::TimestampMillis(i)
+        | Value::TimestampMicros(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Float(_) | Value::Double(_) => out.push_str(&to_json(value).to_string()),
+        Value::Bytes(b) | Value::Fixed(_, b) => string(&String::from_utf8_lossy(b), out),
+        Value::String(s) | Value::Enum(_, s) => write_str(s, out),
+        Value::Union(_, inner) => write_json(inner, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json(item, out);
+            }
+            out.push(']');
+        }
+        Value::Map(m) => {
+            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            write_object(entries, out);
+        }
+        Value::Record(fields) => {
+            let mut entries: Vec<(&String, &Value)> = fields.iter().map(|(k, v)| (k, v)).collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            write_object(entries, out);
+        }
+        other => string(&format!("{other:?}"), out),
+    }
+}
+
+/// A JSON string literal, escaped as serde_json escapes it.
+fn write_str(s: &str, out: &mut String) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&Json::String(s.to_owned()).to_string());
+    }
+}
+
+fn write_object(entries: Vec<(&String, &Value)>, out: &mut String) {
+    out.push('{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_str(k, out);
+        out.push(':');
+        write_json(v, out);
+    }
+    out.push('}');
 }
 
 /// Where in the event a value sits, rendered only when reporting an error.
@@ -578,6 +664,26 @@ mod tests {
             "context": {"page_path": "/models/x5/configure", "utm_source": "autohome"},
             "properties": {"page_type": "configurator", "model_id": "x5", "page_value": 12.5}
         })
+    }
+
+    #[tokio::test]
+    async fn write_json_writes_what_to_json_renders() {
+        let (encoder, decoder) = codec().await;
+        let mut e = page_view();
+        e["context"]["page_title"] = json!("Quote \" back\\slash \n newline \u{1} ctl 中文");
+        let d = decoder
+            .decode(&encoder.encode(&e).unwrap().bytes)
+            .await
+            .unwrap();
+        let mut text = String::new();
+        write_json(&d.value, &mut text);
+        assert_eq!(text, to_json(&d.value).to_string());
+        assert!(
+            decoder
+                .decode_cached(&encoder.encode(&e).unwrap().bytes)
+                .unwrap()
+                .is_ok()
+        );
     }
 
     async fn codec() -> (Encoder, Decoder) {

@@ -2,11 +2,13 @@
 //! with a record it cannot turn into a row; the writer sends those to
 //! `dead_letters` with the raw bytes.
 
+use apache_avro::types::Value as AvroValue;
 use clickhouse::Row;
+use leadstream_schemas::codec::write_json;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-#[derive(Debug, Clone, PartialEq, Row, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Row, Serialize)]
 pub struct EventRow {
     pub message_id: String,
     pub event: String,
@@ -38,7 +40,7 @@ pub struct EventRow {
     pub kafka_offset: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Row, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Row, Serialize)]
 pub struct ScoreRow {
     pub lead_id: String,
     pub score: f64,
@@ -116,108 +118,197 @@ fn seconds(ms: u64) -> u32 {
     u32::try_from(ms / 1000).unwrap_or(u32::MAX)
 }
 
-/// A decoded tracking-plan event (as JSON) at `partition`/`offset`.
+/// A decoded tracking-plan event at `partition`/`offset`, read straight
+/// from the Avro value (one pass over its fields; `context` and
+/// `properties` are written as JSON text without an intermediate tree).
 pub fn event_row(
-    e: &Json,
+    e: &AvroValue,
     schema_id: u32,
     partition: i32,
     offset: i64,
 ) -> Result<EventRow, RowError> {
-    let message_id = text(e, "/message_id");
-    if message_id.is_empty() {
-        return Err(RowError("event has no message_id".into()));
-    }
-    let ts = millis(e, "/timestamp")?;
-    let received = millis(e, "/received_at")?;
-    let props = e.get("properties").cloned().unwrap_or(Json::Null);
-    Ok(EventRow {
-        message_id,
-        event: text(e, "/event"),
-        r#type: text(e, "/type"),
-        platform: text(e, "/platform"),
-        source_id: text(e, "/source_id"),
-        tenant: text(e, "/tenant"),
-        anonymous_id: text(e, "/anonymous_id"),
-        user_id: text(e, "/user_id"),
-        union_id: text(e, "/union_id"),
-        phone_hash: text(e, "/phone_hash"),
-        timestamp: seconds(ts),
-        timestamp_ms: ts,
-        received_at: seconds(received),
-        received_ms: received,
-        page_type: text(&props, "/page_type"),
-        model_id: text(&props, "/model_id"),
-        lead_channel: text(e, "/context/lead_channel"),
-        utm_source: text(e, "/context/utm_source"),
-        utm_campaign: text(e, "/context/utm_campaign"),
-        session_id: text(e, "/context/session_id"),
-        sdk_name: text(e, "/context/sdk_name"),
-        sdk_version: text(e, "/context/sdk_version"),
-        is_bot: u8::from(
-            e.pointer("/context/is_bot")
-                .and_then(Json::as_bool)
-                .unwrap_or(false),
-        ),
-        context: e.get("context").map(Json::to_string).unwrap_or_default(),
-        properties: props.to_string(),
+    let AvroValue::Record(fields) = e else {
+        return Err(RowError("event is not an Avro record".into()));
+    };
+    let mut row = EventRow {
         schema_id,
         kafka_partition: partition,
         kafka_offset: offset,
-    })
+        properties: "null".into(),
+        ..EventRow::default()
+    };
+    let (mut ts, mut received) = (None, None);
+    for (name, v) in fields {
+        let v = unwrap_union(v);
+        match name.as_str() {
+            "message_id" => row.message_id = avro_text(v),
+            "event" => row.event = avro_text(v),
+            "type" => row.r#type = avro_text(v),
+            "platform" => row.platform = avro_text(v),
+            "source_id" => row.source_id = avro_text(v),
+            "tenant" => row.tenant = avro_text(v),
+            "anonymous_id" => row.anonymous_id = avro_text(v),
+            "user_id" => row.user_id = avro_text(v),
+            "union_id" => row.union_id = avro_text(v),
+            "phone_hash" => row.phone_hash = avro_text(v),
+            "timestamp" => ts = avro_millis(v),
+            "received_at" => received = avro_millis(v),
+            "context" => {
+                row.context.clear();
+                write_json(v, &mut row.context);
+                for (k, cv) in avro_fields(v) {
+                    let cv = unwrap_union(cv);
+                    match k {
+                        "lead_channel" => row.lead_channel = avro_text(cv),
+                        "utm_source" => row.utm_source = avro_text(cv),
+                        "utm_campaign" => row.utm_campaign = avro_text(cv),
+                        "session_id" => row.session_id = avro_text(cv),
+                        "sdk_name" => row.sdk_name = avro_text(cv),
+                        "sdk_version" => row.sdk_version = avro_text(cv),
+                        "is_bot" => row.is_bot = u8::from(matches!(cv, AvroValue::Boolean(true))),
+                        _ => {}
+                    }
+                }
+            }
+            "properties" => {
+                row.properties.clear();
+                write_json(v, &mut row.properties);
+                for (k, pv) in avro_fields(v) {
+                    let pv = unwrap_union(pv);
+                    match k {
+                        "page_type" => row.page_type = avro_text(pv),
+                        "model_id" => row.model_id = avro_text(pv),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if row.message_id.is_empty() {
+        return Err(RowError("event has no message_id".into()));
+    }
+    let missing = |path: &str| {
+        RowError(format!(
+            "{path} is missing or not a non-negative millisecond timestamp"
+        ))
+    };
+    let ts = ts.ok_or_else(|| missing("/timestamp"))?;
+    let received = received.ok_or_else(|| missing("/received_at"))?;
+    (row.timestamp, row.timestamp_ms) = (seconds(ts), ts);
+    (row.received_at, row.received_ms) = (seconds(received), received);
+    Ok(row)
 }
 
-/// A decoded `lead_score` record.
-pub fn score_row(s: &Json) -> Result<ScoreRow, RowError> {
-    let lead_id = text(s, "/lead_id");
-    if lead_id.is_empty() {
+fn unwrap_union(v: &AvroValue) -> &AvroValue {
+    match v {
+        AvroValue::Union(_, inner) => unwrap_union(inner),
+        other => other,
+    }
+}
+
+/// A string field's text; "" for null or a non-string.
+fn avro_text(v: &AvroValue) -> String {
+    match v {
+        AvroValue::String(s) | AvroValue::Enum(_, s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+fn avro_millis(v: &AvroValue) -> Option<u64> {
+    match v {
+        AvroValue::Long(t) | AvroValue::TimestampMillis(t) if *t >= 0 => Some(*t as u64),
+        _ => None,
+    }
+}
+
+/// The (name, value) pairs of a record or map; none for anything else.
+fn avro_fields(v: &AvroValue) -> Box<dyn Iterator<Item = (&str, &AvroValue)> + '_> {
+    match v {
+        AvroValue::Record(fields) => Box::new(fields.iter().map(|(k, v)| (k.as_str(), v))),
+        AvroValue::Map(m) => Box::new(m.iter().map(|(k, v)| (k.as_str(), v))),
+        _ => Box::new(std::iter::empty()),
+    }
+}
+
+/// A decoded `lead_score` record, read straight from the Avro value.
+pub fn score_row(s: &AvroValue) -> Result<ScoreRow, RowError> {
+    let AvroValue::Record(fields) = s else {
+        return Err(RowError("lead_score is not an Avro record".into()));
+    };
+    let mut row = ScoreRow::default();
+    let (mut first_seen, mut last_event, mut updated, mut version) = (None, None, None, None);
+    for (name, v) in fields {
+        let v = unwrap_union(v);
+        match name.as_str() {
+            "lead_id" => row.lead_id = avro_text(v),
+            "score" => row.score = avro_f64(v),
+            "rule_score" => row.rule_score = avro_f64(v),
+            "probability" => row.probability = avro_f64(v),
+            "grade" => row.grade = avro_text(v),
+            "stage" => row.stage = avro_text(v),
+            "reasons" => {
+                for r in avro_items(v) {
+                    let (mut code, mut points) = (String::new(), 0.0);
+                    for (k, rv) in avro_fields(unwrap_union(r)) {
+                        match k {
+                            "code" => code = avro_text(unwrap_union(rv)),
+                            "points" => points = avro_f64(unwrap_union(rv)),
+                            _ => {}
+                        }
+                    }
+                    row.reason_codes.push(code);
+                    row.reason_points.push(points);
+                }
+            }
+            "reactivated" => row.reactivated = u8::from(matches!(v, AvroValue::Boolean(true))),
+            "event_count" => row.event_count = avro_millis(v).unwrap_or(0),
+            "platforms" => {
+                row.platforms = avro_items(v)
+                    .map(|p| avro_text(unwrap_union(p)))
+                    .filter(|p| !p.is_empty())
+                    .collect();
+            }
+            "first_channel" => row.first_channel = avro_text(v),
+            "first_seen_at" => first_seen = avro_millis(v),
+            "last_event_at" => last_event = avro_millis(v),
+            "merged_into" => row.merged_into = avro_text(v),
+            "version" => version = avro_millis(v),
+            "updated_at" => updated = avro_millis(v),
+            _ => {}
+        }
+    }
+    if row.lead_id.is_empty() {
         return Err(RowError("lead_score has no lead_id".into()));
     }
-    let num = |path: &str| s.pointer(path).and_then(Json::as_f64).unwrap_or(0.0);
-    let reasons = s
-        .get("reasons")
-        .and_then(Json::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let updated = millis(s, "/updated_at")?;
-    Ok(ScoreRow {
-        lead_id,
-        score: num("/score"),
-        rule_score: num("/rule_score"),
-        probability: num("/probability"),
-        grade: text(s, "/grade"),
-        stage: text(s, "/stage"),
-        reason_codes: reasons.iter().map(|r| text(r, "/code")).collect(),
-        reason_points: reasons
-            .iter()
-            .map(|r| r.get("points").and_then(Json::as_f64).unwrap_or(0.0))
-            .collect(),
-        reactivated: u8::from(
-            s.get("reactivated")
-                .and_then(Json::as_bool)
-                .unwrap_or(false),
-        ),
-        event_count: s.get("event_count").and_then(Json::as_u64).unwrap_or(0),
-        platforms: s
-            .get("platforms")
-            .and_then(Json::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Json::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        first_channel: text(s, "/first_channel"),
-        first_seen_at: seconds(millis(s, "/first_seen_at")?),
-        last_event_at: seconds(millis(s, "/last_event_at")?),
-        merged_into: text(s, "/merged_into"),
-        version: s
-            .get("version")
-            .and_then(Json::as_u64)
-            .ok_or_else(|| RowError("lead_score has no version".into()))?,
-        updated_at: seconds(updated),
-        updated_ms: updated,
-    })
+    let missing = |path: &str| {
+        RowError(format!(
+            "{path} is missing or not a non-negative millisecond timestamp"
+        ))
+    };
+    let updated = updated.ok_or_else(|| missing("/updated_at"))?;
+    row.first_seen_at = seconds(first_seen.ok_or_else(|| missing("/first_seen_at"))?);
+    row.last_event_at = seconds(last_event.ok_or_else(|| missing("/last_event_at"))?);
+    row.version = version.ok_or_else(|| RowError("lead_score has no version".into()))?;
+    (row.updated_at, row.updated_ms) = (seconds(updated), updated);
+    Ok(row)
+}
+
+fn avro_f64(v: &AvroValue) -> f64 {
+    match v {
+        AvroValue::Double(f) => *f,
+        AvroValue::Float(f) => f64::from(*f),
+        AvroValue::Int(i) => f64::from(*i),
+        AvroValue::Long(i) => *i as f64,
+        _ => 0.0,
+    }
+}
+
+fn avro_items(v: &AvroValue) -> impl Iterator<Item = &AvroValue> {
+    match v {
+        AvroValue::Array(items) => items.iter(),
+        _ => [].iter(),
+    }
 }
 
 /// A DLQ record (JSON written by ingest).
@@ -281,13 +372,34 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn events_flatten_the_envelope_and_keep_properties_as_json() {
+    async fn decoded_score(s: &Json) -> AvroValue {
+        use leadstream_schemas::{Decoder, EmbeddedResolver, Encoder, Plan};
+        let plan = Plan::embedded().unwrap();
+        let resolver = std::sync::Arc::new(EmbeddedResolver::new(&plan).unwrap());
+        let encoder = Encoder::build(&plan, resolver.as_ref()).await.unwrap();
+        let bytes = encoder.encode_derived("lead_score", s).unwrap().bytes;
+        Decoder::new(resolver).decode(&bytes).await.unwrap().value
+    }
+
+    /// An event as the sink sees it: encoded by the plan, then decoded.
+    async fn decoded(e: &Json) -> AvroValue {
+        use leadstream_schemas::{Decoder, EmbeddedResolver, Encoder, Plan};
+        let plan = Plan::embedded().unwrap();
+        let resolver = std::sync::Arc::new(EmbeddedResolver::new(&plan).unwrap());
+        let encoder = Encoder::build(&plan, resolver.as_ref()).await.unwrap();
+        let bytes = encoder.encode(e).unwrap().bytes;
+        Decoder::new(resolver).decode(&bytes).await.unwrap().value
+    }
+
+    #[tokio::test]
+    async fn events_flatten_the_envelope_and_keep_properties_as_json() {
         let e = json!({"message_id": "m1", "event": "page_viewed", "type": "page", "platform": "web",
+            "source_id": "web-main", "tenant": "brand-a",
             "anonymous_id": "a1", "timestamp": 1_795_305_600_123_i64, "received_at": 1_795_305_601_000_i64,
             "context": {"utm_source": "autohome", "is_bot": true, "sdk_name": "analytics-python"},
             "properties": {"page_type": "configurator", "model_id": "x5"}});
-        let r = event_row(&e, 7, 2, 42).unwrap();
+        let value = decoded(&e).await;
+        let r = event_row(&value, 7, 2, 42).unwrap();
         assert_eq!(
             (r.timestamp, r.timestamp_ms),
             (1_795_305_600, 1_795_305_600_123)
@@ -304,26 +416,45 @@ mod tests {
             (r.is_bot, r.schema_id, r.kafka_partition, r.kafka_offset),
             (1, 7, 2, 42)
         );
+        // The JSON columns are the decoded value's JSON, nulls for absent
+        // optional fields included.
+        let json = leadstream_schemas::codec::to_json(&value);
+        assert_eq!(r.properties, json["properties"].to_string());
+        assert_eq!(r.context, json["context"].to_string());
         assert_eq!(
-            serde_json::from_str::<Json>(&r.properties).unwrap(),
-            e["properties"]
+            serde_json::from_str::<Json>(&r.properties).unwrap()["model_id"],
+            "x5"
         );
-        let err = event_row(&json!({"message_id": "m", "received_at": 1}), 7, 0, 0).unwrap_err();
+        let no_ts = AvroValue::Record(vec![
+            ("message_id".into(), AvroValue::String("m".into())),
+            ("received_at".into(), AvroValue::Long(1)),
+        ]);
+        let err = event_row(&no_ts, 7, 0, 0).unwrap_err();
         assert!(err.0.contains("/timestamp"), "{err}");
     }
 
-    #[test]
-    fn scores_and_violations_map_and_bad_records_say_why() {
+    #[tokio::test]
+    async fn scores_and_violations_map_and_bad_records_say_why() {
         let s = json!({"lead_id": "L1", "score": 81.5, "rule_score": 81.5, "probability": 0.8, "grade": "high",
             "stage": "new", "reasons": [{"code": "test_drive_booked", "points": 50.0}], "reactivated": false,
             "event_count": 9, "platforms": ["app", "web"], "first_channel": null, "first_seen_at": 1000,
             "last_event_at": 2000, "merged_into": null, "version": 3, "updated_at": 2000});
-        let r = score_row(&s).unwrap();
+        let r = score_row(&decoded_score(&s).await).unwrap();
         assert_eq!(
             (r.reason_codes.clone(), r.reason_points.clone(), r.version),
             (vec!["test_drive_booked".to_owned()], vec![50.0], 3)
         );
         assert_eq!((r.first_channel.as_str(), r.merged_into.as_str()), ("", ""));
+        assert_eq!(
+            (
+                r.platforms.clone(),
+                r.event_count,
+                r.score,
+                r.updated_at,
+                r.updated_ms
+            ),
+            (vec!["app".to_owned(), "web".to_owned()], 9, 81.5, 2, 2000)
+        );
         let dlq = json!({"message_id": "m9", "event": "lead_form_submitted", "reason": "missing_required",
             "field": "properties.form_id", "message": "required", "source_id": "web-main", "platform": "web",
             "received_at": 5000, "raw": {"event": "Lead Form Submitted"}});

@@ -9,13 +9,13 @@ use std::{sync::Arc, time::Duration};
 use leadstream_common::kafka::{LagGauge, collect_batch, commit_processed};
 
 use base64::Engine as _;
-use leadstream_schemas::{Decoder, codec::to_json};
+use leadstream_schemas::{Decoder, codec::Decoded};
 use rdkafka::{Message, consumer::StreamConsumer, message::BorrowedMessage};
 
 use crate::{
     metrics::{BATCHES, DEAD_LETTERS, INSERT_RETRIES, INSERT_SECONDS, ROWS},
     rows::{
-        DeadLetterRow, EventRow, PipelineMetricRow, ScoreRow, ViolationRow, event_row,
+        DeadLetterRow, EventRow, PipelineMetricRow, RowError, ScoreRow, ViolationRow, event_row,
         pipeline_metric_row, score_row, violation_row,
     },
     store::Store,
@@ -74,6 +74,33 @@ pub struct Writer {
     pub lag: LagGauge,
 }
 
+/// `f` over `items` on every core (scoped threads, one chunk each); in
+/// order. Small inputs stay on the calling thread.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    const MIN_PER_THREAD: usize = 512;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len() / MIN_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            let f = &f;
+            let handles: Vec<_> = items
+                .chunks(chunk)
+                .map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<R>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("row conversion thread panicked"))
+                .collect()
+        })
+    })
+}
+
 fn now_secs() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -84,26 +111,53 @@ impl Writer {
     /// One batch end to end; returns the records read. `stop` ends retrying
     /// (the batch is then not committed and will be read again).
     pub async fn step(&self, stop: &tokio::sync::watch::Receiver<bool>) -> anyhow::Result<usize> {
+        let t0 = std::time::Instant::now();
         let messages = collect_batch(&self.consumer, self.batch_rows, self.batch_ms).await?;
+        let t_collect = t0.elapsed();
         self.lag.maybe_record(&self.consumer);
         if messages.is_empty() {
             return Ok(0);
         }
         let mut batch = Batch::default();
-        for m in &messages {
-            if let Err(error) = self.to_rows(m, &mut batch).await {
-                tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), %error, "record kept as a dead letter");
-                batch.dead.push(DeadLetterRow {
-                    failed_at: now_secs(),
-                    topic: m.topic().to_owned(),
-                    kafka_partition: m.partition(),
-                    kafka_offset: m.offset(),
-                    error,
-                    raw_base64: base64::engine::general_purpose::STANDARD
-                        .encode(m.payload().unwrap_or_default()),
-                });
+        let failed = match self.kind {
+            Kind::Events => {
+                let (rows, failed) = self
+                    .decoded_rows(&messages, |d, p, o| event_row(&d.value, d.schema.id, p, o))
+                    .await;
+                batch.events = rows;
+                failed
             }
+            Kind::Scores => {
+                let (rows, failed) = self
+                    .decoded_rows(&messages, |d, _, _| score_row(&d.value))
+                    .await;
+                batch.scores = rows;
+                failed
+            }
+            Kind::Violations | Kind::Metrics => {
+                let mut failed = Vec::new();
+                for (i, m) in messages.iter().enumerate() {
+                    if let Err(error) = self.json_rows(m, &mut batch) {
+                        failed.push((i, error));
+                    }
+                }
+                failed
+            }
+        };
+        for (i, error) in failed {
+            let m = &messages[i];
+            tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), %error, "record kept as a dead letter");
+            batch.dead.push(DeadLetterRow {
+                failed_at: now_secs(),
+                topic: m.topic().to_owned(),
+                kafka_partition: m.partition(),
+                kafka_offset: m.offset(),
+                error,
+                raw_base64: base64::engine::general_purpose::STANDARD
+                    .encode(m.payload().unwrap_or_default()),
+            });
         }
+        let t_convert = t0.elapsed();
         if !self.insert_with_retry(&batch, stop).await {
             anyhow::bail!("stopped before ClickHouse accepted the batch; it will be read again");
         }
@@ -111,37 +165,65 @@ impl Writer {
             tracing::warn!(error = %e, "offset commit failed (rebalance?); the batch may be written again, harmlessly");
         }
         metrics::counter!(BATCHES).increment(1);
+        tracing::debug!(stream = self.kind.label(), records = messages.len(), ?t_collect, ?t_convert, total = ?t0.elapsed(), "sink batch");
         Ok(messages.len())
     }
 
-    async fn to_rows(&self, m: &BorrowedMessage<'_>, batch: &mut Batch) -> Result<(), String> {
+    /// Avro records (events, scores: the bulk of the data) are decoded on
+    /// every core: those whose writer schema is already fetched in
+    /// parallel, the rest (the first of each new schema) one by one. Returns
+    /// the rows and the records that failed, by index, with why.
+    async fn decoded_rows<R: Send>(
+        &self,
+        messages: &[BorrowedMessage<'_>],
+        to_row: impl Fn(Decoded, i32, i64) -> Result<R, RowError> + Sync,
+    ) -> (Vec<R>, Vec<(usize, String)>) {
+        let records: Vec<(Option<&[u8]>, i32, i64)> = messages
+            .iter()
+            .map(|m| (m.payload(), m.partition(), m.offset()))
+            .collect();
+        let converted = parallel_map(&records, |&(payload, p, o)| {
+            let Some(bytes) = payload else {
+                return Some(Err("record has no value".to_owned()));
+            };
+            let decoded = self.decoder.decode_cached(bytes)?;
+            Some(
+                decoded
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| to_row(d, p, o).map_err(|e| e.to_string())),
+            )
+        });
+        let mut rows = Vec::with_capacity(records.len());
+        let mut failed = Vec::new();
+        for (i, result) in converted.into_iter().enumerate() {
+            let result = match result {
+                Some(r) => r,
+                None => {
+                    let (bytes, p, o) = records[i];
+                    match self.decoder.decode(bytes.unwrap_or_default()).await {
+                        Ok(d) => to_row(d, p, o).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            };
+            match result {
+                Ok(row) => rows.push(row),
+                Err(e) => failed.push((i, e)),
+            }
+        }
+        (rows, failed)
+    }
+
+    /// DLQ and metric records are JSON.
+    fn json_rows(&self, m: &BorrowedMessage<'_>, batch: &mut Batch) -> Result<(), String> {
         let payload = m.payload().ok_or("record has no value")?;
         if self.kind == Kind::Metrics {
             batch
                 .metrics
                 .push(pipeline_metric_row(payload).map_err(|e| e.to_string())?);
-            return Ok(());
-        }
-        if self.kind == Kind::Violations {
+        } else {
             batch.violations.push(
                 violation_row(payload, m.partition(), m.offset()).map_err(|e| e.to_string())?,
-            );
-            return Ok(());
-        }
-        let decoded = self
-            .decoder
-            .decode(payload)
-            .await
-            .map_err(|e| e.to_string())?;
-        let json = to_json(&decoded.value);
-        if self.kind == Kind::Scores {
-            batch
-                .scores
-                .push(score_row(&json).map_err(|e| e.to_string())?);
-        } else {
-            batch.events.push(
-                event_row(&json, decoded.schema.id, m.partition(), m.offset())
-                    .map_err(|e| e.to_string())?,
             );
         }
         Ok(())
