@@ -165,6 +165,9 @@ async fn start_clickhouse(
     )
 }
 
+/// Days of simulated history the quickstart replays.
+const SIM_DAYS: i64 = 400;
+
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
@@ -279,6 +282,10 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     scorer.listen = args.scorer_listen;
     scorer.replication_factor = replication;
     scorer.session_timeout_ms = 6_000;
+    // The simulator replays SIM_DAYS of history in seconds, so a few
+    // milliseconds of reordering between partitions spans days of event
+    // time; the live default grace (hours) would drop those events as late.
+    scorer.grace_minutes = SIM_DAYS as u64 * 24 * 60;
     let scorer_task = tokio::spawn(leadstream_scorer::runtime::run(scorer, stopped(&stop_rx)));
     let mut sink = leadstream_sink::SinkConfig::defaults(&kafka);
     sink.registry = Some(registry.clone());
@@ -295,7 +302,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
         leads: args.leads,
         seed: args.seed,
         rate: args.rate,
-        days: 400,
+        days: SIM_DAYS,
         truth: args.dir.join("truth.jsonl"),
     };
     let (progress_tx, progress_rx) = watch::channel(Progress::default());

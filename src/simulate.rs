@@ -194,13 +194,24 @@ fn journey(
             }
         }
         Persona::Researcher => {
-            for _ in 0..3 + rng.below(4) {
+            // Whether they will order is settled first and shows in what
+            // they do, as in life: buyers come back more, price it out and
+            // book a test drive; some who never buy do price it out too.
+            will_order = rng.chance(0.15);
+            // Room for up to seven visits a week apart.
+            t = t.min(end_ms - 60 * DAY_MS);
+            let visits = if will_order {
+                5 + rng.below(3)
+            } else {
+                2 + rng.below(4)
+            };
+            for _ in 0..visits {
                 let platform = *rng.pick(&["web", "mini_program"]);
                 for name in ["Model Detail", "Configurator", "Price"] {
                     push(&mut calls, t, platform, page(name));
                     t += session(rng);
                 }
-                if rng.chance(0.3) {
+                if rng.chance(if will_order { 0.6 } else { 0.25 }) {
                     push(
                         &mut calls,
                         t,
@@ -213,7 +224,21 @@ fn journey(
                 }
                 t += (2 + rng.below(6)) as i64 * DAY_MS;
             }
-            will_order = rng.chance(0.1);
+            if will_order {
+                // The decision is recent: a test drive in the last weeks.
+                t = t
+                    .max(end_ms - (3 + rng.below(18)) as i64 * DAY_MS)
+                    .min(end_ms - DAY_MS);
+                push(
+                    &mut calls,
+                    t,
+                    "web",
+                    track(
+                        "Test Drive Booked",
+                        json!({"model_id": model, "dealer_id": "bj-002", "contact_phone": phone}),
+                    ),
+                );
+            }
         }
         Persona::HotBuyer => {
             // Hot now: the week-long journey ends within the last few days.
@@ -319,7 +344,19 @@ fn journey(
                     json!({"model_id": model, "price": 380000.0}),
                 ),
             );
+            // Woken for real: the ones who will order also book a drive.
             will_order = rng.chance(0.4);
+            if will_order || rng.chance(0.1) {
+                push(
+                    &mut calls,
+                    t + 600_000,
+                    "mini_program",
+                    track(
+                        "Test Drive Booked",
+                        json!({"model_id": model, "dealer_id": "sh-001", "contact_phone": phone}),
+                    ),
+                );
+            }
         }
         Persona::OwnerUpgrade => {
             let bought = end_ms - (26 + rng.below(12)) as i64 * 30 * DAY_MS;
@@ -331,11 +368,29 @@ fn journey(
                 "traits": {"phone": phone, "owned_model_id": "x3", "purchase_date": bought, "union_id": union}, "context": {}}),
             );
             t = end_ms - rng.below(20) as i64 * DAY_MS - DAY_MS;
-            for name in ["Model Detail", "Configurator"] {
+            // Due for a replacement, but only the ones who will upgrade go
+            // past a look at the new models.
+            will_order = rng.chance(0.5);
+            let pages: &[&str] = if will_order {
+                &["Model Detail", "Configurator", "Finance"]
+            } else {
+                &["Model Detail"]
+            };
+            for name in pages {
                 push(&mut calls, t, "app", page(name));
                 t += session(rng);
             }
-            will_order = rng.chance(0.5);
+            if will_order {
+                push(
+                    &mut calls,
+                    t,
+                    "app",
+                    track(
+                        "Test Drive Booked",
+                        json!({"model_id": model, "dealer_id": "sh-001", "contact_phone": phone}),
+                    ),
+                );
+            }
         }
     }
     // The smallest identifier names the lead once linked (see scorer::identity).
