@@ -10,6 +10,16 @@ pub const SCORES: &str = "scorer_scores_emitted_total";
 pub const MERGES: &str = "scorer_merges_folded_total";
 pub const RESTORED: &str = "scorer_changelog_records_restored_total";
 pub const LEADS: &str = "scorer_leads";
+/// The `reason` labels of [`SKIPPED`] (the score loop's closed set).
+pub const SKIP_REASONS: [&str; 7] = [
+    "empty",
+    "unreadable",
+    "replayed",
+    "duplicate",
+    "late",
+    "bot",
+    "unscorable",
+];
 pub const CONSUMER_LAG: &str = "scorer_consumer_lag";
 
 /// Puts the role's series on /metrics at 0 from the start (see ingest's).
@@ -25,6 +35,14 @@ pub fn register() {
         RESTORED,
     ] {
         metrics::counter!(name).increment(0);
+    }
+    // Every reason a record is skipped, so a reason that never happened
+    // reads 0 rather than missing.
+    for reason in SKIP_REASONS {
+        metrics::counter!(SKIPPED, "reason" => reason).increment(0);
+    }
+    for reason in ["empty", "undecodable", "no_identity"] {
+        metrics::counter!(STITCH_SKIPPED, "reason" => reason).increment(0);
     }
     for stage in ["stitch", "score"] {
         metrics::gauge!(CONSUMER_LAG, "stage" => stage).increment(0.0);

@@ -311,3 +311,24 @@ fn skipped_label(s: Skipped) -> &'static str {
         Skipped::Unscorable => "unscorable",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_skip_label_is_registered_at_start() {
+        for s in [
+            Skipped::Replayed,
+            Skipped::Duplicate,
+            Skipped::Late,
+            Skipped::Bot,
+            Skipped::Unscorable,
+        ] {
+            assert!(
+                super::super::metrics::SKIP_REASONS.contains(&skipped_label(s)),
+                "{s:?}"
+            );
+        }
+    }
+}
