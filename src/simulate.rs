@@ -31,7 +31,9 @@ pub struct SimulateArgs {
     /// Events per second posted (time is compressed to fit).
     #[arg(long, env = "LEADSTREAM_SIMULATE_RATE", default_value_t = 300.0)]
     pub rate: f64,
-    /// Days of history the journeys span, ending now.
+    /// Days of history the journeys span, ending now. They are replayed in
+    /// seconds, so run the scorer with a grace at least this long
+    /// (`--grace-minutes`, days x 1440), or it drops reordered events as late.
     #[arg(long, env = "LEADSTREAM_SIMULATE_DAYS", default_value_t = 400)]
     pub days: i64,
     /// Where the ground truth goes (one JSON line per person).
