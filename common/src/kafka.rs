@@ -208,6 +208,22 @@ where
     Ok(batch)
 }
 
+/// The offset after the last record of each (topic, partition) in
+/// `processed`: what to commit once they are processed.
+pub fn next_offsets<'a>(
+    processed: impl IntoIterator<Item = &'a rdkafka::message::BorrowedMessage<'a>>,
+) -> Vec<(String, i32, i64)> {
+    use rdkafka::Message;
+    // One entry per partition (a commit list would keep duplicates): the last wins.
+    let mut next = std::collections::BTreeMap::new();
+    for m in processed {
+        next.insert((m.topic(), m.partition()), m.offset() + 1);
+    }
+    next.into_iter()
+        .map(|((t, p), o)| (t.to_owned(), p, o))
+        .collect()
+}
+
 /// Commits, synchronously, the offset after the last record processed of
 /// each (topic, partition) in `processed`. The wait happens in
 /// `block_in_place` so the runtime's other tasks keep running meanwhile.
@@ -218,18 +234,25 @@ pub fn commit_processed<'a, C>(
 where
     C: rdkafka::consumer::ConsumerContext + 'static,
 {
+    commit_offsets(consumer, &next_offsets(processed))
+}
+
+/// Commits (topic, partition, next offset) entries synchronously, in
+/// `block_in_place`.
+pub fn commit_offsets<C>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    offsets: &[(String, i32, i64)],
+) -> rdkafka::error::KafkaResult<()>
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
     use rdkafka::{
-        Message, Offset, TopicPartitionList,
+        Offset, TopicPartitionList,
         consumer::{CommitMode, Consumer},
     };
-    // One entry per partition (the list would keep duplicates): the last wins.
-    let mut next = std::collections::BTreeMap::new();
-    for m in processed {
-        next.insert((m.topic(), m.partition()), m.offset() + 1);
-    }
     let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    for (topic, partition, offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
     }
     tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))
 }

@@ -13,7 +13,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use leadstream_common::{
-    kafka::{LagGauge, consumer_config},
+    kafka::consumer_config,
     ops::{self, Ready},
     pipeline_metrics,
 };
@@ -119,16 +119,10 @@ pub async fn run(
         consumer_cfg.set("session.timeout.ms", cfg.session_timeout_ms.to_string());
         let consumer: StreamConsumer = consumer_cfg.create()?;
         consumer.subscribe(&[topic])?;
-        let writer = writer::Writer {
-            kind,
-            consumer,
-            decoder: Arc::clone(&decoder),
-            store: store.clone(),
-            batch_rows: cfg.batch_rows,
-            batch_ms: cfg.batch_ms,
-            max_backoff_ms: cfg.max_backoff_ms,
-            lag: LagGauge::new(metrics::CONSUMER_LAG, ("stream", kind.label())),
-        };
+        let mut writer = writer::Writer::new(kind, consumer, Arc::clone(&decoder), store.clone());
+        writer.batch_rows = cfg.batch_rows;
+        writer.batch_ms = cfg.batch_ms;
+        writer.max_backoff_ms = cfg.max_backoff_ms;
         let stop = stop_rx.clone();
         loops.push(tokio::spawn(async move {
             while !*stop.borrow() {
@@ -139,6 +133,10 @@ pub async fn run(
                     tracing::error!(stream = kind.label(), error = %format!("{e:#}"), "sink batch failed");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
+            }
+            // The last batch: committed if ClickHouse took it before the stop.
+            if let Err(e) = writer.finish().await {
+                tracing::info!(stream = kind.label(), error = %format!("{e:#}"), "last batch left uncommitted");
             }
         }));
     }

@@ -6,14 +6,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use leadstream_common::kafka::{LagGauge, collect_batch, commit_processed};
+use leadstream_common::kafka::{LagGauge, collect_batch, commit_offsets, next_offsets};
 
 use base64::Engine as _;
 use leadstream_schemas::{Decoder, codec::Decoded};
 use rdkafka::{Message, consumer::StreamConsumer, message::BorrowedMessage};
 
 use crate::{
-    metrics::{BATCHES, DEAD_LETTERS, INSERT_RETRIES, INSERT_SECONDS, ROWS},
+    metrics::{BATCHES, CONSUMER_LAG, DEAD_LETTERS, INSERT_RETRIES, INSERT_SECONDS, ROWS},
     rows::{
         DeadLetterRow, EventRow, PipelineMetricRow, RowError, ScoreRow, ViolationRow, event_row,
         pipeline_metric_row, score_row, violation_row,
@@ -72,6 +72,23 @@ pub struct Writer {
     pub batch_ms: u64,
     pub max_backoff_ms: u64,
     pub lag: LagGauge,
+    in_flight: Option<InFlight>,
+}
+
+impl Writer {
+    pub fn new(kind: Kind, consumer: StreamConsumer, decoder: Arc<Decoder>, store: Store) -> Self {
+        Self {
+            kind,
+            consumer,
+            decoder,
+            store,
+            batch_rows: 20_000,
+            batch_ms: 1_000,
+            max_backoff_ms: 10_000,
+            lag: LagGauge::new(CONSUMER_LAG, ("stream", kind.label())),
+            in_flight: None,
+        }
+    }
 }
 
 /// `f` over `items` on every core (scoped threads, one chunk each); in
@@ -108,14 +125,22 @@ fn now_secs() -> u32 {
 }
 
 impl Writer {
-    /// One batch end to end; returns the records read. `stop` ends retrying
-    /// (the batch is then not committed and will be read again).
-    pub async fn step(&self, stop: &tokio::sync::watch::Receiver<bool>) -> anyhow::Result<usize> {
+    /// Reads and converts one batch while the previous one is being
+    /// inserted; then waits for that insert, commits its offsets, and starts
+    /// inserting this batch. Returns the records read. `stop` ends retrying
+    /// (a batch not accepted by then is not committed and is read again).
+    pub async fn step(
+        &mut self,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<usize> {
         let t0 = std::time::Instant::now();
         let messages = collect_batch(&self.consumer, self.batch_rows, self.batch_ms).await?;
         let t_collect = t0.elapsed();
         self.lag.maybe_record(&self.consumer);
         if messages.is_empty() {
+            // Quiet stream: commit what is in flight now, not at the next record.
+            drop(messages);
+            self.finish().await?;
             return Ok(0);
         }
         let mut batch = Batch::default();
@@ -158,15 +183,45 @@ impl Writer {
             });
         }
         let t_convert = t0.elapsed();
-        if !self.insert_with_retry(&batch, stop).await {
+        let offsets = next_offsets(&messages);
+        let records = messages.len();
+        drop(messages);
+        self.finish().await?;
+        let t_previous = t0.elapsed();
+        let inserter = Inserter {
+            store: self.store.clone(),
+            kind: self.kind,
+            max_backoff_ms: self.max_backoff_ms,
+        };
+        let stop = stop.clone();
+        self.in_flight = Some(InFlight {
+            insert: tokio::spawn(async move { inserter.insert_with_retry(&batch, &stop).await }),
+            offsets,
+        });
+        tracing::debug!(
+            stream = self.kind.label(),
+            records,
+            ?t_collect,
+            ?t_convert,
+            ?t_previous,
+            "sink batch"
+        );
+        Ok(records)
+    }
+
+    /// Waits for the batch in flight, if any, and commits its offsets.
+    pub async fn finish(&mut self) -> anyhow::Result<()> {
+        let Some(in_flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        if !in_flight.insert.await.unwrap_or(false) {
             anyhow::bail!("stopped before ClickHouse accepted the batch; it will be read again");
         }
-        if let Err(e) = commit_processed(&self.consumer, &messages) {
+        if let Err(e) = commit_offsets(&self.consumer, &in_flight.offsets) {
             tracing::warn!(error = %e, "offset commit failed (rebalance?); the batch may be written again, harmlessly");
         }
         metrics::counter!(BATCHES).increment(1);
-        tracing::debug!(stream = self.kind.label(), records = messages.len(), ?t_collect, ?t_convert, total = ?t0.elapsed(), "sink batch");
-        Ok(messages.len())
+        Ok(())
     }
 
     /// Avro records (events, scores: the bulk of the data) are decoded on
@@ -228,7 +283,23 @@ impl Writer {
         }
         Ok(())
     }
+}
 
+/// A batch being inserted while the next one is read: its insert task and
+/// the offsets to commit once ClickHouse has it.
+struct InFlight {
+    insert: tokio::task::JoinHandle<bool>,
+    offsets: Vec<(String, i32, i64)>,
+}
+
+/// What inserting needs, owned, so an insert runs as its own task.
+struct Inserter {
+    store: Store,
+    kind: Kind,
+    max_backoff_ms: u64,
+}
+
+impl Inserter {
     /// Inserts every table; on failure waits (doubling up to the maximum)
     /// and inserts everything again. False when stopped first.
     async fn insert_with_retry(
