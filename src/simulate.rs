@@ -174,6 +174,12 @@ fn journey(
     };
     let page = |name: &str| json!({"type": "page", "name": name, "properties": {"model_id": model}, "context": {}});
     let track = |event: &str, props: Json| json!({"type": "track", "event": event, "properties": props, "context": {}});
+    let test_drive = |dealer: &str| {
+        track(
+            "Test Drive Booked",
+            json!({"model_id": model, "dealer_id": dealer, "contact_phone": phone}),
+        )
+    };
     let span = args.days.max(30) * DAY_MS;
     let start = end_ms - span;
     // Somewhere in the window, leaving room for the journey.
@@ -231,15 +237,7 @@ fn journey(
                 t = t
                     .max(end_ms - (3 + rng.below(18)) as i64 * DAY_MS)
                     .min(end_ms - DAY_MS);
-                push(
-                    &mut calls,
-                    t,
-                    "web",
-                    track(
-                        "Test Drive Booked",
-                        json!({"model_id": model, "dealer_id": "bj-002", "contact_phone": phone}),
-                    ),
-                );
+                push(&mut calls, t, "web", test_drive("bj-002"));
             }
         }
         Persona::HotBuyer => {
@@ -269,15 +267,7 @@ fn journey(
                 ),
             );
             t += 2 * DAY_MS;
-            push(
-                &mut calls,
-                t,
-                "app",
-                track(
-                    "Test Drive Booked",
-                    json!({"model_id": model, "dealer_id": "sh-001", "contact_phone": phone}),
-                ),
-            );
+            push(&mut calls, t, "app", test_drive("sh-001"));
             t += DAY_MS;
             push(
                 &mut calls,
@@ -353,10 +343,7 @@ fn journey(
                     &mut calls,
                     t + 600_000,
                     "mini_program",
-                    track(
-                        "Test Drive Booked",
-                        json!({"model_id": model, "dealer_id": "sh-001", "contact_phone": phone}),
-                    ),
+                    test_drive("sh-001"),
                 );
             }
         }
@@ -383,15 +370,7 @@ fn journey(
                 t += session(rng);
             }
             if will_order {
-                push(
-                    &mut calls,
-                    t,
-                    "app",
-                    track(
-                        "Test Drive Booked",
-                        json!({"model_id": model, "dealer_id": "sh-001", "contact_phone": phone}),
-                    ),
-                );
+                push(&mut calls, t, "app", test_drive("sh-001"));
             }
         }
     }

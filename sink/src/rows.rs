@@ -107,11 +107,13 @@ fn millis(v: &Json, path: &str) -> Result<u64, RowError> {
         .and_then(Json::as_i64)
         .filter(|t| *t >= 0)
         .map(|t| t as u64)
-        .ok_or_else(|| {
-            RowError(format!(
-                "{path} is missing or not a non-negative millisecond timestamp"
-            ))
-        })
+        .ok_or_else(|| not_millis(path))
+}
+
+fn not_millis(path: &str) -> RowError {
+    RowError(format!(
+        "{path} is missing or not a non-negative millisecond timestamp"
+    ))
 }
 
 fn seconds(ms: u64) -> u32 {
@@ -188,13 +190,8 @@ pub fn event_row(
     if row.message_id.is_empty() {
         return Err(RowError("event has no message_id".into()));
     }
-    let missing = |path: &str| {
-        RowError(format!(
-            "{path} is missing or not a non-negative millisecond timestamp"
-        ))
-    };
-    let ts = ts.ok_or_else(|| missing("/timestamp"))?;
-    let received = received.ok_or_else(|| missing("/received_at"))?;
+    let ts = ts.ok_or_else(|| not_millis("/timestamp"))?;
+    let received = received.ok_or_else(|| not_millis("/received_at"))?;
     (row.timestamp, row.timestamp_ms) = (seconds(ts), ts);
     (row.received_at, row.received_ms) = (seconds(received), received);
     Ok(row)
@@ -281,14 +278,9 @@ pub fn score_row(s: &AvroValue) -> Result<ScoreRow, RowError> {
     if row.lead_id.is_empty() {
         return Err(RowError("lead_score has no lead_id".into()));
     }
-    let missing = |path: &str| {
-        RowError(format!(
-            "{path} is missing or not a non-negative millisecond timestamp"
-        ))
-    };
-    let updated = updated.ok_or_else(|| missing("/updated_at"))?;
-    row.first_seen_at = seconds(first_seen.ok_or_else(|| missing("/first_seen_at"))?);
-    row.last_event_at = seconds(last_event.ok_or_else(|| missing("/last_event_at"))?);
+    let updated = updated.ok_or_else(|| not_millis("/updated_at"))?;
+    row.first_seen_at = seconds(first_seen.ok_or_else(|| not_millis("/first_seen_at"))?);
+    row.last_event_at = seconds(last_event.ok_or_else(|| not_millis("/last_event_at"))?);
     row.version = version.ok_or_else(|| RowError("lead_score has no version".into()))?;
     (row.updated_at, row.updated_ms) = (seconds(updated), updated);
     Ok(row)
