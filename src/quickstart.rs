@@ -165,6 +165,9 @@ async fn start_clickhouse(
     )
 }
 
+/// The dev sources (write keys) the simulator posts with.
+const DEV_SOURCES: &str = include_str!("../deploy/config/sources.toml");
+
 /// Days of simulated history the quickstart replays.
 const SIM_DAYS: i64 = 400;
 
@@ -269,6 +272,15 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     ingest.registry = Some(registry.clone());
     ingest.spool_dir = args.dir.join("spool");
     ingest.listen = args.ingest_listen;
+    if !ingest.sources.exists() {
+        // Run from outside the repo: the dev write keys the simulator uses
+        // are built in, written next to the quickstart's other files.
+        let path = args.dir.join("sources.toml");
+        std::fs::create_dir_all(&args.dir)?;
+        std::fs::write(&path, DEV_SOURCES)
+            .with_context(|| format!("writing {}", path.display()))?;
+        ingest.sources = path;
+    }
     let publisher = Arc::new(leadstream_ingest::publish::KafkaPublisher::new(&ingest)?);
     let state = leadstream_ingest::build_state(&ingest, publisher).await?;
     let listener = tokio::net::TcpListener::bind(args.ingest_listen)
