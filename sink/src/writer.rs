@@ -355,3 +355,18 @@ impl Inserter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_map_keeps_the_input_order() {
+        let items: Vec<u64> = (0..10_007).collect();
+        let out = parallel_map(&items, |x| x * 3 + 1);
+        assert_eq!(out, items.iter().map(|x| x * 3 + 1).collect::<Vec<_>>());
+        // Small inputs take the single-thread path; empty ones too.
+        assert_eq!(parallel_map(&items[..3], |x| *x), vec![0, 1, 2]);
+        assert!(parallel_map(&[] as &[u64], |x| *x).is_empty());
+    }
+}
