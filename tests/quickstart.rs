@@ -2,6 +2,8 @@
 //! role for a bounded time, the simulator's events get scored, and the
 //! sink's rows land (here as export files, so the test needs no ClickHouse).
 
+mod common;
+
 use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
@@ -47,7 +49,7 @@ fn quickstart_scores_simulated_leads_and_writes_rows_then_exits_cleanly() {
         .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
         .spawn()
         .expect("run leadstream quickstart");
-    let child = KillOnPanic(Some(child));
+    let mut child = common::KilledOnDrop(child);
 
     // While it runs, every series the Prometheus dashboard queries must be
     // on some role's /metrics: a renamed metric breaks a panel here.
@@ -69,7 +71,7 @@ fn quickstart_scores_simulated_leads_and_writes_rows_then_exits_cleanly() {
             break missing;
         }
     };
-    let status = child.wait();
+    let status = child.0.wait().unwrap();
     let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
     let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(
@@ -158,22 +160,4 @@ fn scrape(addr: &str) -> String {
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
     body
-}
-
-/// The quickstart child, killed if the test panics before it exits.
-struct KillOnPanic(Option<std::process::Child>);
-
-impl KillOnPanic {
-    fn wait(mut self) -> std::process::ExitStatus {
-        self.0.take().unwrap().wait().unwrap()
-    }
-}
-
-impl Drop for KillOnPanic {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
