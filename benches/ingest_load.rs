@@ -9,6 +9,8 @@
 //! Env: LEADSTREAM_BENCH_KAFKA (bootstrap), LEADSTREAM_BENCH_SECONDS (10),
 //! LEADSTREAM_BENCH_CONNECTIONS (16), LEADSTREAM_BENCH_BATCH (100).
 
+mod harness;
+
 use std::{
     sync::{
         Arc,
@@ -30,10 +32,6 @@ use serde_json::{Value, json};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
 fn event(i: u64, run: &str) -> Value {
     json!({
         "type": "track", "event": "Vehicle Configured", "messageId": format!("{run}-{i}"),
@@ -43,13 +41,6 @@ fn event(i: u64, run: &str) -> Value {
                     "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15", "ip": "203.0.113.77"},
         "properties": {"model_id": "x5", "trim": "xDrive40", "powertrain": "bev", "color": "blue", "price": 520000.0, "options_count": 3}
     })
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Bodies are generated before the clock starts, so the measurement is of
@@ -149,15 +140,19 @@ async fn create_topics(bootstrap: &str, names: &[&str]) {
 
 #[tokio::main]
 async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !harness::under_cargo_bench() {
         return; // built by `cargo build --all-targets`; only `cargo bench` runs it
     }
-    let bootstrap = std::env::var("LEADSTREAM_BENCH_KAFKA")
-        .or_else(|_| std::env::var("LEADSTREAM_TEST_KAFKA"))
-        .expect("set LEADSTREAM_BENCH_KAFKA to a broker, e.g. one started by deploy/scripts/services.sh");
-    let seconds: u64 = env("LEADSTREAM_BENCH_SECONDS", "10").parse().unwrap();
-    let connections: usize = env("LEADSTREAM_BENCH_CONNECTIONS", "16").parse().unwrap();
-    let batch: usize = env("LEADSTREAM_BENCH_BATCH", "100").parse().unwrap();
+    let bootstrap = harness::kafka();
+    let seconds: u64 = harness::env("LEADSTREAM_BENCH_SECONDS", "10")
+        .parse()
+        .unwrap();
+    let connections: usize = harness::env("LEADSTREAM_BENCH_CONNECTIONS", "16")
+        .parse()
+        .unwrap();
+    let batch: usize = harness::env("LEADSTREAM_BENCH_BATCH", "100")
+        .parse()
+        .unwrap();
     let run = format!("bench{}", std::process::id());
     let (events_topic, dlq_topic, bare_topic) = (
         format!("{run}.events"),
@@ -239,13 +234,13 @@ async fn main() {
     println!("| bare rdkafka producer, pre-encoded | {bare_rate:.0} | - | - |");
     println!(
         "| ingest HTTP, batches of {batch} | {batch_rate:.0} | {:.1} | {:.1} |",
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99)
+        harness::percentile(&lat, 0.5),
+        harness::percentile(&lat, 0.99)
     );
     println!(
         "| ingest HTTP, single events | {single_rate:.0} | {:.1} | {:.1} |",
-        percentile(&lat1, 0.5),
-        percentile(&lat1, 0.99)
+        harness::percentile(&lat1, 0.5),
+        harness::percentile(&lat1, 0.99)
     );
     println!(
         "batched ingest / bare producer = {:.2}",

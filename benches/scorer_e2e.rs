@@ -6,10 +6,12 @@
 //! LEADSTREAM_BENCH_RATE (events/s in the latency run, 2000),
 //! LEADSTREAM_BENCH_SECONDS (latency run length, 10).
 
+mod harness;
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use leadstream_schemas::{EmbeddedResolver, Encoder, Plan, codec::Decoder, codec::to_json};
@@ -22,17 +24,6 @@ use rdkafka::{
 use serde_json::json;
 
 const T0: i64 = 1_795_305_600_000;
-
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 fn event(lead: usize, k: usize) -> serde_json::Value {
     let page_type = ["home", "model_detail", "configurator", "price", "article"][k % 5];
@@ -97,30 +88,25 @@ async fn read_scores(
     }
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !harness::under_cargo_bench() {
         return; // built by `cargo build --all-targets`; only `cargo bench` runs it
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEADSTREAM_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let bootstrap = std::env::var("LEADSTREAM_BENCH_KAFKA")
-        .or_else(|_| std::env::var("LEADSTREAM_TEST_KAFKA"))
-        .expect("set LEADSTREAM_BENCH_KAFKA to a broker, e.g. one started by deploy/scripts/services.sh");
-    let leads: usize = env("LEADSTREAM_BENCH_LEADS", "2000").parse().unwrap();
-    let per_lead: usize = env("LEADSTREAM_BENCH_EVENTS_PER_LEAD", "50")
+    harness::init_tracing();
+    let bootstrap = harness::kafka();
+    let leads: usize = harness::env("LEADSTREAM_BENCH_LEADS", "2000")
         .parse()
         .unwrap();
-    let rate: u64 = env("LEADSTREAM_BENCH_RATE", "2000").parse().unwrap();
-    let seconds: u64 = env("LEADSTREAM_BENCH_SECONDS", "10").parse().unwrap();
+    let per_lead: usize = harness::env("LEADSTREAM_BENCH_EVENTS_PER_LEAD", "50")
+        .parse()
+        .unwrap();
+    let rate: u64 = harness::env("LEADSTREAM_BENCH_RATE", "2000")
+        .parse()
+        .unwrap();
+    let seconds: u64 = harness::env("LEADSTREAM_BENCH_SECONDS", "10")
+        .parse()
+        .unwrap();
     let plan = Plan::embedded().unwrap();
     let encoder = Encoder::build(&plan, &EmbeddedResolver::new(&plan).unwrap())
         .await
@@ -221,7 +207,7 @@ async fn main() {
     // Wait for the warm-up scores before the clock starts.
     while latencies.lock().unwrap().is_empty() && warm.elapsed() < Duration::from_secs(120) {
         let probe = (lead_ids[0].clone(), 1);
-        produced.lock().unwrap().insert(probe, now_ms());
+        produced.lock().unwrap().insert(probe, harness::now_ms());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     latencies.lock().unwrap().clear();
@@ -238,7 +224,7 @@ async fn main() {
         produced
             .lock()
             .unwrap()
-            .insert((lead_ids[lead].clone(), k as i64 + 1), now_ms());
+            .insert((lead_ids[lead].clone(), k as i64 + 1), harness::now_ms());
         let d = producer
             .send_result(FutureRecord::to(&events_topic).key(&key).payload(&bytes))
             .map_err(|(e, _)| e)
@@ -256,8 +242,8 @@ async fn main() {
     println!(
         "latency at {rate} events/s for {seconds} s ({} scores): produce -> score produce p50 {} ms, p99 {} ms, max {} ms",
         l.len(),
-        percentile(&l, 0.5),
-        percentile(&l, 0.99),
+        harness::percentile(&l, 0.5),
+        harness::percentile(&l, 0.99),
         l.last().unwrap()
     );
 }

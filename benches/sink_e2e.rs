@@ -14,6 +14,8 @@
 //! LEADSTREAM_BENCH_SECONDS (freshness run length, 20),
 //! LEADSTREAM_BENCH_BATCH_MS (the sink's --batch-ms; its default otherwise).
 
+mod harness;
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -28,10 +30,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
 const T0: i64 = 1_795_305_600_000;
-
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
 
 fn event(i: usize, received_ms: i64) -> serde_json::Value {
     let page_type = ["home", "model_detail", "configurator", "price", "article"][i % 5];
@@ -121,38 +119,26 @@ where
     (rows.len() * tables.len()) as f64 / started.elapsed().as_secs_f64()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 #[tokio::main]
 async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !harness::under_cargo_bench() {
         return; // built by `cargo build --all-targets`; only `cargo bench` runs it
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEADSTREAM_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let bootstrap = std::env::var("LEADSTREAM_BENCH_KAFKA")
-        .or_else(|_| std::env::var("LEADSTREAM_TEST_KAFKA"))
-        .expect("set LEADSTREAM_BENCH_KAFKA to a broker, e.g. one started by deploy/scripts/services.sh");
-    let clickhouse_url = std::env::var("LEADSTREAM_BENCH_CLICKHOUSE")
-        .or_else(|_| std::env::var("LEADSTREAM_TEST_CLICKHOUSE"))
-        .expect("set LEADSTREAM_BENCH_CLICKHOUSE to a ClickHouse HTTP URL, e.g. one started by deploy/scripts/services.sh");
-    let n_events: usize = env("LEADSTREAM_BENCH_EVENTS", "400000").parse().unwrap();
-    let n_scores: usize = env("LEADSTREAM_BENCH_SCORES", "200000").parse().unwrap();
-    let rate: usize = env("LEADSTREAM_BENCH_RATE", "10000").parse().unwrap();
-    let seconds: usize = env("LEADSTREAM_BENCH_SECONDS", "20").parse().unwrap();
+    harness::init_tracing();
+    let bootstrap = harness::kafka();
+    let clickhouse_url = harness::clickhouse();
+    let n_events: usize = harness::env("LEADSTREAM_BENCH_EVENTS", "400000")
+        .parse()
+        .unwrap();
+    let n_scores: usize = harness::env("LEADSTREAM_BENCH_SCORES", "200000")
+        .parse()
+        .unwrap();
+    let rate: usize = harness::env("LEADSTREAM_BENCH_RATE", "10000")
+        .parse()
+        .unwrap();
+    let seconds: usize = harness::env("LEADSTREAM_BENCH_SECONDS", "20")
+        .parse()
+        .unwrap();
 
     let run = format!("skbench{}", std::process::id());
     let database = run.clone();
@@ -316,7 +302,7 @@ async fn main() {
             while i < total {
                 interval.tick().await;
                 for _ in 0..per_tick.min(total - i) {
-                    let now = now_ms();
+                    let now = harness::now_ms();
                     let bytes = encoder.encode(&event(n_events + i, now)).unwrap().bytes;
                     let key = format!("anon-{}", i % 20_000);
                     let record = FutureRecord::to(&topic).key(&key).payload(&bytes);
@@ -334,7 +320,7 @@ async fn main() {
     let mut seen = 0usize;
     while seen < total {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = now_ms();
+        let now = harness::now_ms();
         let c = (count(&db, "SELECT count() FROM events").await as usize).saturating_sub(base);
         let sent = sent.lock().unwrap();
         for &t in &sent[seen..c.min(sent.len())] {
@@ -347,8 +333,8 @@ async fn main() {
     println!(
         "freshness at {rate} events/s for {seconds} s ({total} events): produce → countable in ClickHouse \
          p50 {:.2} s, p99 {:.2} s, max {:.2} s (sink batch_ms {}, poll 50 ms)",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
+        harness::percentile(&latencies, 0.5),
+        harness::percentile(&latencies, 0.99),
         latencies.last().unwrap(),
         cfg.batch_ms
     );
