@@ -104,18 +104,18 @@ fn samples(text: &str) -> Vec<(String, Kind, f64)> {
 pub struct Reporter {
     service: String,
     instance: String,
-    /// Only series starting with this are this role's (the quickstart runs
+    /// Only series named `<service>_…` are this role's (the quickstart runs
     /// every role in one process, behind one exposition).
     prefix: String,
     last: HashMap<String, f64>,
 }
 
 impl Reporter {
-    pub fn new(service: &str, instance: &str, prefix: &str) -> Self {
+    pub fn new(service: &str, instance: &str) -> Self {
         Self {
             service: service.to_owned(),
             instance: instance.to_owned(),
-            prefix: prefix.to_owned(),
+            prefix: format!("{service}_"),
             last: HashMap::new(),
         }
     }
@@ -169,6 +169,34 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Starts publishing `service`'s rows to `topic` (see [`publish`]); None
+/// when the topic is unset (metrics turned off). `listen` is the role's
+/// operations address, which names the instance.
+pub fn spawn(
+    kafka: &str,
+    topic: Option<&str>,
+    service: &str,
+    listen: SocketAddr,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let topic = topic?;
+    let reporter = Reporter::new(service, &instance(listen));
+    Some(tokio::spawn(publish(
+        kafka.to_owned(),
+        topic.to_owned(),
+        reporter,
+        stop,
+    )))
+}
+
+/// After the stop: waits for the last partial minute's rows, bounded, as
+/// the broker may already be gone.
+pub async fn finish(publisher: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(p) = publisher {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    }
 }
 
 /// Publishes `reporter`'s rows at every minute boundary until `stop` turns
@@ -251,7 +279,7 @@ scorer_records_total 99
 
     #[test]
     fn counters_report_the_minutes_change_gauges_their_value() {
-        let mut r = Reporter::new("ingest", "host:8080", "ingest_");
+        let mut r = Reporter::new("ingest", "host:8080");
         let first = r.rows(EXPOSITION, 60);
         let get = |rows: &[MetricRow], m: &str| {
             rows.iter()
@@ -294,7 +322,7 @@ scorer_records_total 99
 
     #[test]
     fn a_counter_that_went_down_was_reset_and_reports_its_new_value() {
-        let mut r = Reporter::new("ingest", "h:1", "ingest_");
+        let mut r = Reporter::new("ingest", "h:1");
         r.rows(EXPOSITION, 0);
         let rows = r.rows(
             &EXPOSITION.replace("accepted_total 120", "accepted_total 7"),

@@ -76,13 +76,10 @@ pub async fn build_state(
         },
         replay: tokio::sync::Notify::new(),
         prometheus: metrics::prometheus(),
-        pipeline_metrics: cfg.pipeline_metrics.enabled().map(|topic| {
-            (
-                cfg.kafka.clone(),
-                topic.to_owned(),
-                leadstream_common::pipeline_metrics::instance(cfg.listen),
-            )
-        }),
+        pipeline_metrics: cfg
+            .pipeline_metrics
+            .enabled()
+            .map(|topic| (cfg.kafka.clone(), topic.to_owned(), cfg.listen)),
     }))
 }
 
@@ -110,14 +107,9 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reporter = state
         .pipeline_metrics
-        .clone()
-        .map(|(kafka, topic, instance)| {
-            tokio::spawn(pipeline_metrics::publish(
-                kafka,
-                topic,
-                pipeline_metrics::Reporter::new("ingest", &instance, "ingest_"),
-                stop_rx.clone(),
-            ))
+        .as_ref()
+        .and_then(|(kafka, topic, listen)| {
+            pipeline_metrics::spawn(kafka, Some(topic), "ingest", *listen, stop_rx.clone())
         });
     let replayer = tokio::spawn(replay_loop(Arc::clone(&state), stop_rx));
     axum::serve(listener, server::router(Arc::clone(&state)))
@@ -132,10 +124,7 @@ pub async fn serve(
     .await;
     let publisher = Arc::clone(&state.publisher);
     tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(10))).await?;
-    if let Some(reporter) = reporter {
-        // The partial minute's rows; bounded, as the broker may be gone.
-        let _ = tokio::time::timeout(Duration::from_secs(5), reporter).await;
-    }
+    pipeline_metrics::finish(reporter).await;
     Ok(())
 }
 

@@ -55,8 +55,8 @@ pub struct AppState {
     pub limits: Limits,
     pub replay: Notify,
     pub prometheus: metrics_exporter_prometheus::PrometheusHandle,
-    /// Where the per-minute pipeline metrics go: (brokers, topic, instance).
-    pub pipeline_metrics: Option<(String, String, String)>,
+    /// Where the per-minute pipeline metrics go: (brokers, topic, listen address).
+    pub pipeline_metrics: Option<(String, String, std::net::SocketAddr)>,
 }
 
 impl AppState {

@@ -107,22 +107,21 @@ pub async fn run(
     ];
     if let Some(topic) = cfg.pipeline_metrics.enabled() {
         streams.push((Kind::Metrics, topic));
-        loops.push(tokio::spawn(pipeline_metrics::publish(
-            kafka.clone(),
-            topic.to_owned(),
-            pipeline_metrics::Reporter::new("sink", &pipeline_metrics::instance(addr), "sink_"),
-            stop_rx.clone(),
-        )));
     }
+    let reporter = pipeline_metrics::spawn(
+        &kafka,
+        cfg.pipeline_metrics.enabled(),
+        "sink",
+        addr,
+        stop_rx.clone(),
+    );
     for (kind, topic) in streams {
         let mut consumer_cfg = consumer_config(&kafka, &format!("{}.{}", cfg.group, kind.label()));
         consumer_cfg.set("session.timeout.ms", cfg.session_timeout_ms.to_string());
         let consumer: StreamConsumer = consumer_cfg.create()?;
         consumer.subscribe(&[topic])?;
-        let mut writer = writer::Writer::new(kind, consumer, Arc::clone(&decoder), store.clone());
-        writer.batch_rows = cfg.batch_rows;
-        writer.batch_ms = cfg.batch_ms;
-        writer.max_backoff_ms = cfg.max_backoff_ms;
+        let mut writer =
+            writer::Writer::new(kind, consumer, Arc::clone(&decoder), store.clone(), &cfg);
         let stop = stop_rx.clone();
         loops.push(tokio::spawn(async move {
             while !*stop.borrow() {
@@ -147,6 +146,7 @@ pub async fn run(
     for l in loops {
         l.await.context("sink loop")?;
     }
+    pipeline_metrics::finish(reporter).await;
     ready.set(false);
     tracing::info!("sink stopped");
     Ok(())

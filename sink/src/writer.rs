@@ -13,6 +13,7 @@ use leadstream_schemas::{Decoder, codec::Decoded};
 use rdkafka::{Message, consumer::StreamConsumer, message::BorrowedMessage};
 
 use crate::{
+    config::SinkConfig,
     metrics::{BATCHES, CONSUMER_LAG, DEAD_LETTERS, INSERT_RETRIES, INSERT_SECONDS, ROWS},
     rows::{
         DeadLetterRow, EventRow, PipelineMetricRow, RowError, ScoreRow, ViolationRow, event_row,
@@ -76,15 +77,21 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(kind: Kind, consumer: StreamConsumer, decoder: Arc<Decoder>, store: Store) -> Self {
+    pub fn new(
+        kind: Kind,
+        consumer: StreamConsumer,
+        decoder: Arc<Decoder>,
+        store: Store,
+        cfg: &SinkConfig,
+    ) -> Self {
         Self {
             kind,
             consumer,
             decoder,
             store,
-            batch_rows: 20_000,
-            batch_ms: 1_000,
-            max_backoff_ms: 10_000,
+            batch_rows: cfg.batch_rows,
+            batch_ms: cfg.batch_ms,
+            max_backoff_ms: cfg.max_backoff_ms,
             lag: LagGauge::new(CONSUMER_LAG, ("stream", kind.label())),
             in_flight: None,
         }

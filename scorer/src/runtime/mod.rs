@@ -207,18 +207,13 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let reporter = cfg.pipeline_metrics.enabled().map(|topic| {
-        tokio::spawn(pipeline_metrics::publish(
-            kafka.clone(),
-            topic.to_owned(),
-            pipeline_metrics::Reporter::new(
-                "scorer",
-                &pipeline_metrics::instance(cfg.listen),
-                "scorer_",
-            ),
-            stop_rx.clone(),
-        ))
-    });
+    let reporter = pipeline_metrics::spawn(
+        &kafka,
+        cfg.pipeline_metrics.enabled(),
+        "scorer",
+        addr,
+        stop_rx.clone(),
+    );
     let stop = stop_rx.clone();
     let stitch_task = tokio::spawn(async move {
         while !*stop.borrow() {
@@ -242,9 +237,7 @@ pub async fn run(
     let (a, b) = tokio::join!(stitch_task, score_task);
     a.context("stitching task")?;
     b.context("scoring task")?;
-    if let Some(reporter) = reporter {
-        let _ = tokio::time::timeout(Duration::from_secs(5), reporter).await;
-    }
+    pipeline_metrics::finish(reporter).await;
     ready.set(false);
     tracing::info!("scorer stopped");
     Ok(())
