@@ -16,6 +16,7 @@ use serde_json::Value as Json;
 
 use crate::{
     FRAME_HEADER_LEN, MAGIC_BYTE,
+    datum::{Datum, DatumReader},
     plan::Plan,
     resolver::{ResolveError, ResolvedSchema, SchemaResolver},
 };
@@ -212,6 +213,7 @@ pub enum DecodeError {
 struct Reader {
     schema: Arc<ResolvedSchema>,
     datum: GenericDatumReader<'static>,
+    borrowed: DatumReader,
 }
 
 /// Decodes framed bytes with the writer schema named by the frame, fetched
@@ -254,6 +256,50 @@ impl Decoder {
         Some(Self::read(&reader, bytes))
     }
 
+    /// Reads the datum borrowed ([`Datum`]: no owned copy of its strings)
+    /// and hands it to `f` with the writer schema's id. None when the frame
+    /// names a schema this decoder has not fetched yet (then use
+    /// [`Decoder::visit`]).
+    pub fn visit_cached<R>(
+        &self,
+        bytes: &[u8],
+        f: impl FnOnce(u32, &Datum<'_>) -> R,
+    ) -> Option<Result<R, DecodeError>> {
+        let id = match split_frame(bytes) {
+            Ok((id, _)) => id,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let reader = Arc::clone(self.readers.read().expect("lock poisoned").get(&id)?);
+        Some(Self::visit_with(&reader, bytes, f))
+    }
+
+    /// [`Decoder::visit_cached`], fetching the writer schema when needed.
+    pub async fn visit<R>(
+        &self,
+        bytes: &[u8],
+        f: impl FnOnce(u32, &Datum<'_>) -> R,
+    ) -> Result<R, DecodeError> {
+        let (id, _) = split_frame(bytes)?;
+        let reader = self.reader(id).await?;
+        Self::visit_with(&reader, bytes, f)
+    }
+
+    fn visit_with<R>(
+        reader: &Reader,
+        bytes: &[u8],
+        f: impl FnOnce(u32, &Datum<'_>) -> R,
+    ) -> Result<R, DecodeError> {
+        let (id, datum) = split_frame(bytes)?;
+        let datum = reader
+            .borrowed
+            .read(datum)
+            .map_err(|e| DecodeError::Datum {
+                id,
+                message: e.to_string(),
+            })?;
+        Ok(f(id, &datum))
+    }
+
     fn read(reader: &Reader, bytes: &[u8]) -> Result<Decoded, DecodeError> {
         let (id, mut datum) = split_frame(bytes)?;
         let value = reader
@@ -290,7 +336,12 @@ impl Decoder {
                 id,
                 message: e.to_string(),
             })?;
-        let reader = Arc::new(Reader { schema, datum });
+        let borrowed = DatumReader::new(schema.schema);
+        let reader = Arc::new(Reader {
+            schema,
+            datum,
+            borrowed,
+        });
         self.readers
             .write()
             .expect("lock poisoned")
@@ -299,53 +350,8 @@ impl Decoder {
     }
 }
 
-/// Appends `value` as JSON text: the same text as `to_json(value).to_string()`
-/// (keys of records and maps sorted), without building the JSON tree.
-pub fn write_json(value: &Value, out: &mut String) {
-    use std::fmt::Write as _;
-    let string = write_str;
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => {
-            let _ = write!(out, "{i}");
-        }
-        Value::Long(i)
-        | Value::TimeMicros(i)
-        | Value::TimestampMillis(i)
-        | Value::TimestampMicros(i) => {
-            let _ = write!(out, "{i}");
-        }
-        Value::Float(_) | Value::Double(_) => out.push_str(&to_json(value).to_string()),
-        Value::Bytes(b) | Value::Fixed(_, b) => string(&String::from_utf8_lossy(b), out),
-        Value::String(s) | Value::Enum(_, s) => write_str(s, out),
-        Value::Union(_, inner) => write_json(inner, out),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_json(item, out);
-            }
-            out.push(']');
-        }
-        Value::Map(m) => {
-            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            write_object(entries, out);
-        }
-        Value::Record(fields) => {
-            let mut entries: Vec<(&String, &Value)> = fields.iter().map(|(k, v)| (k, v)).collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            write_object(entries, out);
-        }
-        other => string(&format!("{other:?}"), out),
-    }
-}
-
 /// A JSON string literal, escaped as serde_json escapes it.
-fn write_str(s: &str, out: &mut String) {
+pub(crate) fn write_str(s: &str, out: &mut String) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push('"');
         out.push_str(s);
@@ -353,19 +359,6 @@ fn write_str(s: &str, out: &mut String) {
     } else {
         out.push_str(&Json::String(s.to_owned()).to_string());
     }
-}
-
-fn write_object(entries: Vec<(&String, &Value)>, out: &mut String) {
-    out.push('{');
-    for (i, (k, v)) in entries.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_str(k, out);
-        out.push(':');
-        write_json(v, out);
-    }
-    out.push('}');
 }
 
 /// Where in the event a value sits, rendered only when reporting an error.
@@ -667,23 +660,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn write_json_writes_what_to_json_renders() {
+    async fn the_borrowed_datum_renders_what_apache_avro_decodes() {
         let (encoder, decoder) = codec().await;
         let mut e = page_view();
         e["context"]["page_title"] = json!("Quote \" back\\slash \n newline \u{1} ctl 中文");
-        let d = decoder
-            .decode(&encoder.encode(&e).unwrap().bytes)
-            .await
+        let bytes = encoder.encode(&e).unwrap().bytes;
+        let reference = decoder.decode(&bytes).await.unwrap();
+        let (id, text) = decoder
+            .visit_cached(&bytes, |id, d| {
+                let mut text = String::new();
+                d.write_json(&mut text);
+                (id, text)
+            })
+            .expect("schema fetched by decode")
             .unwrap();
-        let mut text = String::new();
-        write_json(&d.value, &mut text);
-        assert_eq!(text, to_json(&d.value).to_string());
-        assert!(
-            decoder
-                .decode_cached(&encoder.encode(&e).unwrap().bytes)
-                .unwrap()
-                .is_ok()
-        );
+        assert_eq!(id, reference.schema.id);
+        assert_eq!(text, to_json(&reference.value).to_string());
+        let err = decoder
+            .visit(&bytes[..bytes.len() - 3], |_, _| ())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("ends early"), "{err}");
     }
 
     async fn codec() -> (Encoder, Decoder) {

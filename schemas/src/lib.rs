@@ -5,6 +5,7 @@
 pub mod check;
 pub mod codec;
 pub mod compat;
+pub mod datum;
 pub mod docs;
 pub mod lint;
 pub mod lock;

@@ -2,9 +2,8 @@
 //! with a record it cannot turn into a row; the writer sends those to
 //! `dead_letters` with the raw bytes.
 
-use apache_avro::types::Value as AvroValue;
 use clickhouse::Row;
-use leadstream_schemas::codec::write_json;
+use leadstream_schemas::datum::Datum;
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -121,17 +120,17 @@ fn seconds(ms: u64) -> u32 {
 }
 
 /// A decoded tracking-plan event at `partition`/`offset`, read straight
-/// from the Avro value (one pass over its fields; `context` and
+/// from the borrowed datum (one pass over its fields; `context` and
 /// `properties` are written as JSON text without an intermediate tree).
 pub fn event_row(
-    e: &AvroValue,
+    e: &Datum<'_>,
     schema_id: u32,
     partition: i32,
     offset: i64,
 ) -> Result<EventRow, RowError> {
-    let AvroValue::Record(fields) = e else {
+    if !matches!(e, Datum::Record(..)) {
         return Err(RowError("event is not an Avro record".into()));
-    };
+    }
     let mut row = EventRow {
         schema_id,
         kafka_partition: partition,
@@ -140,46 +139,43 @@ pub fn event_row(
         ..EventRow::default()
     };
     let (mut ts, mut received) = (None, None);
-    for (name, v) in fields {
-        let v = unwrap_union(v);
-        match name.as_str() {
-            "message_id" => row.message_id = avro_text(v),
-            "event" => row.event = avro_text(v),
-            "type" => row.r#type = avro_text(v),
-            "platform" => row.platform = avro_text(v),
-            "source_id" => row.source_id = avro_text(v),
-            "tenant" => row.tenant = avro_text(v),
-            "anonymous_id" => row.anonymous_id = avro_text(v),
-            "user_id" => row.user_id = avro_text(v),
-            "union_id" => row.union_id = avro_text(v),
-            "phone_hash" => row.phone_hash = avro_text(v),
-            "timestamp" => ts = avro_millis(v),
-            "received_at" => received = avro_millis(v),
+    for (name, v) in e.entries() {
+        match name {
+            "message_id" => row.message_id = text_of(v),
+            "event" => row.event = text_of(v),
+            "type" => row.r#type = text_of(v),
+            "platform" => row.platform = text_of(v),
+            "source_id" => row.source_id = text_of(v),
+            "tenant" => row.tenant = text_of(v),
+            "anonymous_id" => row.anonymous_id = text_of(v),
+            "user_id" => row.user_id = text_of(v),
+            "union_id" => row.union_id = text_of(v),
+            "phone_hash" => row.phone_hash = text_of(v),
+            "timestamp" => ts = millis_of(v),
+            "received_at" => received = millis_of(v),
             "context" => {
                 row.context.clear();
-                write_json(v, &mut row.context);
-                for (k, cv) in avro_fields(v) {
-                    let cv = unwrap_union(cv);
+                v.write_json(&mut row.context);
+                for (k, cv) in v.entries() {
                     match k {
-                        "lead_channel" => row.lead_channel = avro_text(cv),
-                        "utm_source" => row.utm_source = avro_text(cv),
-                        "utm_campaign" => row.utm_campaign = avro_text(cv),
-                        "session_id" => row.session_id = avro_text(cv),
-                        "sdk_name" => row.sdk_name = avro_text(cv),
-                        "sdk_version" => row.sdk_version = avro_text(cv),
-                        "is_bot" => row.is_bot = u8::from(matches!(cv, AvroValue::Boolean(true))),
+                        "lead_channel" => row.lead_channel = text_of(cv),
+                        "utm_source" => row.utm_source = text_of(cv),
+                        "utm_campaign" => row.utm_campaign = text_of(cv),
+                        "session_id" => row.session_id = text_of(cv),
+                        "sdk_name" => row.sdk_name = text_of(cv),
+                        "sdk_version" => row.sdk_version = text_of(cv),
+                        "is_bot" => row.is_bot = u8::from(cv.as_bool() == Some(true)),
                         _ => {}
                     }
                 }
             }
             "properties" => {
                 row.properties.clear();
-                write_json(v, &mut row.properties);
-                for (k, pv) in avro_fields(v) {
-                    let pv = unwrap_union(pv);
+                v.write_json(&mut row.properties);
+                for (k, pv) in v.entries() {
                     match k {
-                        "page_type" => row.page_type = avro_text(pv),
-                        "model_id" => row.model_id = avro_text(pv),
+                        "page_type" => row.page_type = text_of(pv),
+                        "model_id" => row.model_id = text_of(pv),
                         _ => {}
                     }
                 }
@@ -197,81 +193,55 @@ pub fn event_row(
     Ok(row)
 }
 
-fn unwrap_union(v: &AvroValue) -> &AvroValue {
-    match v {
-        AvroValue::Union(_, inner) => unwrap_union(inner),
-        other => other,
-    }
-}
-
 /// A string field's text; "" for null or a non-string.
-fn avro_text(v: &AvroValue) -> String {
-    match v {
-        AvroValue::String(s) | AvroValue::Enum(_, s) => s.clone(),
-        _ => String::new(),
-    }
+fn text_of(v: &Datum<'_>) -> String {
+    v.as_str().unwrap_or_default().to_owned()
 }
 
-fn avro_millis(v: &AvroValue) -> Option<u64> {
-    match v {
-        AvroValue::Long(t) | AvroValue::TimestampMillis(t) if *t >= 0 => Some(*t as u64),
-        _ => None,
-    }
+fn millis_of(v: &Datum<'_>) -> Option<u64> {
+    v.as_i64().and_then(|t| u64::try_from(t).ok())
 }
 
-/// The (name, value) pairs of a record or map; none for anything else.
-fn avro_fields(v: &AvroValue) -> Box<dyn Iterator<Item = (&str, &AvroValue)> + '_> {
-    match v {
-        AvroValue::Record(fields) => Box::new(fields.iter().map(|(k, v)| (k.as_str(), v))),
-        AvroValue::Map(m) => Box::new(m.iter().map(|(k, v)| (k.as_str(), v))),
-        _ => Box::new(std::iter::empty()),
-    }
-}
-
-/// A decoded `lead_score` record, read straight from the Avro value.
-pub fn score_row(s: &AvroValue) -> Result<ScoreRow, RowError> {
-    let AvroValue::Record(fields) = s else {
+/// A decoded `lead_score` record, read straight from the borrowed datum.
+pub fn score_row(s: &Datum<'_>) -> Result<ScoreRow, RowError> {
+    if !matches!(s, Datum::Record(..)) {
         return Err(RowError("lead_score is not an Avro record".into()));
-    };
+    }
     let mut row = ScoreRow::default();
     let (mut first_seen, mut last_event, mut updated, mut version) = (None, None, None, None);
-    for (name, v) in fields {
-        let v = unwrap_union(v);
-        match name.as_str() {
-            "lead_id" => row.lead_id = avro_text(v),
-            "score" => row.score = avro_f64(v),
-            "rule_score" => row.rule_score = avro_f64(v),
-            "probability" => row.probability = avro_f64(v),
-            "grade" => row.grade = avro_text(v),
-            "stage" => row.stage = avro_text(v),
+    let f64_of = |v: &Datum<'_>| v.as_f64().unwrap_or(0.0);
+    for (name, v) in s.entries() {
+        match name {
+            "lead_id" => row.lead_id = text_of(v),
+            "score" => row.score = f64_of(v),
+            "rule_score" => row.rule_score = f64_of(v),
+            "probability" => row.probability = f64_of(v),
+            "grade" => row.grade = text_of(v),
+            "stage" => row.stage = text_of(v),
             "reasons" => {
-                for r in avro_items(v) {
-                    let (mut code, mut points) = (String::new(), 0.0);
-                    for (k, rv) in avro_fields(unwrap_union(r)) {
-                        match k {
-                            "code" => code = avro_text(unwrap_union(rv)),
-                            "points" => points = avro_f64(unwrap_union(rv)),
-                            _ => {}
-                        }
-                    }
-                    row.reason_codes.push(code);
-                    row.reason_points.push(points);
+                for r in v.items() {
+                    row.reason_codes
+                        .push(r.field("code").map(text_of).unwrap_or_default());
+                    row.reason_points
+                        .push(r.field("points").map_or(0.0, f64_of));
                 }
             }
-            "reactivated" => row.reactivated = u8::from(matches!(v, AvroValue::Boolean(true))),
-            "event_count" => row.event_count = avro_millis(v).unwrap_or(0),
+            "reactivated" => row.reactivated = u8::from(v.as_bool() == Some(true)),
+            "event_count" => row.event_count = millis_of(v).unwrap_or(0),
             "platforms" => {
-                row.platforms = avro_items(v)
-                    .map(|p| avro_text(unwrap_union(p)))
+                row.platforms = v
+                    .items()
+                    .iter()
+                    .map(text_of)
                     .filter(|p| !p.is_empty())
                     .collect();
             }
-            "first_channel" => row.first_channel = avro_text(v),
-            "first_seen_at" => first_seen = avro_millis(v),
-            "last_event_at" => last_event = avro_millis(v),
-            "merged_into" => row.merged_into = avro_text(v),
-            "version" => version = avro_millis(v),
-            "updated_at" => updated = avro_millis(v),
+            "first_channel" => row.first_channel = text_of(v),
+            "first_seen_at" => first_seen = millis_of(v),
+            "last_event_at" => last_event = millis_of(v),
+            "merged_into" => row.merged_into = text_of(v),
+            "version" => version = millis_of(v),
+            "updated_at" => updated = millis_of(v),
             _ => {}
         }
     }
@@ -284,23 +254,6 @@ pub fn score_row(s: &AvroValue) -> Result<ScoreRow, RowError> {
     row.version = version.ok_or_else(|| RowError("lead_score has no version".into()))?;
     (row.updated_at, row.updated_ms) = (seconds(updated), updated);
     Ok(row)
-}
-
-fn avro_f64(v: &AvroValue) -> f64 {
-    match v {
-        AvroValue::Double(f) => *f,
-        AvroValue::Float(f) => f64::from(*f),
-        AvroValue::Int(i) => f64::from(*i),
-        AvroValue::Long(i) => *i as f64,
-        _ => 0.0,
-    }
-}
-
-fn avro_items(v: &AvroValue) -> impl Iterator<Item = &AvroValue> {
-    match v {
-        AvroValue::Array(items) => items.iter(),
-        _ => [].iter(),
-    }
 }
 
 /// A DLQ record (JSON written by ingest).
@@ -364,23 +317,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    async fn decoded_score(s: &Json) -> AvroValue {
-        use leadstream_schemas::{Decoder, EmbeddedResolver, Encoder, Plan};
+    use leadstream_schemas::{Decoder, EmbeddedResolver, Encoder, Plan};
+
+    async fn codec() -> (Encoder, Decoder) {
         let plan = Plan::embedded().unwrap();
         let resolver = std::sync::Arc::new(EmbeddedResolver::new(&plan).unwrap());
         let encoder = Encoder::build(&plan, resolver.as_ref()).await.unwrap();
-        let bytes = encoder.encode_derived("lead_score", s).unwrap().bytes;
-        Decoder::new(resolver).decode(&bytes).await.unwrap().value
+        (encoder, Decoder::new(resolver))
     }
 
-    /// An event as the sink sees it: encoded by the plan, then decoded.
-    async fn decoded(e: &Json) -> AvroValue {
-        use leadstream_schemas::{Decoder, EmbeddedResolver, Encoder, Plan};
-        let plan = Plan::embedded().unwrap();
-        let resolver = std::sync::Arc::new(EmbeddedResolver::new(&plan).unwrap());
-        let encoder = Encoder::build(&plan, resolver.as_ref()).await.unwrap();
-        let bytes = encoder.encode(e).unwrap().bytes;
-        Decoder::new(resolver).decode(&bytes).await.unwrap().value
+    async fn score_of(s: &Json) -> Result<ScoreRow, RowError> {
+        let (encoder, decoder) = codec().await;
+        let bytes = encoder.encode_derived("lead_score", s).unwrap().bytes;
+        decoder.visit(&bytes, |_, d| score_row(d)).await.unwrap()
     }
 
     #[tokio::test]
@@ -390,8 +339,14 @@ mod tests {
             "anonymous_id": "a1", "timestamp": 1_795_305_600_123_i64, "received_at": 1_795_305_601_000_i64,
             "context": {"utm_source": "autohome", "is_bot": true, "sdk_name": "analytics-python"},
             "properties": {"page_type": "configurator", "model_id": "x5"}});
-        let value = decoded(&e).await;
-        let r = event_row(&value, 7, 2, 42).unwrap();
+        // An event as the sink sees it: encoded by the plan, then decoded.
+        let (encoder, decoder) = codec().await;
+        let bytes = encoder.encode(&e).unwrap().bytes;
+        let r = decoder
+            .visit(&bytes, |_, d| event_row(d, 7, 2, 42))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (r.timestamp, r.timestamp_ms),
             (1_795_305_600, 1_795_305_600_123)
@@ -408,8 +363,9 @@ mod tests {
             (r.is_bot, r.schema_id, r.kafka_partition, r.kafka_offset),
             (1, 7, 2, 42)
         );
-        // The JSON columns are the decoded value's JSON, nulls for absent
-        // optional fields included.
+        // The JSON columns are apache-avro's decoded value as JSON, nulls
+        // for absent optional fields included.
+        let value = decoder.decode(&bytes).await.unwrap().value;
         let json = leadstream_schemas::codec::to_json(&value);
         assert_eq!(r.properties, json["properties"].to_string());
         assert_eq!(r.context, json["context"].to_string());
@@ -417,10 +373,18 @@ mod tests {
             serde_json::from_str::<Json>(&r.properties).unwrap()["model_id"],
             "x5"
         );
-        let no_ts = AvroValue::Record(vec![
-            ("message_id".into(), AvroValue::String("m".into())),
-            ("received_at".into(), AvroValue::Long(1)),
-        ]);
+        let schema = apache_avro::Schema::parse_str(
+            r#"{"type": "record", "name": "NoTs", "fields": [
+                {"name": "message_id", "type": "string"}, {"name": "received_at", "type": "long"}]}"#,
+        )
+        .unwrap();
+        let apache_avro::Schema::Record(record) = &schema else {
+            unreachable!()
+        };
+        let no_ts = Datum::Record(
+            leadstream_schemas::datum::Fields(record),
+            vec![Datum::Str("m"), Datum::Long(1)],
+        );
         let err = event_row(&no_ts, 7, 0, 0).unwrap_err();
         assert!(err.0.contains("/timestamp"), "{err}");
     }
@@ -431,7 +395,7 @@ mod tests {
             "stage": "new", "reasons": [{"code": "test_drive_booked", "points": 50.0}], "reactivated": false,
             "event_count": 9, "platforms": ["app", "web"], "first_channel": null, "first_seen_at": 1000,
             "last_event_at": 2000, "merged_into": null, "version": 3, "updated_at": 2000});
-        let r = score_row(&decoded_score(&s).await).unwrap();
+        let r = score_of(&s).await.unwrap();
         assert_eq!(
             (r.reason_codes.clone(), r.reason_points.clone(), r.version),
             (vec!["test_drive_booked".to_owned()], vec![50.0], 3)

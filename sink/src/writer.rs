@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use leadstream_common::kafka::{LagGauge, collect_batch, commit_offsets, next_offsets};
 
 use base64::Engine as _;
-use leadstream_schemas::{Decoder, codec::Decoded};
+use leadstream_schemas::{Decoder, codec::DecodeError, datum::Datum};
 use rdkafka::{Message, consumer::StreamConsumer, message::BorrowedMessage};
 
 use crate::{
@@ -154,14 +154,14 @@ impl Writer {
         let failed = match self.kind {
             Kind::Events => {
                 let (rows, failed) = self
-                    .decoded_rows(&messages, |d, p, o| event_row(&d.value, d.schema.id, p, o))
+                    .decoded_rows(&messages, |id, d, p, o| event_row(d, id, p, o))
                     .await;
                 batch.events = rows;
                 failed
             }
             Kind::Scores => {
                 let (rows, failed) = self
-                    .decoded_rows(&messages, |d, _, _| score_row(&d.value))
+                    .decoded_rows(&messages, |_, d, _, _| score_row(d))
                     .await;
                 batch.scores = rows;
                 failed
@@ -238,7 +238,7 @@ impl Writer {
     async fn decoded_rows<R: Send>(
         &self,
         messages: &[BorrowedMessage<'_>],
-        to_row: impl Fn(Decoded, i32, i64) -> Result<R, RowError> + Sync,
+        to_row: impl Fn(u32, &Datum<'_>, i32, i64) -> Result<R, RowError> + Sync,
     ) -> (Vec<R>, Vec<(usize, String)>) {
         let records: Vec<(Option<&[u8]>, i32, i64)> = messages
             .iter()
@@ -248,12 +248,10 @@ impl Writer {
             let Some(bytes) = payload else {
                 return Some(Err("record has no value".to_owned()));
             };
-            let decoded = self.decoder.decode_cached(bytes)?;
-            Some(
-                decoded
-                    .map_err(|e| e.to_string())
-                    .and_then(|d| to_row(d, p, o).map_err(|e| e.to_string())),
-            )
+            let converted = self
+                .decoder
+                .visit_cached(bytes, |id, d| to_row(id, d, p, o))?;
+            Some(flatten(converted))
         });
         let mut rows = Vec::with_capacity(records.len());
         let mut failed = Vec::new();
@@ -262,10 +260,8 @@ impl Writer {
                 Some(r) => r,
                 None => {
                     let (bytes, p, o) = records[i];
-                    match self.decoder.decode(bytes.unwrap_or_default()).await {
-                        Ok(d) => to_row(d, p, o).map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    }
+                    let bytes = bytes.unwrap_or_default();
+                    flatten(self.decoder.visit(bytes, |id, d| to_row(id, d, p, o)).await)
                 }
             };
             match result {
@@ -289,6 +285,15 @@ impl Writer {
             );
         }
         Ok(())
+    }
+}
+
+/// A record's outcome, with why it failed as text for the dead-letter row.
+fn flatten<R>(r: Result<Result<R, RowError>, DecodeError>) -> Result<R, String> {
+    match r {
+        Ok(Ok(row)) => Ok(row),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
