@@ -72,6 +72,22 @@ async fn count(db: &clickhouse::Client, sql: &str) -> u64 {
     db.query(sql).fetch_one::<u64>().await.unwrap_or(0)
 }
 
+/// Waits (up to 60 s) until ClickHouse runs no background merge, so each
+/// measured phase starts from the same quiet server rather than paying for
+/// merging the rows the previous phase inserted.
+async fn quiesce(db: &clickhouse::Client) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut quiet = 0;
+    while quiet < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if count(db, "SELECT toUInt64(count()) FROM system.merges").await == 0 {
+            quiet += 1;
+        } else {
+            quiet = 0;
+        }
+    }
+}
+
 /// Polls `sql` until it counts `n`. Returns the rows/s between 10% and 90%
 /// of `n` (the steady state: no group join, no tail) and the seconds from
 /// `start` to the end.
@@ -242,7 +258,9 @@ async fn main() {
         per(t_generic)
     );
 
+    quiesce(&db).await;
     let bare_events = bare_insert(&db, &["bare_events"], &event_rows, cfg.batch_rows).await;
+    quiesce(&db).await;
     let bare_scores = bare_insert(
         &db,
         &["bare_scores", "bare_history"],
@@ -256,6 +274,7 @@ async fn main() {
         .unwrap();
     produce_all(&producer, &cfg.events_topic, &events).await;
 
+    quiesce(&db).await;
     let started = Instant::now();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sink = tokio::spawn(leadstream_sink::run(cfg.clone(), async move {
@@ -274,6 +293,7 @@ async fn main() {
 
     // Scores: a backlog while the sink is stopped, then the same group resumes.
     produce_all(&producer, &cfg.scores_topic, &scores).await;
+    quiesce(&db).await;
     let started = Instant::now();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sink = tokio::spawn(leadstream_sink::run(cfg.clone(), async move {
