@@ -67,6 +67,7 @@ async fn drive(
 ) -> (u64, Vec<f64>, f64) {
     // Enough unique events for the run at up to ~150k events/s.
     let pool = Arc::new(bodies(batch, (150_000 * seconds as usize) / batch, run));
+    eprintln!("ingest_load: driving {connections} connections, batches of {batch}");
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -192,11 +193,10 @@ async fn main() {
     };
     let payloads: Vec<(String, Vec<u8>)> = (0..n_bare)
         .map(|i| {
-            let plan_event = leadstream_ingest::segment::to_plan(&event(i, "bare"), &inc).unwrap();
-            (
-                format!("anon-{}", i % 50_000),
-                encoder.encode(&plan_event).unwrap().bytes,
-            )
+            let raw = event(i, "bare");
+            let plan_event = leadstream_ingest::segment::to_plan(&raw, &inc).unwrap();
+            let encoded = encoder.encode_view(&plan_event.event, &plan_event);
+            (format!("anon-{}", i % 50_000), encoded.unwrap().bytes)
         })
         .collect();
     let avg_bytes = payloads.iter().map(|p| p.1.len()).sum::<usize>() / payloads.len();

@@ -23,6 +23,10 @@ use rdkafka::{
 };
 use serde_json::json;
 
+// Same allocator as the `leadstream` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T0: i64 = 1_795_305_600_000;
 
 fn event(lead: usize, k: usize) -> serde_json::Value {

@@ -29,6 +29,10 @@ use leadstream_sink::{
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
+// Same allocator as the `leadstream` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T0: i64 = 1_795_305_600_000;
 
 fn event(i: usize, received_ms: i64) -> serde_json::Value {

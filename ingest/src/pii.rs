@@ -4,10 +4,14 @@
 
 use std::collections::HashMap;
 
+use std::borrow::Cow;
+
 use hmac::{Hmac, Mac};
 use leadstream_schemas::{Plan, lint::nested_records};
 use serde_json::Value as Json;
 use sha2::Sha256;
+
+use crate::segment::PlanEvent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -52,41 +56,55 @@ impl PiiRules {
 
     /// Applies the event's rules in place, and copies a hashed phone into
     /// the envelope's `phone_hash` for identity stitching.
-    pub fn apply(&self, event: &mut Json) {
-        let Some(name) = event.get("event").and_then(Json::as_str).map(str::to_owned) else {
-            return;
-        };
-        let Some(rules) = self.by_event.get(&name) else {
+    pub fn apply(&self, event: &mut PlanEvent<'_>) {
+        let Some(rules) = self.by_event.get(&event.event) else {
             return;
         };
         for (path, action) in rules {
-            let Some(slot) = lookup_mut(event, path) else {
-                continue;
-            };
             let field = path.last().map_or("", String::as_str);
-            let text = match slot {
-                Json::String(s) => s.clone(),
-                Json::Number(n) => n.to_string(),
-                _ => continue,
+            let slot = match path.as_slice() {
+                [top] => event.text_slot(top),
+                [ctx, key] if ctx == "context" => event.context.text_slot(key),
+                [props, rest @ ..] if props == "properties" => {
+                    if let Some(slot) = lookup_mut(&mut event.properties, rest) {
+                        self.apply_json(slot, field, *action);
+                    }
+                    continue;
+                }
+                _ => None,
             };
-            *slot = match action {
-                Action::Hash => Json::String(self.hash(field, &text)),
-                Action::Drop => Json::Null,
-                Action::Truncate => Json::String(truncate_ip(&text)),
-            };
-        }
-        if event.get("phone_hash").is_none_or(Json::is_null) {
-            let phone = ["phone", "contact_phone"].iter().find_map(|k| {
-                event
-                    .get("properties")?
-                    .get(*k)?
-                    .as_str()
-                    .map(str::to_owned)
-            });
-            if let Some(hashed) = phone {
-                event["phone_hash"] = Json::String(hashed);
+            if let Some(slot) = slot
+                && let Some(text) = slot.as_deref()
+            {
+                *slot = self.transform(field, text, *action).map(Cow::Owned);
             }
         }
+        if event.phone_hash.is_none() {
+            let phone = ["phone", "contact_phone"]
+                .iter()
+                .find_map(|k| event.properties.get(*k)?.as_str().map(str::to_owned));
+            event.phone_hash = phone.map(Cow::Owned);
+        }
+    }
+
+    /// None when the value is dropped.
+    fn transform(&self, field: &str, text: &str, action: Action) -> Option<String> {
+        match action {
+            Action::Hash => Some(self.hash(field, text)),
+            Action::Drop => None,
+            Action::Truncate => Some(truncate_ip(text)),
+        }
+    }
+
+    fn apply_json(&self, slot: &mut Json, field: &str, action: Action) {
+        let text = match slot {
+            Json::String(s) => s.clone(),
+            Json::Number(n) => n.to_string(),
+            _ => return,
+        };
+        *slot = self
+            .transform(field, &text, action)
+            .map_or(Json::Null, Json::String);
     }
 }
 
@@ -158,12 +176,29 @@ mod tests {
     fn hashes_drops_truncates_and_links_the_phone() {
         let plan = Plan::embedded().unwrap();
         let rules = PiiRules::new(&plan, b"pepper");
-        let mut e = json!({
-            "event": "lead_form_submitted", "union_id": "wx-union", "phone_hash": null,
-            "context": {"ip": "203.0.113.77"},
+        let raw = json!({
+            "type": "track", "event": "Lead Form Submitted", "messageId": "m", "anonymousId": "a",
+            "context": {"ip": "203.0.113.77", "wechat": {"unionId": "wx-union"}},
             "properties": {"form_id": "f", "phone": "+86 138-0013-8000", "name": "Wang Wei"}
         });
-        rules.apply(&mut e);
+        let source = crate::sources::Source {
+            id: "web".into(),
+            platform: crate::sources::Platform::Web,
+            tenant: "t".into(),
+            write_key_sha256: String::new(),
+            unplanned: crate::sources::UnplannedPolicy::Block,
+            rate_limit_per_sec: 0,
+        };
+        let inc = crate::segment::Incoming {
+            source: &source,
+            received_at_ms: 0,
+            max_skew_ms: 0,
+            batch_context: None,
+            batch_sent_at: None,
+        };
+        let mut event = crate::segment::to_plan(&raw, &inc).unwrap();
+        rules.apply(&mut event);
+        let e = event.to_json();
         let hashed = rules.hash("phone", "13800138000");
         assert_eq!(e["properties"]["phone"], json!(hashed));
         assert_eq!(e["phone_hash"], json!(hashed));

@@ -92,21 +92,18 @@ impl Pipeline {
             Ok(e) => e,
             Err(e) => return reject(e.reason, e.field, e.message),
         };
-        let ua = event["context"]["user_agent"]
-            .as_str()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        if !ua.is_empty() && self.bot_agents.iter().any(|b| ua.contains(b.as_str())) {
-            event["context"]["is_bot"] = Json::Bool(true);
+        if let Some(ua) = event.context.user_agent.as_deref() {
+            let ua = ua.to_ascii_lowercase();
+            event.context.is_bot = self.bot_agents.iter().any(|b| ua.contains(b.as_str()));
         }
         self.pii.apply(&mut event);
-        match self.encoder.encode(&event) {
+        match self.encoder.encode_view(&event.event, &event) {
             Ok(encoded) => Verdict::Accepted {
                 records: vec![Record {
                     topic: Topic::Events,
-                    key: partition_key(&event),
+                    key: event.partition_key().to_owned(),
                     payload: encoded.bytes,
-                    message_id: event["message_id"].as_str().unwrap_or_default().to_owned(),
+                    message_id: event.message_id.into_owned(),
                 }],
                 flagged: false,
             },
@@ -182,20 +179,6 @@ impl Pipeline {
             _ => {}
         }
     }
-}
-
-/// Best identity first so one person's events share a partition.
-pub fn partition_key(event: &Json) -> String {
-    ["user_id", "union_id", "anonymous_id"]
-        .iter()
-        .find_map(|k| {
-            event
-                .get(*k)
-                .and_then(Json::as_str)
-                .filter(|s| !s.is_empty())
-        })
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Masks what may be personal in a body that is not even JSON: long digit
@@ -341,6 +324,31 @@ mod tests {
             panic!()
         };
         assert_eq!(records[0].topic, Topic::Dlq);
+    }
+
+    #[test]
+    fn the_typed_plan_event_encodes_as_its_json_does() {
+        let p = pipeline();
+        let src = source(UnplannedPolicy::Block);
+        let inc = inc(&src);
+        for raw in [
+            json!({"type": "page", "messageId": "m1", "anonymousId": "a1", "name": "Price", "userId": 42,
+                "context": {"library": {"name": "analytics.js", "version": "5"}, "os": {"name": "iOS", "version": "17"},
+                    "campaign": {"source": "autohome", "medium": "cpc"}, "ip": "203.0.113.9", "leadChannel": "dealer"},
+                "properties": {"url": "https://x/p", "model_id": "x5"}}),
+            json!({"type": "track", "event": "Lead Form Submitted", "messageId": "m2", "anonymousId": "a",
+                "timestamp": "2026-11-22T08:00:00Z", "sentAt": "2026-11-22T08:00:01Z",
+                "properties": {"form_id": "quote", "phone": "13800138000", "name": "Li Lei"}}),
+            json!({"type": "track", "event": "Lead Form Submitted", "messageId": "m3", "anonymousId": "a",
+                "properties": {"form_id": 7}}),
+            json!({"type": "identify", "messageId": "m4", "userId": "u", "traits": {"email": "A@b.c"}}),
+        ] {
+            let mut event = segment::to_plan(&raw, &inc).unwrap();
+            p.pii.apply(&mut event);
+            let by_view = p.encoder.encode_view(&event.event, &event).map(|e| e.bytes);
+            let by_json = p.encoder.encode(&event.to_json()).map(|e| e.bytes);
+            assert_eq!(by_view, by_json, "{raw}");
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Segment HTTP Tracking API payloads → tracking-plan events. Pure: the
 //! caller passes the source, the receive time and the batch's shared context.
 
+use std::borrow::Cow;
+
+use leadstream_schemas::codec::{Field, FieldView};
 use serde_json::{Map, Value as Json, json};
 
 use crate::sources::Source;
@@ -63,10 +66,250 @@ pub fn event_name(raw: &str) -> String {
 }
 
 fn str_of(v: Option<&Json>) -> Option<String> {
+    text(v).map(Cow::into_owned)
+}
+
+/// A non-empty string, or a number as text; borrowed when it can be.
+fn text(v: Option<&Json>) -> Option<Cow<'_, str>> {
     match v? {
-        Json::String(s) if !s.is_empty() => Some(s.clone()),
-        Json::Number(n) => Some(n.to_string()),
+        Json::String(s) if !s.is_empty() => Some(Cow::Borrowed(s)),
+        Json::Number(n) => Some(Cow::Owned(n.to_string())),
         _ => None,
+    }
+}
+
+/// A Segment event mapped onto the tracking plan, as typed fields: the
+/// encoder reads it through [`FieldView`], so no JSON tree is built for the
+/// envelope and context only to be searched again. Strings borrow from the
+/// request where they can.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanEvent<'a> {
+    pub message_id: Cow<'a, str>,
+    pub event: String,
+    pub kind: &'static str,
+    pub platform: &'static str,
+    pub source_id: &'a str,
+    pub tenant: &'a str,
+    pub anonymous_id: Option<Cow<'a, str>>,
+    pub user_id: Option<Cow<'a, str>>,
+    pub union_id: Option<Cow<'a, str>>,
+    pub phone_hash: Option<Cow<'a, str>>,
+    pub timestamp: i64,
+    pub original_timestamp: Option<i64>,
+    pub sent_at: Option<i64>,
+    pub received_at: i64,
+    pub context: PlanContext<'a>,
+    pub properties: Json,
+}
+
+/// The plan's flat `Context` record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlanContext<'a> {
+    pub sdk_name: Option<Cow<'a, str>>,
+    pub sdk_version: Option<Cow<'a, str>>,
+    pub app_version: Option<Cow<'a, str>>,
+    pub os: Option<Cow<'a, str>>,
+    pub locale: Option<Cow<'a, str>>,
+    pub page_url: Option<Cow<'a, str>>,
+    pub page_path: Option<Cow<'a, str>>,
+    pub page_referrer: Option<Cow<'a, str>>,
+    pub page_title: Option<Cow<'a, str>>,
+    pub utm_source: Option<Cow<'a, str>>,
+    pub utm_medium: Option<Cow<'a, str>>,
+    pub utm_campaign: Option<Cow<'a, str>>,
+    pub utm_term: Option<Cow<'a, str>>,
+    pub utm_content: Option<Cow<'a, str>>,
+    pub lead_channel: Option<Cow<'a, str>>,
+    pub session_id: Option<Cow<'a, str>>,
+    pub user_agent: Option<Cow<'a, str>>,
+    pub ip: Option<Cow<'a, str>>,
+    pub is_bot: bool,
+}
+
+const ENVELOPE: [&str; 16] = [
+    "message_id",
+    "event",
+    "type",
+    "platform",
+    "source_id",
+    "tenant",
+    "anonymous_id",
+    "user_id",
+    "union_id",
+    "phone_hash",
+    "timestamp",
+    "original_timestamp",
+    "sent_at",
+    "received_at",
+    "context",
+    "properties",
+];
+
+const CONTEXT: [&str; 19] = [
+    "sdk_name",
+    "sdk_version",
+    "app_version",
+    "os",
+    "locale",
+    "page_url",
+    "page_path",
+    "page_referrer",
+    "page_title",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "lead_channel",
+    "session_id",
+    "user_agent",
+    "ip",
+    "is_bot",
+];
+
+fn opt_text<'v>(v: &'v Option<Cow<'_, str>>) -> Field<'v> {
+    v.as_deref().map_or(Field::Null, Field::Text)
+}
+
+fn opt_long(v: Option<i64>) -> Field<'static> {
+    v.map_or(Field::Null, Field::Long)
+}
+
+impl<'a> PlanEvent<'a> {
+    /// The optional text field `name` of the envelope, for PII handling.
+    pub fn text_slot(&mut self, name: &str) -> Option<&mut Option<Cow<'a, str>>> {
+        Some(match name {
+            "anonymous_id" => &mut self.anonymous_id,
+            "user_id" => &mut self.user_id,
+            "union_id" => &mut self.union_id,
+            "phone_hash" => &mut self.phone_hash,
+            _ => return None,
+        })
+    }
+
+    /// Best identity first so one person's events share a partition.
+    pub fn partition_key(&self) -> &str {
+        [&self.user_id, &self.union_id, &self.anonymous_id]
+            .into_iter()
+            .find_map(|v| v.as_deref().filter(|s| !s.is_empty()))
+            .unwrap_or_default()
+    }
+
+    /// The event as the JSON object it stands for (tests, debugging).
+    pub fn to_json(&self) -> Json {
+        let mut out = Map::new();
+        for name in ENVELOPE {
+            out.insert(name.to_owned(), field_json(self.field(name)));
+        }
+        Json::Object(out)
+    }
+}
+
+fn field_json(f: Field<'_>) -> Json {
+    match f {
+        Field::Absent | Field::Null => Json::Null,
+        Field::Text(t) => Json::String(t.to_owned()),
+        Field::Long(n) => Json::from(n),
+        Field::Bool(b) => Json::Bool(b),
+        Field::Json(j) => j.clone(),
+        Field::Record(r) => Json::Object(
+            r.names()
+                .iter()
+                .map(|n| ((*n).to_owned(), field_json(r.field(n))))
+                .collect(),
+        ),
+    }
+}
+
+impl FieldView for PlanEvent<'_> {
+    fn field(&self, name: &str) -> Field<'_> {
+        match name {
+            "message_id" => Field::Text(&self.message_id),
+            "event" => Field::Text(&self.event),
+            "type" => Field::Text(self.kind),
+            "platform" => Field::Text(self.platform),
+            "source_id" => Field::Text(self.source_id),
+            "tenant" => Field::Text(self.tenant),
+            "anonymous_id" => opt_text(&self.anonymous_id),
+            "user_id" => opt_text(&self.user_id),
+            "union_id" => opt_text(&self.union_id),
+            "phone_hash" => opt_text(&self.phone_hash),
+            "timestamp" => Field::Long(self.timestamp),
+            "original_timestamp" => opt_long(self.original_timestamp),
+            "sent_at" => opt_long(self.sent_at),
+            "received_at" => Field::Long(self.received_at),
+            "context" => Field::Record(&self.context),
+            "properties" => Field::Json(&self.properties),
+            _ => Field::Absent,
+        }
+    }
+
+    fn names(&self) -> &'static [&'static str] {
+        &ENVELOPE
+    }
+}
+
+impl<'a> PlanContext<'a> {
+    /// The text field `name`, for PII handling.
+    pub fn text_slot(&mut self, name: &str) -> Option<&mut Option<Cow<'a, str>>> {
+        Some(match name {
+            "sdk_name" => &mut self.sdk_name,
+            "sdk_version" => &mut self.sdk_version,
+            "app_version" => &mut self.app_version,
+            "os" => &mut self.os,
+            "locale" => &mut self.locale,
+            "page_url" => &mut self.page_url,
+            "page_path" => &mut self.page_path,
+            "page_referrer" => &mut self.page_referrer,
+            "page_title" => &mut self.page_title,
+            "utm_source" => &mut self.utm_source,
+            "utm_medium" => &mut self.utm_medium,
+            "utm_campaign" => &mut self.utm_campaign,
+            "utm_term" => &mut self.utm_term,
+            "utm_content" => &mut self.utm_content,
+            "lead_channel" => &mut self.lead_channel,
+            "session_id" => &mut self.session_id,
+            "user_agent" => &mut self.user_agent,
+            "ip" => &mut self.ip,
+            _ => return None,
+        })
+    }
+
+    fn text(&self, name: &str) -> Option<&Option<Cow<'a, str>>> {
+        Some(match name {
+            "sdk_name" => &self.sdk_name,
+            "sdk_version" => &self.sdk_version,
+            "app_version" => &self.app_version,
+            "os" => &self.os,
+            "locale" => &self.locale,
+            "page_url" => &self.page_url,
+            "page_path" => &self.page_path,
+            "page_referrer" => &self.page_referrer,
+            "page_title" => &self.page_title,
+            "utm_source" => &self.utm_source,
+            "utm_medium" => &self.utm_medium,
+            "utm_campaign" => &self.utm_campaign,
+            "utm_term" => &self.utm_term,
+            "utm_content" => &self.utm_content,
+            "lead_channel" => &self.lead_channel,
+            "session_id" => &self.session_id,
+            "user_agent" => &self.user_agent,
+            "ip" => &self.ip,
+            _ => return None,
+        })
+    }
+}
+
+impl FieldView for PlanContext<'_> {
+    fn field(&self, name: &str) -> Field<'_> {
+        if name == "is_bot" {
+            return Field::Bool(self.is_bot);
+        }
+        self.text(name).map_or(Field::Absent, opt_text)
+    }
+
+    fn names(&self) -> &'static [&'static str] {
+        &CONTEXT
     }
 }
 
@@ -82,34 +325,35 @@ pub fn millis(v: &Json) -> Option<i64> {
 }
 
 /// Maps one Segment event (already merged with its route's `type`).
-pub fn to_plan(raw: &Json, inc: &Incoming<'_>) -> Result<Json, MapError> {
+pub fn to_plan<'a>(raw: &'a Json, inc: &Incoming<'a>) -> Result<PlanEvent<'a>, MapError> {
     let obj = raw.as_object().ok_or_else(|| MapError {
         reason: "bad_json",
         field: None,
         message: "an event must be a JSON object".into(),
     })?;
-    let kind = obj.get("type").and_then(Json::as_str).unwrap_or("track");
-    if !TYPES.contains(&kind) {
+    let given = obj.get("type").and_then(Json::as_str).unwrap_or("track");
+    let Some(kind) = TYPES.iter().copied().find(|t| *t == given) else {
         return Err(MapError::new(
             "invalid_value",
             "type",
-            format!("{kind:?} is not one of {}", TYPES.join(", ")),
+            format!("{given:?} is not one of {}", TYPES.join(", ")),
         ));
-    }
+    };
     let context = Context {
         own: obj.get("context").and_then(Json::as_object),
         batch: inc.batch_context,
     };
-    let empty = Map::new();
+    static EMPTY: std::sync::LazyLock<Map<String, Json>> = std::sync::LazyLock::new(Map::new);
+    let empty: &'a Map<String, Json> = &EMPTY;
     let props = obj
         .get("properties")
         .and_then(Json::as_object)
-        .unwrap_or(&empty);
+        .unwrap_or(empty);
     let traits = obj
         .get("traits")
         .and_then(Json::as_object)
         .or_else(|| context.get(&["traits"]).and_then(Json::as_object))
-        .unwrap_or(&empty);
+        .unwrap_or(empty);
 
     let (event, properties) = match kind {
         "track" => {
@@ -168,17 +412,17 @@ pub fn to_plan(raw: &Json, inc: &Incoming<'_>) -> Result<Json, MapError> {
 
     let union_id = context
         .str(&["wechat", "unionId"])
-        .or_else(|| str_of(obj.get("unionId")))
-        .or_else(|| str_of(traits.get("union_id").or_else(|| traits.get("unionId"))));
-    let message_id = str_of(obj.get("messageId")).ok_or_else(|| {
+        .or_else(|| text(obj.get("unionId")))
+        .or_else(|| text(traits.get("union_id").or_else(|| traits.get("unionId"))));
+    let message_id = text(obj.get("messageId")).ok_or_else(|| {
         MapError::new(
             "missing_required",
             "messageId",
             "every event needs a messageId (Segment SDKs set one)",
         )
     })?;
-    let anonymous_id = str_of(obj.get("anonymousId"));
-    let user_id = str_of(obj.get("userId"));
+    let anonymous_id = text(obj.get("anonymousId"));
+    let user_id = text(obj.get("userId"));
     if anonymous_id.is_none() && user_id.is_none() {
         return Err(MapError::new(
             "missing_required",
@@ -187,24 +431,24 @@ pub fn to_plan(raw: &Json, inc: &Incoming<'_>) -> Result<Json, MapError> {
         ));
     }
 
-    Ok(json!({
-        "message_id": message_id,
-        "event": event,
-        "type": kind,
-        "platform": inc.source.platform.as_str(),
-        "source_id": inc.source.id,
-        "tenant": inc.source.tenant,
-        "anonymous_id": anonymous_id,
-        "user_id": user_id,
-        "union_id": union_id,
-        "phone_hash": null,
-        "timestamp": timestamp,
-        "original_timestamp": original,
-        "sent_at": sent_at,
-        "received_at": received,
-        "context": plan_context(context, obj),
-        "properties": properties,
-    }))
+    Ok(PlanEvent {
+        message_id,
+        event,
+        kind,
+        platform: inc.source.platform.as_str(),
+        source_id: &inc.source.id,
+        tenant: &inc.source.tenant,
+        anonymous_id,
+        user_id,
+        union_id,
+        phone_hash: None,
+        timestamp,
+        original_timestamp: original,
+        sent_at,
+        received_at: received,
+        context: plan_context(context, obj),
+        properties,
+    })
 }
 
 /// Segment's correction: the device clock is off by (receivedAt − sentAt),
@@ -244,43 +488,43 @@ impl<'a> Context<'a> {
         rest.iter().try_fold(top, |v, k| v.get(k))
     }
 
-    fn str(&self, keys: &[&str]) -> Option<String> {
-        str_of(self.get(keys))
+    fn str(&self, keys: &[&str]) -> Option<Cow<'a, str>> {
+        text(self.get(keys))
     }
 }
 
 /// Known Segment context keys → the plan's flat `Context`. Other context
 /// keys (device, screen, network, ...) are SDK metadata the plan does not
 /// keep.
-fn plan_context(ctx: Context<'_>, event: &Map<String, Json>) -> Json {
+fn plan_context<'a>(ctx: Context<'a>, event: &'a Map<String, Json>) -> PlanContext<'a> {
     let s = |keys: &[&str]| ctx.str(keys);
     let props = event.get("properties");
-    let page = |key: &str| s(&["page", key]).or_else(|| str_of(props.and_then(|p| p.get(key))));
+    let page = |key: &str| s(&["page", key]).or_else(|| text(props.and_then(|p| p.get(key))));
     let os = match (s(&["os", "name"]), s(&["os", "version"])) {
-        (Some(n), Some(v)) => Some(format!("{n} {v}")),
+        (Some(n), Some(v)) => Some(Cow::Owned(format!("{n} {v}"))),
         (n, _) => n,
     };
-    json!({
-        "sdk_name": s(&["library", "name"]),
-        "sdk_version": s(&["library", "version"]),
-        "app_version": s(&["app", "version"]),
-        "os": os,
-        "locale": s(&["locale"]),
-        "page_url": page("url"),
-        "page_path": page("path"),
-        "page_referrer": page("referrer"),
-        "page_title": page("title"),
-        "utm_source": s(&["campaign", "source"]),
-        "utm_medium": s(&["campaign", "medium"]),
-        "utm_campaign": s(&["campaign", "name"]),
-        "utm_term": s(&["campaign", "term"]),
-        "utm_content": s(&["campaign", "content"]),
-        "lead_channel": s(&["leadChannel"]).or_else(|| s(&["lead_channel"])),
-        "session_id": s(&["sessionId"]).or_else(|| s(&["session_id"])),
-        "user_agent": s(&["userAgent"]),
-        "ip": s(&["ip"]),
-        "is_bot": false,
-    })
+    PlanContext {
+        sdk_name: s(&["library", "name"]),
+        sdk_version: s(&["library", "version"]),
+        app_version: s(&["app", "version"]),
+        os,
+        locale: s(&["locale"]),
+        page_url: page("url"),
+        page_path: page("path"),
+        page_referrer: page("referrer"),
+        page_title: page("title"),
+        utm_source: s(&["campaign", "source"]),
+        utm_medium: s(&["campaign", "medium"]),
+        utm_campaign: s(&["campaign", "name"]),
+        utm_term: s(&["campaign", "term"]),
+        utm_content: s(&["campaign", "content"]),
+        lead_channel: s(&["leadChannel"]).or_else(|| s(&["lead_channel"])),
+        session_id: s(&["sessionId"]).or_else(|| s(&["session_id"])),
+        user_agent: s(&["userAgent"]),
+        ip: s(&["ip"]),
+        is_bot: false,
+    }
 }
 
 /// Page keys Segment SDKs add on their own; they belong to context.
@@ -400,7 +644,7 @@ mod tests {
             "properties": {"url": "https://x/cfg", "path": "/cfg", "title": "Build yours", "model_id": "x5"},
             "context": {"library": {"name": "analytics.js", "version": "5"}, "campaign": {"source": "autohome"}}
         });
-        let out = to_plan(&raw, &incoming(&src)).unwrap();
+        let out = to_plan(&raw, &incoming(&src)).unwrap().to_json();
         assert_eq!(out["event"], "page_viewed");
         assert_eq!(
             out["properties"],
@@ -448,7 +692,7 @@ mod tests {
             ..incoming(&src)
         };
         let raw = json!({"type": "identify", "messageId": "m", "userId": "u1", "traits": {"email": "A@b.c", "unionId": "wx"}, "context": {"locale": "en-US"}});
-        let out = to_plan(&raw, &inc).unwrap();
+        let out = to_plan(&raw, &inc).unwrap().to_json();
         assert_eq!(out["context"]["sdk_name"], "batch-sdk");
         assert_eq!(out["context"]["locale"], "en-US");
         assert_eq!(out["properties"], json!({"email": "A@b.c"}));

@@ -9,10 +9,10 @@ use std::{
 
 use apache_avro::{
     reader::datum::GenericDatumReader,
-    schema::{RecordSchema, Schema},
+    schema::{RecordField, RecordSchema, Schema},
     types::Value,
 };
-use serde_json::Value as Json;
+use serde_json::{Map, Value as Json};
 
 use crate::{
     FRAME_HEADER_LEN, MAGIC_BYTE,
@@ -85,6 +85,31 @@ pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), FrameError> {
     }
     let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
     Ok((id, &bytes[FRAME_HEADER_LEN..]))
+}
+
+/// One field of an event handed to the encoder as typed fields rather than
+/// a JSON tree ([`FieldView`]).
+#[derive(Clone, Copy)]
+pub enum Field<'a> {
+    Absent,
+    Null,
+    Text(&'a str),
+    Long(i64),
+    Bool(bool),
+    Json(&'a Json),
+    Record(&'a dyn FieldView),
+}
+
+/// A record whose fields the encoder asks for by name: what ingest builds,
+/// so the envelope and context are never a map to fill and then search.
+/// Encoding a view gives the same bytes and errors as encoding the JSON
+/// object it stands for.
+pub trait FieldView {
+    fn field(&self, name: &str) -> Field<'_>;
+    /// Every name the view has a value (null included) for, as the keys of
+    /// the JSON object would be: a name the schema lacks is an additional
+    /// property.
+    fn names(&self) -> &'static [&'static str];
 }
 
 /// A framed, validated event ready for Kafka.
@@ -167,6 +192,29 @@ impl Encoder {
                     event: name.clone(),
                 })?;
         frame(writer, event)
+    }
+}
+
+impl Encoder {
+    /// Validates and frames the event `name` given as a [`FieldView`].
+    pub fn encode_view(&self, name: &str, event: &dyn FieldView) -> Result<Encoded, EncodeError> {
+        let writer = self
+            .writers
+            .get(name)
+            .ok_or_else(|| EncodeError::UnplannedEvent {
+                event: name.to_owned(),
+            })?;
+        let mut bytes = Vec::with_capacity(512);
+        bytes.push(MAGIC_BYTE);
+        bytes.extend_from_slice(&writer.id.to_be_bytes());
+        match &writer.schema {
+            Schema::Record(record) => write_record_view(record, event, &Path::Root, &mut bytes)?,
+            other => write_view_as(other, event, &Path::Root, &mut bytes)?,
+        }
+        Ok(Encoded {
+            schema_id: writer.id,
+            bytes,
+        })
     }
 }
 
@@ -573,20 +621,130 @@ fn write_record(
         });
     }
     for field in &record.fields {
+        write_field(field, obj.get(&field.name), &Path::Field(path, &field.name), out)?;
+    }
+    Ok(())
+}
+
+/// A record field from its given JSON value: null or missing takes the
+/// field's default, or null when the field is nullable.
+fn write_field(
+    field: &RecordField,
+    given: Option<&Json>,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    match (given, &field.default) {
+        (Some(Json::Null) | None, Some(default))
+            if !default.is_null() || is_nullable(&field.schema) =>
+        {
+            write_avro(&field.schema, Some(default), path, out)
+        }
+        (None, None) if is_nullable(&field.schema) => {
+            write_avro(&field.schema, Some(&Json::Null), path, out)
+        }
+        (given, _) => write_avro(&field.schema, given, path, out),
+    }
+}
+
+/// A record from a [`FieldView`]: the same checks and bytes as
+/// [`write_record`] on the JSON object the view stands for.
+fn write_record_view(
+    record: &RecordSchema,
+    view: &dyn FieldView,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    if let Some(extra) = view.names().iter().find(|k| !record.lookup.contains_key(**k)) {
+        return Err(EncodeError::AdditionalProperty {
+            field: Path::Field(path, extra).to_string(),
+        });
+    }
+    for field in &record.fields {
         let field_path = Path::Field(path, &field.name);
-        match (obj.get(&field.name), &field.default) {
-            (Some(Json::Null) | None, Some(default))
-                if !default.is_null() || is_nullable(&field.schema) =>
-            {
-                write_avro(&field.schema, Some(default), &field_path, out)?
-            }
-            (None, None) if is_nullable(&field.schema) => {
-                write_avro(&field.schema, Some(&Json::Null), &field_path, out)?
-            }
-            (given, _) => write_avro(&field.schema, given, &field_path, out)?,
+        match view.field(&field.name) {
+            Field::Absent => write_field(field, None, &field_path, out)?,
+            Field::Null => write_field(field, Some(&Json::Null), &field_path, out)?,
+            Field::Json(j) => write_field(field, Some(j), &field_path, out)?,
+            Field::Long(n) => write_field(field, Some(&Json::from(n)), &field_path, out)?,
+            Field::Bool(b) => write_field(field, Some(&Json::Bool(b)), &field_path, out)?,
+            Field::Text(t) => write_text(&field.schema, t, &field_path, out)?,
+            Field::Record(r) => write_view_as(&field.schema, r, &field_path, out)?,
         }
     }
     Ok(())
+}
+
+/// A string where `schema` expects one: strings, enum symbols and the
+/// first union branch that takes it; anything else goes the JSON way for
+/// the same error.
+fn write_text(
+    schema: &Schema,
+    text: &str,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    match schema {
+        Schema::String | Schema::Bytes => {
+            write_bytes(text.as_bytes(), out);
+            Ok(())
+        }
+        Schema::Enum(e) => {
+            let i = e.symbols.iter().position(|sym| sym == text).ok_or_else(|| {
+                EncodeError::InvalidValue {
+                    field: path.to_string(),
+                    message: format!("{text:?} is not one of {}", e.symbols.join(", ")),
+                }
+            })?;
+            write_long(i as i64, out);
+            Ok(())
+        }
+        Schema::Union(union) => {
+            let mut last = None;
+            for (i, variant) in union.variants().iter().enumerate() {
+                if matches!(variant, Schema::Null) {
+                    continue;
+                }
+                let mark = out.len();
+                write_long(i as i64, out);
+                match write_text(variant, text, path, out) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        out.truncate(mark);
+                        last = Some(e);
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| mismatch(path, "null", &Json::String(text.to_owned()))))
+        }
+        other => write_avro(other, Some(&Json::String(text.to_owned())), path, out),
+    }
+}
+
+/// A nested view where `schema` expects a record (or a union holding one).
+fn write_view_as(
+    schema: &Schema,
+    view: &dyn FieldView,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    match schema {
+        Schema::Record(record) => write_record_view(record, view, path, out),
+        Schema::Union(union) => {
+            let (i, record) = union
+                .variants()
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| match v {
+                    Schema::Record(r) => Some((i, r)),
+                    _ => None,
+                })
+                .ok_or_else(|| mismatch(path, "a non-record value", &Json::Object(Map::new())))?;
+            write_long(i as i64, out);
+            write_record_view(record, view, path, out)
+        }
+        _ => Err(mismatch(path, "a non-record value", &Json::Object(Map::new()))),
+    }
 }
 
 fn is_nullable(schema: &Schema) -> bool {
@@ -681,6 +839,77 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("ends early"), "{err}");
+    }
+
+    /// A JSON object seen as a [`FieldView`]: strings, integers and
+    /// booleans as typed fields, objects as nested views.
+    struct JsonView {
+        map: Map<String, Json>,
+        names: &'static [&'static str],
+        nested: HashMap<String, JsonView>,
+    }
+
+    impl JsonView {
+        fn new(v: &Json) -> Self {
+            let map = v.as_object().unwrap().clone();
+            let names: Vec<&'static str> = map
+                .keys()
+                .map(|k| &*Box::leak(k.clone().into_boxed_str()))
+                .collect();
+            let nested = map
+                .iter()
+                .filter(|(_, v)| v.is_object())
+                .map(|(k, v)| (k.clone(), JsonView::new(v)))
+                .collect();
+            Self {
+                map,
+                names: Box::leak(names.into_boxed_slice()),
+                nested,
+            }
+        }
+    }
+
+    impl FieldView for JsonView {
+        fn field(&self, name: &str) -> Field<'_> {
+            if let Some(n) = self.nested.get(name) {
+                return Field::Record(n);
+            }
+            match self.map.get(name) {
+                None => Field::Absent,
+                Some(Json::Null) => Field::Null,
+                Some(Json::String(s)) => Field::Text(s),
+                Some(Json::Bool(b)) => Field::Bool(*b),
+                Some(j) if j.is_i64() => Field::Long(j.as_i64().unwrap()),
+                Some(j) => Field::Json(j),
+            }
+        }
+        fn names(&self) -> &'static [&'static str] {
+            self.names
+        }
+    }
+
+    #[tokio::test]
+    async fn a_view_encodes_as_its_json_object_does() {
+        let (encoder, _) = codec().await;
+        let mut bad_enum = page_view();
+        bad_enum["platform"] = json!("tv");
+        let mut extra = page_view();
+        extra["context"]["nope"] = json!(1);
+        let mut bad_ts = page_view();
+        bad_ts["timestamp"] = json!("soon");
+        let mut wrong_type = page_view();
+        wrong_type["properties"]["duration_ms"] = json!("long");
+        for e in [page_view(), bad_enum, extra, bad_ts, wrong_type] {
+            let by_json = encoder.encode(&e).map(|x| x.bytes);
+            let by_view = encoder
+                .encode_view(e["event"].as_str().unwrap(), &JsonView::new(&e))
+                .map(|x| x.bytes);
+            assert_eq!(by_view, by_json, "{e}");
+        }
+        assert!(matches!(
+            encoder.encode_view("nope", &JsonView::new(&page_view())),
+            Err(EncodeError::UnplannedEvent { .. })
+        ));
     }
 
     async fn codec() -> (Encoder, Decoder) {
