@@ -4,6 +4,7 @@
 //! hears 2xx.
 
 pub mod config;
+pub mod dedupe;
 pub mod metrics;
 pub mod pii;
 pub mod pipeline;
@@ -21,6 +22,7 @@ use leadstream_schemas::{EmbeddedResolver, Encoder, HttpResolver, Plan, SchemaRe
 use tokio::net::TcpListener;
 
 pub use config::IngestConfig;
+use dedupe::Dedupe;
 use pipeline::Pipeline;
 use publish::{KafkaPublisher, Publisher};
 use server::{AppState, Limits};
@@ -61,10 +63,10 @@ pub async fn build_state(
         sources,
         publisher,
         spool: Arc::new(spool),
-        dedupe: moka::sync::Cache::builder()
-            .max_capacity(cfg.dedupe_capacity)
-            .time_to_live(Duration::from_secs(cfg.dedupe_window_secs))
-            .build(),
+        dedupe: Dedupe::new(
+            Duration::from_secs(cfg.dedupe_window_secs),
+            usize::try_from(cfg.dedupe_capacity).unwrap_or(usize::MAX),
+        ),
         limiters,
         limits: Limits {
             max_event_bytes: cfg.max_event_bytes,

@@ -222,6 +222,29 @@ fn field_json(f: Field<'_>) -> Json {
 }
 
 impl FieldView for PlanEvent<'_> {
+    fn field_at(&self, i: usize) -> Field<'_> {
+        // Positions in ENVELOPE; a test checks them against `field`.
+        match i {
+            0 => Field::Text(&self.message_id),
+            1 => Field::Text(&self.event),
+            2 => Field::Text(self.kind),
+            3 => Field::Text(self.platform),
+            4 => Field::Text(self.source_id),
+            5 => Field::Text(self.tenant),
+            6 => opt_text(&self.anonymous_id),
+            7 => opt_text(&self.user_id),
+            8 => opt_text(&self.union_id),
+            9 => opt_text(&self.phone_hash),
+            10 => Field::Long(self.timestamp),
+            11 => opt_long(self.original_timestamp),
+            12 => opt_long(self.sent_at),
+            13 => Field::Long(self.received_at),
+            14 => Field::Record(&self.context),
+            15 => Field::Json(&self.properties),
+            _ => Field::Absent,
+        }
+    }
+
     fn field(&self, name: &str) -> Field<'_> {
         match name {
             "message_id" => Field::Text(&self.message_id),
@@ -301,6 +324,33 @@ impl<'a> PlanContext<'a> {
 }
 
 impl FieldView for PlanContext<'_> {
+    fn field_at(&self, i: usize) -> Field<'_> {
+        // Positions in CONTEXT; a test checks them against `field`.
+        let text = match i {
+            0 => &self.sdk_name,
+            1 => &self.sdk_version,
+            2 => &self.app_version,
+            3 => &self.os,
+            4 => &self.locale,
+            5 => &self.page_url,
+            6 => &self.page_path,
+            7 => &self.page_referrer,
+            8 => &self.page_title,
+            9 => &self.utm_source,
+            10 => &self.utm_medium,
+            11 => &self.utm_campaign,
+            12 => &self.utm_term,
+            13 => &self.utm_content,
+            14 => &self.lead_channel,
+            15 => &self.session_id,
+            16 => &self.user_agent,
+            17 => &self.ip,
+            18 => return Field::Bool(self.is_bot),
+            _ => return Field::Absent,
+        };
+        opt_text(text)
+    }
+
     fn field(&self, name: &str) -> Field<'_> {
         if name == "is_bot" {
             return Field::Bool(self.is_bot);
@@ -606,6 +656,43 @@ mod tests {
             batch_context: None,
             batch_sent_at: None,
         }
+    }
+
+    #[test]
+    fn fields_by_position_match_fields_by_name() {
+        let src = source();
+        // Every envelope and context field distinct, so a swapped position shows.
+        let raw = json!({"type": "track", "event": "Price Checked", "messageId": "m", "anonymousId": "a", "userId": "u",
+            "unionId": "wx", "timestamp": 5, "sentAt": 6,
+            "context": {"library": {"name": "n", "version": "v"}, "app": {"version": "av"}, "os": {"name": "o"},
+                "locale": "l", "page": {"url": "pu", "path": "pp", "referrer": "pr", "title": "pt"},
+                "campaign": {"source": "cs", "medium": "cm", "name": "cn", "term": "ct", "content": "cc"},
+                "leadChannel": "lc", "sessionId": "si", "userAgent": "ua", "ip": "ip"},
+            "properties": {"p": 1}});
+        let mut e = to_plan(&raw, &incoming(&src)).unwrap();
+        e.phone_hash = Some("ph".into());
+        e.context.is_bot = true;
+        for (i, name) in e.names().iter().enumerate() {
+            assert_eq!(
+                field_json(e.field_at(i)),
+                field_json(e.field(name)),
+                "{name}"
+            );
+        }
+        for (i, name) in e.context.names().iter().enumerate() {
+            let c = &e.context;
+            assert_eq!(
+                field_json(c.field_at(i)),
+                field_json(c.field(name)),
+                "context.{name}"
+            );
+            assert_ne!(
+                field_json(c.field(name)),
+                Json::Null,
+                "context.{name} is set"
+            );
+        }
+        assert!(matches!(e.field("nope"), Field::Absent));
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub struct AppState {
     pub sources: Sources,
     pub publisher: Arc<dyn Publisher>,
     pub spool: Arc<Spool>,
-    pub dedupe: moka::sync::Cache<String, ()>,
+    pub dedupe: crate::dedupe::Dedupe,
     pub limiters: HashMap<String, DefaultDirectRateLimiter>,
     pub limits: Limits,
     pub replay: Notify,
@@ -370,7 +370,8 @@ async fn handle(
     let mut accepted = 0usize;
     let mut duplicates = 0usize;
     let mut flagged = 0usize;
-    let mut seen_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut seen_ids: std::collections::HashSet<crate::dedupe::Key> =
+        std::collections::HashSet::new();
     for (index, text) in raw_events.iter().enumerate() {
         let parsed = match single.take() {
             Some(v) => Ok(v),
@@ -418,13 +419,13 @@ async fn handle(
         let dedupe_key = raw
             .get("messageId")
             .and_then(Json::as_str)
-            .map(|id| format!("{}\u{1f}{id}", source.id));
-        if let Some(k) = &dedupe_key {
-            if s.dedupe.contains_key(k) || seen_ids.contains(k) {
+            .map(|id| s.dedupe.key(&source.id, id));
+        if let Some(k) = dedupe_key {
+            if seen_ids.contains(&k) || s.dedupe.seen(k) {
                 duplicates += 1;
                 continue;
             }
-            seen_ids.insert(k.clone());
+            seen_ids.insert(k);
         }
         match s.pipeline.process(&raw, index, &inc) {
             Verdict::Accepted {
@@ -447,9 +448,7 @@ async fn handle(
         .filter(|r| r.topic == crate::pipeline::Topic::Dlq)
         .count();
     make_durable(s, to_send).await?;
-    for k in seen_ids {
-        s.dedupe.insert(k, ());
-    }
+    s.dedupe.remember(seen_ids);
     metrics::counter!(m::EVENTS_ACCEPTED, "platform" => platform).increment(accepted as u64);
     metrics::counter!(m::EVENTS_DUPLICATE).increment(duplicates as u64);
     metrics::counter!(m::EVENTS_FLAGGED).increment(flagged as u64);

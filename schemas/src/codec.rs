@@ -100,16 +100,62 @@ pub enum Field<'a> {
     Record(&'a dyn FieldView),
 }
 
-/// A record whose fields the encoder asks for by name: what ingest builds,
+/// A record whose fields the encoder reads by position: what ingest builds,
 /// so the envelope and context are never a map to fill and then search.
 /// Encoding a view gives the same bytes and errors as encoding the JSON
 /// object it stands for.
 pub trait FieldView {
-    fn field(&self, name: &str) -> Field<'_>;
     /// Every name the view has a value (null included) for, as the keys of
     /// the JSON object would be: a name the schema lacks is an additional
-    /// property.
+    /// property. The same slice for every value of a type.
     fn names(&self) -> &'static [&'static str];
+    /// The value of `names()[i]`.
+    fn field_at(&self, i: usize) -> Field<'_>;
+    /// The value of the field `name`, Absent when the view has none.
+    fn field(&self, name: &str) -> Field<'_> {
+        self.names()
+            .iter()
+            .position(|n| *n == name)
+            .map_or(Field::Absent, |i| self.field_at(i))
+    }
+}
+
+/// Which view position fills each field of a record schema, and the first
+/// view name the schema lacks: worked out once per (schema, view type)
+/// rather than by name for every event.
+struct Layout {
+    extra: Option<&'static str>,
+    slots: Vec<Option<usize>>,
+}
+
+#[derive(Default)]
+struct Layouts(RwLock<HashMap<(usize, usize), Arc<Layout>>>);
+
+impl Layouts {
+    fn get(&self, record: &RecordSchema, names: &'static [&'static str]) -> Arc<Layout> {
+        // Schemas live in the encoder and names are 'static: their
+        // addresses identify them for the encoder's lifetime.
+        let key = (std::ptr::from_ref(record) as usize, names.as_ptr() as usize);
+        if let Some(l) = self.0.read().expect("lock poisoned").get(&key) {
+            return Arc::clone(l);
+        }
+        let layout = Arc::new(Layout {
+            extra: names
+                .iter()
+                .copied()
+                .find(|n| !record.lookup.contains_key(*n)),
+            slots: record
+                .fields
+                .iter()
+                .map(|f| names.iter().position(|n| *n == f.name))
+                .collect(),
+        });
+        self.0
+            .write()
+            .expect("lock poisoned")
+            .insert(key, Arc::clone(&layout));
+        layout
+    }
 }
 
 /// A framed, validated event ready for Kafka.
@@ -128,6 +174,7 @@ struct Writer {
 /// once at start-up; `encode` does no lookups beyond a hash map.
 pub struct Encoder {
     writers: HashMap<String, Writer>,
+    layouts: Layouts,
     /// Records the pipeline produces (`avro/derived`), kept apart so an SDK
     /// can never send one as an event.
     derived: HashMap<String, Writer>,
@@ -146,6 +193,7 @@ impl Encoder {
     /// (the lock file when embedded, the registry's answer when external).
     pub async fn build(plan: &Plan, resolver: &dyn SchemaResolver) -> Result<Self, ResolveError> {
         Ok(Self {
+            layouts: Layouts::default(),
             writers: latest_writers(plan.subjects.values(), resolver).await?,
             derived: latest_writers(plan.derived.values(), resolver).await?,
         })
@@ -207,10 +255,13 @@ impl Encoder {
         let mut bytes = Vec::with_capacity(512);
         bytes.push(MAGIC_BYTE);
         bytes.extend_from_slice(&writer.id.to_be_bytes());
-        match &writer.schema {
-            Schema::Record(record) => write_record_view(record, event, &Path::Root, &mut bytes)?,
-            other => write_view_as(other, event, &Path::Root, &mut bytes)?,
-        }
+        write_view_as(
+            &self.layouts,
+            &writer.schema,
+            event,
+            &Path::Root,
+            &mut bytes,
+        )?;
         Ok(Encoded {
             schema_id: writer.id,
             bytes,
@@ -621,7 +672,12 @@ fn write_record(
         });
     }
     for field in &record.fields {
-        write_field(field, obj.get(&field.name), &Path::Field(path, &field.name), out)?;
+        write_field(
+            field,
+            obj.get(&field.name),
+            &Path::Field(path, &field.name),
+            out,
+        )?;
     }
     Ok(())
 }
@@ -650,26 +706,28 @@ fn write_field(
 /// A record from a [`FieldView`]: the same checks and bytes as
 /// [`write_record`] on the JSON object the view stands for.
 fn write_record_view(
+    layouts: &Layouts,
     record: &RecordSchema,
     view: &dyn FieldView,
     path: &Path<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
-    if let Some(extra) = view.names().iter().find(|k| !record.lookup.contains_key(**k)) {
+    let layout = layouts.get(record, view.names());
+    if let Some(extra) = layout.extra {
         return Err(EncodeError::AdditionalProperty {
             field: Path::Field(path, extra).to_string(),
         });
     }
-    for field in &record.fields {
+    for (field, slot) in record.fields.iter().zip(&layout.slots) {
         let field_path = Path::Field(path, &field.name);
-        match view.field(&field.name) {
+        match slot.map_or(Field::Absent, |i| view.field_at(i)) {
             Field::Absent => write_field(field, None, &field_path, out)?,
             Field::Null => write_field(field, Some(&Json::Null), &field_path, out)?,
             Field::Json(j) => write_field(field, Some(j), &field_path, out)?,
             Field::Long(n) => write_field(field, Some(&Json::from(n)), &field_path, out)?,
             Field::Bool(b) => write_field(field, Some(&Json::Bool(b)), &field_path, out)?,
             Field::Text(t) => write_text(&field.schema, t, &field_path, out)?,
-            Field::Record(r) => write_view_as(&field.schema, r, &field_path, out)?,
+            Field::Record(r) => write_view_as(layouts, &field.schema, r, &field_path, out)?,
         }
     }
     Ok(())
@@ -690,12 +748,14 @@ fn write_text(
             Ok(())
         }
         Schema::Enum(e) => {
-            let i = e.symbols.iter().position(|sym| sym == text).ok_or_else(|| {
-                EncodeError::InvalidValue {
+            let i = e
+                .symbols
+                .iter()
+                .position(|sym| sym == text)
+                .ok_or_else(|| EncodeError::InvalidValue {
                     field: path.to_string(),
                     message: format!("{text:?} is not one of {}", e.symbols.join(", ")),
-                }
-            })?;
+                })?;
             write_long(i as i64, out);
             Ok(())
         }
@@ -723,13 +783,14 @@ fn write_text(
 
 /// A nested view where `schema` expects a record (or a union holding one).
 fn write_view_as(
+    layouts: &Layouts,
     schema: &Schema,
     view: &dyn FieldView,
     path: &Path<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     match schema {
-        Schema::Record(record) => write_record_view(record, view, path, out),
+        Schema::Record(record) => write_record_view(layouts, record, view, path, out),
         Schema::Union(union) => {
             let (i, record) = union
                 .variants()
@@ -741,9 +802,13 @@ fn write_view_as(
                 })
                 .ok_or_else(|| mismatch(path, "a non-record value", &Json::Object(Map::new())))?;
             write_long(i as i64, out);
-            write_record_view(record, view, path, out)
+            write_record_view(layouts, record, view, path, out)
         }
-        _ => Err(mismatch(path, "a non-record value", &Json::Object(Map::new()))),
+        _ => Err(mismatch(
+            path,
+            "a non-record value",
+            &Json::Object(Map::new()),
+        )),
     }
 }
 
@@ -870,7 +935,8 @@ mod tests {
     }
 
     impl FieldView for JsonView {
-        fn field(&self, name: &str) -> Field<'_> {
+        fn field_at(&self, i: usize) -> Field<'_> {
+            let name = self.names[i];
             if let Some(n) = self.nested.get(name) {
                 return Field::Record(n);
             }
