@@ -20,6 +20,9 @@ use std::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key(u128);
 
+/// A set of keys, hashed by their own low bits.
+pub type KeySet = HashSet<Key, BuildHasherDefault<LowBits>>;
+
 pub struct Dedupe {
     window: Duration,
     capacity: usize,
@@ -30,8 +33,8 @@ pub struct Dedupe {
 }
 
 struct Generations {
-    current: HashSet<Key, BuildHasherDefault<LowBits>>,
-    previous: HashSet<Key, BuildHasherDefault<LowBits>>,
+    current: KeySet,
+    previous: KeySet,
     started: Instant,
 }
 
@@ -91,7 +94,7 @@ impl Dedupe {
 
 /// Keys are already uniform hashes: use their low bits as the table hash.
 #[derive(Default)]
-struct LowBits(u64);
+pub struct LowBits(u64);
 
 impl Hasher for LowBits {
     fn finish(&self) -> u64 {

@@ -66,7 +66,11 @@ impl PiiRules {
                 [top] => event.text_slot(top),
                 [ctx, key] if ctx == "context" => event.context.text_slot(key),
                 [props, rest @ ..] if props == "properties" => {
-                    if let Some(slot) = lookup_mut(&mut event.properties, rest) {
+                    let present = rest
+                        .iter()
+                        .try_fold(&*event.properties, |v, k| v.get(k))
+                        .is_some_and(|v| v.is_string() || v.is_number());
+                    if present && let Some(slot) = lookup_mut(event.properties.to_mut(), rest) {
                         self.apply_json(slot, field, *action);
                     }
                     continue;

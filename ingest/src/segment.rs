@@ -99,7 +99,7 @@ pub struct PlanEvent<'a> {
     pub sent_at: Option<i64>,
     pub received_at: i64,
     pub context: PlanContext<'a>,
-    pub properties: Json,
+    pub properties: Cow<'a, Json>,
 }
 
 /// The plan's flat `Context` record.
@@ -393,12 +393,16 @@ pub fn to_plan<'a>(raw: &'a Json, inc: &Incoming<'a>) -> Result<PlanEvent<'a>, M
         own: obj.get("context").and_then(Json::as_object),
         batch: inc.batch_context,
     };
-    static EMPTY: std::sync::LazyLock<Map<String, Json>> = std::sync::LazyLock::new(Map::new);
-    let empty: &'a Map<String, Json> = &EMPTY;
-    let props = obj
+    static EMPTY: std::sync::LazyLock<Json> = std::sync::LazyLock::new(|| Json::Object(Map::new()));
+    let empty_json: &'a Json = &EMPTY;
+    let empty = empty_json.as_object().expect("an object");
+    // Borrowed as sent where the plan keeps them as they are (PII handling
+    // copies them only when it changes a value).
+    let props_json = obj
         .get("properties")
-        .and_then(Json::as_object)
-        .unwrap_or(empty);
+        .filter(|p| p.is_object())
+        .unwrap_or(empty_json);
+    let props = props_json.as_object().unwrap_or(empty);
     let traits = obj
         .get("traits")
         .and_then(Json::as_object)
@@ -414,10 +418,16 @@ pub fn to_plan<'a>(raw: &'a Json, inc: &Incoming<'a>) -> Result<PlanEvent<'a>, M
                     "a track call needs an event name",
                 )
             })?;
-            (event_name(&name), Json::Object(props.clone()))
+            (event_name(&name), Cow::Borrowed(props_json))
         }
-        "page" | "screen" => ("page_viewed".to_owned(), page_properties(obj, props)),
-        "identify" => ("identify".to_owned(), Json::Object(identify_traits(traits))),
+        "page" | "screen" => (
+            "page_viewed".to_owned(),
+            Cow::Owned(page_properties(obj, props)),
+        ),
+        "identify" => (
+            "identify".to_owned(),
+            Cow::Owned(Json::Object(identify_traits(traits))),
+        ),
         "alias" => {
             let previous = str_of(obj.get("previousId")).ok_or_else(|| {
                 MapError::new(
@@ -426,9 +436,12 @@ pub fn to_plan<'a>(raw: &'a Json, inc: &Incoming<'a>) -> Result<PlanEvent<'a>, M
                     "an alias call needs previousId",
                 )
             })?;
-            ("alias".to_owned(), json!({ "previous_id": previous }))
+            (
+                "alias".to_owned(),
+                Cow::Owned(json!({ "previous_id": previous })),
+            )
         }
-        _ => ("group".to_owned(), Json::Object(props.clone())),
+        _ => ("group".to_owned(), Cow::Borrowed(props_json)),
     };
 
     let received = inc.received_at_ms;

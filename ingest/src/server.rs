@@ -370,8 +370,7 @@ async fn handle(
     let mut accepted = 0usize;
     let mut duplicates = 0usize;
     let mut flagged = 0usize;
-    let mut seen_ids: std::collections::HashSet<crate::dedupe::Key> =
-        std::collections::HashSet::new();
+    let mut seen_ids = crate::dedupe::KeySet::default();
     for (index, text) in raw_events.iter().enumerate() {
         let parsed = match single.take() {
             Some(v) => Ok(v),
