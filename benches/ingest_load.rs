@@ -197,7 +197,8 @@ async fn main() {
     let payloads: Vec<(String, Vec<u8>)> = (0..n_bare)
         .map(|i| {
             let raw = event(i, "bare");
-            let plan_event = leadstream_ingest::segment::to_plan(&raw, &inc).unwrap();
+            let segment_event = leadstream_ingest::wire::SegmentEvent::from_json(&raw).unwrap();
+            let plan_event = leadstream_ingest::segment::to_plan(&segment_event, &inc).unwrap();
             let encoded = encoder.encode_view(&plan_event.event, &plan_event);
             (format!("anon-{}", i % 50_000), encoded.unwrap().bytes)
         })

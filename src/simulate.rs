@@ -624,7 +624,13 @@ mod tests {
 #[cfg(test)]
 mod plan_tests {
     use super::*;
-    use leadstream_ingest::{IngestConfig, pipeline::Verdict, segment::Incoming, sources::Sources};
+    use leadstream_ingest::{
+        IngestConfig,
+        pipeline::{Raw, Verdict},
+        segment::Incoming,
+        sources::Sources,
+        wire::SegmentEvent,
+    };
 
     /// Every simulated call passes ingest's real validation: the simulator
     /// speaks the tracking plan, so rejects in a run mean a real problem.
@@ -657,7 +663,15 @@ mod plan_tests {
                     batch_context: None,
                     batch_sent_at: None,
                 };
-                if let Verdict::Rejected { rejection, .. } = state.pipeline.process(body, i, &inc) {
+                let text = body.to_string();
+                let event = SegmentEvent::parse(&text).unwrap();
+                let raw = Raw {
+                    text: &text,
+                    route_type: None,
+                };
+                if let Verdict::Rejected { rejection, .. } =
+                    state.pipeline.process(&event, &raw, i, &inc)
+                {
                     panic!(
                         "{:?} {platform} call rejected: {rejection:?}\n{body}",
                         j.persona

@@ -13,6 +13,7 @@ pub mod segment;
 pub mod server;
 pub mod sources;
 pub mod spool;
+pub mod wire;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

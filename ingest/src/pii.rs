@@ -200,7 +200,8 @@ mod tests {
             batch_context: None,
             batch_sent_at: None,
         };
-        let mut event = crate::segment::to_plan(&raw, &inc).unwrap();
+        let parsed = crate::wire::SegmentEvent::from_json(&raw).unwrap();
+        let mut event = crate::segment::to_plan(&parsed, &inc).unwrap();
         rules.apply(&mut event);
         let e = event.to_json();
         let hashed = rules.hash("phone", "13800138000");

@@ -10,6 +10,7 @@ use crate::{
     pii::PiiRules,
     segment::{self, Incoming},
     sources::UnplannedPolicy,
+    wire::SegmentEvent,
 };
 
 /// Closed set of reason codes for rejected events.
@@ -71,12 +72,33 @@ pub struct Pipeline {
     pub bot_agents: Vec<String>,
 }
 
+/// An event as received, rebuilt as JSON only when a DLQ record needs it.
+pub struct Raw<'a> {
+    pub text: &'a str,
+    /// The route's call type, which a single-event call's body leaves out.
+    pub route_type: Option<&'a str>,
+}
+
+impl Raw<'_> {
+    pub fn to_json(&self) -> Json {
+        let mut v = serde_json::from_str(self.text)
+            .unwrap_or_else(|_| Json::String(mask_unparseable(self.text.as_bytes(), 4096)));
+        if let (Some(t), Some(obj)) = (self.route_type, v.as_object_mut()) {
+            obj.insert("type".into(), Json::String(t.to_owned()));
+        }
+        v
+    }
+}
+
 impl Pipeline {
-    pub fn process(&self, raw: &Json, index: usize, inc: &Incoming<'_>) -> Verdict {
-        let message_id = raw
-            .get("messageId")
-            .and_then(Json::as_str)
-            .map(str::to_owned);
+    pub fn process(
+        &self,
+        segment_event: &SegmentEvent<'_>,
+        raw: &Raw<'_>,
+        index: usize,
+        inc: &Incoming<'_>,
+    ) -> Verdict {
+        let message_id = segment_event.message_id.as_str().map(str::to_owned);
         let reject = |reason: &'static str, field: Option<String>, message: String| {
             let rejection = Rejection {
                 index,
@@ -85,10 +107,10 @@ impl Pipeline {
                 field,
                 message,
             };
-            let dlq = self.dlq_record(raw, &rejection, inc);
+            let dlq = self.dlq_record(&raw.to_json(), &rejection, inc);
             Verdict::Rejected { rejection, dlq }
         };
-        let mut event = match segment::to_plan(raw, inc) {
+        let mut event = match segment::to_plan(segment_event, inc) {
             Ok(e) => e,
             Err(e) => return reject(e.reason, e.field, e.message),
         };
@@ -121,7 +143,7 @@ impl Pipeline {
                     message: format!("{e} (accepted: the source's policy is flag)"),
                 };
                 Verdict::Accepted {
-                    records: vec![self.dlq_record(raw, &rejection, inc)],
+                    records: vec![self.dlq_record(&raw.to_json(), &rejection, inc)],
                     flagged: true,
                 }
             }
@@ -232,6 +254,18 @@ mod tests {
         }
     }
 
+    /// An event through the pipeline as the server passes it: parsed from
+    /// its JSON text.
+    fn run(p: &Pipeline, raw: &Json, index: usize, inc: &Incoming<'_>) -> Verdict {
+        let text = raw.to_string();
+        let event = SegmentEvent::parse(&text).unwrap();
+        let raw = Raw {
+            text: &text,
+            route_type: None,
+        };
+        p.process(&event, &raw, index, inc)
+    }
+
     fn source(unplanned: UnplannedPolicy) -> Source {
         Source {
             id: "mp".into(),
@@ -263,7 +297,7 @@ mod tests {
         let Verdict::Accepted {
             records,
             flagged: false,
-        } = p.process(&raw, 0, &inc(&src))
+        } = run(&p, &raw, 0, &inc(&src))
         else {
             panic!("rejected")
         };
@@ -283,7 +317,7 @@ mod tests {
         let src = source(UnplannedPolicy::Block);
         let raw = json!({"type": "track", "event": "Lead Form Submitted", "messageId": "m2", "userId": "u",
             "properties": {"form_id": 7, "phone": "13800138000"}});
-        let Verdict::Rejected { rejection, dlq } = p.process(&raw, 3, &inc(&src)) else {
+        let Verdict::Rejected { rejection, dlq } = run(&p, &raw, 3, &inc(&src)) else {
             panic!("accepted")
         };
         assert_eq!(
@@ -308,7 +342,7 @@ mod tests {
             json!({"type": "track", "event": "Wishlist Added", "messageId": "m3", "userId": "u"});
         let block = source(UnplannedPolicy::Block);
         assert!(matches!(
-            p.process(&raw, 0, &inc(&block)),
+            run(&p, &raw, 0, &inc(&block)),
             Verdict::Rejected {
                 rejection: Rejection {
                     reason: "unplanned_event",
@@ -321,7 +355,7 @@ mod tests {
         let Verdict::Accepted {
             records,
             flagged: true,
-        } = p.process(&raw, 0, &inc(&flag))
+        } = run(&p, &raw, 0, &inc(&flag))
         else {
             panic!()
         };
@@ -345,7 +379,8 @@ mod tests {
                 "properties": {"form_id": 7}}),
             json!({"type": "identify", "messageId": "m4", "userId": "u", "traits": {"email": "A@b.c"}}),
         ] {
-            let mut event = segment::to_plan(&raw, &inc).unwrap();
+            let parsed = SegmentEvent::from_json(&raw).unwrap();
+            let mut event = segment::to_plan(&parsed, &inc).unwrap();
             p.pii.apply(&mut event);
             let by_view = p.encoder.encode_view(&event.event, &event).map(|e| e.bytes);
             let by_json = p.encoder.encode(&event.to_json()).map(|e| e.bytes);

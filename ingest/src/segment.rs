@@ -6,7 +6,10 @@ use std::borrow::Cow;
 use leadstream_schemas::codec::{Field, FieldView};
 use serde_json::{Map, Value as Json, json};
 
-use crate::sources::Source;
+use crate::{
+    sources::Source,
+    wire::{Lenient, Loose, Page, SegmentContext, SegmentEvent},
+};
 
 /// Segment call types and the route that implies each.
 pub const TYPES: [&str; 6] = ["track", "page", "screen", "identify", "alias", "group"];
@@ -36,8 +39,8 @@ pub struct Incoming<'a> {
     /// Cap on the device clock correction (|receivedAt − sentAt|).
     pub max_skew_ms: i64,
     /// `context` of the enclosing batch, merged under each event's own.
-    pub batch_context: Option<&'a Map<String, Json>>,
-    pub batch_sent_at: Option<&'a Json>,
+    pub batch_context: Option<&'a SegmentContext<'a>>,
+    pub batch_sent_at: Option<&'a Loose<'a>>,
 }
 
 /// Track event names as sent by SDKs ("Test Drive Booked") → plan names (`test_drive_booked`).
@@ -63,10 +66,6 @@ pub fn event_name(raw: &str) -> String {
         out.pop();
     }
     out
-}
-
-fn str_of(v: Option<&Json>) -> Option<String> {
-    text(v).map(Cow::into_owned)
 }
 
 /// A non-empty string, or a number as text; borrowed when it can be.
@@ -363,25 +362,12 @@ impl FieldView for PlanContext<'_> {
     }
 }
 
-/// Milliseconds since the epoch from an RFC 3339 string or a number.
-pub fn millis(v: &Json) -> Option<i64> {
-    match v {
-        Json::Number(n) => n.as_i64(),
-        Json::String(s) => chrono::DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| t.timestamp_millis()),
-        _ => None,
-    }
-}
-
 /// Maps one Segment event (already merged with its route's `type`).
-pub fn to_plan<'a>(raw: &'a Json, inc: &Incoming<'a>) -> Result<PlanEvent<'a>, MapError> {
-    let obj = raw.as_object().ok_or_else(|| MapError {
-        reason: "bad_json",
-        field: None,
-        message: "an event must be a JSON object".into(),
-    })?;
-    let given = obj.get("type").and_then(Json::as_str).unwrap_or("track");
+pub fn to_plan<'a>(
+    raw: &'a SegmentEvent<'a>,
+    inc: &Incoming<'a>,
+) -> Result<PlanEvent<'a>, MapError> {
+    let given = raw.kind.as_str().unwrap_or("track");
     let Some(kind) = TYPES.iter().copied().find(|t| *t == given) else {
         return Err(MapError::new(
             "invalid_value",
@@ -390,7 +376,7 @@ pub fn to_plan<'a>(raw: &'a Json, inc: &Incoming<'a>) -> Result<PlanEvent<'a>, M
         ));
     };
     let context = Context {
-        own: obj.get("context").and_then(Json::as_object),
+        own: raw.context.0.as_ref(),
         batch: inc.batch_context,
     };
     static EMPTY: std::sync::LazyLock<Json> = std::sync::LazyLock::new(|| Json::Object(Map::new()));
@@ -398,20 +384,19 @@ pub fn to_plan<'a>(raw: &'a Json, inc: &Incoming<'a>) -> Result<PlanEvent<'a>, M
     let empty = empty_json.as_object().expect("an object");
     // Borrowed as sent where the plan keeps them as they are (PII handling
     // copies them only when it changes a value).
-    let props_json = obj
-        .get("properties")
+    let props_json = Some(&raw.properties)
         .filter(|p| p.is_object())
         .unwrap_or(empty_json);
     let props = props_json.as_object().unwrap_or(empty);
-    let traits = obj
-        .get("traits")
-        .and_then(Json::as_object)
-        .or_else(|| context.get(&["traits"]).and_then(Json::as_object))
+    let traits = raw
+        .traits
+        .as_object()
+        .or_else(|| context.traits())
         .unwrap_or(empty);
 
     let (event, properties) = match kind {
         "track" => {
-            let name = str_of(obj.get("event")).ok_or_else(|| {
+            let name = raw.event.text().ok_or_else(|| {
                 MapError::new(
                     "missing_required",
                     "event",
@@ -422,14 +407,14 @@ pub fn to_plan<'a>(raw: &'a Json, inc: &Incoming<'a>) -> Result<PlanEvent<'a>, M
         }
         "page" | "screen" => (
             "page_viewed".to_owned(),
-            Cow::Owned(page_properties(obj, props)),
+            Cow::Owned(page_properties(raw, props)),
         ),
         "identify" => (
             "identify".to_owned(),
             Cow::Owned(Json::Object(identify_traits(traits))),
         ),
         "alias" => {
-            let previous = str_of(obj.get("previousId")).ok_or_else(|| {
+            let previous = raw.previous_id.text().ok_or_else(|| {
                 MapError::new(
                     "missing_required",
                     "previousId",
@@ -445,11 +430,14 @@ pub fn to_plan<'a>(raw: &'a Json, inc: &Incoming<'a>) -> Result<PlanEvent<'a>, M
     };
 
     let received = inc.received_at_ms;
-    let original = obj
-        .get("timestamp")
-        .or_else(|| obj.get("originalTimestamp"))
-        .map(|v| {
-            millis(v).ok_or_else(|| {
+    let given_ts = if raw.timestamp.is_absent() {
+        &raw.original_timestamp
+    } else {
+        &raw.timestamp
+    };
+    let original = (!given_ts.is_absent())
+        .then(|| {
+            loose_millis(given_ts).ok_or_else(|| {
                 MapError::new(
                     "invalid_value",
                     "timestamp",
@@ -458,11 +446,15 @@ pub fn to_plan<'a>(raw: &'a Json, inc: &Incoming<'a>) -> Result<PlanEvent<'a>, M
             })
         })
         .transpose()?;
-    let sent_at = obj
-        .get("sentAt")
-        .or(inc.batch_sent_at)
+    let sent_given = if raw.sent_at.is_absent() {
+        inc.batch_sent_at
+    } else {
+        Some(&raw.sent_at)
+    };
+    let sent_at = sent_given
+        .filter(|v| !v.is_absent())
         .map(|v| {
-            millis(v).ok_or_else(|| {
+            loose_millis(v).ok_or_else(|| {
                 MapError::new(
                     "invalid_value",
                     "sentAt",
@@ -474,18 +466,19 @@ pub fn to_plan<'a>(raw: &'a Json, inc: &Incoming<'a>) -> Result<PlanEvent<'a>, M
     let timestamp = corrected_timestamp(original, sent_at, received, inc.max_skew_ms);
 
     let union_id = context
-        .str(&["wechat", "unionId"])
-        .or_else(|| text(obj.get("unionId")))
+        .group(|c| &c.wechat)
+        .and_then(|w| w.union_id.text())
+        .or_else(|| raw.union_id.text())
         .or_else(|| text(traits.get("union_id").or_else(|| traits.get("unionId"))));
-    let message_id = text(obj.get("messageId")).ok_or_else(|| {
+    let message_id = raw.message_id.text().ok_or_else(|| {
         MapError::new(
             "missing_required",
             "messageId",
             "every event needs a messageId (Segment SDKs set one)",
         )
     })?;
-    let anonymous_id = text(obj.get("anonymousId"));
-    let user_id = text(obj.get("userId"));
+    let anonymous_id = raw.anonymous_id.text();
+    let user_id = raw.user_id.text();
     if anonymous_id.is_none() && user_id.is_none() {
         return Err(MapError::new(
             "missing_required",
@@ -509,9 +502,20 @@ pub fn to_plan<'a>(raw: &'a Json, inc: &Incoming<'a>) -> Result<PlanEvent<'a>, M
         original_timestamp: original,
         sent_at,
         received_at: received,
-        context: plan_context(context, obj),
+        context: plan_context(context, props),
         properties,
     })
+}
+
+/// Milliseconds since the epoch from an RFC 3339 string or an integer.
+fn loose_millis(v: &Loose<'_>) -> Option<i64> {
+    match v {
+        Loose::Num(n) => n.parse().ok(),
+        Loose::Str(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis()),
+        _ => None,
+    }
 }
 
 /// Segment's correction: the device clock is off by (receivedAt − sentAt),
@@ -537,55 +541,71 @@ pub fn corrected_timestamp(
 /// Segment does, read in place rather than copied.
 #[derive(Clone, Copy)]
 struct Context<'a> {
-    own: Option<&'a Map<String, Json>>,
-    batch: Option<&'a Map<String, Json>>,
+    own: Option<&'a SegmentContext<'a>>,
+    batch: Option<&'a SegmentContext<'a>>,
 }
 
 impl<'a> Context<'a> {
-    fn get(&self, keys: &[&str]) -> Option<&'a Json> {
-        let (first, rest) = keys.split_first()?;
-        let top = self
-            .own
-            .and_then(|m| m.get(*first))
-            .or_else(|| self.batch.and_then(|m| m.get(*first)))?;
-        rest.iter().try_fold(top, |v, k| v.get(k))
+    /// A text key: the event's own when it has the key, else the batch's.
+    fn text(&self, key: impl Fn(&'a SegmentContext<'a>) -> &'a Loose<'a>) -> Option<Cow<'a, str>> {
+        let own = self.own.map(&key).filter(|v| !v.is_absent());
+        own.or_else(|| self.batch.map(&key)).and_then(Loose::text)
     }
 
-    fn str(&self, keys: &[&str]) -> Option<Cow<'a, str>> {
-        text(self.get(keys))
+    /// An object key (library, page, campaign, ...), merged the same way.
+    fn group<T>(&self, key: impl Fn(&'a SegmentContext<'a>) -> &'a Lenient<T>) -> Option<&'a T> {
+        self.own
+            .and_then(|c| key(c).0.as_ref())
+            .or_else(|| self.batch.and_then(|c| key(c).0.as_ref()))
+    }
+
+    fn traits(&self) -> Option<&'a Map<String, Json>> {
+        self.own
+            .and_then(|c| c.traits.as_object())
+            .or_else(|| self.batch.and_then(|c| c.traits.as_object()))
     }
 }
 
-/// Known Segment context keys → the plan's flat `Context`. Other context
-/// keys (device, screen, network, ...) are SDK metadata the plan does not
-/// keep.
-fn plan_context<'a>(ctx: Context<'a>, event: &'a Map<String, Json>) -> PlanContext<'a> {
-    let s = |keys: &[&str]| ctx.str(keys);
-    let props = event.get("properties");
-    let page = |key: &str| s(&["page", key]).or_else(|| text(props.and_then(|p| p.get(key))));
-    let os = match (s(&["os", "name"]), s(&["os", "version"])) {
+/// Known Segment context keys → the plan's flat `Context`.
+fn plan_context<'a>(ctx: Context<'a>, props: &'a Map<String, Json>) -> PlanContext<'a> {
+    let library = ctx.group(|c| &c.library);
+    let os_group = ctx.group(|c| &c.os);
+    let page = ctx.group(|c| &c.page);
+    let campaign = ctx.group(|c| &c.campaign);
+    let page_field = |f: fn(&'a Page<'a>) -> &'a Loose<'a>, key: &str| {
+        page.and_then(|p| f(p).text())
+            .or_else(|| text(props.get(key)))
+    };
+    let os = match (
+        os_group.and_then(|o| o.name.text()),
+        os_group.and_then(|o| o.version.text()),
+    ) {
         (Some(n), Some(v)) => Some(Cow::Owned(format!("{n} {v}"))),
         (n, _) => n,
     };
     PlanContext {
-        sdk_name: s(&["library", "name"]),
-        sdk_version: s(&["library", "version"]),
-        app_version: s(&["app", "version"]),
+        sdk_name: library.and_then(|l| l.name.text()),
+        sdk_version: library.and_then(|l| l.version.text()),
+        app_version: ctx.group(|c| &c.app).and_then(|a| a.version.text()),
         os,
-        locale: s(&["locale"]),
-        page_url: page("url"),
-        page_path: page("path"),
-        page_referrer: page("referrer"),
-        page_title: page("title"),
-        utm_source: s(&["campaign", "source"]),
-        utm_medium: s(&["campaign", "medium"]),
-        utm_campaign: s(&["campaign", "name"]),
-        utm_term: s(&["campaign", "term"]),
-        utm_content: s(&["campaign", "content"]),
-        lead_channel: s(&["leadChannel"]).or_else(|| s(&["lead_channel"])),
-        session_id: s(&["sessionId"]).or_else(|| s(&["session_id"])),
-        user_agent: s(&["userAgent"]),
-        ip: s(&["ip"]),
+        locale: ctx.text(|c| &c.locale),
+        page_url: page_field(|p| &p.url, "url"),
+        page_path: page_field(|p| &p.path, "path"),
+        page_referrer: page_field(|p| &p.referrer, "referrer"),
+        page_title: page_field(|p| &p.title, "title"),
+        utm_source: campaign.and_then(|c| c.source.text()),
+        utm_medium: campaign.and_then(|c| c.medium.text()),
+        utm_campaign: campaign.and_then(|c| c.name.text()),
+        utm_term: campaign.and_then(|c| c.term.text()),
+        utm_content: campaign.and_then(|c| c.content.text()),
+        lead_channel: ctx
+            .text(|c| &c.lead_channel_camel)
+            .or_else(|| ctx.text(|c| &c.lead_channel)),
+        session_id: ctx
+            .text(|c| &c.session_id_camel)
+            .or_else(|| ctx.text(|c| &c.session_id)),
+        user_agent: ctx.text(|c| &c.user_agent),
+        ip: ctx.text(|c| &c.ip),
         is_bot: false,
     }
 }
@@ -595,15 +615,15 @@ const PAGE_AUTO_KEYS: [&str; 7] = [
     "url", "path", "referrer", "title", "search", "keywords", "name",
 ];
 
-fn page_properties(obj: &Map<String, Json>, props: &Map<String, Json>) -> Json {
+fn page_properties(raw: &SegmentEvent<'_>, props: &Map<String, Json>) -> Json {
     let mut out = Map::new();
     for (k, v) in props {
         if !PAGE_AUTO_KEYS.contains(&k.as_str()) && k != "category" {
             out.insert(k.clone(), v.clone());
         }
     }
-    let name = str_of(obj.get("name")).or_else(|| str_of(props.get("name")));
-    let category = str_of(obj.get("category")).or_else(|| str_of(props.get("category")));
+    let name = raw.name.text().or_else(|| text(props.get("name")));
+    let category = raw.category.text().or_else(|| text(props.get("category")));
     if !out.contains_key("page_type") {
         let guess = category
             .as_deref()
@@ -612,7 +632,7 @@ fn page_properties(obj: &Map<String, Json>, props: &Map<String, Json>) -> Json {
         out.insert("page_type".into(), json!(guess));
     }
     if let Some(name) = name {
-        out.insert("page_name".into(), json!(name));
+        out.insert("page_name".into(), Json::String(name.into_owned()));
     }
     Json::Object(out)
 }
@@ -682,7 +702,8 @@ mod tests {
                 "campaign": {"source": "cs", "medium": "cm", "name": "cn", "term": "ct", "content": "cc"},
                 "leadChannel": "lc", "sessionId": "si", "userAgent": "ua", "ip": "ip"},
             "properties": {"p": 1}});
-        let mut e = to_plan(&raw, &incoming(&src)).unwrap();
+        let parsed = SegmentEvent::from_json(&raw).unwrap();
+        let mut e = to_plan(&parsed, &incoming(&src)).unwrap();
         e.phone_hash = Some("ph".into());
         e.context.is_bot = true;
         for (i, name) in e.names().iter().enumerate() {
@@ -744,7 +765,8 @@ mod tests {
             "properties": {"url": "https://x/cfg", "path": "/cfg", "title": "Build yours", "model_id": "x5"},
             "context": {"library": {"name": "analytics.js", "version": "5"}, "campaign": {"source": "autohome"}}
         });
-        let out = to_plan(&raw, &incoming(&src)).unwrap().to_json();
+        let parsed = SegmentEvent::from_json(&raw).unwrap();
+        let out = to_plan(&parsed, &incoming(&src)).unwrap().to_json();
         assert_eq!(out["event"], "page_viewed");
         assert_eq!(
             out["properties"],
@@ -762,7 +784,7 @@ mod tests {
         let src = source();
         let no_id = json!({"type": "track", "event": "x", "anonymousId": "a"});
         assert_eq!(
-            to_plan(&no_id, &incoming(&src))
+            to_plan(&SegmentEvent::from_json(&no_id).unwrap(), &incoming(&src))
                 .unwrap_err()
                 .field
                 .as_deref(),
@@ -770,12 +792,17 @@ mod tests {
         );
         let no_person = json!({"type": "track", "event": "x", "messageId": "m"});
         assert_eq!(
-            to_plan(&no_person, &incoming(&src)).unwrap_err().reason,
+            to_plan(
+                &SegmentEvent::from_json(&no_person).unwrap(),
+                &incoming(&src)
+            )
+            .unwrap_err()
+            .reason,
             "missing_required"
         );
         let bad_ts = json!({"type": "track", "event": "x", "messageId": "m", "userId": 7, "timestamp": "soon"});
         assert_eq!(
-            to_plan(&bad_ts, &incoming(&src))
+            to_plan(&SegmentEvent::from_json(&bad_ts).unwrap(), &incoming(&src))
                 .unwrap_err()
                 .field
                 .as_deref(),
@@ -787,12 +814,14 @@ mod tests {
     fn batch_context_is_merged_under_the_events_own() {
         let src = source();
         let batch_ctx = json!({"library": {"name": "batch-sdk"}, "locale": "zh-CN"});
+        let batch_ctx = <SegmentContext as serde::Deserialize>::deserialize(&batch_ctx).unwrap();
         let inc = Incoming {
-            batch_context: batch_ctx.as_object(),
+            batch_context: Some(&batch_ctx),
             ..incoming(&src)
         };
         let raw = json!({"type": "identify", "messageId": "m", "userId": "u1", "traits": {"email": "A@b.c", "unionId": "wx"}, "context": {"locale": "en-US"}});
-        let out = to_plan(&raw, &inc).unwrap().to_json();
+        let parsed = SegmentEvent::from_json(&raw).unwrap();
+        let out = to_plan(&parsed, &inc).unwrap().to_json();
         assert_eq!(out["context"]["sdk_name"], "batch-sdk");
         assert_eq!(out["context"]["locale"], "en-US");
         assert_eq!(out["properties"], json!({"email": "A@b.c"}));

@@ -21,17 +21,18 @@ use axum::{
 use base64::Engine as _;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
-use serde_json::{Map, Value as Json, json, value::RawValue};
+use serde_json::{Value as Json, json, value::RawValue};
 use tokio::sync::Notify;
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::{
     metrics as m,
-    pipeline::{Pipeline, Record, Rejection, Verdict, mask_unparseable},
+    pipeline::{Pipeline, Raw, Record, Rejection, Verdict, mask_unparseable},
     publish::Publisher,
     segment::Incoming,
     sources::Sources,
     spool::{Spool, SpoolError},
+    wire::{Lenient, Loose, SegmentContext, SegmentEvent, WireError},
 };
 
 /// Request and event limits (Segment's, by default).
@@ -193,10 +194,10 @@ async fn ingest(
 struct BatchBody<'a> {
     #[serde(borrow)]
     batch: Vec<&'a RawValue>,
-    #[serde(default)]
-    context: Option<Map<String, Json>>,
-    #[serde(rename = "sentAt", default)]
-    sent_at: Option<Json>,
+    #[serde(default, borrow)]
+    context: Lenient<SegmentContext<'a>>,
+    #[serde(rename = "sentAt", default, borrow)]
+    sent_at: Loose<'a>,
     #[serde(rename = "writeKey", default)]
     write_key: Option<String>,
 }
@@ -267,18 +268,32 @@ async fn handle(
     let body = decompress(headers, body, &s.limits)?;
     let batch_route = route == "batch" || route == "import";
     let key_from_header = header_key(headers);
-    let mut single: Option<Json> = None;
 
-    // Parse once: a batch keeps each event as raw text (for its size); a
-    // single call is one event of the route's type.
+    // Parse once: a batch keeps each event as raw text (for its size), read
+    // into the typed wire format below; a single call is one event of the
+    // route's type.
+    let text = match std::str::from_utf8(&body) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(bad_body(
+                s,
+                key_from_header.as_deref(),
+                &body,
+                received_at_ms,
+                e.to_string(),
+            )
+            .await);
+        }
+    };
+    let mut single: Option<SegmentEvent<'_>> = None;
     type Parsed<'a> = (
         Vec<&'a str>,
-        Option<Map<String, Json>>,
-        Option<Json>,
+        Option<SegmentContext<'a>>,
+        Option<Loose<'a>>,
         Option<String>,
     );
     let (raw_events, batch_context, batch_sent_at, body_key): Parsed<'_> = if batch_route {
-        let parsed: BatchBody<'_> = match serde_json::from_slice(&body) {
+        let parsed: BatchBody<'_> = match serde_json::from_str(text) {
             Ok(b) => b,
             Err(e) => {
                 return Err(bad_body(
@@ -300,26 +315,13 @@ async fn handle(
         }
         (
             parsed.batch.iter().map(|r| r.get()).collect(),
-            parsed.context,
-            parsed.sent_at,
+            parsed.context.0,
+            (!parsed.sent_at.is_absent()).then_some(parsed.sent_at),
             parsed.write_key,
         )
     } else {
-        let text = match std::str::from_utf8(&body) {
-            Ok(t) => t,
-            Err(e) => {
-                return Err(bad_body(
-                    s,
-                    key_from_header.as_deref(),
-                    &body,
-                    received_at_ms,
-                    e.to_string(),
-                )
-                .await);
-            }
-        };
         // A single call's body is its event: unparseable means 400.
-        let parsed: Json = match serde_json::from_str(text) {
+        let parsed = match SegmentEvent::parse(text) {
             Ok(v) => v,
             Err(e) => {
                 return Err(bad_body(
@@ -332,10 +334,7 @@ async fn handle(
                 .await);
             }
         };
-        let key = parsed
-            .get("writeKey")
-            .and_then(Json::as_str)
-            .map(str::to_owned);
+        let key = parsed.write_key.as_str().map(str::to_owned);
         single = Some(parsed);
         (vec![text], None, None, key)
     };
@@ -371,37 +370,42 @@ async fn handle(
     let mut duplicates = 0usize;
     let mut flagged = 0usize;
     let mut seen_ids = crate::dedupe::KeySet::default();
+    let route_type = (!batch_route).then_some(route);
     for (index, text) in raw_events.iter().enumerate() {
         let parsed = match single.take() {
             Some(v) => Ok(v),
-            None => serde_json::from_str::<Json>(text),
+            None => SegmentEvent::parse(text),
         };
-        let mut raw: Json = match parsed {
+        let mut event = match parsed {
             Ok(v) => v,
             Err(e) => {
-                let raw = Json::String(mask_unparseable(text.as_bytes(), 4096));
+                // Valid JSON of another type keeps its text on the DLQ.
+                let (raw, message) = if matches!(e, WireError::NotAnObject) {
+                    let raw = serde_json::from_str(text).unwrap_or(Json::Null);
+                    (raw, e.to_string())
+                } else {
+                    let masked = mask_unparseable(text.as_bytes(), 4096);
+                    (Json::String(masked), e.to_string())
+                };
                 let r = Rejection {
                     index,
                     message_id: None,
                     reason: "bad_json",
                     field: None,
-                    message: e.to_string(),
+                    message,
                 };
                 to_send.push(s.pipeline.dlq_record(&raw, &r, &inc));
                 rejected.push(r);
                 continue;
             }
         };
-        if !batch_route && let Some(obj) = raw.as_object_mut() {
-            obj.insert("type".into(), Json::String(route.to_owned()));
+        if let Some(t) = route_type {
+            event.kind = Loose::Str(t.into());
         }
         if text.len() > s.limits.max_event_bytes {
             let r = Rejection {
                 index,
-                message_id: raw
-                    .get("messageId")
-                    .and_then(Json::as_str)
-                    .map(str::to_owned),
+                message_id: event.message_id.as_str().map(str::to_owned),
                 reason: "too_large",
                 field: None,
                 message: format!(
@@ -410,14 +414,14 @@ async fn handle(
                     s.limits.max_event_bytes
                 ),
             };
-            let stub = json!({"messageId": r.message_id, "event": raw.get("event"), "type": raw.get("type"), "bytes": text.len()});
+            let stub = json!({"messageId": r.message_id, "event": event.event.to_json(), "type": event.kind.to_json(), "bytes": text.len()});
             to_send.push(s.pipeline.dlq_record(&stub, &r, &inc));
             rejected.push(r);
             continue;
         }
-        let dedupe_key = raw
-            .get("messageId")
-            .and_then(Json::as_str)
+        let dedupe_key = event
+            .message_id
+            .as_str()
             .map(|id| s.dedupe.key(&source.id, id));
         if let Some(k) = dedupe_key {
             if seen_ids.contains(&k) || s.dedupe.seen(k) {
@@ -426,7 +430,8 @@ async fn handle(
             }
             seen_ids.insert(k);
         }
-        match s.pipeline.process(&raw, index, &inc) {
+        let raw = Raw { text, route_type };
+        match s.pipeline.process(&event, &raw, index, &inc) {
             Verdict::Accepted {
                 records,
                 flagged: f,
