@@ -7,7 +7,7 @@
 //!   LEADSTREAM_BENCH_KAFKA=127.0.0.1:19092 cargo bench --bench ingest_load
 //!
 //! Env: LEADSTREAM_BENCH_KAFKA (bootstrap), LEADSTREAM_BENCH_SECONDS (10),
-//! LEADSTREAM_BENCH_CONNECTIONS (16), LEADSTREAM_BENCH_BATCH (100).
+//! LEADSTREAM_BENCH_CONNECTIONS (64: enough in-flight requests to keep the server busy through the producer linger), LEADSTREAM_BENCH_BATCH (100).
 
 mod harness;
 
@@ -151,7 +151,7 @@ async fn main() {
     let seconds: u64 = harness::env("LEADSTREAM_BENCH_SECONDS", "10")
         .parse()
         .unwrap();
-    let connections: usize = harness::env("LEADSTREAM_BENCH_CONNECTIONS", "16")
+    let connections: usize = harness::env("LEADSTREAM_BENCH_CONNECTIONS", "64")
         .parse()
         .unwrap();
     let batch: usize = harness::env("LEADSTREAM_BENCH_BATCH", "100")
