@@ -363,7 +363,13 @@ mod tests {
                 "{text}"
             );
         }
-        for text in ["{", "[1,", "nope"] {
+        // A repeated known key is an error (a JSON tree kept the last).
+        for text in [
+            "{",
+            "[1,",
+            "nope",
+            r#"{"messageId": "a", "messageId": "b"}"#,
+        ] {
             assert!(
                 matches!(SegmentEvent::parse(text), Err(WireError::Json(_))),
                 "{text}"
