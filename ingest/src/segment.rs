@@ -3,7 +3,11 @@
 
 use std::borrow::Cow;
 
-use leadstream_schemas::codec::{Field, FieldView};
+// The plan's envelope, in its order: what `PlanEvent::field_at` indexes.
+use leadstream_schemas::{
+    codec::{Field, FieldView},
+    lint::ENVELOPE,
+};
 use serde_json::{Map, Value as Json, json};
 
 use crate::{
@@ -124,25 +128,6 @@ pub struct PlanContext<'a> {
     pub ip: Option<Cow<'a, str>>,
     pub is_bot: bool,
 }
-
-const ENVELOPE: [&str; 16] = [
-    "message_id",
-    "event",
-    "type",
-    "platform",
-    "source_id",
-    "tenant",
-    "anonymous_id",
-    "user_id",
-    "union_id",
-    "phone_hash",
-    "timestamp",
-    "original_timestamp",
-    "sent_at",
-    "received_at",
-    "context",
-    "properties",
-];
 
 const CONTEXT: [&str; 19] = [
     "sdk_name",

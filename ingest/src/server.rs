@@ -272,18 +272,18 @@ async fn handle(
     // Parse once: a batch keeps each event as raw text (for its size), read
     // into the typed wire format below; a single call is one event of the
     // route's type.
+    let unparseable = |message: String| {
+        bad_body(
+            s,
+            key_from_header.as_deref(),
+            &body,
+            received_at_ms,
+            message,
+        )
+    };
     let text = match std::str::from_utf8(&body) {
         Ok(t) => t,
-        Err(e) => {
-            return Err(bad_body(
-                s,
-                key_from_header.as_deref(),
-                &body,
-                received_at_ms,
-                e.to_string(),
-            )
-            .await);
-        }
+        Err(e) => return Err(unparseable(e.to_string()).await),
     };
     let mut single: Option<SegmentEvent<'_>> = None;
     type Parsed<'a> = (
@@ -295,16 +295,7 @@ async fn handle(
     let (raw_events, batch_context, batch_sent_at, body_key): Parsed<'_> = if batch_route {
         let parsed: BatchBody<'_> = match serde_json::from_str(text) {
             Ok(b) => b,
-            Err(e) => {
-                return Err(bad_body(
-                    s,
-                    key_from_header.as_deref(),
-                    &body,
-                    received_at_ms,
-                    e.to_string(),
-                )
-                .await);
-            }
+            Err(e) => return Err(unparseable(e.to_string()).await),
         };
         if parsed.batch.len() > s.limits.max_batch_events {
             return Err(RequestError::TooLarge(format!(
@@ -323,16 +314,7 @@ async fn handle(
         // A single call's body is its event: unparseable means 400.
         let parsed = match SegmentEvent::parse(text) {
             Ok(v) => v,
-            Err(e) => {
-                return Err(bad_body(
-                    s,
-                    key_from_header.as_deref(),
-                    &body,
-                    received_at_ms,
-                    e.to_string(),
-                )
-                .await);
-            }
+            Err(e) => return Err(unparseable(e.to_string()).await),
         };
         let key = parsed.write_key.as_str().map(str::to_owned);
         single = Some(parsed);
