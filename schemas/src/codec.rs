@@ -9,7 +9,7 @@ use std::{
 
 use apache_avro::{
     reader::datum::GenericDatumReader,
-    schema::{RecordField, RecordSchema, Schema},
+    schema::{EnumSchema, RecordField, RecordSchema, Schema, UnionSchema},
     types::Value,
 };
 use serde_json::{Map, Value as Json};
@@ -210,6 +210,19 @@ impl Encoder {
         frame(writer, record)
     }
 
+    /// Validates and frames the event `name` given as a [`FieldView`].
+    pub fn encode_view(&self, name: &str, event: &dyn FieldView) -> Result<Encoded, EncodeError> {
+        let writer = self
+            .writers
+            .get(name)
+            .ok_or_else(|| EncodeError::UnplannedEvent {
+                event: name.to_owned(),
+            })?;
+        frame_with(writer, |out| {
+            write_view_as(&self.layouts, &writer.schema, event, &Path::Root, out)
+        })
+    }
+
     pub fn events(&self) -> impl Iterator<Item = &str> {
         self.writers.keys().map(String::as_str)
     }
@@ -243,32 +256,6 @@ impl Encoder {
     }
 }
 
-impl Encoder {
-    /// Validates and frames the event `name` given as a [`FieldView`].
-    pub fn encode_view(&self, name: &str, event: &dyn FieldView) -> Result<Encoded, EncodeError> {
-        let writer = self
-            .writers
-            .get(name)
-            .ok_or_else(|| EncodeError::UnplannedEvent {
-                event: name.to_owned(),
-            })?;
-        let mut bytes = Vec::with_capacity(512);
-        bytes.push(MAGIC_BYTE);
-        bytes.extend_from_slice(&writer.id.to_be_bytes());
-        write_view_as(
-            &self.layouts,
-            &writer.schema,
-            event,
-            &Path::Root,
-            &mut bytes,
-        )?;
-        Ok(Encoded {
-            schema_id: writer.id,
-            bytes,
-        })
-    }
-}
-
 async fn latest_writers(
     subjects: impl Iterator<Item = &crate::plan::Subject>,
     resolver: &dyn SchemaResolver,
@@ -289,10 +276,20 @@ async fn latest_writers(
 }
 
 fn frame(writer: &Writer, value: &Json) -> Result<Encoded, EncodeError> {
+    frame_with(writer, |out| {
+        write_avro(&writer.schema, Some(value), &Path::Root, out)
+    })
+}
+
+/// Confluent framing around the datum `write` appends.
+fn frame_with(
+    writer: &Writer,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
+) -> Result<Encoded, EncodeError> {
     let mut bytes = Vec::with_capacity(512);
     bytes.push(MAGIC_BYTE);
     bytes.extend_from_slice(&writer.id.to_be_bytes());
-    write_avro(&writer.schema, Some(value), &Path::Root, &mut bytes)?;
+    write(&mut bytes)?;
     Ok(Encoded {
         schema_id: writer.id,
         bytes,
@@ -347,12 +344,26 @@ impl Decoder {
     /// decoder has not fetched yet (then use [`Decoder::decode`]). For
     /// decoding a batch on several threads.
     pub fn decode_cached(&self, bytes: &[u8]) -> Option<Result<Decoded, DecodeError>> {
+        Some(
+            self.cached_reader(bytes)?
+                .and_then(|r| Self::read(&r, bytes)),
+        )
+    }
+
+    /// The reader for the frame's schema id if already fetched (None if
+    /// not), or why the frame is bad.
+    fn cached_reader(&self, bytes: &[u8]) -> Option<Result<Arc<Reader>, DecodeError>> {
         let id = match split_frame(bytes) {
             Ok((id, _)) => id,
             Err(e) => return Some(Err(e.into())),
         };
-        let reader = Arc::clone(self.readers.read().expect("lock poisoned").get(&id)?);
-        Some(Self::read(&reader, bytes))
+        let reader = self
+            .readers
+            .read()
+            .expect("lock poisoned")
+            .get(&id)
+            .cloned()?;
+        Some(Ok(reader))
     }
 
     /// Reads the datum borrowed ([`Datum`]: no owned copy of its strings)
@@ -364,12 +375,10 @@ impl Decoder {
         bytes: &[u8],
         f: impl FnOnce(u32, &Datum<'_>) -> R,
     ) -> Option<Result<R, DecodeError>> {
-        let id = match split_frame(bytes) {
-            Ok((id, _)) => id,
-            Err(e) => return Some(Err(e.into())),
-        };
-        let reader = Arc::clone(self.readers.read().expect("lock poisoned").get(&id)?);
-        Some(Self::visit_with(&reader, bytes, f))
+        Some(
+            self.cached_reader(bytes)?
+                .and_then(|r| Self::visit_with(&r, bytes, f)),
+        )
     }
 
     /// [`Decoder::visit_cached`], fetching the writer schema when needed.
@@ -539,22 +548,12 @@ fn write_avro(
                 write_long(i as i64, out);
                 return Ok(());
             }
-            let mut last = None;
-            for (i, variant) in variants.iter().enumerate() {
-                if matches!(variant, Schema::Null) {
-                    continue;
-                }
-                let mark = out.len();
-                write_long(i as i64, out);
-                match write_avro(variant, Some(json), path, out) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => {
-                        out.truncate(mark);
-                        last = Some(e);
-                    }
-                }
-            }
-            Err(last.unwrap_or_else(|| mismatch(path, "null", json)))
+            write_branch(
+                union,
+                out,
+                |variant, out| write_avro(variant, Some(json), path, out),
+                || mismatch(path, "null", json),
+            )
         }
         Schema::Null => match json {
             Json::Null => Ok(()),
@@ -614,14 +613,7 @@ fn write_avro(
             let s = json
                 .as_str()
                 .ok_or_else(|| mismatch(path, "string", json))?;
-            let i = e.symbols.iter().position(|sym| sym == s).ok_or_else(|| {
-                EncodeError::InvalidValue {
-                    field: path.to_string(),
-                    message: format!("{s:?} is not one of {}", e.symbols.join(", ")),
-                }
-            })?;
-            write_long(i as i64, out);
-            Ok(())
+            write_symbol(e, s, path, out)
         }
         Schema::Array(a) => {
             let items = json
@@ -747,36 +739,13 @@ fn write_text(
             write_bytes(text.as_bytes(), out);
             Ok(())
         }
-        Schema::Enum(e) => {
-            let i = e
-                .symbols
-                .iter()
-                .position(|sym| sym == text)
-                .ok_or_else(|| EncodeError::InvalidValue {
-                    field: path.to_string(),
-                    message: format!("{text:?} is not one of {}", e.symbols.join(", ")),
-                })?;
-            write_long(i as i64, out);
-            Ok(())
-        }
-        Schema::Union(union) => {
-            let mut last = None;
-            for (i, variant) in union.variants().iter().enumerate() {
-                if matches!(variant, Schema::Null) {
-                    continue;
-                }
-                let mark = out.len();
-                write_long(i as i64, out);
-                match write_text(variant, text, path, out) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => {
-                        out.truncate(mark);
-                        last = Some(e);
-                    }
-                }
-            }
-            Err(last.unwrap_or_else(|| mismatch(path, "null", &Json::String(text.to_owned()))))
-        }
+        Schema::Enum(e) => write_symbol(e, text, path, out),
+        Schema::Union(union) => write_branch(
+            union,
+            out,
+            |variant, out| write_text(variant, text, path, out),
+            || mismatch(path, "null", &Json::String(text.to_owned())),
+        ),
         other => write_avro(other, Some(&Json::String(text.to_owned())), path, out),
     }
 }
@@ -789,27 +758,63 @@ fn write_view_as(
     path: &Path<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
+    let not_a_record = || mismatch(path, "a non-record value", &Json::Object(Map::new()));
     match schema {
         Schema::Record(record) => write_record_view(layouts, record, view, path, out),
-        Schema::Union(union) => {
-            let (i, record) = union
-                .variants()
-                .iter()
-                .enumerate()
-                .find_map(|(i, v)| match v {
-                    Schema::Record(r) => Some((i, r)),
-                    _ => None,
-                })
-                .ok_or_else(|| mismatch(path, "a non-record value", &Json::Object(Map::new())))?;
-            write_long(i as i64, out);
-            write_record_view(layouts, record, view, path, out)
-        }
-        _ => Err(mismatch(
-            path,
-            "a non-record value",
-            &Json::Object(Map::new()),
-        )),
+        Schema::Union(union) => write_branch(
+            union,
+            out,
+            |variant, out| write_view_as(layouts, variant, view, path, out),
+            not_a_record,
+        ),
+        _ => Err(not_a_record()),
     }
+}
+
+/// The enum symbol `s` as its index.
+fn write_symbol(
+    e: &EnumSchema,
+    s: &str,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let i = e
+        .symbols
+        .iter()
+        .position(|sym| sym == s)
+        .ok_or_else(|| EncodeError::InvalidValue {
+            field: path.to_string(),
+            message: format!("{s:?} is not one of {}", e.symbols.join(", ")),
+        })?;
+    write_long(i as i64, out);
+    Ok(())
+}
+
+/// A non-null value in a union: the index and value of the first non-null
+/// branch `write` accepts, else the last branch's error (`only_null` when
+/// there is no other branch).
+fn write_branch(
+    union: &UnionSchema,
+    out: &mut Vec<u8>,
+    mut write: impl FnMut(&Schema, &mut Vec<u8>) -> Result<(), EncodeError>,
+    only_null: impl FnOnce() -> EncodeError,
+) -> Result<(), EncodeError> {
+    let mut last = None;
+    for (i, variant) in union.variants().iter().enumerate() {
+        if matches!(variant, Schema::Null) {
+            continue;
+        }
+        let mark = out.len();
+        write_long(i as i64, out);
+        match write(variant, out) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                out.truncate(mark);
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(only_null))
 }
 
 fn is_nullable(schema: &Schema) -> bool {
