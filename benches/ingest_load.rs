@@ -148,15 +148,9 @@ async fn main() {
         return; // built by `cargo build --all-targets`; only `cargo bench` runs it
     }
     let bootstrap = harness::kafka();
-    let seconds: u64 = harness::env("LEADSTREAM_BENCH_SECONDS", "10")
-        .parse()
-        .unwrap();
-    let connections: usize = harness::env("LEADSTREAM_BENCH_CONNECTIONS", "64")
-        .parse()
-        .unwrap();
-    let batch: usize = harness::env("LEADSTREAM_BENCH_BATCH", "100")
-        .parse()
-        .unwrap();
+    let seconds: u64 = harness::knob("LEADSTREAM_BENCH_SECONDS", 10);
+    let connections: usize = harness::knob("LEADSTREAM_BENCH_CONNECTIONS", 64);
+    let batch: usize = harness::knob("LEADSTREAM_BENCH_BATCH", 100);
     let run = format!("bench{}", std::process::id());
     let (events_topic, dlq_topic, bare_topic) = (
         format!("{run}.events"),

@@ -99,18 +99,10 @@ async fn main() {
     }
     harness::init_tracing();
     let bootstrap = harness::kafka();
-    let leads: usize = harness::env("LEADSTREAM_BENCH_LEADS", "2000")
-        .parse()
-        .unwrap();
-    let per_lead: usize = harness::env("LEADSTREAM_BENCH_EVENTS_PER_LEAD", "50")
-        .parse()
-        .unwrap();
-    let rate: u64 = harness::env("LEADSTREAM_BENCH_RATE", "2000")
-        .parse()
-        .unwrap();
-    let seconds: u64 = harness::env("LEADSTREAM_BENCH_SECONDS", "10")
-        .parse()
-        .unwrap();
+    let leads: usize = harness::knob("LEADSTREAM_BENCH_LEADS", 2_000);
+    let per_lead: usize = harness::knob("LEADSTREAM_BENCH_EVENTS_PER_LEAD", 50);
+    let rate: u64 = harness::knob("LEADSTREAM_BENCH_RATE", 2_000);
+    let seconds: u64 = harness::knob("LEADSTREAM_BENCH_SECONDS", 10);
     let plan = Plan::embedded().unwrap();
     let encoder = Encoder::build(&plan, &EmbeddedResolver::new(&plan).unwrap())
         .await

@@ -154,21 +154,11 @@ async fn main() {
     harness::init_tracing();
     let bootstrap = harness::kafka();
     let clickhouse_url = harness::clickhouse();
-    let n_events: usize = harness::env("LEADSTREAM_BENCH_EVENTS", "400000")
-        .parse()
-        .unwrap();
-    let n_scores: usize = harness::env("LEADSTREAM_BENCH_SCORES", "200000")
-        .parse()
-        .unwrap();
-    let rate: usize = harness::env("LEADSTREAM_BENCH_RATE", "10000")
-        .parse()
-        .unwrap();
-    let seconds: usize = harness::env("LEADSTREAM_BENCH_SECONDS", "20")
-        .parse()
-        .unwrap();
-    let rounds: usize = harness::env("LEADSTREAM_BENCH_ROUNDS", "3")
-        .parse()
-        .unwrap();
+    let n_events: usize = harness::knob("LEADSTREAM_BENCH_EVENTS", 400_000);
+    let n_scores: usize = harness::knob("LEADSTREAM_BENCH_SCORES", 200_000);
+    let rate: usize = harness::knob("LEADSTREAM_BENCH_RATE", 10_000);
+    let seconds: usize = harness::knob("LEADSTREAM_BENCH_SECONDS", 20);
+    let rounds: usize = harness::knob("LEADSTREAM_BENCH_ROUNDS", 3);
 
     let run = format!("skbench{}", std::process::id());
     let database = run.clone();
@@ -202,9 +192,7 @@ async fn main() {
     cfg.pipeline_metrics.topic = String::new();
     cfg.group = format!("{run}-sink");
     cfg.listen = "127.0.0.1:0".parse().unwrap();
-    if let Ok(ms) = std::env::var("LEADSTREAM_BENCH_BATCH_MS") {
-        cfg.batch_ms = ms.parse().unwrap();
-    }
+    cfg.batch_ms = harness::knob("LEADSTREAM_BENCH_BATCH_MS", cfg.batch_ms);
     let spec = |name: &str, partitions| leadstream_common::kafka::TopicSpec {
         name: name.to_owned(),
         partitions,

@@ -20,8 +20,13 @@ pub fn init_tracing() {
 }
 
 /// A knob: `name` from the environment, else `default`.
-pub fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
+        Err(_) => default,
+    }
 }
 
 /// Kafka bootstrap servers: `LEADSTREAM_BENCH_KAFKA`, else the test suite's.
