@@ -185,21 +185,8 @@ mod tests {
             "context": {"ip": "203.0.113.77", "wechat": {"unionId": "wx-union"}},
             "properties": {"form_id": "f", "phone": "+86 138-0013-8000", "name": "Wang Wei"}
         });
-        let source = crate::sources::Source {
-            id: "web".into(),
-            platform: crate::sources::Platform::Web,
-            tenant: "t".into(),
-            write_key_sha256: String::new(),
-            unplanned: crate::sources::UnplannedPolicy::Block,
-            rate_limit_per_sec: 0,
-        };
-        let inc = crate::segment::Incoming {
-            source: &source,
-            received_at_ms: 0,
-            max_skew_ms: 0,
-            batch_context: None,
-            batch_sent_at: None,
-        };
+        let source = crate::segment::tests::source();
+        let inc = crate::segment::tests::incoming(&source);
         let parsed = crate::wire::SegmentEvent::from_json(&raw).unwrap();
         let mut event = crate::segment::to_plan(&parsed, &inc).unwrap();
         rules.apply(&mut event);

@@ -651,11 +651,12 @@ fn identify_traits(traits: &Map<String, Json>) -> Map<String, Json> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::sources::{Platform, Source, UnplannedPolicy};
 
-    fn source() -> Source {
+    /// A web source, for tests across the crate.
+    pub(crate) fn source() -> Source {
         Source {
             id: "web-main".into(),
             platform: Platform::Web,
@@ -666,7 +667,7 @@ mod tests {
         }
     }
 
-    fn incoming(src: &Source) -> Incoming<'_> {
+    pub(crate) fn incoming(src: &Source) -> Incoming<'_> {
         Incoming {
             source: src,
             received_at_ms: 1_000_000,
