@@ -362,19 +362,17 @@ async fn handle(
             Ok(v) => v,
             Err(e) => {
                 // Valid JSON of another type keeps its text on the DLQ.
-                let (raw, message) = if matches!(e, WireError::NotAnObject) {
-                    let raw = serde_json::from_str(text).unwrap_or(Json::Null);
-                    (raw, e.to_string())
+                let raw = if matches!(e, WireError::NotAnObject) {
+                    serde_json::from_str(text).unwrap_or(Json::Null)
                 } else {
-                    let masked = mask_unparseable(text.as_bytes(), 4096);
-                    (Json::String(masked), e.to_string())
+                    Json::String(mask_unparseable(text.as_bytes(), 4096))
                 };
                 let r = Rejection {
                     index,
                     message_id: None,
                     reason: "bad_json",
                     field: None,
-                    message,
+                    message: e.to_string(),
                 };
                 to_send.push(s.pipeline.dlq_record(&raw, &r, &inc));
                 rejected.push(r);
