@@ -15,7 +15,10 @@ use std::{
 };
 
 use leadstream_schemas::{EmbeddedResolver, Encoder, Plan};
-use leadstream_sink::{ClickHouseArgs, SinkConfig};
+use leadstream_sink::{
+    ClickHouseArgs, SinkConfig,
+    writer::{Kind, Record, to_batch, write_batch},
+};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
@@ -50,19 +53,59 @@ fn event(i: usize) -> serde_json::Value {
 
 fn score(lead: usize, version: i64) -> serde_json::Value {
     json!({"lead_id": format!("L{lead:04}"), "score": 10.0 * version as f64, "rule_score": 10.0 * version as f64, "probability": 0.1,
-           "grade": if version > 6 { "high" } else { "low" }, "stage": "new",
+           "grade": if version > 5 { "high" } else { "low" }, "stage": "new",
            "reasons": [{"code": "configurator", "points": 10.0}], "reactivated": lead.is_multiple_of(5), "event_count": version,
-           "platforms": ["web"], "first_channel": "autohome", "first_seen_at": T0, "last_event_at": T0 + version * 1000,
+           "platforms": ["mini_program", "web"], "first_platform": "mini_program", "first_channel": "autohome", "first_seen_at": T0, "last_event_at": T0 + version * 1000,
            "merged_into": null, "version": version, "updated_at": T0 + version * 1000})
 }
 
-/// Produces events [from, to), `to - from` / 60 DLQ records and a few score
-/// versions per lead, plus one poison record on the events topic.
-async fn produce(bootstrap: &str, t: &Topics, from: usize, to: usize) {
+/// Records for events [from, to): the events, `to - from` / 60 DLQ
+/// records, per-minute metric rows (each twice: a producer retry) and a few
+/// score versions per lead, plus one poison record on the events topic when
+/// `from` is 0. By the stream whose topic they go to.
+async fn records(from: usize, to: usize) -> Vec<(Kind, String, Vec<u8>)> {
     let plan = Plan::embedded().unwrap();
     let encoder = Encoder::build(&plan, &EmbeddedResolver::new(&plan).unwrap())
         .await
         .unwrap();
+    let mut records = Vec::new();
+    for i in from..to {
+        let bytes = encoder.encode(&event(i)).unwrap().bytes;
+        records.push((Kind::Events, format!("anon-{}", i % 300), bytes));
+        if i % 60 == 0 {
+            let dlq = json!({"message_id": format!("bad-{i}"), "event": "lead_form_submitted", "reason": "missing_required",
+                "field": "properties.form_id", "message": "properties.form_id is required", "source_id": "web-main",
+                "platform": "web", "tenant": "brand-a", "sdk_name": "analytics.js", "sdk_version": "4.1.0",
+                "received_at": T0 + i as i64, "raw": {"event": "Lead Form Submitted"}});
+            records.push((Kind::Violations, "k".into(), dlq.to_string().into_bytes()));
+        }
+        if i % 100 == 0 {
+            // An ingest instance's per-minute row; every record is sent
+            // twice (a producer retry) and must count once.
+            let row = json!({"minute": (T0 / 1000) as u64 + i as u64 / 100 * 60, "service": "ingest",
+                "instance": "ingest-0:8080", "metric": "ingest_events_accepted_total", "value": 100.0});
+            for _ in 0..2 {
+                records.push((Kind::Metrics, "ingest".into(), row.to_string().into_bytes()));
+            }
+            let lead = i / 100;
+            for v in 1..=3 {
+                let bytes = encoder
+                    .encode_derived("lead_score", &score(lead, v + (lead % 3) as i64 * 3))
+                    .unwrap()
+                    .bytes;
+                records.push((Kind::Scores, format!("L{lead:04}"), bytes));
+            }
+        }
+    }
+    if from == 0 {
+        // Not Confluent-framed: must become a dead letter, not a crash loop.
+        records.push((Kind::Events, "poison".into(), b"not avro".to_vec()));
+    }
+    records
+}
+
+/// Produces [`records`] to the test's topics.
+async fn produce(bootstrap: &str, t: &Topics, from: usize, to: usize) {
     // One record per batch, sent one after another: Tansu 0.6 answers a
     // fetch from an offset inside a record batch with the *next* batch, so a
     // consumer resuming from a committed offset mid-batch would skip records
@@ -71,47 +114,16 @@ async fn produce(bootstrap: &str, t: &Topics, from: usize, to: usize) {
     let producer: FutureProducer = leadstream_common::kafka::producer_config(bootstrap, 0)
         .create()
         .unwrap();
-    let mut records: Vec<(&str, String, Vec<u8>)> = Vec::new();
-    for i in from..to {
-        let bytes = encoder.encode(&event(i)).unwrap().bytes;
-        records.push((&t.events.name, format!("anon-{}", i % 300), bytes));
-        if i % 60 == 0 {
-            let dlq = json!({"message_id": format!("bad-{i}"), "event": "lead_form_submitted", "reason": "missing_required",
-                "field": "properties.form_id", "message": "properties.form_id is required", "source_id": "web-main",
-                "platform": "web", "tenant": "brand-a", "sdk_name": "analytics.js", "sdk_version": "4.1.0",
-                "received_at": T0 + i as i64, "raw": {"event": "Lead Form Submitted"}});
-            records.push((&t.dlq.name, "k".into(), dlq.to_string().into_bytes()));
-        }
-        if i % 100 == 0 {
-            // An ingest instance's per-minute row; every record is sent
-            // twice (a producer retry) and must count once.
-            let row = json!({"minute": (T0 / 1000) as u64 + i as u64 / 100 * 60, "service": "ingest",
-                "instance": "ingest-0:8080", "metric": "ingest_events_accepted_total", "value": 100.0});
-            for _ in 0..2 {
-                records.push((
-                    &t.metrics.name,
-                    "ingest".into(),
-                    row.to_string().into_bytes(),
-                ));
-            }
-            let lead = i / 100;
-            for v in 1..=3 {
-                let bytes = encoder
-                    .encode_derived("lead_score", &score(lead, v + (lead % 3) as i64 * 3))
-                    .unwrap()
-                    .bytes;
-                records.push((&t.scores.name, format!("L{lead:04}"), bytes));
-            }
-        }
-    }
-    if from == 0 {
-        // Not Confluent-framed: must become a dead letter, not a crash loop.
-        records.push((&t.events.name, "poison".into(), b"not avro".to_vec()));
-    }
-    for (topic, key, bytes) in &records {
+    for (kind, key, bytes) in records(from, to).await {
+        let topic = match kind {
+            Kind::Events => &t.events.name,
+            Kind::Scores => &t.scores.name,
+            Kind::Violations => &t.dlq.name,
+            Kind::Metrics => &t.metrics.name,
+        };
         producer
             .send(
-                FutureRecord::to(topic).key(key).payload(bytes),
+                FutureRecord::to(topic).key(&key).payload(&bytes),
                 Duration::from_secs(10),
             )
             .await
@@ -148,14 +160,22 @@ async fn client(database: &str) -> clickhouse::Client {
 }
 
 async fn count(db: &clickhouse::Client, sql: &str) -> u64 {
-    db.query(sql).fetch_one::<u64>().await.unwrap_or(0)
+    db.query(sql)
+        .fetch_one::<u64>()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{sql}"))
 }
 
 /// Waits until the events table holds `n` distinct message ids.
 async fn wait_for_events(db: &clickhouse::Client, n: u64, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let got = count(db, "SELECT uniqExact(message_id) FROM events").await;
+        // 0 while ClickHouse is away (the outage tests).
+        let got = db
+            .query("SELECT uniqExact(message_id) FROM events")
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or(0);
         if got >= n {
             return;
         }
@@ -204,6 +224,89 @@ async fn proxy(target: &str) -> Outage {
     Outage { addr, down }
 }
 
+/// A ClickHouse server of this test's own (config from
+/// `deploy/scripts/services.sh clickhouse-config`), so it can be killed
+/// and restarted on the same data without disturbing the other tests.
+struct OwnClickHouse {
+    dir: tempfile::TempDir,
+    http_port: u16,
+    config: String,
+    server: Option<common::KilledOnDrop>,
+}
+
+impl OwnClickHouse {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Three free ports, held together so they differ.
+        let held: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<String> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port().to_string())
+            .collect();
+        drop(held);
+        let out = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/scripts/services.sh"
+            ))
+            .arg("clickhouse-config")
+            .arg(dir.path())
+            .args(&ports)
+            .output()
+            .expect("run deploy/scripts/services.sh");
+        assert!(
+            out.status.success(),
+            "writing a ClickHouse config failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let mut me = Self {
+            dir,
+            http_port: ports[0].parse().unwrap(),
+            config,
+            server: None,
+        };
+        me.restart();
+        me
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// kill -9: nothing is flushed or shut down cleanly.
+    fn kill(&mut self) {
+        self.server = None;
+    }
+
+    /// Starts the server (again) on the same data and waits until it answers.
+    fn restart(&mut self) {
+        assert!(self.server.is_none(), "already running");
+        let log = std::fs::File::create(self.dir.path().join("log/stdout.log")).unwrap();
+        let server = Command::new("/usr/sbin/clickhouse-server")
+            .arg(format!("--config-file={}", self.config))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map(common::KilledOnDrop)
+            .expect(
+                "start /usr/sbin/clickhouse-server (install it with deploy/scripts/install-test-deps.sh)",
+            );
+        self.server = Some(server);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.http_port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ClickHouse did not start; see {}/log",
+                self.dir.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 async fn assert_everything_once(db: &clickhouse::Client, events: u64, violations: u64, leads: u64) {
     assert_eq!(
         count(db, "SELECT count() FROM events FINAL").await,
@@ -237,50 +340,49 @@ async fn assert_everything_once(db: &clickhouse::Client, events: u64, violations
     assert!(count(db, "SELECT sum(visitors) FROM funnel_daily").await > 0);
     assert!(count(db, "SELECT sum(configured) FROM funnel_daily").await > 0);
     assert!(count(db, "SELECT sum(violations) FROM tracking_plan_health").await == violations);
-    assert!(count(db, "SELECT sum(leads) FROM grade_mix_daily").await >= leads);
-    assert_eq!(count(db, "SELECT count() FROM call_list").await, leads);
-    // Every query of the analyst guide runs against what was written.
-    let guide = include_str!("../deploy/clickhouse/README.md");
-    let queries: Vec<&str> = guide
-        .split("```sql")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
-        .collect();
-    assert!(
-        queries.len() >= 10,
-        "the guide has {} queries",
-        queries.len()
+    // Each lead once per day, in the grade it ended the day with: a third
+    // of the leads went low -> high within the day, a third were high all day.
+    assert_eq!(
+        count(db, "SELECT toUInt64(sum(leads)) FROM grade_mix_daily").await,
+        leads
     );
-    for q in queries {
-        db.query(&format!("SELECT count() FROM ({})", q.trim()))
+    assert_eq!(
+        count(
+            db,
+            "SELECT toUInt64(sum(leads)) FROM grade_mix_daily WHERE grade = 'high'"
+        )
+        .await,
+        2 * leads / 3
+    );
+    assert_eq!(
+        count(
+            db,
+            "SELECT count() FROM current_leads WHERE first_platform = 'mini_program'"
+        )
+        .await,
+        leads,
+        "first-touch platform from lead_score v2"
+    );
+    assert_eq!(count(db, "SELECT count() FROM call_list").await, leads);
+    // Every query of the analyst guide and every dashboard panel runs
+    // against what was written.
+    let queries = common::analyst_queries();
+    let guide = queries
+        .iter()
+        .filter(|(l, _)| l.starts_with("guide"))
+        .count();
+    assert!(guide >= 10, "the guide has {guide} queries");
+    assert!(
+        queries.len() - guide >= 10,
+        "{} panels",
+        queries.len() - guide
+    );
+    for (label, sql) in &queries {
+        db.query(&format!("SELECT count() FROM ({sql})"))
             .fetch_one::<u64>()
             .await
-            .unwrap_or_else(|e| panic!("guide query failed: {e}\n{q}"));
+            .unwrap_or_else(|e| panic!("{label} failed: {e}\n{sql}"));
     }
-    // Every panel of the Grafana dashboards runs against it too.
-    let mut panels = 0;
-    for dashboard in [
-        include_str!("../deploy/grafana/dashboards/leads.json"),
-        include_str!("../deploy/grafana/dashboards/tracking-plan.json"),
-        include_str!("../deploy/grafana/dashboards/pipeline-health.json"),
-    ] {
-        let d: serde_json::Value = serde_json::from_str(dashboard).expect("dashboard JSON");
-        for panel in d["panels"].as_array().unwrap() {
-            // Prometheus panels (`expr`) are checked against live
-            // /metrics by the quickstart test.
-            for target in panel["targets"].as_array().unwrap() {
-                let Some(sql) = target["rawSql"].as_str() else {
-                    continue;
-                };
-                db.query(&format!("SELECT count() FROM ({sql})"))
-                    .fetch_one::<u64>()
-                    .await
-                    .unwrap_or_else(|e| panic!("panel {:?} failed: {e}\n{sql}", panel["title"]));
-                panels += 1;
-            }
-        }
-    }
-    assert!(panels >= 10, "{panels} panels");
     let top: String = db
         .query("SELECT lead_id FROM call_list LIMIT 1")
         .fetch_one()
@@ -294,9 +396,9 @@ async fn assert_everything_once(db: &clickhouse::Client, events: u64, violations
     assert_eq!(flagged, 1, "reactivated leads come first on the call list");
 }
 
-async fn migrate(database: &str) {
+async fn migrate(clickhouse: &str, database: &str) {
     leadstream_sink::migrate(&ClickHouseArgs {
-        url: Some(common::clickhouse()),
+        url: Some(clickhouse.to_owned()),
         database: database.to_owned(),
         user: None,
         password: None,
@@ -310,7 +412,7 @@ async fn clickhouse_going_away_mid_load_loses_and_doubles_nothing() {
     let bootstrap = common::kafka();
     let t = topics(&bootstrap).await;
     let database = common::unique("sink_outage");
-    migrate(&database).await;
+    migrate(&common::clickhouse(), &database).await;
     let db = client(&database).await;
     produce(&bootstrap, &t, 0, 3000).await;
 
@@ -326,15 +428,64 @@ async fn clickhouse_going_away_mid_load_loses_and_doubles_nothing() {
     // Let the last batch's commit land, then check.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_everything_once(&db, 6000, 100, 60).await;
+    assert_sink_retried(&cfg, "outage");
     db.query(&format!("DROP DATABASE {database}"))
         .execute()
         .await
         .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clickhouse_killed_mid_load_and_restarted_loses_and_doubles_nothing() {
+    let bootstrap = common::kafka();
+    let t = topics(&bootstrap).await;
+    let mut server = tokio::task::spawn_blocking(OwnClickHouse::start)
+        .await
+        .unwrap();
+    let database = common::unique("sink_restart");
+    migrate(&server.url(), &database).await;
+    let db = leadstream_common::clickhouse::connect(&server.url(), Some(&database))
+        .await
+        .unwrap()
+        .client;
+    produce(&bootstrap, &t, 0, 3000).await;
+
+    let cfg = config(&bootstrap, &t, &server.url(), &database);
+    let _sink = spawn_sink(&cfg, "restart");
+    wait_for_events(&db, 500, Duration::from_secs(60)).await;
+    server.kill();
+    produce(&bootstrap, &t, 3000, 6000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    wait_for_events(&db, 6000, Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_everything_once(&db, 6000, 100, 60).await;
+    assert_sink_retried(&cfg, "restart");
+    drop(server);
+}
+
+fn sink_log_path(cfg: &SinkConfig, name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}-{name}.log", cfg.group))
+}
+
+/// The sink must have seen the outage: an insert failed and was retried.
+fn assert_sink_retried(cfg: &SinkConfig, name: &str) {
+    let path = sink_log_path(cfg, name);
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        log.contains("insert failed; retrying"),
+        "the sink never saw ClickHouse fail; its log ({}):\n{log}",
+        path.display()
+    );
+}
+
 fn spawn_sink(cfg: &SinkConfig, name: &str) -> common::KilledOnDrop {
-    let log = std::env::temp_dir().join(format!("{}-{name}.log", cfg.group));
-    let log = std::fs::File::create(log).unwrap();
+    let log = std::fs::File::create(sink_log_path(cfg, name)).unwrap();
     Command::new(env!("CARGO_BIN_EXE_leadstream"))
         .args([
             "sink",
@@ -375,7 +526,7 @@ async fn kill_9_mid_batch_then_restart_writes_every_event_once() {
     let bootstrap = common::kafka();
     let t = topics(&bootstrap).await;
     let database = common::unique("sink_kill");
-    migrate(&database).await;
+    migrate(&common::clickhouse(), &database).await;
     let db = client(&database).await;
     produce(&bootstrap, &t, 0, 6000).await;
 
@@ -396,4 +547,104 @@ async fn kill_9_mid_batch_then_restart_writes_every_event_once() {
         .execute()
         .await
         .unwrap();
+}
+
+/// The migrations, the sink's rows and every analyst and dashboard query
+/// on a current ClickHouse release (chDB), beside the 18.16 server above:
+/// the rows go through the sink's own conversion into its JSONEachRow
+/// export, which the script loads, as a user would with clickhouse-client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_rows_and_queries_work_on_current_clickhouse() {
+    let plan = Plan::embedded().unwrap();
+    let decoder = leadstream_schemas::Decoder::new(std::sync::Arc::new(
+        EmbeddedResolver::new(&plan).unwrap(),
+    ));
+    let export = tempfile::tempdir().unwrap();
+    let store = leadstream_sink::store::Store::Export(export.path().to_owned());
+    let all = records(0, 3000).await;
+    for kind in [Kind::Events, Kind::Scores, Kind::Violations, Kind::Metrics] {
+        let of_kind: Vec<Record<'_>> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, _, _))| *k == kind)
+            .map(|(i, (_, _, bytes))| Record {
+                topic: kind.label(),
+                partition: 0,
+                offset: i as i64,
+                payload: Some(bytes),
+            })
+            .collect();
+        let batch = to_batch(kind, &decoder, &of_kind, 1_795_305_600).await;
+        write_batch(&store, &batch).await.unwrap();
+    }
+    let migrations: Vec<serde_json::Value> = leadstream_sink::migrate::MIGRATIONS
+        .iter()
+        .map(|(_, name, sql)| json!({"name": name, "statements": leadstream_sink::migrate::statements(sql)}))
+        .collect();
+    let queries: Vec<serde_json::Value> = common::analyst_queries()
+        .into_iter()
+        .map(|(label, sql)| json!({"label": label, "sql": sql}))
+        .collect();
+    let tables = [
+        "events",
+        "lead_scores",
+        "lead_score_history",
+        "schema_violations",
+        "dead_letters",
+        "pipeline_metrics",
+    ];
+    let spec = export.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        json!({"migrations": migrations, "export_dir": export.path(), "tables": tables, "queries": queries})
+            .to_string(),
+    )
+    .unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/modern_clickhouse.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&spec)
+        .output()
+        .expect("python3 must be installed to run this test");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'chdb'"),
+        "chDB is not installed; run deploy/scripts/install-test-deps.sh (pip install chdb)"
+    );
+    assert!(out.status.success(), "the chDB script failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["errors"],
+        json!([]),
+        "on ClickHouse {}",
+        report["version"]
+    );
+    let major: u32 = report["version"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(major >= 24, "chDB runs ClickHouse {}", report["version"]);
+    let loaded = &report["loaded"];
+    assert_eq!(loaded["events"], 3000);
+    assert_eq!(loaded["dead_letters"], 1, "the poison record");
+    assert_eq!(loaded["schema_violations"], 50);
+    assert_eq!(loaded["lead_scores"], 30, "the latest version of each lead");
+    assert_eq!(loaded["lead_score_history"], 90);
+    assert_eq!(
+        loaded["pipeline_metrics"], 30,
+        "each sent twice, counted once"
+    );
+    let answers = &report["answers"];
+    assert_eq!(
+        answers.as_object().unwrap().len(),
+        common::analyst_queries().len()
+    );
+    assert_eq!(answers["guide query 1"], 20, "the call list's top 20");
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, and nothing
 # when it is already there: build tools for rdkafka (cmake, curl and OpenSSL headers),
-# ClickHouse server/client, and the real Python clients (Confluent's
-# registry client, Segment's SDK) used by the compatibility tests.
+# ClickHouse server/client, the real Python clients (Confluent's registry
+# client, Segment's SDK) used by the compatibility tests, and chDB (a current
+# ClickHouse release in-process) for the migrations and queries beside 18.16.
 set -euo pipefail
 
 need_apt=()
@@ -24,4 +25,9 @@ fi
 if ! python3 -c 'import confluent_kafka.schema_registry.avro, fastavro, segment.analytics' >/dev/null 2>&1; then
   echo "installing confluent-kafka and segment-analytics-python for the client compatibility tests"
   python3 -m pip install -q 'confluent-kafka[avro,schemaregistry]' segment-analytics-python
+fi
+
+if ! python3 -c 'import chdb' >/dev/null 2>&1; then
+  echo "installing chdb (current ClickHouse, in-process) for the migration and query compatibility test"
+  python3 -m pip install -q 'chdb>=4.4,<5'
 fi

@@ -9,6 +9,7 @@
 #
 #   deploy/scripts/services.sh start [path/to/leadstream]
 #   deploy/scripts/services.sh stop
+#   deploy/scripts/services.sh clickhouse-config DIR HTTP_PORT TCP_PORT INTERSERVER_PORT
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -29,24 +30,32 @@ wait_for() { # name, tries, command...
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-start_clickhouse() {
-  local d=$dir/clickhouse
-  rm -rf "$d" && mkdir -p "$d/data" "$d/tmp" "$d/log" "$d/user_files" "$d/format_schemas"
+# Writes a ClickHouse config under DIR listening on 127.0.0.1 at the given
+# ports, every path inside DIR. Also used by tests that stop and restart a
+# server of their own.
+clickhouse_config() { # dir, http port, tcp port, interserver port
+  local d=$1 http=$2 tcp=$3 inter=$4
+  mkdir -p "$d/data" "$d/tmp" "$d/log" "$d/user_files" "$d/format_schemas"
   cp /etc/clickhouse-server/users.xml "$d/users.xml"
-  # Point every path into the throw-away dir, listen on loopback only.
   sed -e "s#<path>/var/lib/clickhouse/</path>#<path>$d/data/</path>#" \
       -e "s#<tmp_path>.*</tmp_path>#<tmp_path>$d/tmp/</tmp_path>#" \
       -e "s#<user_files_path>.*</user_files_path>#<user_files_path>$d/user_files/</user_files_path>#" \
       -e "s#<format_schema_path>.*</format_schema_path>#<format_schema_path>$d/format_schemas/</format_schema_path>#" \
       -e "s#<log>.*</log>#<log>$d/log/server.log</log>#" \
       -e "s#<errorlog>.*</errorlog>#<errorlog>$d/log/error.log</errorlog>#" \
-      -e "s#<http_port>.*</http_port>#<http_port>$ch_http</http_port>#" \
-      -e "s#<tcp_port>.*</tcp_port>#<tcp_port>$ch_tcp</tcp_port>#" \
-      -e "s#<interserver_http_port>.*</interserver_http_port>#<interserver_http_port>$((ch_http + 2))</interserver_http_port>#" \
+      -e "s#<http_port>.*</http_port>#<http_port>$http</http_port>#" \
+      -e "s#<tcp_port>.*</tcp_port>#<tcp_port>$tcp</tcp_port>#" \
+      -e "s#<interserver_http_port>.*</interserver_http_port>#<interserver_http_port>$inter</interserver_http_port>#" \
       -e "s#<users_config>.*</users_config>#<users_config>$d/users.xml</users_config>#" \
       -e "/<listen_host>/d" \
       -e "s#</yandex>#<listen_host>127.0.0.1</listen_host></yandex>#" \
       /etc/clickhouse-server/config.xml > "$d/config.xml"
+}
+
+start_clickhouse() {
+  local d=$dir/clickhouse
+  rm -rf "$d"
+  clickhouse_config "$d" "$ch_http" "$ch_tcp" "$((ch_http + 2))"
   local run=()
   if [ "$(id -u)" -eq 0 ] && id clickhouse >/dev/null 2>&1; then
     chown -R clickhouse:clickhouse "$d"
@@ -94,8 +103,15 @@ case "${1:-}" in
     stop_all
     rm -rf "$dir/clickhouse"
     ;;
+  clickhouse-config)
+    [ $# -eq 5 ] || { echo "usage: $0 clickhouse-config DIR HTTP_PORT TCP_PORT INTERSERVER_PORT" >&2; exit 2; }
+    [ -f /etc/clickhouse-server/config.xml ] \
+      || { echo "clickhouse-server is not installed; run deploy/scripts/install-test-deps.sh" >&2; exit 1; }
+    clickhouse_config "$2" "$3" "$4" "$5"
+    echo "$2/config.xml"
+    ;;
   *)
-    echo "usage: $0 start [leadstream-binary] | stop" >&2
+    echo "usage: $0 start [leadstream-binary] | stop | clickhouse-config DIR HTTP_PORT TCP_PORT INTERSERVER_PORT" >&2
     exit 2
     ;;
 esac

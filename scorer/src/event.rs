@@ -67,6 +67,32 @@ pub enum Platform {
     Offline = 4,
 }
 
+impl Platform {
+    /// In bit order of [`crate::features::LeadState::platforms`].
+    pub const ALL: [Platform; 5] = [
+        Platform::App,
+        Platform::MiniProgram,
+        Platform::Web,
+        Platform::Server,
+        Platform::Offline,
+    ];
+
+    /// The tracking plan's name for the platform.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::App => "app",
+            Platform::MiniProgram => "mini_program",
+            Platform::Web => "web",
+            Platform::Server => "server",
+            Platform::Offline => "offline",
+        }
+    }
+
+    pub fn from_index(i: u32) -> Option<Self> {
+        Self::ALL.get(usize::try_from(i).ok()?).copied()
+    }
+}
+
 /// What scoring needs from one event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeadEvent {

@@ -4,7 +4,7 @@
 
 use crate::{
     DAY_MS,
-    event::{LeadEvent, Signal},
+    event::{LeadEvent, Platform, Signal},
     window::{Span, Windows},
 };
 
@@ -41,6 +41,8 @@ pub struct LeadState {
     pub duration_s: f32,
     /// Bit per platform (app, mini_program, web, server, offline).
     pub platforms: u8,
+    /// Platform of the earliest event (by event time) that named one.
+    pub first_platform: Option<Platform>,
     pub first_channel: Option<Box<str>>,
     pub test_drive_booked: bool,
     pub lead_form_submitted: bool,
@@ -66,6 +68,7 @@ impl LeadState {
             max_page_value: 0.0,
             duration_s: 0.0,
             platforms: 0,
+            first_platform: None,
             first_channel: None,
             test_drive_booked: false,
             lead_form_submitted: false,
@@ -94,6 +97,7 @@ impl LeadState {
         let ts = e.ts_ms;
         let previous_activity = self.last_event_ms;
         let is_first = self.events == 0;
+        let earliest = is_first || ts < self.first_seen_ms;
         self.events = self.events.saturating_add(1);
         if ts < self.first_seen_ms {
             self.first_seen_ms = ts;
@@ -152,9 +156,15 @@ impl LeadState {
         }
         if let Some(p) = e.platform {
             self.platforms |= 1 << (p as u8);
+            // A late event older than everything seen is the real first touch.
+            if earliest || self.first_platform.is_none() {
+                self.first_platform = Some(p);
+            }
         }
-        if self.first_channel.is_none() {
-            self.first_channel = e.channel.as_deref().map(Into::into);
+        if let Some(c) = e.channel.as_deref()
+            && (earliest || self.first_channel.is_none())
+        {
+            self.first_channel = Some(c.into());
         }
         if e.order {
             self.last_purchase_ms = Some(self.last_purchase_ms.map_or(ts, |p| p.max(ts)));
@@ -197,6 +207,9 @@ impl LeadState {
         self.decayed_at_ms = at;
         if other.first_seen_ms < self.first_seen_ms || self.events == 0 {
             self.first_channel = other.first_channel.clone().or(self.first_channel.take());
+            self.first_platform = other.first_platform.or(self.first_platform);
+        } else {
+            self.first_platform = self.first_platform.or(other.first_platform);
         }
         self.first_seen_ms = self.first_seen_ms.min(other.first_seen_ms);
         self.last_event_ms = self.last_event_ms.max(other.last_event_ms);
@@ -342,7 +355,6 @@ pub const FEATURE_NAMES: [&str; 34] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Platform;
 
     const T0: i64 = 1_795_305_600_000;
     const HL: i64 = 7 * DAY_MS;
@@ -397,6 +409,13 @@ mod tests {
         assert_eq!(
             (a.events, a.platform_count(), a.first_channel.as_deref()),
             (4, 2, Some("autohome"))
+        );
+        assert_eq!(a.first_platform, both.first_platform);
+        let mut b_into_later = b.clone();
+        b_into_later.merge(&apply_all(&web.iter().collect::<Vec<_>>()), HL, 90 * DAY_MS);
+        assert_eq!(
+            b_into_later.first_platform, both.first_platform,
+            "the older history's platform wins, whichever side absorbs"
         );
         let mut empty = LeadState::new(now);
         empty.merge(&LeadState::new(T0), HL, 90 * DAY_MS);
@@ -462,6 +481,24 @@ mod tests {
             (2, 2, 2)
         );
         assert_eq!(s.first_channel.as_deref(), Some("autohome"));
+        assert_eq!(s.first_platform, Some(Platform::Web));
+        // A mini-program visit from before the web one, delivered late, is
+        // the first touch.
+        let mut early = ev(T0 - 86_400_000, &[Signal::PageView]);
+        early.platform = Some(Platform::MiniProgram);
+        early.channel = Some("wechat_ad".into());
+        s.apply(&early, HL, 90 * DAY_MS);
+        assert_eq!(s.first_platform, Some(Platform::MiniProgram));
+        assert_eq!(s.first_channel.as_deref(), Some("wechat_ad"));
+        let mut no_platform = ev(T0 - 2 * 86_400_000, &[Signal::PageView]);
+        no_platform.platform = None;
+        no_platform.channel = None;
+        s.apply(&no_platform, HL, 90 * DAY_MS);
+        assert_eq!(
+            (s.first_platform, s.first_channel.as_deref()),
+            (Some(Platform::MiniProgram), Some("wechat_ad")),
+            "an event without a platform or channel leaves them"
+        );
         assert_eq!(
             s.features(T0 + 3 * 3_600_000, HL).len(),
             FEATURE_NAMES.len()

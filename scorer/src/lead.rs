@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use crate::{features::LeadState, proto::LeadSnapshot, window::Windows};
+use crate::{event::Platform, features::LeadState, proto::LeadSnapshot, window::Windows};
 
 /// Message ids remembered per lead to skip re-delivered events.
 pub const RECENT: usize = 32;
@@ -97,6 +97,7 @@ impl Lead {
             duration_s: s.duration_s,
             platforms: u32::from(s.platforms),
             first_channel: s.first_channel.as_deref().map(str::to_owned),
+            first_platform: s.first_platform.map(|p| p as u32),
             test_drive_booked: s.test_drive_booked,
             lead_form_submitted: s.lead_form_submitted,
             last_purchase_ms: s.last_purchase_ms,
@@ -131,6 +132,10 @@ impl Lead {
         state.duration_s = p.duration_s;
         state.platforms = u8::try_from(p.platforms).map_err(|_| SnapshotError("platforms"))?;
         state.first_channel = p.first_channel.map(Into::into);
+        state.first_platform = p
+            .first_platform
+            .map(|i| Platform::from_index(i).ok_or(SnapshotError("first_platform")))
+            .transpose()?;
         state.test_drive_booked = p.test_drive_booked;
         state.lead_form_submitted = p.lead_form_submitted;
         state.last_purchase_ms = p.last_purchase_ms;

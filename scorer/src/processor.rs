@@ -14,7 +14,7 @@ use prost::Message;
 use serde_json::{Value as Json, json};
 
 use crate::{
-    event::LeadEvent,
+    event::{LeadEvent, Platform},
     identity::IdentityGraph,
     lead::{Lead, SnapshotError, message_hash},
     proto::{self, Body, LeadSnapshot, MergeRequest, MergeState, Routed},
@@ -312,8 +312,6 @@ pub enum RestoreError {
     Snapshot(#[from] SnapshotError),
 }
 
-const PLATFORMS: [&str; 5] = ["app", "mini_program", "web", "server", "offline"];
-
 /// The `lead_score` record for `lead` as of its partition's stream time;
 /// bumps the lead's version.
 fn score_record(
@@ -337,7 +335,8 @@ fn score_record(
         "reasons": scored.reasons.iter().map(|(code, points)| json!({"code": code, "points": round2(*points)})).collect::<Vec<_>>(),
         "reactivated": scored.reactivated,
         "event_count": i64::from(s.events),
-        "platforms": PLATFORMS.iter().enumerate().filter(|(i, _)| s.platforms & (1 << i) != 0).map(|(_, p)| *p).collect::<Vec<_>>(),
+        "platforms": Platform::ALL.iter().filter(|p| s.platforms & (1 << (**p as u8)) != 0).map(|p| p.as_str()).collect::<Vec<_>>(),
+        "first_platform": s.first_platform.map(Platform::as_str),
         "first_channel": s.first_channel.as_deref(),
         "first_seen_at": s.first_seen_ms,
         "last_event_at": s.last_event_ms,
@@ -532,6 +531,7 @@ mod tests {
             s["platforms"],
             json!(["app", "mini_program", "web", "server"])
         );
+        assert_eq!(s["first_platform"], "web", "the earliest history is web's");
         assert_eq!(s["grade"], "high");
         for old in [&web_lead, &mp_lead] {
             if *old != survivor {

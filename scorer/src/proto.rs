@@ -101,6 +101,8 @@ pub struct LeadSnapshot {
     pub merged_into: Option<String>,
     #[prost(uint64, tag = "27")]
     pub late_events: u64,
+    #[prost(uint32, optional, tag = "28")]
+    pub first_platform: Option<u32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

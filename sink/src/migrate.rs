@@ -18,6 +18,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0002_views.sql",
         include_str!("../../deploy/clickhouse/0002_views.sql"),
     ),
+    (
+        3,
+        "0003_first_platform_grade_mix.sql",
+        include_str!("../../deploy/clickhouse/0003_first_platform_grade_mix.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

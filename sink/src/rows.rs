@@ -52,6 +52,7 @@ pub struct ScoreRow {
     pub reactivated: u8,
     pub event_count: u64,
     pub platforms: Vec<String>,
+    pub first_platform: String,
     pub first_channel: String,
     pub first_seen_at: u32,
     pub last_event_at: u32,
@@ -236,6 +237,7 @@ pub fn score_row(s: &Datum<'_>) -> Result<ScoreRow, RowError> {
                     .filter(|p| !p.is_empty())
                     .collect();
             }
+            "first_platform" => row.first_platform = text_of(v),
             "first_channel" => row.first_channel = text_of(v),
             "first_seen_at" => first_seen = millis_of(v),
             "last_event_at" => last_event = millis_of(v),
@@ -393,14 +395,21 @@ mod tests {
     async fn scores_and_violations_map_and_bad_records_say_why() {
         let s = json!({"lead_id": "L1", "score": 81.5, "rule_score": 81.5, "probability": 0.8, "grade": "high",
             "stage": "new", "reasons": [{"code": "test_drive_booked", "points": 50.0}], "reactivated": false,
-            "event_count": 9, "platforms": ["app", "web"], "first_channel": null, "first_seen_at": 1000,
+            "event_count": 9, "platforms": ["app", "web"], "first_platform": "web", "first_channel": null, "first_seen_at": 1000,
             "last_event_at": 2000, "merged_into": null, "version": 3, "updated_at": 2000});
         let r = score_of(&s).await.unwrap();
         assert_eq!(
             (r.reason_codes.clone(), r.reason_points.clone(), r.version),
             (vec!["test_drive_booked".to_owned()], vec![50.0], 3)
         );
-        assert_eq!((r.first_channel.as_str(), r.merged_into.as_str()), ("", ""));
+        assert_eq!(
+            (
+                r.first_platform.as_str(),
+                r.first_channel.as_str(),
+                r.merged_into.as_str()
+            ),
+            ("web", "", "")
+        );
         assert_eq!(
             (
                 r.platforms.clone(),

@@ -10,7 +10,7 @@ use leadstream_common::kafka::{LagGauge, collect_batch, commit_offsets, next_off
 
 use base64::Engine as _;
 use leadstream_schemas::{Decoder, codec::DecodeError, datum::Datum};
-use rdkafka::{Message, consumer::StreamConsumer, message::BorrowedMessage};
+use rdkafka::{Message, consumer::StreamConsumer};
 
 use crate::{
     config::SinkConfig,
@@ -150,45 +150,17 @@ impl Writer {
             self.finish().await?;
             return Ok(0);
         }
-        let mut batch = Batch::default();
-        let failed = match self.kind {
-            Kind::Events => {
-                let (rows, failed) = self
-                    .decoded_rows(&messages, |id, d, p, o| event_row(d, id, p, o))
-                    .await;
-                batch.events = rows;
-                failed
-            }
-            Kind::Scores => {
-                let (rows, failed) = self
-                    .decoded_rows(&messages, |_, d, _, _| score_row(d))
-                    .await;
-                batch.scores = rows;
-                failed
-            }
-            Kind::Violations | Kind::Metrics => {
-                let mut failed = Vec::new();
-                for (i, m) in messages.iter().enumerate() {
-                    if let Err(error) = self.json_rows(m, &mut batch) {
-                        failed.push((i, error));
-                    }
-                }
-                failed
-            }
-        };
-        for (i, error) in failed {
-            let m = &messages[i];
-            tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), %error, "record kept as a dead letter");
-            batch.dead.push(DeadLetterRow {
-                failed_at: now_secs(),
-                topic: m.topic().to_owned(),
-                kafka_partition: m.partition(),
-                kafka_offset: m.offset(),
-                error,
-                raw_base64: base64::engine::general_purpose::STANDARD
-                    .encode(m.payload().unwrap_or_default()),
-            });
-        }
+        let records: Vec<Record<'_>> = messages
+            .iter()
+            .map(|m| Record {
+                topic: m.topic(),
+                partition: m.partition(),
+                offset: m.offset(),
+                payload: m.payload(),
+            })
+            .collect();
+        let batch = to_batch(self.kind, &self.decoder, &records, now_secs()).await;
+        drop(records);
         let t_convert = t0.elapsed();
         let offsets = next_offsets(&messages);
         let records = messages.len();
@@ -230,62 +202,118 @@ impl Writer {
         metrics::counter!(BATCHES).increment(1);
         Ok(())
     }
+}
 
-    /// Avro records (events, scores: the bulk of the data) are decoded on
-    /// every core: those whose writer schema is already fetched in
-    /// parallel, the rest (the first of each new schema) one by one. Returns
-    /// the rows and the records that failed, by index, with why.
-    async fn decoded_rows<R: Send>(
-        &self,
-        messages: &[BorrowedMessage<'_>],
-        to_row: impl Fn(u32, &Datum<'_>, i32, i64) -> Result<R, RowError> + Sync,
-    ) -> (Vec<R>, Vec<(usize, String)>) {
-        let records: Vec<(Option<&[u8]>, i32, i64)> = messages
-            .iter()
-            .map(|m| (m.payload(), m.partition(), m.offset()))
-            .collect();
-        let converted = parallel_map(&records, |&(payload, p, o)| {
-            let Some(bytes) = payload else {
-                return Some(Err("record has no value".to_owned()));
-            };
-            let converted = self
-                .decoder
-                .visit_cached(bytes, |id, d| to_row(id, d, p, o))?;
-            Some(flatten(converted))
-        });
-        let mut rows = Vec::with_capacity(records.len());
-        let mut failed = Vec::new();
-        for (i, result) in converted.into_iter().enumerate() {
-            let result = match result {
-                Some(r) => r,
-                None => {
-                    let (bytes, p, o) = records[i];
-                    let bytes = bytes.unwrap_or_default();
-                    flatten(self.decoder.visit(bytes, |id, d| to_row(id, d, p, o)).await)
+/// One Kafka record as the conversion sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Option<&'a [u8]>,
+}
+
+/// The rows of one batch of `kind` records: the pure stage of the sink.
+/// A record that does not decode or map becomes a dead letter (stamped
+/// `now_secs`) with the raw bytes and why.
+pub async fn to_batch(
+    kind: Kind,
+    decoder: &Decoder,
+    records: &[Record<'_>],
+    now_secs: u32,
+) -> Batch {
+    let mut batch = Batch::default();
+    let failed = match kind {
+        Kind::Events => {
+            let (rows, failed) =
+                decoded_rows(decoder, records, |id, d, p, o| event_row(d, id, p, o)).await;
+            batch.events = rows;
+            failed
+        }
+        Kind::Scores => {
+            let (rows, failed) = decoded_rows(decoder, records, |_, d, _, _| score_row(d)).await;
+            batch.scores = rows;
+            failed
+        }
+        Kind::Violations | Kind::Metrics => {
+            let mut failed = Vec::new();
+            for (i, r) in records.iter().enumerate() {
+                if let Err(error) = json_rows(kind, r, &mut batch) {
+                    failed.push((i, error));
                 }
-            };
-            match result {
-                Ok(row) => rows.push(row),
-                Err(e) => failed.push((i, e)),
             }
+            failed
         }
-        (rows, failed)
+    };
+    for (i, error) in failed {
+        let r = &records[i];
+        tracing::warn!(topic = r.topic, partition = r.partition, offset = r.offset, %error, "record kept as a dead letter");
+        batch.dead.push(DeadLetterRow {
+            failed_at: now_secs,
+            topic: r.topic.to_owned(),
+            kafka_partition: r.partition,
+            kafka_offset: r.offset,
+            error,
+            raw_base64: base64::engine::general_purpose::STANDARD
+                .encode(r.payload.unwrap_or_default()),
+        });
     }
+    batch
+}
 
-    /// DLQ and metric records are JSON.
-    fn json_rows(&self, m: &BorrowedMessage<'_>, batch: &mut Batch) -> Result<(), String> {
-        let payload = m.payload().ok_or("record has no value")?;
-        if self.kind == Kind::Metrics {
-            batch
-                .metrics
-                .push(pipeline_metric_row(payload).map_err(|e| e.to_string())?);
-        } else {
-            batch.violations.push(
-                violation_row(payload, m.partition(), m.offset()).map_err(|e| e.to_string())?,
-            );
+/// Avro records (events, scores: the bulk of the data) are decoded on
+/// every core: those whose writer schema is already fetched in parallel,
+/// the rest (the first of each new schema) one by one. Returns the rows and
+/// the records that failed, by index, with why.
+async fn decoded_rows<R: Send>(
+    decoder: &Decoder,
+    records: &[Record<'_>],
+    to_row: impl Fn(u32, &Datum<'_>, i32, i64) -> Result<R, RowError> + Sync,
+) -> (Vec<R>, Vec<(usize, String)>) {
+    let converted = parallel_map(records, |r| {
+        let Some(bytes) = r.payload else {
+            return Some(Err("record has no value".to_owned()));
+        };
+        let converted =
+            decoder.visit_cached(bytes, |id, d| to_row(id, d, r.partition, r.offset))?;
+        Some(flatten(converted))
+    });
+    let mut rows = Vec::with_capacity(records.len());
+    let mut failed = Vec::new();
+    for (i, result) in converted.into_iter().enumerate() {
+        let result = match result {
+            Some(r) => r,
+            None => {
+                let r = records[i];
+                let bytes = r.payload.unwrap_or_default();
+                flatten(
+                    decoder
+                        .visit(bytes, |id, d| to_row(id, d, r.partition, r.offset))
+                        .await,
+                )
+            }
+        };
+        match result {
+            Ok(row) => rows.push(row),
+            Err(e) => failed.push((i, e)),
         }
-        Ok(())
     }
+    (rows, failed)
+}
+
+/// DLQ and metric records are JSON.
+fn json_rows(kind: Kind, r: &Record<'_>, batch: &mut Batch) -> Result<(), String> {
+    let payload = r.payload.ok_or("record has no value")?;
+    if kind == Kind::Metrics {
+        batch
+            .metrics
+            .push(pipeline_metric_row(payload).map_err(|e| e.to_string())?);
+    } else {
+        batch
+            .violations
+            .push(violation_row(payload, r.partition, r.offset).map_err(|e| e.to_string())?);
+    }
+    Ok(())
 }
 
 /// A record's outcome, with why it failed as text for the dead-letter row.
@@ -322,7 +350,7 @@ impl Inserter {
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = std::time::Instant::now();
-            match self.insert(batch).await {
+            match write_batch(&self.store, batch).await {
                 Ok(()) => {
                     metrics::histogram!(INSERT_SECONDS).record(started.elapsed().as_secs_f64());
                     for (table, n) in [
@@ -350,22 +378,19 @@ impl Inserter {
             }
         }
     }
+}
 
-    async fn insert(&self, batch: &Batch) -> anyhow::Result<()> {
-        self.store.insert("events", &batch.events).await?;
-        self.store.insert("lead_scores", &batch.scores).await?;
-        self.store
-            .insert("lead_score_history", &batch.scores)
-            .await?;
-        self.store
-            .insert("schema_violations", &batch.violations)
-            .await?;
-        self.store.insert("dead_letters", &batch.dead).await?;
-        self.store
-            .insert("pipeline_metrics", &batch.metrics)
-            .await?;
-        Ok(())
-    }
+/// Writes every table of `batch`. Not atomic across tables: a retry after
+/// a partial write inserts the same rows again, which the tables' dedupe
+/// keys collapse.
+pub async fn write_batch(store: &Store, batch: &Batch) -> anyhow::Result<()> {
+    store.insert("events", &batch.events).await?;
+    store.insert("lead_scores", &batch.scores).await?;
+    store.insert("lead_score_history", &batch.scores).await?;
+    store.insert("schema_violations", &batch.violations).await?;
+    store.insert("dead_letters", &batch.dead).await?;
+    store.insert("pipeline_metrics", &batch.metrics).await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -108,3 +108,41 @@ impl Drop for KilledOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Every SQL query analysts and dashboards are given, labelled: the blocks
+/// of the analyst guide and the `rawSql` of every Grafana panel (Prometheus
+/// panels are checked against live /metrics by the quickstart test).
+pub fn analyst_queries() -> Vec<(String, String)> {
+    let guide = include_str!("../../deploy/clickhouse/README.md");
+    let mut queries: Vec<(String, String)> = guide
+        .split("```sql")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .enumerate()
+        .map(|(i, q)| (format!("guide query {}", i + 1), q.trim().to_owned()))
+        .collect();
+    for (file, dashboard) in [
+        (
+            "leads",
+            include_str!("../../deploy/grafana/dashboards/leads.json"),
+        ),
+        (
+            "tracking-plan",
+            include_str!("../../deploy/grafana/dashboards/tracking-plan.json"),
+        ),
+        (
+            "pipeline-health",
+            include_str!("../../deploy/grafana/dashboards/pipeline-health.json"),
+        ),
+    ] {
+        let d: serde_json::Value = serde_json::from_str(dashboard).expect("dashboard JSON");
+        for panel in d["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                if let Some(sql) = target["rawSql"].as_str() {
+                    queries.push((format!("{file} panel {}", panel["title"]), sql.to_owned()));
+                }
+            }
+        }
+    }
+    queries
+}
