@@ -290,12 +290,15 @@ async fn main() {
             event_rows = rows;
             records
         };
+        let cpu0 = harness::cpu();
         let bare = bare_insert(&db, &["bare_events"], &event_rows, cfg.batch_rows).await;
+        let bare_cpu = harness::cpu().cores_since(&cpu0);
         produce_all(&producer, &cfg.events_topic, &records).await;
         drop(records);
         let base = count(&db, "SELECT count() FROM events").await;
         quiesce(&db).await;
         let started = Instant::now();
+        let cpu0 = harness::cpu();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let sink = tokio::spawn(leadstream_sink::run(cfg.clone(), async move {
             let _ = stop_rx.await;
@@ -308,6 +311,7 @@ async fn main() {
             started,
         )
         .await;
+        let sink_cpu = harness::cpu().cores_since(&cpu0);
         let _ = stop_tx.send(());
         sink.await.unwrap().unwrap();
         println!(
@@ -316,6 +320,7 @@ async fn main() {
              ratio {:.2}",
             through_sink / bare
         );
+        println!("  bare insert {bare_cpu}\n  sink        {sink_cpu}");
         ratios.push(through_sink / bare);
     }
     ratios.sort_by(f64::total_cmp);

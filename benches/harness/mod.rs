@@ -57,3 +57,94 @@ pub fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// CPU time used so far, in seconds, by this process, by every
+/// `clickhouse-server`, by every `leadstream broker`, and by the whole
+/// machine; from /proc, in Linux's fixed USER_HZ of 100 ticks/s. Two
+/// samples around a phase say where its cores went.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    pub at: std::time::Instant,
+    pub own: f64,
+    pub clickhouse: f64,
+    pub broker: f64,
+    pub machine: f64,
+}
+
+const USER_HZ: f64 = 100.0;
+
+/// utime + stime of a /proc/<pid>/stat line, in seconds.
+fn process_cpu(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces; fields after ')' are fixed.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ').skip(11); // state is field 3; utime is 14
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
+pub fn cpu() -> Cpu {
+    let at = std::time::Instant::now();
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let own = process_cpu(&read("/proc/self/stat")).unwrap_or(0.0);
+    let (mut clickhouse, mut broker) = (0.0, 0.0);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let cmdline = read(&format!("/proc/{pid}/cmdline"));
+        let args: Vec<&str> = cmdline.split('\0').collect();
+        let is_clickhouse = args[0].ends_with("clickhouse-server");
+        let is_broker = args[0].ends_with("leadstream") && args.get(1) == Some(&"broker");
+        if is_clickhouse || is_broker {
+            let used = process_cpu(&read(&format!("/proc/{pid}/stat"))).unwrap_or(0.0);
+            if is_clickhouse {
+                clickhouse += used;
+            } else {
+                broker += used;
+            }
+        }
+    }
+    let machine = read("/proc/stat")
+        .lines()
+        .next()
+        .map(|l| {
+            // user nice system idle iowait irq softirq steal: all but idle and iowait.
+            let v: Vec<f64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            [0, 1, 2, 5, 6, 7]
+                .iter()
+                .filter_map(|&i| v.get(i))
+                .sum::<f64>()
+                / USER_HZ
+        })
+        .unwrap_or(0.0);
+    Cpu {
+        at,
+        own,
+        clickhouse,
+        broker,
+        machine,
+    }
+}
+
+impl Cpu {
+    /// Cores each used on average since `earlier`, as a printable line.
+    pub fn cores_since(&self, earlier: &Cpu) -> String {
+        let secs = (self.at - earlier.at).as_secs_f64().max(1e-9);
+        format!(
+            "cores used: this process {:.2}, clickhouse {:.2}, broker {:.2}, machine {:.2}",
+            (self.own - earlier.own) / secs,
+            (self.clickhouse - earlier.clickhouse) / secs,
+            (self.broker - earlier.broker) / secs,
+            (self.machine - earlier.machine) / secs,
+        )
+    }
+}
