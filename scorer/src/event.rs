@@ -88,6 +88,11 @@ impl Platform {
         }
     }
 
+    /// The platform the tracking plan names `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
     pub fn from_index(i: u32) -> Option<Self> {
         Self::ALL.get(usize::try_from(i).ok()?).copied()
     }
@@ -158,14 +163,7 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
         }
         _ => {}
     }
-    let platform = match s(e, &["platform"]).as_deref() {
-        Some("app") => Some(Platform::App),
-        Some("mini_program") => Some(Platform::MiniProgram),
-        Some("web") => Some(Platform::Web),
-        Some("server") => Some(Platform::Server),
-        Some("offline") => Some(Platform::Offline),
-        _ => None,
-    };
+    let platform = s(e, &["platform"]).as_deref().and_then(Platform::parse);
     Some(LeadEvent {
         message_id: s(e, &["message_id"]).unwrap_or_default(),
         ts_ms,

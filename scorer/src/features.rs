@@ -273,6 +273,13 @@ impl LeadState {
         self.platforms.count_ones()
     }
 
+    /// The platforms the lead used, in [`Platform::ALL`] order.
+    pub fn platforms_used(&self) -> impl Iterator<Item = Platform> + '_ {
+        Platform::ALL
+            .into_iter()
+            .filter(|p| self.platforms & (1 << (*p as u8)) != 0)
+    }
+
     /// Bytes this state occupies (inline plus heap), for the memory budget.
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.first_channel.as_ref().map_or(0, |c| c.len())

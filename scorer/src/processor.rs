@@ -335,7 +335,7 @@ fn score_record(
         "reasons": scored.reasons.iter().map(|(code, points)| json!({"code": code, "points": round2(*points)})).collect::<Vec<_>>(),
         "reactivated": scored.reactivated,
         "event_count": i64::from(s.events),
-        "platforms": Platform::ALL.iter().filter(|p| s.platforms & (1 << (**p as u8)) != 0).map(|p| p.as_str()).collect::<Vec<_>>(),
+        "platforms": s.platforms_used().map(Platform::as_str).collect::<Vec<_>>(),
         "first_platform": s.first_platform.map(Platform::as_str),
         "first_channel": s.first_channel.as_deref(),
         "first_seen_at": s.first_seen_ms,

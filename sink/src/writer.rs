@@ -150,7 +150,7 @@ impl Writer {
             self.finish().await?;
             return Ok(0);
         }
-        let records: Vec<Record<'_>> = messages
+        let as_records: Vec<Record<'_>> = messages
             .iter()
             .map(|m| Record {
                 topic: m.topic(),
@@ -159,8 +159,7 @@ impl Writer {
                 payload: m.payload(),
             })
             .collect();
-        let batch = to_batch(self.kind, &self.decoder, &records, now_secs()).await;
-        drop(records);
+        let batch = to_batch(self.kind, &self.decoder, &as_records, now_secs()).await;
         let t_convert = t0.elapsed();
         let offsets = next_offsets(&messages);
         let records = messages.len();
