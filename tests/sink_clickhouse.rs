@@ -6,6 +6,7 @@
 mod common;
 
 use std::{
+    io::Write as _,
     process::{Command, Stdio},
     sync::{
         Arc,
@@ -17,6 +18,7 @@ use std::{
 use leadstream_schemas::{EmbeddedResolver, Encoder, Plan};
 use leadstream_sink::{
     ClickHouseArgs, SinkConfig,
+    encode::Format,
     writer::{Kind, Record, to_batch, write_batch},
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -562,6 +564,7 @@ async fn migrations_rows_and_queries_work_on_current_clickhouse() {
     let export = tempfile::tempdir().unwrap();
     let store = leadstream_sink::store::Store::Export(export.path().to_owned());
     let all = records(0, 3000).await;
+    let mut row_binary_columns = std::collections::BTreeMap::new();
     for kind in [Kind::Events, Kind::Scores, Kind::Violations, Kind::Metrics] {
         let of_kind: Vec<Record<'_>> = all
             .iter()
@@ -574,8 +577,25 @@ async fn migrations_rows_and_queries_work_on_current_clickhouse() {
                 payload: Some(bytes),
             })
             .collect();
-        let batch = to_batch(kind, &decoder, &of_kind, 1_795_305_600).await;
+        let batch = to_batch(kind, &decoder, &of_kind, 1_795_305_600, Format::JsonEachRow).await;
         write_batch(&store, &batch).await.unwrap();
+        // The same rows in the RowBinary the sink inserts, for the script to
+        // load beside the JSON and compare.
+        let binary = to_batch(kind, &decoder, &of_kind, 1_795_305_600, Format::RowBinary).await;
+        for (table, rows) in binary.tables() {
+            if rows.is_empty() {
+                continue;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(export.path().join(format!("{table}.rowbinary")))
+                .unwrap();
+            for bytes in rows.bytes() {
+                f.write_all(bytes).unwrap();
+            }
+            row_binary_columns.insert(table, rows.columns.clone());
+        }
     }
     let migrations: Vec<serde_json::Value> = leadstream_sink::migrate::MIGRATIONS
         .iter()
@@ -596,7 +616,8 @@ async fn migrations_rows_and_queries_work_on_current_clickhouse() {
     let spec = export.path().join("spec.json");
     std::fs::write(
         &spec,
-        json!({"migrations": migrations, "export_dir": export.path(), "tables": tables, "queries": queries})
+        json!({"migrations": migrations, "export_dir": export.path(), "tables": tables, "queries": queries,
+               "row_binary_columns": row_binary_columns})
             .to_string(),
     )
     .unwrap();
@@ -640,6 +661,11 @@ async fn migrations_rows_and_queries_work_on_current_clickhouse() {
     assert_eq!(
         loaded["pipeline_metrics"], 30,
         "each sent twice, counted once"
+    );
+    assert_eq!(
+        report["row_binary_compared"],
+        json!(tables),
+        "every table's RowBinary loaded and compared with its JSON"
     );
     let answers = &report["answers"];
     assert_eq!(

@@ -2,6 +2,7 @@
 //! into ClickHouse (or JSONEachRow files), plus the migrations runner.
 
 pub mod config;
+pub mod encode;
 pub mod metrics;
 pub mod migrate;
 pub mod rows;

@@ -129,29 +129,42 @@ pub fn event_row(
     partition: i32,
     offset: i64,
 ) -> Result<EventRow, RowError> {
+    let mut row = EventRow::default();
+    fill_event_row(&mut row, e, schema_id, partition, offset)?;
+    Ok(row)
+}
+
+/// [`event_row`] into an existing row, reusing its strings' buffers: the
+/// sink fills one row per conversion thread and encodes it, so a backlog
+/// costs no allocation per event.
+pub fn fill_event_row(
+    row: &mut EventRow,
+    e: &Datum<'_>,
+    schema_id: u32,
+    partition: i32,
+    offset: i64,
+) -> Result<(), RowError> {
     if !matches!(e, Datum::Record(..)) {
         return Err(RowError("event is not an Avro record".into()));
     }
-    let mut row = EventRow {
-        schema_id,
-        kafka_partition: partition,
-        kafka_offset: offset,
-        properties: "null".into(),
-        ..EventRow::default()
-    };
+    row.clear();
+    row.schema_id = schema_id;
+    row.kafka_partition = partition;
+    row.kafka_offset = offset;
+    row.properties.push_str("null");
     let (mut ts, mut received) = (None, None);
     for (name, v) in e.entries() {
         match name {
-            "message_id" => row.message_id = text_of(v),
-            "event" => row.event = text_of(v),
-            "type" => row.r#type = text_of(v),
-            "platform" => row.platform = text_of(v),
-            "source_id" => row.source_id = text_of(v),
-            "tenant" => row.tenant = text_of(v),
-            "anonymous_id" => row.anonymous_id = text_of(v),
-            "user_id" => row.user_id = text_of(v),
-            "union_id" => row.union_id = text_of(v),
-            "phone_hash" => row.phone_hash = text_of(v),
+            "message_id" => set_text(&mut row.message_id, v),
+            "event" => set_text(&mut row.event, v),
+            "type" => set_text(&mut row.r#type, v),
+            "platform" => set_text(&mut row.platform, v),
+            "source_id" => set_text(&mut row.source_id, v),
+            "tenant" => set_text(&mut row.tenant, v),
+            "anonymous_id" => set_text(&mut row.anonymous_id, v),
+            "user_id" => set_text(&mut row.user_id, v),
+            "union_id" => set_text(&mut row.union_id, v),
+            "phone_hash" => set_text(&mut row.phone_hash, v),
             "timestamp" => ts = millis_of(v),
             "received_at" => received = millis_of(v),
             "context" => {
@@ -159,12 +172,12 @@ pub fn event_row(
                 v.write_json(&mut row.context);
                 for (k, cv) in v.entries() {
                     match k {
-                        "lead_channel" => row.lead_channel = text_of(cv),
-                        "utm_source" => row.utm_source = text_of(cv),
-                        "utm_campaign" => row.utm_campaign = text_of(cv),
-                        "session_id" => row.session_id = text_of(cv),
-                        "sdk_name" => row.sdk_name = text_of(cv),
-                        "sdk_version" => row.sdk_version = text_of(cv),
+                        "lead_channel" => set_text(&mut row.lead_channel, cv),
+                        "utm_source" => set_text(&mut row.utm_source, cv),
+                        "utm_campaign" => set_text(&mut row.utm_campaign, cv),
+                        "session_id" => set_text(&mut row.session_id, cv),
+                        "sdk_name" => set_text(&mut row.sdk_name, cv),
+                        "sdk_version" => set_text(&mut row.sdk_version, cv),
                         "is_bot" => row.is_bot = u8::from(cv.as_bool() == Some(true)),
                         _ => {}
                     }
@@ -175,8 +188,8 @@ pub fn event_row(
                 v.write_json(&mut row.properties);
                 for (k, pv) in v.entries() {
                     match k {
-                        "page_type" => row.page_type = text_of(pv),
-                        "model_id" => row.model_id = text_of(pv),
+                        "page_type" => set_text(&mut row.page_type, pv),
+                        "model_id" => set_text(&mut row.model_id, pv),
                         _ => {}
                     }
                 }
@@ -191,7 +204,76 @@ pub fn event_row(
     let received = received.ok_or_else(|| not_millis("/received_at"))?;
     (row.timestamp, row.timestamp_ms) = (seconds(ts), ts);
     (row.received_at, row.received_ms) = (seconds(received), received);
-    Ok(row)
+    Ok(())
+}
+
+impl EventRow {
+    /// Every column back to its default, keeping the strings' buffers. The
+    /// destructuring is exhaustive, so a new column cannot be forgotten.
+    pub fn clear(&mut self) {
+        let EventRow {
+            message_id,
+            event,
+            r#type,
+            platform,
+            source_id,
+            tenant,
+            anonymous_id,
+            user_id,
+            union_id,
+            phone_hash,
+            timestamp,
+            timestamp_ms,
+            received_at,
+            received_ms,
+            page_type,
+            model_id,
+            lead_channel,
+            utm_source,
+            utm_campaign,
+            session_id,
+            sdk_name,
+            sdk_version,
+            is_bot,
+            context,
+            properties,
+            schema_id,
+            kafka_partition,
+            kafka_offset,
+        } = self;
+        for s in [
+            message_id,
+            event,
+            r#type,
+            platform,
+            source_id,
+            tenant,
+            anonymous_id,
+            user_id,
+            union_id,
+            phone_hash,
+            page_type,
+            model_id,
+            lead_channel,
+            utm_source,
+            utm_campaign,
+            session_id,
+            sdk_name,
+            sdk_version,
+            context,
+            properties,
+        ] {
+            s.clear();
+        }
+        (*timestamp, *timestamp_ms, *received_at, *received_ms) = (0, 0, 0, 0);
+        (*is_bot, *schema_id, *kafka_partition, *kafka_offset) = (0, 0, 0, 0);
+    }
+}
+
+/// Sets `out` to a string field's text; "" for null or a non-string.
+fn set_text(out: &mut String, v: &Datum<'_>) {
+    out.clear();
+    out.push_str(v.as_str().unwrap_or_default());
 }
 
 /// A string field's text; "" for null or a non-string.
@@ -389,6 +471,33 @@ mod tests {
         );
         let err = event_row(&no_ts, 7, 0, 0).unwrap_err();
         assert!(err.0.contains("/timestamp"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_reused_row_holds_nothing_of_the_previous_event() {
+        let full = json!({"message_id": "m1", "event": "page_viewed", "type": "page", "platform": "web",
+            "source_id": "web-main", "tenant": "brand-a", "anonymous_id": "a1", "user_id": "u1",
+            "timestamp": 1_795_305_600_123_i64, "received_at": 1_795_305_601_000_i64,
+            "context": {"utm_source": "autohome", "is_bot": true, "lead_channel": "dealer_site"},
+            "properties": {"page_type": "configurator", "model_id": "x5"}});
+        let sparse = json!({"message_id": "m2", "event": "page_viewed", "type": "page", "platform": "app",
+            "source_id": "app-main", "tenant": "brand-a", "anonymous_id": "a2",
+            "timestamp": 1_795_305_700_000_i64, "received_at": 1_795_305_700_000_i64,
+            "context": {"sdk_name": "analytics-ios"}, "properties": {"page_type": "home"}});
+        let (encoder, decoder) = codec().await;
+        let mut reused = EventRow::default();
+        for (e, offset) in [(&full, 1), (&sparse, 2)] {
+            let bytes = encoder.encode(e).unwrap().bytes;
+            let fresh = decoder
+                .visit(&bytes, |id, d| {
+                    fill_event_row(&mut reused, d, id, 0, offset).unwrap();
+                    event_row(d, id, 0, offset).unwrap()
+                })
+                .await
+                .unwrap();
+            assert_eq!(reused, fresh);
+        }
+        assert_eq!((reused.user_id.as_str(), reused.is_bot), ("", 0));
     }
 
     #[tokio::test]

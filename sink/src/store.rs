@@ -3,10 +3,12 @@
 
 use std::{io::Write as _, path::PathBuf};
 
-use clickhouse::{Client, Row, RowWrite};
-use serde::Serialize;
+use clickhouse::Client;
 
-use crate::config::ClickHouseArgs;
+use crate::{
+    config::ClickHouseArgs,
+    encode::{Encoded, Format},
+};
 
 #[derive(Clone)]
 pub enum Store {
@@ -36,36 +38,55 @@ impl Store {
         Ok(Self::ClickHouse(Box::new(with_auth(conn.client))))
     }
 
-    pub async fn insert<T>(&self, table: &str, rows: &[T]) -> anyhow::Result<()>
-    where
-        T: RowWrite + Serialize + for<'a> Row<Value<'a> = T>,
-    {
+    /// The encoding [`Store::insert`] takes.
+    pub fn format(&self) -> Format {
+        match self {
+            Store::ClickHouse(_) => Format::RowBinary,
+            Store::Export(_) => Format::JsonEachRow,
+        }
+    }
+
+    /// Inserts rows encoded in [`Store::format`]: one `INSERT ... FORMAT
+    /// RowBinary` naming the row's columns, sent in pieces the size the
+    /// `clickhouse` crate's own inserts use; or appended to the table's
+    /// export file and fsync'd.
+    pub async fn insert(&self, table: &str, rows: &Encoded) -> anyhow::Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
         match self {
             Store::ClickHouse(client) => {
-                let mut insert = client.insert::<T>(table).await?;
-                for row in rows {
-                    insert.write(row).await?;
+                let columns: Vec<String> = rows.columns.iter().map(|c| format!("`{c}`")).collect();
+                let mut insert = client.insert_formatted_with(format!(
+                    "INSERT INTO `{table}` ({}) FORMAT RowBinary",
+                    columns.join(", ")
+                ));
+                for chunk in &rows.chunks {
+                    let mut at = 0;
+                    while at < chunk.len() {
+                        let end = (at + SEND_BYTES).min(chunk.len());
+                        insert.send(chunk.slice(at..end)).await?;
+                        at = end;
+                    }
                 }
                 insert.end().await?;
             }
             Store::Export(dir) => {
                 std::fs::create_dir_all(dir)?;
-                let mut out = Vec::new();
-                for row in rows {
-                    serde_json::to_writer(&mut out, row)?;
-                    out.push(b'\n');
-                }
                 let mut f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(dir.join(format!("{table}.jsonl")))?;
-                f.write_all(&out)?;
+                for bytes in rows.bytes() {
+                    f.write_all(bytes)?;
+                }
                 f.sync_data()?;
             }
         }
         Ok(())
     }
 }
+
+/// Bytes per piece sent (and compressed) at a time; a piece may end inside
+/// a row, which the server reassembles.
+const SEND_BYTES: usize = 256 * 1024;

@@ -14,31 +14,41 @@ use rdkafka::{Message, consumer::StreamConsumer};
 
 use crate::{
     config::SinkConfig,
+    encode::{Encoded, Encoder, Format, encode_all},
     metrics::{BATCHES, CONSUMER_LAG, DEAD_LETTERS, INSERT_RETRIES, INSERT_SECONDS, ROWS},
     rows::{
-        DeadLetterRow, EventRow, PipelineMetricRow, RowError, ScoreRow, ViolationRow, event_row,
-        pipeline_metric_row, score_row, violation_row,
+        DeadLetterRow, EventRow, RowError, ScoreRow, fill_event_row, pipeline_metric_row,
+        score_row, violation_row,
     },
     store::Store,
 };
 
-/// Rows of one batch, by table.
+/// Rows of one batch, encoded for the store, by table.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub events: Vec<EventRow>,
-    pub scores: Vec<ScoreRow>,
-    pub violations: Vec<ViolationRow>,
-    pub dead: Vec<DeadLetterRow>,
-    pub metrics: Vec<PipelineMetricRow>,
+    pub events: Encoded,
+    /// Written to both `lead_scores` and `lead_score_history`.
+    pub scores: Encoded,
+    pub violations: Encoded,
+    pub dead: Encoded,
+    pub metrics: Encoded,
 }
 
 impl Batch {
+    /// Each table and its rows, in the order they are written.
+    pub fn tables(&self) -> [(&'static str, &Encoded); 6] {
+        [
+            ("events", &self.events),
+            ("lead_scores", &self.scores),
+            ("lead_score_history", &self.scores),
+            ("schema_violations", &self.violations),
+            ("dead_letters", &self.dead),
+            ("pipeline_metrics", &self.metrics),
+        ]
+    }
+
     pub fn rows(&self) -> usize {
-        self.events.len()
-            + 2 * self.scores.len()
-            + self.violations.len()
-            + self.dead.len()
-            + self.metrics.len()
+        self.tables().iter().map(|(_, rows)| rows.rows).sum()
     }
 }
 
@@ -98,16 +108,17 @@ impl Writer {
     }
 }
 
-/// `f` over `items` on every core (scoped threads, one chunk each); in
-/// order. Small inputs stay on the calling thread.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+/// `f` over contiguous chunks of `items` on every core (scoped threads, one
+/// chunk each), with each chunk's first index; results in order. Small
+/// inputs stay on the calling thread.
+fn parallel_chunks<T: Sync, R: Send>(items: &[T], f: impl Fn(usize, &[T]) -> R + Sync) -> Vec<R> {
     const MIN_PER_THREAD: usize = 512;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(items.len() / MIN_PER_THREAD)
         .max(1);
     if threads == 1 {
-        return items.iter().map(&f).collect();
+        return vec![f(0, items)];
     }
     let chunk = items.len().div_ceil(threads);
     tokio::task::block_in_place(|| {
@@ -115,11 +126,12 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
             let f = &f;
             let handles: Vec<_> = items
                 .chunks(chunk)
-                .map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<R>>()))
+                .enumerate()
+                .map(|(i, c)| s.spawn(move || f(i * chunk, c)))
                 .collect();
             handles
                 .into_iter()
-                .flat_map(|h| h.join().expect("row conversion thread panicked"))
+                .map(|h| h.join().expect("row conversion thread panicked"))
                 .collect()
         })
     })
@@ -159,7 +171,8 @@ impl Writer {
                 payload: m.payload(),
             })
             .collect();
-        let batch = to_batch(self.kind, &self.decoder, &as_records, now_secs()).await;
+        let format = self.store.format();
+        let batch = to_batch(self.kind, &self.decoder, &as_records, now_secs(), format).await;
         let t_convert = t0.elapsed();
         let offsets = next_offsets(&messages);
         let records = messages.len();
@@ -212,107 +225,178 @@ pub struct Record<'a> {
     pub payload: Option<&'a [u8]>,
 }
 
-/// The rows of one batch of `kind` records: the pure stage of the sink.
-/// A record that does not decode or map becomes a dead letter (stamped
-/// `now_secs`) with the raw bytes and why.
+/// The rows of one batch of `kind` records, encoded in `format`: the pure
+/// stage of the sink. A record that does not decode, map or encode becomes
+/// a dead letter (stamped `now_secs`) with the raw bytes and why.
 pub async fn to_batch(
     kind: Kind,
     decoder: &Decoder,
     records: &[Record<'_>],
     now_secs: u32,
+    format: Format,
 ) -> Batch {
     let mut batch = Batch::default();
     let failed = match kind {
         Kind::Events => {
-            let (rows, failed) =
-                decoded_rows(decoder, records, |id, d, p, o| event_row(d, id, p, o)).await;
+            let (rows, failed) = decoded_rows(
+                decoder,
+                records,
+                format,
+                |row: &mut EventRow, id, d, p, o| fill_event_row(row, d, id, p, o),
+            )
+            .await;
             batch.events = rows;
             failed
         }
         Kind::Scores => {
-            let (rows, failed) = decoded_rows(decoder, records, |_, d, _, _| score_row(d)).await;
+            let (rows, failed) = decoded_rows(
+                decoder,
+                records,
+                format,
+                |row: &mut ScoreRow, _, d, _, _| {
+                    *row = score_row(d)?;
+                    Ok(())
+                },
+            )
+            .await;
             batch.scores = rows;
             failed
         }
         Kind::Violations | Kind::Metrics => {
+            let mut out = Encoder::new(format, 0);
             let mut failed = Vec::new();
             for (i, r) in records.iter().enumerate() {
-                if let Err(error) = json_rows(kind, r, &mut batch) {
+                if let Err(error) = json_row(kind, r, &mut out) {
                     failed.push((i, error));
                 }
+            }
+            match kind {
+                Kind::Metrics => batch.metrics = out.finish(),
+                _ => batch.violations = out.finish(),
             }
             failed
         }
     };
-    for (i, error) in failed {
-        let r = &records[i];
-        tracing::warn!(topic = r.topic, partition = r.partition, offset = r.offset, %error, "record kept as a dead letter");
-        batch.dead.push(DeadLetterRow {
-            failed_at: now_secs,
-            topic: r.topic.to_owned(),
-            kafka_partition: r.partition,
-            kafka_offset: r.offset,
-            error,
-            raw_base64: base64::engine::general_purpose::STANDARD
-                .encode(r.payload.unwrap_or_default()),
-        });
-    }
+    let dead: Vec<DeadLetterRow> = failed
+        .into_iter()
+        .map(|(i, error)| {
+            let r = &records[i];
+            tracing::warn!(topic = r.topic, partition = r.partition, offset = r.offset, %error, "record kept as a dead letter");
+            DeadLetterRow {
+                failed_at: now_secs,
+                topic: r.topic.to_owned(),
+                kafka_partition: r.partition,
+                kafka_offset: r.offset,
+                error,
+                raw_base64: base64::engine::general_purpose::STANDARD
+                    .encode(r.payload.unwrap_or_default()),
+            }
+        })
+        .collect();
+    // A plain struct of strings and integers: encodable in every format
+    // (the unit tests encode one), so a failure here is a bug, not data.
+    batch.dead = encode_all(format, &dead).expect("dead-letter rows always encode");
     batch
 }
 
-/// Avro records (events, scores: the bulk of the data) are decoded on
-/// every core: those whose writer schema is already fetched in parallel,
-/// the rest (the first of each new schema) one by one. Returns the rows and
-/// the records that failed, by index, with why.
-async fn decoded_rows<R: Send>(
+/// What one conversion thread made of its chunk of records.
+#[derive(Default)]
+struct Converted {
+    rows: Encoded,
+    /// Records that failed, by index into the batch, with why.
+    failed: Vec<(usize, String)>,
+    /// Records whose writer schema is not fetched yet, by index.
+    uncached: Vec<usize>,
+}
+
+/// Avro records (events, scores: the bulk of the data) are decoded, mapped
+/// and encoded on every core, each thread filling one reused row: those
+/// whose writer schema is already fetched in parallel, the rest (the first
+/// of each new schema) one by one. Returns the rows and the records that
+/// failed, by index, with why.
+async fn decoded_rows<R: Default + serde::Serialize + Send>(
     decoder: &Decoder,
     records: &[Record<'_>],
-    to_row: impl Fn(u32, &Datum<'_>, i32, i64) -> Result<R, RowError> + Sync,
-) -> (Vec<R>, Vec<(usize, String)>) {
-    let converted = parallel_map(records, |r| {
-        let Some(bytes) = r.payload else {
-            return Some(Err("record has no value".to_owned()));
-        };
-        let converted =
-            decoder.visit_cached(bytes, |id, d| to_row(id, d, r.partition, r.offset))?;
-        Some(flatten(converted))
-    });
-    let mut rows = Vec::with_capacity(records.len());
-    let mut failed = Vec::new();
-    for (i, result) in converted.into_iter().enumerate() {
-        let result = match result {
-            Some(r) => r,
-            None => {
-                let r = records[i];
-                let bytes = r.payload.unwrap_or_default();
-                flatten(
-                    decoder
-                        .visit(bytes, |id, d| to_row(id, d, r.partition, r.offset))
-                        .await,
-                )
+    format: Format,
+    fill: impl Fn(&mut R, u32, &Datum<'_>, i32, i64) -> Result<(), RowError> + Sync,
+) -> (Encoded, Vec<(usize, String)>) {
+    let chunks = parallel_chunks(records, |start, chunk| {
+        let mut out = Converted::default();
+        let mut row = R::default();
+        // Rows run larger than their Avro (JSON text, flattened columns).
+        let guess = chunk
+            .iter()
+            .map(|r| r.payload.map_or(0, <[u8]>::len))
+            .sum::<usize>()
+            * 3;
+        let mut encoder = Encoder::new(format, guess);
+        for (j, r) in chunk.iter().enumerate() {
+            let Some(bytes) = r.payload else {
+                out.failed
+                    .push((start + j, "record has no value".to_owned()));
+                continue;
+            };
+            let Some(filled) =
+                decoder.visit_cached(bytes, |id, d| fill(&mut row, id, d, r.partition, r.offset))
+            else {
+                out.uncached.push(start + j);
+                continue;
+            };
+            if let Err(e) = flatten(filled).and_then(|()| encode(&mut encoder, &row)) {
+                out.failed.push((start + j, e));
             }
-        };
-        match result {
-            Ok(row) => rows.push(row),
-            Err(e) => failed.push((i, e)),
+        }
+        out.rows = encoder.finish();
+        out
+    });
+    let mut rows = Encoded::default();
+    let mut failed = Vec::new();
+    let mut uncached = Vec::new();
+    for c in chunks {
+        append(&mut rows, c.rows);
+        failed.extend(c.failed);
+        uncached.extend(c.uncached);
+    }
+    let mut row = R::default();
+    let mut encoder = Encoder::new(format, 0);
+    for i in uncached {
+        let r = records[i];
+        let bytes = r.payload.unwrap_or_default();
+        let filled = decoder
+            .visit(bytes, |id, d| fill(&mut row, id, d, r.partition, r.offset))
+            .await;
+        if let Err(e) = flatten(filled).and_then(|()| encode(&mut encoder, &row)) {
+            failed.push((i, e));
         }
     }
+    append(&mut rows, encoder.finish());
     (rows, failed)
 }
 
+fn encode<R: serde::Serialize>(encoder: &mut Encoder, row: &R) -> Result<(), String> {
+    encoder.push(row).map_err(|e| e.to_string())
+}
+
+/// Chunks of one row type always have the same columns.
+fn append(all: &mut Encoded, more: Encoded) {
+    all.append(more)
+        .expect("every chunk of a table encodes the same row type");
+}
+
 /// DLQ and metric records are JSON.
-fn json_rows(kind: Kind, r: &Record<'_>, batch: &mut Batch) -> Result<(), String> {
+fn json_row(kind: Kind, r: &Record<'_>, out: &mut Encoder) -> Result<(), String> {
     let payload = r.payload.ok_or("record has no value")?;
     if kind == Kind::Metrics {
-        batch
-            .metrics
-            .push(pipeline_metric_row(payload).map_err(|e| e.to_string())?);
+        encode(
+            out,
+            &pipeline_metric_row(payload).map_err(|e| e.to_string())?,
+        )
     } else {
-        batch
-            .violations
-            .push(violation_row(payload, r.partition, r.offset).map_err(|e| e.to_string())?);
+        encode(
+            out,
+            &violation_row(payload, r.partition, r.offset).map_err(|e| e.to_string())?,
+        )
     }
-    Ok(())
 }
 
 /// A record's outcome, with why it failed as text for the dead-letter row.
@@ -351,17 +435,18 @@ impl Inserter {
             let started = std::time::Instant::now();
             match write_batch(&self.store, batch).await {
                 Ok(()) => {
-                    metrics::histogram!(INSERT_SECONDS).record(started.elapsed().as_secs_f64());
-                    for (table, n) in [
-                        ("events", batch.events.len()),
-                        ("lead_scores", batch.scores.len()),
-                        ("schema_violations", batch.violations.len()),
-                        ("dead_letters", batch.dead.len()),
-                        ("pipeline_metrics", batch.metrics.len()),
-                    ] {
-                        metrics::counter!(ROWS, "table" => table).increment(n as u64);
+                    let took = started.elapsed();
+                    tracing::debug!(
+                        stream = self.kind.label(),
+                        rows = batch.rows(),
+                        ?took,
+                        "sink insert"
+                    );
+                    metrics::histogram!(INSERT_SECONDS).record(took.as_secs_f64());
+                    for (table, rows) in batch.tables() {
+                        metrics::counter!(ROWS, "table" => table).increment(rows.rows as u64);
                     }
-                    metrics::counter!(DEAD_LETTERS).increment(batch.dead.len() as u64);
+                    metrics::counter!(DEAD_LETTERS).increment(batch.dead.rows as u64);
                     return true;
                 }
                 Err(e) => {
@@ -383,12 +468,9 @@ impl Inserter {
 /// a partial write inserts the same rows again, which the tables' dedupe
 /// keys collapse.
 pub async fn write_batch(store: &Store, batch: &Batch) -> anyhow::Result<()> {
-    store.insert("events", &batch.events).await?;
-    store.insert("lead_scores", &batch.scores).await?;
-    store.insert("lead_score_history", &batch.scores).await?;
-    store.insert("schema_violations", &batch.violations).await?;
-    store.insert("dead_letters", &batch.dead).await?;
-    store.insert("pipeline_metrics", &batch.metrics).await?;
+    for (table, rows) in batch.tables() {
+        store.insert(table, rows).await?;
+    }
     Ok(())
 }
 
@@ -396,13 +478,25 @@ pub async fn write_batch(store: &Store, batch: &Batch) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn tripled(start: usize, chunk: &[u64]) -> Vec<(usize, u64)> {
+        chunk
+            .iter()
+            .enumerate()
+            .map(|(j, x)| (start + j, x * 3))
+            .collect()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn parallel_map_keeps_the_input_order() {
+    async fn parallel_chunks_keep_the_input_order_and_indices() {
         let items: Vec<u64> = (0..10_007).collect();
-        let out = parallel_map(&items, |x| x * 3 + 1);
-        assert_eq!(out, items.iter().map(|x| x * 3 + 1).collect::<Vec<_>>());
+        let out: Vec<_> = parallel_chunks(&items, tripled).concat();
+        let want: Vec<_> = items.iter().map(|&x| (x as usize, x * 3)).collect();
+        assert_eq!(out, want);
         // Small inputs take the single-thread path; empty ones too.
-        assert_eq!(parallel_map(&items[..3], |x| *x), vec![0, 1, 2]);
-        assert!(parallel_map(&[] as &[u64], |x| *x).is_empty());
+        assert_eq!(
+            parallel_chunks(&items[..3], tripled).concat(),
+            [(0, 0), (1, 3), (2, 6)]
+        );
+        assert!(parallel_chunks(&[] as &[u64], tripled).concat().is_empty());
     }
 }

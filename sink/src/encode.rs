@@ -1,0 +1,507 @@
+//! Rows → the bytes a store takes, pure: ClickHouse's RowBinary for inserts,
+//! JSONEachRow for export files.
+//!
+//! Rows are encoded where they are built, on the conversion threads, so a
+//! batch is a few compact buffers rather than a vector of row structs that
+//! the single insert task then serializes (the struct vector was moved,
+//! page-faulted and freed once per batch, and serializing it took the
+//! insert task's time). The insert sends the buffers as they are.
+
+use bytes::Bytes;
+use serde::{Serialize, ser};
+
+/// The encoding a store takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// ClickHouse's RowBinary: the columns in the row's field order, no
+    /// names or types on the wire (`INSERT INTO t (cols) FORMAT RowBinary`).
+    RowBinary,
+    /// One JSON object per line, for `INSERT ... FORMAT JSONEachRow` later.
+    JsonEachRow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("RowBinary cannot encode {0}")]
+    Unsupported(&'static str),
+    #[error("a sequence of unknown length cannot be encoded as a RowBinary array")]
+    UnknownLength,
+    #[error("row is not a struct, so it has no column names")]
+    NotAStruct,
+    #[error("row has columns {found:?}, earlier rows of this table had {expected:?}")]
+    ColumnsDiffer {
+        expected: Vec<&'static str>,
+        found: Vec<&'static str>,
+    },
+    #[error("JSON: {0}")]
+    Json(String),
+}
+
+impl ser::Error for EncodeError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        EncodeError::Json(msg.to_string())
+    }
+}
+
+/// Rows of one table, encoded: the column names (the row struct's fields,
+/// in order) and the bytes, in one or more chunks (one per conversion
+/// thread; each holds whole rows).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Encoded {
+    pub columns: Vec<&'static str>,
+    pub rows: usize,
+    pub chunks: Vec<Bytes>,
+}
+
+impl Encoded {
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Appends another encoding of the same table's rows.
+    pub fn append(&mut self, other: Encoded) -> Result<(), EncodeError> {
+        if other.rows == 0 {
+            return Ok(());
+        }
+        if self.rows == 0 {
+            self.columns = other.columns;
+        } else if self.columns != other.columns {
+            return Err(EncodeError::ColumnsDiffer {
+                expected: self.columns.clone(),
+                found: other.columns,
+            });
+        }
+        self.rows += other.rows;
+        self.chunks.extend(other.chunks);
+        Ok(())
+    }
+
+    /// The encoded bytes, all chunks in order.
+    pub fn bytes(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks.iter().map(|c| c.as_ref())
+    }
+}
+
+/// Builds one [`Encoded`] chunk row by row.
+#[derive(Debug)]
+pub struct Encoder {
+    format: Format,
+    columns: Option<Vec<&'static str>>,
+    rows: usize,
+    out: Vec<u8>,
+}
+
+impl Encoder {
+    /// `capacity` is a guess of the bytes to come; reserving it up front
+    /// spares copying a growing buffer (untouched pages cost nothing).
+    pub fn new(format: Format, capacity: usize) -> Self {
+        Self {
+            format,
+            columns: None,
+            rows: 0,
+            out: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Appends one row. A row that fails leaves nothing behind.
+    pub fn push<T: Serialize>(&mut self, row: &T) -> Result<(), EncodeError> {
+        let start = self.out.len();
+        let result = self.encode(row);
+        if result.is_err() {
+            self.out.truncate(start);
+        }
+        result
+    }
+
+    fn encode<T: Serialize>(&mut self, row: &T) -> Result<(), EncodeError> {
+        match self.format {
+            Format::RowBinary => {
+                // The first row names the columns; later rows are checked
+                // only for their count (one struct type per table).
+                let mut names = Vec::new();
+                let record = self.columns.is_none();
+                row.serialize(&mut RowBinary {
+                    out: &mut self.out,
+                    names: record.then_some(&mut names),
+                    depth: 0,
+                })?;
+                if record {
+                    if names.is_empty() {
+                        return Err(EncodeError::NotAStruct);
+                    }
+                    self.columns = Some(names);
+                }
+            }
+            Format::JsonEachRow => {
+                serde_json::to_writer(&mut self.out, row)
+                    .map_err(|e| EncodeError::Json(e.to_string()))?;
+                self.out.push(b'\n');
+                if self.columns.is_none() {
+                    self.columns = Some(Vec::new());
+                }
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Encoded {
+        if self.rows == 0 {
+            return Encoded::default();
+        }
+        Encoded {
+            columns: self.columns.unwrap_or_default(),
+            rows: self.rows,
+            chunks: vec![Bytes::from(self.out)],
+        }
+    }
+}
+
+/// `rows` encoded in `format`, one chunk.
+pub fn encode_all<T: Serialize>(format: Format, rows: &[T]) -> Result<Encoded, EncodeError> {
+    let mut e = Encoder::new(format, rows.len() * 256);
+    for row in rows {
+        e.push(row)?;
+    }
+    Ok(e.finish())
+}
+
+/// The RowBinary serializer: integers and floats little-endian, strings and
+/// arrays prefixed with their LEB128 length, `Option` as Nullable (a null
+/// byte first), structs as their fields in order.
+struct RowBinary<'a> {
+    out: &'a mut Vec<u8>,
+    /// Collects the top-level struct's field names (the first row only).
+    names: Option<&'a mut Vec<&'static str>>,
+    depth: u32,
+}
+
+fn leb128(mut n: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+impl ser::Serializer for &mut RowBinary<'_> {
+    type Ok = ();
+    type Error = EncodeError;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = ser::Impossible<(), EncodeError>;
+    type SerializeMap = ser::Impossible<(), EncodeError>;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = ser::Impossible<(), EncodeError>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), EncodeError> {
+        self.out.push(u8::from(v));
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), EncodeError> {
+        self.out.push(v);
+        Ok(())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result<(), EncodeError> {
+        self.serialize_str(v.encode_utf8(&mut [0; 4]))
+    }
+    fn serialize_str(self, v: &str) -> Result<(), EncodeError> {
+        self.serialize_bytes(v.as_bytes())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), EncodeError> {
+        leb128(v.len() as u64, self.out);
+        self.out.extend_from_slice(v);
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), EncodeError> {
+        self.out.push(1);
+        Ok(())
+    }
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<(), EncodeError> {
+        self.out.push(0);
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), EncodeError> {
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), EncodeError> {
+        Ok(())
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+    ) -> Result<(), EncodeError> {
+        Err(EncodeError::Unsupported("an enum"))
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), EncodeError> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), EncodeError> {
+        Err(EncodeError::Unsupported("an enum"))
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self, EncodeError> {
+        leb128(len.ok_or(EncodeError::UnknownLength)? as u64, self.out);
+        self.depth += 1;
+        Ok(self)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self, EncodeError> {
+        self.depth += 1;
+        Ok(self)
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, EncodeError> {
+        self.depth += 1;
+        Ok(self)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, EncodeError> {
+        Err(EncodeError::Unsupported("an enum"))
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, EncodeError> {
+        Err(EncodeError::Unsupported("a map"))
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, EncodeError> {
+        self.depth += 1;
+        Ok(self)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, EncodeError> {
+        Err(EncodeError::Unsupported("an enum"))
+    }
+}
+
+impl ser::SerializeSeq for &mut RowBinary<'_> {
+    type Ok = ();
+    type Error = EncodeError;
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), EncodeError> {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Result<(), EncodeError> {
+        self.depth -= 1;
+        Ok(())
+    }
+}
+
+impl ser::SerializeTuple for &mut RowBinary<'_> {
+    type Ok = ();
+    type Error = EncodeError;
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), EncodeError> {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Result<(), EncodeError> {
+        self.depth -= 1;
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleStruct for &mut RowBinary<'_> {
+    type Ok = ();
+    type Error = EncodeError;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), EncodeError> {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Result<(), EncodeError> {
+        self.depth -= 1;
+        Ok(())
+    }
+}
+
+impl ser::SerializeStruct for &mut RowBinary<'_> {
+    type Ok = ();
+    type Error = EncodeError;
+    fn serialize_field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), EncodeError> {
+        if self.depth == 1
+            && let Some(names) = self.names.as_mut()
+        {
+            names.push(key);
+        }
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Result<(), EncodeError> {
+        self.depth -= 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Row {
+        id: String,
+        r#type: &'static str,
+        n: u32,
+        ms: u64,
+        delta: i64,
+        flag: u8,
+        score: f64,
+        tags: Vec<String>,
+        points: Vec<f64>,
+        maybe: Option<u16>,
+    }
+
+    fn row(id: &str) -> Row {
+        Row {
+            id: id.to_owned(),
+            r#type: "page",
+            n: 258,
+            ms: 1,
+            delta: -2,
+            flag: 1,
+            score: 0.5,
+            tags: vec!["a".into(), "bc".into()],
+            points: vec![1.0],
+            maybe: None,
+        }
+    }
+
+    #[test]
+    fn row_binary_is_clickhouses_layout_and_names_the_columns() {
+        let mut e = Encoder::new(Format::RowBinary, 0);
+        e.push(&row("m1")).unwrap();
+        let enc = e.finish();
+        assert_eq!(
+            enc.columns,
+            [
+                "id", "type", "n", "ms", "delta", "flag", "score", "tags", "points", "maybe"
+            ]
+        );
+        let mut want = vec![2, b'm', b'1', 4, b'p', b'a', b'g', b'e'];
+        want.extend(258u32.to_le_bytes());
+        want.extend(1u64.to_le_bytes());
+        want.extend((-2i64).to_le_bytes());
+        want.push(1);
+        want.extend(0.5f64.to_le_bytes());
+        want.extend([2, 1, b'a', 2, b'b', b'c']);
+        want.push(1);
+        want.extend(1.0f64.to_le_bytes());
+        want.push(1); // Nullable: null
+        assert_eq!(enc.chunks, [Bytes::from(want)]);
+        assert_eq!(enc.rows, 1);
+    }
+
+    #[test]
+    fn long_strings_take_a_multi_byte_length() {
+        let mut out = Vec::new();
+        leb128(300, &mut out);
+        assert_eq!(out, [0xac, 0x02]);
+        let mut e = Encoder::new(Format::RowBinary, 0);
+        e.push(&row(&"x".repeat(300))).unwrap();
+        assert_eq!(&e.finish().chunks[0][..3], &[0xac, 0x02, b'x']);
+    }
+
+    #[test]
+    fn json_each_row_is_one_object_per_line() {
+        let enc = encode_all(Format::JsonEachRow, &[row("m1"), row("m2")]).unwrap();
+        let text = String::from_utf8(enc.chunks[0].to_vec()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!((lines.len(), enc.rows), (2, 2));
+        assert_eq!(lines[1]["id"], "m2");
+        assert_eq!(lines[0]["type"], "page");
+    }
+
+    #[test]
+    fn unencodable_rows_leave_nothing_behind_and_say_why() {
+        let mut e = Encoder::new(Format::RowBinary, 0);
+        e.push(&row("m1")).unwrap();
+        let len = e.out.len();
+        let mut map = std::collections::BTreeMap::new();
+        map.insert("k", 1);
+        assert_eq!(
+            e.push(&(1u8, map)).unwrap_err(),
+            EncodeError::Unsupported("a map")
+        );
+        assert_eq!((e.out.len(), e.rows), (len, 1));
+        assert_eq!(
+            Encoder::new(Format::RowBinary, 0).push(&7u32).unwrap_err(),
+            EncodeError::NotAStruct
+        );
+    }
+
+    #[test]
+    fn appending_keeps_chunks_and_refuses_other_columns() {
+        let mut all = encode_all(Format::RowBinary, &[row("a")]).unwrap();
+        all.append(encode_all(Format::RowBinary, &[row("b"), row("c")]).unwrap())
+            .unwrap();
+        all.append(Encoded::default()).unwrap();
+        assert_eq!((all.rows, all.chunks.len()), (3, 2));
+        #[derive(Serialize)]
+        struct Other {
+            x: u8,
+        }
+        let err = all
+            .append(encode_all(Format::RowBinary, &[Other { x: 1 }]).unwrap())
+            .unwrap_err();
+        assert!(matches!(err, EncodeError::ColumnsDiffer { .. }), "{err}");
+    }
+}
