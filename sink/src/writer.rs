@@ -14,7 +14,7 @@ use rdkafka::{Message, consumer::StreamConsumer};
 
 use crate::{
     config::SinkConfig,
-    encode::{Encoded, Encoder, Format, encode_all},
+    encode::{Buffers, Encoded, Encoder, Format, encode_all},
     metrics::{BATCHES, CONSUMER_LAG, DEAD_LETTERS, INSERT_RETRIES, INSERT_SECONDS, ROWS},
     rows::{
         DeadLetterRow, EventRow, RowError, ScoreRow, fill_event_row, pipeline_metric_row,
@@ -50,6 +50,20 @@ impl Batch {
     pub fn rows(&self) -> usize {
         self.tables().iter().map(|(_, rows)| rows.rows).sum()
     }
+
+    /// Returns the batch's buffers to `pool` once it is written.
+    pub fn recycle(self, pool: &Buffers) {
+        let Batch {
+            events,
+            scores,
+            violations,
+            dead,
+            metrics,
+        } = self;
+        for rows in [events, scores, violations, dead, metrics] {
+            pool.give_back(rows);
+        }
+    }
 }
 
 /// What a writer's topic holds.
@@ -83,6 +97,7 @@ pub struct Writer {
     pub batch_ms: u64,
     pub max_backoff_ms: u64,
     pub lag: LagGauge,
+    buffers: Buffers,
     in_flight: Option<InFlight>,
 }
 
@@ -103,6 +118,7 @@ impl Writer {
             batch_ms: cfg.batch_ms,
             max_backoff_ms: cfg.max_backoff_ms,
             lag: LagGauge::new(CONSUMER_LAG, ("stream", kind.label())),
+            buffers: Buffers::default(),
             in_flight: None,
         }
     }
@@ -172,7 +188,15 @@ impl Writer {
             })
             .collect();
         let format = self.store.format();
-        let batch = to_batch(self.kind, &self.decoder, &as_records, now_secs(), format).await;
+        let batch = to_batch_with(
+            self.kind,
+            &self.decoder,
+            &as_records,
+            now_secs(),
+            format,
+            &self.buffers,
+        )
+        .await;
         let t_convert = t0.elapsed();
         let offsets = next_offsets(&messages);
         let records = messages.len();
@@ -186,7 +210,10 @@ impl Writer {
         };
         let stop = stop.clone();
         self.in_flight = Some(InFlight {
-            insert: tokio::spawn(async move { inserter.insert_with_retry(&batch, &stop).await }),
+            insert: tokio::spawn(async move {
+                let written = inserter.insert_with_retry(&batch, &stop).await;
+                (written, batch)
+            }),
             offsets,
         });
         tracing::debug!(
@@ -205,7 +232,14 @@ impl Writer {
         let Some(in_flight) = self.in_flight.take() else {
             return Ok(());
         };
-        if !in_flight.insert.await.unwrap_or(false) {
+        let written = match in_flight.insert.await {
+            Ok((written, batch)) => {
+                batch.recycle(&self.buffers);
+                written
+            }
+            Err(_) => false,
+        };
+        if !written {
             anyhow::bail!("stopped before ClickHouse accepted the batch; it will be read again");
         }
         if let Err(e) = commit_offsets(&self.consumer, &in_flight.offsets) {
@@ -235,6 +269,26 @@ pub async fn to_batch(
     now_secs: u32,
     format: Format,
 ) -> Batch {
+    to_batch_with(
+        kind,
+        decoder,
+        records,
+        now_secs,
+        format,
+        &Buffers::default(),
+    )
+    .await
+}
+
+/// [`to_batch`] encoding into buffers from `pool`.
+pub async fn to_batch_with(
+    kind: Kind,
+    decoder: &Decoder,
+    records: &[Record<'_>],
+    now_secs: u32,
+    format: Format,
+    pool: &Buffers,
+) -> Batch {
     let mut batch = Batch::default();
     let failed = match kind {
         Kind::Events => {
@@ -242,6 +296,7 @@ pub async fn to_batch(
                 decoder,
                 records,
                 format,
+                pool,
                 |row: &mut EventRow, id, d, p, o| fill_event_row(row, d, id, p, o),
             )
             .await;
@@ -253,6 +308,7 @@ pub async fn to_batch(
                 decoder,
                 records,
                 format,
+                pool,
                 |row: &mut ScoreRow, _, d, _, _| {
                     *row = score_row(d)?;
                     Ok(())
@@ -318,6 +374,7 @@ async fn decoded_rows<R: Default + serde::Serialize + Send>(
     decoder: &Decoder,
     records: &[Record<'_>],
     format: Format,
+    pool: &Buffers,
     fill: impl Fn(&mut R, u32, &Datum<'_>, i32, i64) -> Result<(), RowError> + Sync,
 ) -> (Encoded, Vec<(usize, String)>) {
     let chunks = parallel_chunks(records, |start, chunk| {
@@ -329,7 +386,7 @@ async fn decoded_rows<R: Default + serde::Serialize + Send>(
             .map(|r| r.payload.map_or(0, <[u8]>::len))
             .sum::<usize>()
             * 3;
-        let mut encoder = Encoder::new(format, guess);
+        let mut encoder = Encoder::with_buffer(format, pool.take(guess));
         for (j, r) in chunk.iter().enumerate() {
             let Some(bytes) = r.payload else {
                 out.failed
@@ -411,7 +468,8 @@ fn flatten<R>(r: Result<Result<R, RowError>, DecodeError>) -> Result<R, String> 
 /// A batch being inserted while the next one is read: its insert task and
 /// the offsets to commit once ClickHouse has it.
 struct InFlight {
-    insert: tokio::task::JoinHandle<bool>,
+    /// Whether ClickHouse took the batch, and the batch (for its buffers).
+    insert: tokio::task::JoinHandle<(bool, Batch)>,
     offsets: Vec<(String, i32, i64)>,
 }
 
