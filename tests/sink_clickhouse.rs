@@ -18,7 +18,7 @@ use std::{
 use leadstream_schemas::{EmbeddedResolver, Encoder, Plan};
 use leadstream_sink::{
     ClickHouseArgs, SinkConfig,
-    encode::Format,
+    encode::{Buffers, Format},
     writer::{Kind, Record, to_batch, write_batch},
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -577,11 +577,27 @@ async fn migrations_rows_and_queries_work_on_current_clickhouse() {
                 payload: Some(bytes),
             })
             .collect();
-        let batch = to_batch(kind, &decoder, &of_kind, 1_795_305_600, Format::JsonEachRow).await;
+        let batch = to_batch(
+            kind,
+            &decoder,
+            &of_kind,
+            1_795_305_600,
+            Format::JsonEachRow,
+            &Buffers::default(),
+        )
+        .await;
         write_batch(&store, &batch).await.unwrap();
         // The same rows in the RowBinary the sink inserts, for the script to
         // load beside the JSON and compare.
-        let binary = to_batch(kind, &decoder, &of_kind, 1_795_305_600, Format::RowBinary).await;
+        let binary = to_batch(
+            kind,
+            &decoder,
+            &of_kind,
+            1_795_305_600,
+            Format::RowBinary,
+            &Buffers::default(),
+        )
+        .await;
         for (table, rows) in binary.tables() {
             if rows.is_empty() {
                 continue;

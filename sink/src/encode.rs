@@ -122,8 +122,8 @@ impl Encoder {
     fn encode<T: Serialize>(&mut self, row: &T) -> Result<(), EncodeError> {
         match self.format {
             Format::RowBinary => {
-                // The first row names the columns; later rows are checked
-                // only for their count (one struct type per table).
+                // The first row names the columns; later rows are not
+                // checked (an encoder serves one row type).
                 let mut names = Vec::new();
                 let record = self.columns.is_none();
                 row.serialize(&mut RowBinary {
@@ -197,7 +197,8 @@ impl Buffers {
         }
     }
 
-    pub fn spare(&self) -> usize {
+    #[cfg(test)]
+    fn spare(&self) -> usize {
         self.0.lock().expect("buffer pool poisoned").len()
     }
 }
@@ -233,6 +234,16 @@ fn leb128(mut n: u64, out: &mut Vec<u8>) {
     }
 }
 
+/// Fixed-width numbers: their little-endian bytes.
+macro_rules! little_endian {
+    ($($method:ident: $ty:ty),* $(,)?) => {$(
+        fn $method(self, v: $ty) -> Result<(), EncodeError> {
+            self.out.extend_from_slice(&v.to_le_bytes());
+            Ok(())
+        }
+    )*};
+}
+
 impl ser::Serializer for &mut RowBinary<'_> {
     type Ok = ();
     type Error = EncodeError;
@@ -248,45 +259,10 @@ impl ser::Serializer for &mut RowBinary<'_> {
         self.out.push(u8::from(v));
         Ok(())
     }
-    fn serialize_i8(self, v: i8) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), EncodeError> {
-        self.out.push(v);
-        Ok(())
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    fn serialize_f32(self, v: f32) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
-    }
-    fn serialize_f64(self, v: f64) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
+    little_endian! {
+        serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
+        serialize_u8: u8, serialize_u16: u16, serialize_u32: u32, serialize_u64: u64,
+        serialize_f32: f32, serialize_f64: f64,
     }
     fn serialize_char(self, v: char) -> Result<(), EncodeError> {
         self.serialize_str(v.encode_utf8(&mut [0; 4]))
@@ -377,41 +353,29 @@ impl ser::Serializer for &mut RowBinary<'_> {
     }
 }
 
-impl ser::SerializeSeq for &mut RowBinary<'_> {
-    type Ok = ();
-    type Error = EncodeError;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), EncodeError> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), EncodeError> {
-        self.depth -= 1;
-        Ok(())
-    }
+/// Sequences, tuples and tuple structs: their elements in order (a
+/// sequence's length was written when it began).
+macro_rules! elements {
+    ($($trait:ident :: $method:ident),* $(,)?) => {$(
+        impl ser::$trait for &mut RowBinary<'_> {
+            type Ok = ();
+            type Error = EncodeError;
+            fn $method<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), EncodeError> {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Result<(), EncodeError> {
+                self.depth -= 1;
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for &mut RowBinary<'_> {
-    type Ok = ();
-    type Error = EncodeError;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), EncodeError> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), EncodeError> {
-        self.depth -= 1;
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for &mut RowBinary<'_> {
-    type Ok = ();
-    type Error = EncodeError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), EncodeError> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), EncodeError> {
-        self.depth -= 1;
-        Ok(())
-    }
-}
+elements!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+);
 
 impl ser::SerializeStruct for &mut RowBinary<'_> {
     type Ok = ();

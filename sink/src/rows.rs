@@ -208,66 +208,48 @@ pub fn fill_event_row(
 }
 
 impl EventRow {
-    /// Every column back to its default, keeping the strings' buffers. The
-    /// destructuring is exhaustive, so a new column cannot be forgotten.
+    /// Every column back to its default, keeping the strings' buffers.
     pub fn clear(&mut self) {
-        let EventRow {
-            message_id,
-            event,
-            r#type,
-            platform,
-            source_id,
-            tenant,
-            anonymous_id,
-            user_id,
-            union_id,
-            phone_hash,
-            timestamp,
-            timestamp_ms,
-            received_at,
-            received_ms,
-            page_type,
-            model_id,
-            lead_channel,
-            utm_source,
-            utm_campaign,
-            session_id,
-            sdk_name,
-            sdk_version,
-            is_bot,
-            context,
-            properties,
-            schema_id,
-            kafka_partition,
-            kafka_offset,
-        } = self;
-        for s in [
-            message_id,
-            event,
-            r#type,
-            platform,
-            source_id,
-            tenant,
-            anonymous_id,
-            user_id,
-            union_id,
-            phone_hash,
-            page_type,
-            model_id,
-            lead_channel,
-            utm_source,
-            utm_campaign,
-            session_id,
-            sdk_name,
-            sdk_version,
-            context,
-            properties,
-        ] {
-            s.clear();
-        }
-        (*timestamp, *timestamp_ms, *received_at, *received_ms) = (0, 0, 0, 0);
-        (*is_bot, *schema_id, *kafka_partition, *kafka_offset) = (0, 0, 0, 0);
+        // A struct literal without `..`: a new column fails to compile here
+        // until it is cleared too.
+        *self = EventRow {
+            message_id: cleared(&mut self.message_id),
+            event: cleared(&mut self.event),
+            r#type: cleared(&mut self.r#type),
+            platform: cleared(&mut self.platform),
+            source_id: cleared(&mut self.source_id),
+            tenant: cleared(&mut self.tenant),
+            anonymous_id: cleared(&mut self.anonymous_id),
+            user_id: cleared(&mut self.user_id),
+            union_id: cleared(&mut self.union_id),
+            phone_hash: cleared(&mut self.phone_hash),
+            timestamp: 0,
+            timestamp_ms: 0,
+            received_at: 0,
+            received_ms: 0,
+            page_type: cleared(&mut self.page_type),
+            model_id: cleared(&mut self.model_id),
+            lead_channel: cleared(&mut self.lead_channel),
+            utm_source: cleared(&mut self.utm_source),
+            utm_campaign: cleared(&mut self.utm_campaign),
+            session_id: cleared(&mut self.session_id),
+            sdk_name: cleared(&mut self.sdk_name),
+            sdk_version: cleared(&mut self.sdk_version),
+            is_bot: 0,
+            context: cleared(&mut self.context),
+            properties: cleared(&mut self.properties),
+            schema_id: 0,
+            kafka_partition: 0,
+            kafka_offset: 0,
+        };
     }
+}
+
+/// The string moved out of `s`, emptied, its buffer kept.
+fn cleared(s: &mut String) -> String {
+    let mut s = std::mem::take(s);
+    s.clear();
+    s
 }
 
 /// Sets `out` to a string field's text; "" for null or a non-string.

@@ -188,7 +188,7 @@ impl Writer {
             })
             .collect();
         let format = self.store.format();
-        let batch = to_batch_with(
+        let batch = to_batch(
             self.kind,
             &self.decoder,
             &as_records,
@@ -259,29 +259,11 @@ pub struct Record<'a> {
     pub payload: Option<&'a [u8]>,
 }
 
-/// The rows of one batch of `kind` records, encoded in `format`: the pure
-/// stage of the sink. A record that does not decode, map or encode becomes
-/// a dead letter (stamped `now_secs`) with the raw bytes and why.
+/// The rows of one batch of `kind` records, encoded in `format` into
+/// buffers from `pool`: the pure stage of the sink. A record that does not
+/// decode, map or encode becomes a dead letter (stamped `now_secs`) with
+/// the raw bytes and why.
 pub async fn to_batch(
-    kind: Kind,
-    decoder: &Decoder,
-    records: &[Record<'_>],
-    now_secs: u32,
-    format: Format,
-) -> Batch {
-    to_batch_with(
-        kind,
-        decoder,
-        records,
-        now_secs,
-        format,
-        &Buffers::default(),
-    )
-    .await
-}
-
-/// [`to_batch`] encoding into buffers from `pool`.
-pub async fn to_batch_with(
     kind: Kind,
     decoder: &Decoder,
     records: &[Record<'_>],
