@@ -6,8 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash deploy/scripts/install-test-deps.sh
+# Build first, before anything is installed: command 1 of the README
+# (`cargo run --release -- quickstart`) must build on a fresh machine with
+# nothing installed by hand, and this proves the build needs nothing that
+# install-test-deps.sh adds.
 cargo build --workspace --all-targets --locked
+bash deploy/scripts/install-test-deps.sh
 
 if [ -z "${LEADSTREAM_TEST_KAFKA:-}" ] || [ -z "${LEADSTREAM_TEST_CLICKHOUSE:-}" ]; then
   trap 'bash deploy/scripts/services.sh stop' EXIT

@@ -366,3 +366,35 @@ fn the_dockerfile_builds_the_binary_and_ships_the_default_config() {
         assert!(Path::new(ROOT).join("deploy/config").join(f).exists());
     }
 }
+
+/// Command 1 of the README (`cargo run --release -- quickstart`) must build
+/// on a fresh machine with nothing installed by hand: librdkafka's CMake
+/// build (rdkafka's `cmake-build` feature) needs cmake and the curl headers,
+/// which such a machine lacks; its configure script needs neither.
+#[test]
+fn the_build_needs_no_cmake_or_curl() {
+    let lock = std::fs::read_to_string(Path::new(ROOT).join("Cargo.lock")).unwrap();
+    for banned in ["cmake", "curl-sys"] {
+        assert!(
+            !lock.contains(&format!("name = \"{banned}\"")),
+            "Cargo.lock pulls in `{banned}`: a fresh machine cannot build it (rdkafka's `cmake-build` feature?)"
+        );
+    }
+    let deps = std::fs::read_to_string(Path::new(ROOT).join("deploy/scripts/install-test-deps.sh"))
+        .unwrap();
+    for pkg in ["cmake", "libcurl"] {
+        assert!(
+            !deps.contains(&format!("need_apt+=({pkg}")),
+            "install-test-deps.sh installs {pkg}: the build must not need it"
+        );
+    }
+    let test = std::fs::read_to_string(Path::new(ROOT).join("deploy/test.sh")).unwrap();
+    let build = test.find("cargo build").expect("deploy/test.sh builds");
+    let install = test
+        .find("install-test-deps.sh")
+        .expect("deploy/test.sh installs test services");
+    assert!(
+        build < install,
+        "deploy/test.sh must build before it installs anything, so CI proves a fresh build"
+    );
+}

@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, and nothing
-# when it is already there: build tools for rdkafka (cmake, curl and OpenSSL headers),
-# ClickHouse server/client, the real Python clients (Confluent's registry
+# when it is already there: ClickHouse server/client, the real Python clients (Confluent's registry
 # client, Segment's SDK) used by the compatibility tests, and chDB (a current
 # ClickHouse release in-process) for the migrations and queries beside 18.16.
 set -euo pipefail
 
 need_apt=()
-command -v cmake >/dev/null || need_apt+=(cmake)
-dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need_apt+=(libcurl4-openssl-dev)
-# librdkafka's TLS (rdkafka's `ssl` feature) links the system OpenSSL.
-dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
-command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# Nothing here is needed to build leadstream: librdkafka is built by its own
+# configure script (no cmake, no curl), with the OpenSSL and zlib headers a
+# Rust build machine has. deploy/test.sh builds before it calls this script,
+# so a build that starts needing a package fails CI.
 command -v clickhouse-server >/dev/null || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server)
 command -v clickhouse-client >/dev/null || need_apt+=(clickhouse-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
