@@ -32,6 +32,7 @@ fn event(i: i64) -> LeadEvent {
         session_id: None,
         is_bot: false,
         order: false,
+        lost: false,
         purchase_ms: None,
         duration_ms: Some(30_000),
         page_value: None,

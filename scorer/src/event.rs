@@ -112,6 +112,9 @@ pub struct LeadEvent {
     pub session_id: Option<String>,
     pub is_bot: bool,
     pub order: bool,
+    /// A call outcome that says the lead is lost for now (not interested,
+    /// or already bought elsewhere): the lead moves to nurture.
+    pub lost: bool,
     /// Purchase date from the CRM (identify), for lifecycle stage.
     pub purchase_ms: Option<i64>,
     /// Time on the page, when the SDK reports it.
@@ -143,7 +146,8 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
                 Some("configurator") => signals.push(Signal::Configurator),
                 Some("price" | "finance") => signals.push(Signal::PriceFinance),
                 Some("test_drive" | "dealer_locator") => signals.push(Signal::ModelDetail),
-                Some("article" | "video") => signals.push(Signal::Engagement),
+                // Owners reading service pages: engagement, not purchase intent.
+                Some("article" | "video" | "owner_service") => signals.push(Signal::Engagement),
                 _ => {}
             }
         }
@@ -151,7 +155,12 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
         "finance_calculated" => signals.push(Signal::PriceFinance),
         "test_drive_booked" => signals.push(Signal::TestDrive),
         "lead_form_submitted" => signals.push(Signal::LeadForm),
-        "store_visited" => signals.push(Signal::StoreVisit),
+        // A service visit keeps an owner engaged; it is not a showroom visit.
+        "store_visited" => signals.push(if s(&props, &["visit_type"]).as_deref() == Some("service") {
+            Signal::Engagement
+        } else {
+            Signal::StoreVisit
+        }),
         "content_engaged" | "coupon_claimed" => signals.push(Signal::Engagement),
         "call_completed" => {
             if matches!(
@@ -163,6 +172,11 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
         }
         _ => {}
     }
+    let lost = event == "call_completed"
+        && matches!(
+            s(&props, &["outcome"]).as_deref(),
+            Some("not_interested" | "already_bought")
+        );
     let platform = s(e, &["platform"]).as_deref().and_then(Platform::parse);
     Some(LeadEvent {
         message_id: s(e, &["message_id"]).unwrap_or_default(),
@@ -178,6 +192,7 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
             .and_then(Json::as_bool)
             .unwrap_or(false),
         order: event == "order_placed" || event == "vehicle_delivered",
+        lost,
         purchase_ms: props.get("purchase_date").and_then(Json::as_i64),
         duration_ms: props.get("duration_ms").and_then(Json::as_i64),
         page_value: props.get("page_value").and_then(Json::as_f64),
@@ -202,6 +217,10 @@ mod tests {
         );
         let call = json!({"event": "call_completed", "timestamp": 5, "properties": {"outcome": "no_answer"}});
         assert!(from_plan(&call).unwrap().signals.is_empty());
+        let lost = json!({"event": "call_completed", "timestamp": 5, "properties": {"outcome": "already_bought"}});
+        assert!(from_plan(&lost).unwrap().lost);
+        let service = json!({"event": "store_visited", "timestamp": 5, "properties": {"visit_type": "service"}});
+        assert_eq!(from_plan(&service).unwrap().signals, vec![Signal::Engagement]);
         assert!(
             from_plan(&json!({"event": "order_placed", "timestamp": 1}))
                 .unwrap()

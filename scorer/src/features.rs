@@ -47,6 +47,9 @@ pub struct LeadState {
     pub test_drive_booked: bool,
     pub lead_form_submitted: bool,
     pub last_purchase_ms: Option<i64>,
+    /// Newest call outcome that said the lead is lost (not interested,
+    /// bought elsewhere); intent after it wins the lead back.
+    pub last_lost_ms: Option<i64>,
 }
 
 impl LeadState {
@@ -73,6 +76,7 @@ impl LeadState {
             test_drive_booked: false,
             lead_form_submitted: false,
             last_purchase_ms: None,
+            last_lost_ms: None,
         }
     }
 
@@ -169,6 +173,9 @@ impl LeadState {
         if e.order {
             self.last_purchase_ms = Some(self.last_purchase_ms.map_or(ts, |p| p.max(ts)));
         }
+        if e.lost {
+            self.last_lost_ms = Some(self.last_lost_ms.map_or(ts, |l| l.max(ts)));
+        }
         if let Some(p) = e.purchase_ms {
             self.last_purchase_ms = Some(self.last_purchase_ms.map_or(p, |q| q.max(p)));
         }
@@ -221,6 +228,7 @@ impl LeadState {
             reactivated,
         );
         self.last_purchase_ms = later(self.last_purchase_ms, other.last_purchase_ms);
+        self.last_lost_ms = later(self.last_lost_ms, other.last_lost_ms);
         self.events = self.events.saturating_add(other.events);
         self.sessions = self.sessions.saturating_add(other.sessions);
         let before = self.models.iter().filter(|m| **m != 0).count() as u8;
@@ -379,6 +387,7 @@ mod tests {
             session_id: None,
             is_bot: false,
             order: false,
+            lost: false,
             purchase_ms: None,
             duration_ms: None,
             page_value: None,

@@ -5,7 +5,13 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use crate::{event::Platform, features::LeadState, proto::LeadSnapshot, window::Windows};
+use crate::{
+    event::Platform,
+    features::LeadState,
+    proto::{EmittedClass, LeadSnapshot},
+    score::{Class, Grade, Stage},
+    window::Windows,
+};
 
 /// Message ids remembered per lead to skip re-delivered events.
 pub const RECENT: usize = 32;
@@ -21,6 +27,14 @@ pub struct Lead {
     pub requested: BTreeSet<String>,
     pub merged_into: Option<String>,
     pub late_events: u64,
+    /// Class of the last score emitted; time-driven re-scores emit only
+    /// when it changes.
+    pub emitted: Option<Class>,
+    /// The instant the last emitted (or re-checked) score referred to.
+    pub evaluated_ms: i64,
+    /// Due time of this lead's live entry in its partition's schedule
+    /// (rebuilt on restore, not persisted).
+    pub scheduled_ms: Option<i64>,
 }
 
 impl Default for Lead {
@@ -34,6 +48,9 @@ impl Default for Lead {
             requested: BTreeSet::new(),
             merged_into: None,
             late_events: 0,
+            emitted: None,
+            evaluated_ms: i64::MIN,
+            scheduled_ms: None,
         }
     }
 }
@@ -108,6 +125,14 @@ impl Lead {
             requested: self.requested.iter().cloned().collect(),
             merged_into: self.merged_into.clone(),
             late_events: self.late_events,
+            last_lost_ms: s.last_lost_ms,
+            emitted: self.emitted.map(|c| EmittedClass {
+                grade: c.grade as u32,
+                stage: c.stage as u32,
+                reactivated: c.reactivated,
+                churn_risk: c.churn_risk,
+            }),
+            evaluated_ms: self.evaluated_ms,
         }
     }
 
@@ -139,6 +164,18 @@ impl Lead {
         state.test_drive_booked = p.test_drive_booked;
         state.lead_form_submitted = p.lead_form_submitted;
         state.last_purchase_ms = p.last_purchase_ms;
+        state.last_lost_ms = p.last_lost_ms;
+        let emitted = p
+            .emitted
+            .map(|c| {
+                Ok::<_, SnapshotError>(Class {
+                    grade: Grade::from_index(c.grade).ok_or(SnapshotError("emitted.grade"))?,
+                    stage: Stage::from_index(c.stage).ok_or(SnapshotError("emitted.stage"))?,
+                    reactivated: c.reactivated,
+                    churn_risk: c.churn_risk,
+                })
+            })
+            .transpose()?;
         Ok(Self {
             state,
             version: p.version,
@@ -148,6 +185,9 @@ impl Lead {
             requested: p.requested.into_iter().collect(),
             merged_into: p.merged_into,
             late_events: p.late_events,
+            emitted,
+            evaluated_ms: p.evaluated_ms,
+            scheduled_ms: None,
         })
     }
 }
@@ -178,6 +218,7 @@ mod tests {
             session_id: None,
             is_bot: false,
             order: false,
+            lost: false,
             purchase_ms: None,
             duration_ms: Some(30_000),
             page_value: None,
@@ -190,6 +231,13 @@ mod tests {
         assert!(!lead.remember(message_hash("m1")));
         lead.absorbed.insert("Labc".into());
         lead.merged_into = Some("Lxyz".into());
+        lead.emitted = Some(Class {
+            grade: Grade::Medium,
+            stage: Stage::Dormant,
+            reactivated: true,
+            churn_risk: false,
+        });
+        lead.evaluated_ms = 1_795_305_600_123;
         let bytes = lead.to_snapshot().encode_to_vec();
         let back = Lead::from_snapshot(LeadSnapshot::decode(bytes.as_slice()).unwrap()).unwrap();
         assert_eq!(back, lead);

@@ -8,7 +8,10 @@
 //! and forwards every later record; a surviving lead asks each lead the
 //! graph says merged into it for its state (`MergeRequest`) once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap},
+};
 
 use prost::Message;
 use serde_json::{Value as Json, json};
@@ -19,7 +22,7 @@ use crate::{
     lead::{Lead, SnapshotError, message_hash},
     proto::{self, Body, LeadSnapshot, MergeRequest, MergeState, Routed},
     rules::ScoringConfig,
-    score::{Model, Scored, score},
+    score::{ChangeReason, Grade, Model, next_change, score},
 };
 
 /// Changelog key holding a partition's stream time.
@@ -76,9 +79,97 @@ pub struct Outcome {
 #[derive(Debug, Default)]
 struct Partition {
     stream_time_ms: i64,
+    /// Event time the schedule has run to; events older are late.
+    watermark_ms: i64,
     leads: HashMap<String, Lead>,
     dirty: BTreeSet<String>,
     stream_time_dirty: bool,
+    /// Leads by the next instant time alone may change their class. An
+    /// entry is live while it matches its lead's `scheduled_ms`; stale ones
+    /// are skipped when they surface, so an update pushes only when its due
+    /// time moved earlier and a sweep touches only leads that are due.
+    schedule: BinaryHeap<Reverse<(i64, String)>>,
+    /// Whether the schedule holds every lead, and whether it was built with
+    /// a model loaded (which adds re-checks): rebuilt when that changes.
+    schedule_built_with_model: Option<bool>,
+}
+
+impl Partition {
+    fn ensure_schedule(&mut self, cfg: &ScoringConfig, model_loaded: bool) {
+        if self.schedule_built_with_model == Some(model_loaded) {
+            return;
+        }
+        self.schedule.clear();
+        for (key, lead) in &mut self.leads {
+            lead.scheduled_ms = None;
+            schedule_lead(&mut self.schedule, key, lead, cfg, model_loaded);
+        }
+        self.schedule_built_with_model = Some(model_loaded);
+    }
+}
+
+/// Puts `lead` in `schedule` at its next possible change, unless a live
+/// entry is already due no later.
+fn schedule_lead(
+    schedule: &mut BinaryHeap<Reverse<(i64, String)>>,
+    key: &str,
+    lead: &mut Lead,
+    cfg: &ScoringConfig,
+    model_loaded: bool,
+) {
+    if lead.merged_into.is_some() {
+        return;
+    }
+    let recheck = model_loaded && lead.emitted.is_some_and(|c| c.grade != Grade::Low);
+    if let Some(due) = next_change(&lead.state, lead.evaluated_ms, cfg, recheck)
+        && lead.scheduled_ms.is_none_or(|s| due < s)
+    {
+        schedule.push(Reverse((due, key.to_owned())));
+        lead.scheduled_ms = Some(due);
+    }
+}
+
+/// Re-scores `lead` at every instant up to `upto` where time alone may
+/// change its class, emitting a record (with the reason) for each change.
+/// Scoring at the boundary, not at whatever time the sweep runs, makes the
+/// records the same on replay. True when anything was emitted.
+fn catch_up(
+    key: &str,
+    lead: &mut Lead,
+    upto: i64,
+    cfg: &ScoringConfig,
+    model: Option<&dyn Model>,
+    outputs: &mut Vec<Output>,
+) -> bool {
+    if lead.merged_into.is_some() || !lead.has_events() {
+        return false;
+    }
+    let mut emitted = false;
+    loop {
+        let recheck = model.is_some() && lead.emitted.is_some_and(|c| c.grade != Grade::Low);
+        let Some(due) = next_change(&lead.state, lead.evaluated_ms, cfg, recheck) else {
+            break;
+        };
+        if due > upto {
+            break;
+        }
+        let scored = score(&lead.state, due, cfg, model);
+        let class = scored.class();
+        match lead.emitted {
+            Some(before) if before != class => {
+                let reason = ChangeReason::for_time(before, class);
+                outputs.push(score_output(key, lead, due, &scored, reason));
+                emitted = true;
+            }
+            Some(_) => lead.evaluated_ms = due,
+            // State from before emissions were tracked: adopt, do not emit.
+            None => {
+                lead.emitted = Some(class);
+                lead.evaluated_ms = due;
+            }
+        }
+    }
+    emitted
 }
 
 pub struct Processor {
@@ -105,11 +196,13 @@ impl Processor {
             let t = proto::StreamTime::decode(value)
                 .map_err(|e| RestoreError::Decode(e.to_string()))?;
             part.stream_time_ms = part.stream_time_ms.max(t.ms);
+            part.watermark_ms = part.watermark_ms.max(t.watermark_ms);
             return Ok(());
         }
         let snap = LeadSnapshot::decode(value).map_err(|e| RestoreError::Decode(e.to_string()))?;
         part.leads
             .insert(key.to_owned(), Lead::from_snapshot(snap)?);
+        part.schedule_built_with_model = None;
         Ok(())
     }
 
@@ -150,6 +243,7 @@ impl Processor {
             if std::mem::take(&mut part.stream_time_dirty) {
                 let t = proto::StreamTime {
                     ms: part.stream_time_ms,
+                    watermark_ms: part.watermark_ms,
                 };
                 records.push((STREAM_TIME_KEY.to_owned(), t.encode_to_vec()));
             }
@@ -177,7 +271,9 @@ impl Processor {
     ) -> Outcome {
         let hl = self.cfg.half_life_ms();
         let dormant = self.cfg.dormant_after_ms();
+        let cfg = &self.cfg;
         let part = self.partitions.entry(partition).or_default();
+        part.ensure_schedule(cfg, model.is_some());
         let mut out = Outcome::default();
         if part
             .leads
@@ -192,12 +288,12 @@ impl Processor {
             // This lead merged away: hand its state over once, forward the rest.
             if let Some(lead) = part.leads.get_mut(key) {
                 if lead.merged_into.is_none() {
+                    catch_up(key, lead, part.watermark_ms, cfg, model, &mut out.outputs);
                     lead.merged_into = Some(root.clone());
-                    let record = score_record(key, lead, part.stream_time_ms, &self.cfg, model);
-                    out.outputs.push(Output::Score {
-                        lead_id: key.to_owned(),
-                        record,
-                    });
+                    let now = event_now(lead, part.stream_time_ms);
+                    let scored = score(&lead.state, now, cfg, model);
+                    out.outputs
+                        .push(score_output(key, lead, now, &scored, ChangeReason::Merged));
                     out.outputs.push(Output::Route(Routed {
                         lead_id: root.clone(),
                         graph_offset,
@@ -241,6 +337,10 @@ impl Processor {
         }
         lead.applied_offset = offset;
         part.dirty.insert(key.to_owned());
+        let input_kind = match &input {
+            Input::Event { .. } => InputKind::Event,
+            _ => InputKind::Merge,
+        };
         let changed = match input {
             Input::Event { event: None, .. } => {
                 out.skipped = Some(Skipped::Unscorable);
@@ -253,11 +353,13 @@ impl Processor {
                 } else if !lead.remember(message_hash(&e.message_id)) {
                     out.skipped = Some(Skipped::Duplicate);
                     false
-                } else if e.ts_ms < part.stream_time_ms - self.grace_ms {
+                } else if e.ts_ms < (part.stream_time_ms - self.grace_ms).max(part.watermark_ms) {
                     lead.late_events += 1;
                     out.skipped = Some(Skipped::Late);
                     false
                 } else {
+                    // What time alone changed before this event, first.
+                    catch_up(key, lead, e.ts_ms, cfg, model, &mut out.outputs);
                     if e.ts_ms > part.stream_time_ms {
                         part.stream_time_ms = e.ts_ms;
                         part.stream_time_dirty = true;
@@ -275,6 +377,7 @@ impl Processor {
                     out.skipped = Some(Skipped::Duplicate);
                     false
                 } else {
+                    catch_up(key, lead, part.watermark_ms, cfg, model, &mut out.outputs);
                     match state.map(Lead::from_snapshot) {
                         Some(Ok(other)) => {
                             let had = other.has_events();
@@ -294,14 +397,89 @@ impl Processor {
             Input::MergeRequest { .. } => false,
         };
         if changed {
-            let record = score_record(key, lead, part.stream_time_ms, &self.cfg, model);
-            out.outputs.push(Output::Score {
-                lead_id: key.to_owned(),
-                record,
-            });
+            let now = event_now(lead, part.stream_time_ms);
+            let scored = score(&lead.state, now, cfg, model);
+            let reason = if matches!(input_kind, InputKind::Event) {
+                ChangeReason::Event
+            } else {
+                ChangeReason::Merged
+            };
+            out.outputs
+                .push(score_output(key, lead, now, &scored, reason));
         }
+        schedule_lead(&mut part.schedule, key, lead, cfg, model.is_some());
         out
     }
+
+    /// Runs `partition`'s schedule to its watermark: stream time minus
+    /// grace, or, when the shell says the partition is idle, the wall clock
+    /// (`idle_now_ms`, from its injectable clock) minus grace. Emits a score
+    /// for each lead whose class time alone changed; touches only due leads.
+    pub fn advance(
+        &mut self,
+        partition: i32,
+        idle_now_ms: Option<i64>,
+        model: Option<&dyn Model>,
+    ) -> Vec<Output> {
+        let cfg = &self.cfg;
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        part.ensure_schedule(cfg, model.is_some());
+        let mut w = part.stream_time_ms - self.grace_ms;
+        if let Some(now) = idle_now_ms {
+            w = w.max(now - self.grace_ms);
+        }
+        if w > part.watermark_ms {
+            part.watermark_ms = w;
+            part.stream_time_dirty = true;
+        }
+        let mut outputs = Vec::new();
+        while let Some(Reverse((due, _))) = part.schedule.peek()
+            && *due <= part.watermark_ms
+        {
+            let Some(Reverse((due, key))) = part.schedule.pop() else {
+                break;
+            };
+            let Some(lead) = part.leads.get_mut(&key) else {
+                continue;
+            };
+            if lead.scheduled_ms != Some(due) {
+                continue;
+            }
+            lead.scheduled_ms = None;
+            if catch_up(&key, lead, part.watermark_ms, cfg, model, &mut outputs) {
+                part.dirty.insert(key.clone());
+            }
+            schedule_lead(&mut part.schedule, &key, lead, cfg, model.is_some());
+        }
+        // Stale entries pile up only when due times keep moving earlier;
+        // rebuild once they outnumber the leads.
+        if part.schedule.len() > 2 * part.leads.len() + 1024 {
+            part.schedule_built_with_model = None;
+            part.ensure_schedule(cfg, model.is_some());
+        }
+        outputs
+    }
+
+    /// Leads due in `partition`'s schedule (live or stale entries), for metrics.
+    pub fn scheduled(&self) -> usize {
+        self.partitions.values().map(|p| p.schedule.len()).sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum InputKind {
+    Event,
+    Merge,
+}
+
+/// The instant an event-driven score refers to: the partition's stream
+/// time, never before the lead's newest event or its last emitted score.
+fn event_now(lead: &Lead, stream_time_ms: i64) -> i64 {
+    stream_time_ms
+        .max(lead.state.last_event_ms)
+        .max(lead.evaluated_ms)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -312,20 +490,19 @@ pub enum RestoreError {
     Snapshot(#[from] SnapshotError),
 }
 
-/// The `lead_score` record for `lead` as of its partition's stream time;
-/// bumps the lead's version.
-fn score_record(
+/// The `lead_score` output for `lead` scored at `now`; bumps the lead's
+/// version and records what was emitted.
+fn score_output(
     lead_id: &str,
     lead: &mut Lead,
-    stream_time_ms: i64,
-    cfg: &ScoringConfig,
-    model: Option<&dyn Model>,
-) -> Json {
+    now: i64,
+    scored: &crate::score::Scored,
+    reason: ChangeReason,
+) -> Output {
     let s = &lead.state;
-    let now = stream_time_ms.max(s.last_event_ms);
-    let scored: Scored = score(s, now, cfg, model);
     lead.version += 1;
-    json!({
+    let previous_stage = lead.emitted.map(|c| c.stage.as_str());
+    let record = json!({
         "lead_id": lead_id,
         "score": round2(scored.score),
         "rule_score": round2(scored.rule_score),
@@ -343,7 +520,17 @@ fn score_record(
         "merged_into": lead.merged_into.as_deref(),
         "version": lead.version as i64,
         "updated_at": now,
-    })
+        "change_reason": reason.as_str(),
+        "previous_stage": previous_stage,
+        "churn_risk": scored.churn_risk,
+        "last_intent_at": s.last_high_intent_ms,
+    });
+    lead.emitted = Some(scored.class());
+    lead.evaluated_ms = now;
+    Output::Score {
+        lead_id: lead_id.to_owned(),
+        record,
+    }
 }
 
 fn round2(x: f64) -> f64 {
@@ -598,12 +785,158 @@ mod tests {
         for (k, v) in &log[&0] {
             q.restore(0, k, v).unwrap();
         }
-        assert_eq!(q.lead(0, &lead), p.lead(0, &lead));
+        assert_eq!(
+            q.lead(0, &lead).map(Lead::to_snapshot),
+            p.lead(0, &lead).map(Lead::to_snapshot)
+        );
         assert!(p.take_changelog().is_empty(), "nothing changed since");
         assert_eq!(
             q.handle(0, 2, &lead, input("5", 600), &mut g, 0, None)
                 .skipped,
             Some(Skipped::Replayed)
         );
+    }
+
+    /// One step of a partition's life: an input record, or the shell's
+    /// idle tick with the (injected) wall clock at `day`.
+    enum Step {
+        Event(Json),
+        Tick(i64),
+    }
+
+    const DAY_MIN: i64 = 24 * 60;
+
+    fn lifecycle_steps() -> Vec<Step> {
+        let day = |d: i64| d * DAY_MIN;
+        vec![
+            Step::Event(ev("a1", "a", json!({}), "page_viewed", "configurator", day(0))),
+            Step::Event(ev("b1", "b", json!({}), "order_placed", "", day(0))),
+            Step::Tick(1),
+            Step::Tick(100),
+            Step::Event(ev("a2", "a", json!({}), "page_viewed", "configurator", day(150))),
+            Step::Tick(150),
+            Step::Tick(170),
+            Step::Tick(500),
+            Step::Tick(800),
+        ]
+    }
+
+    /// Runs `steps` on one partition as the shell does: each step is a
+    /// batch whose outputs are produced, then its changelog written. With
+    /// `crash_at = Some(k)`, step k's outputs are produced but the process
+    /// dies before its changelog is written; a new processor restores the
+    /// changelog and goes on from step k. Returns every produced score.
+    fn run_steps(steps: &[Step], crash_at: Option<usize>) -> Vec<Json> {
+        let cfg = ScoringConfig::parse(DEFAULT_TOML).unwrap();
+        let new = || Processor::new(cfg.clone(), 3_600_000, false);
+        let mut p = new();
+        let mut g = IdentityGraph::default();
+        let mut changelog: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut produced = Vec::new();
+        let mut k = 0;
+        let mut crashed = false;
+        while k < steps.len() {
+            let mut outputs = Vec::new();
+            match &steps[k] {
+                Step::Event(e) => {
+                    let lead = g.resolve(&identifiers(e));
+                    let input = Input::Event {
+                        event: from_plan(e),
+                        framed: vec![],
+                    };
+                    outputs.extend(p.handle(0, k as i64, &lead, input, &mut g, 0, None).outputs);
+                }
+                Step::Tick(d) => {
+                    p.assign(0);
+                    outputs.extend(p.advance(0, Some(T0 + d * 86_400_000), None));
+                }
+            }
+            for o in outputs {
+                if let Output::Score { record, .. } = o {
+                    produced.push(record);
+                }
+            }
+            if crash_at == Some(k) && !crashed {
+                crashed = true;
+                p = new();
+                for (key, v) in &changelog {
+                    p.restore(0, key, v).unwrap();
+                }
+                continue; // step k is read again
+            }
+            for (key, v) in p.take_changelog().remove(&0).unwrap_or_default() {
+                changelog.insert(key, v);
+            }
+            k += 1;
+        }
+        produced
+    }
+
+    #[test]
+    fn time_moves_leads_through_their_lifecycle_once_even_across_a_crash() {
+        let steps = lifecycle_steps();
+        let clean = run_steps(&steps, None);
+        let a = crate::identity::lead_id_of("a:a");
+        let b = crate::identity::lead_id_of("a:b");
+        let story = |lead: &str, records: &[Json]| -> Vec<(String, String, bool, bool)> {
+            records
+                .iter()
+                .filter(|r| r["lead_id"] == lead && r["change_reason"] != "decayed")
+                .map(|r| {
+                    (
+                        r["change_reason"].as_str().unwrap().to_owned(),
+                        r["stage"].as_str().unwrap().to_owned(),
+                        r["reactivated"].as_bool().unwrap(),
+                        r["churn_risk"].as_bool().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        let s = |r: &str, st: &str, re: bool, ch: bool| (r.to_owned(), st.to_owned(), re, ch);
+        assert_eq!(
+            story(&a, &clean),
+            [
+                s("event", "new", false, false),
+                s("went_dormant", "dormant", false, false),
+                s("event", "new", true, false),
+                s("reactivation_expired", "new", false, false),
+                s("went_dormant", "dormant", false, false),
+                s("went_nurture", "nurture", false, false),
+            ],
+            "{clean:#?}"
+        );
+        assert_eq!(
+            story(&b, &clean),
+            [
+                s("event", "customer", false, false),
+                s("churn_risk", "customer", false, true),
+                s("became_retained", "retained", false, true),
+            ]
+        );
+        // The dormant transition is stamped at the boundary, not at the tick.
+        let dormant = clean
+            .iter()
+            .find(|r| r["lead_id"] == a && r["change_reason"] == "went_dormant")
+            .unwrap();
+        assert_eq!(dormant["updated_at"], T0 + 90 * 86_400_000);
+        assert_eq!(dormant["previous_stage"], "new");
+        assert_eq!(dormant["grade"], "low", "a silent lead is not high");
+
+        // A crash after any step: re-emitted records repeat a version with
+        // the same content, and the versions emitted are exactly the clean run's.
+        let by_version = |records: &[Json]| {
+            let mut m: BTreeMap<(String, i64), Json> = BTreeMap::new();
+            for r in records {
+                let key = (r["lead_id"].as_str().unwrap().to_owned(), r["version"].as_i64().unwrap());
+                if let Some(prev) = m.insert(key.clone(), r.clone()) {
+                    assert_eq!(prev, *r, "version {key:?} emitted with different content");
+                }
+            }
+            m
+        };
+        let want = by_version(&clean);
+        for k in 0..steps.len() {
+            assert_eq!(by_version(&run_steps(&steps, Some(k))), want, "crash at step {k}");
+        }
     }
 }

@@ -103,10 +103,30 @@ pub struct LeadSnapshot {
     pub late_events: u64,
     #[prost(uint32, optional, tag = "28")]
     pub first_platform: Option<u32>,
+    #[prost(int64, optional, tag = "29")]
+    pub last_lost_ms: Option<i64>,
+    #[prost(message, optional, tag = "30")]
+    pub emitted: Option<EmittedClass>,
+    #[prost(int64, tag = "31")]
+    pub evaluated_ms: i64,
+}
+
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct EmittedClass {
+    #[prost(uint32, tag = "1")]
+    pub grade: u32,
+    #[prost(uint32, tag = "2")]
+    pub stage: u32,
+    #[prost(bool, tag = "3")]
+    pub reactivated: bool,
+    #[prost(bool, tag = "4")]
+    pub churn_risk: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StreamTime {
     #[prost(int64, tag = "1")]
     pub ms: i64,
+    #[prost(int64, tag = "2")]
+    pub watermark_ms: i64,
 }

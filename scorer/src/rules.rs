@@ -16,14 +16,16 @@ pub struct ScoringConfig {
     pub dormant_after_days: f64,
     /// Rule points at which the rule score reaches 63 (1 − 1/e of 100).
     pub scale: f64,
-    /// Points per unit of (decayed) intent, by reason code; `prior_purchase` is flat.
+    /// Points per unit of (decayed) intent, by reason code.
     pub weights: BTreeMap<String, f64>,
     pub grades: Grades,
     pub stages: Stages,
     /// How long a reactivated lead keeps the flag.
     pub reactivated_flag_days: f64,
-    /// Share of the model in the blended score (0 = rules only).
+    /// Share of the model in the blended score when one is loaded (0 = rules only).
     pub model_weight: f64,
+    /// With a model, how often a lead above low is re-checked for a grade change.
+    pub model_recheck_hours: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -36,8 +38,13 @@ pub struct Grades {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Stages {
+    /// How long a lead with interest only (no intent) stays new.
     pub new_days: f64,
+    /// No intent for this long: nurture.
+    pub nurture_after_days: f64,
     pub retained_after_days: f64,
+    /// An owner silent this long is flagged as a churn risk.
+    pub churn_after_days: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,20 +73,35 @@ impl ScoringConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let known: Vec<&str> = Signal::ALL
-            .iter()
-            .map(|s| s.code())
-            .chain(["prior_purchase"])
-            .collect();
+        let known: Vec<&str> = Signal::ALL.iter().map(|s| s.code()).collect();
+        if self.weights.contains_key("prior_purchase") {
+            return Err(ConfigError::Invalid(
+                "weights.prior_purchase is no longer a rule: a purchase is a stage (customer, retained), and owners are scored for upgrade by their own behaviour; remove the line".into(),
+            ));
+        }
         if let Some(k) = self.weights.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(ConfigError::Invalid(format!(
                 "weights.{k} is not a reason code; known: {}",
                 known.join(", ")
             )));
         }
-        if self.half_life_days <= 0.0 || self.scale <= 0.0 {
+        for (name, v) in [
+            ("half_life_days", self.half_life_days),
+            ("scale", self.scale),
+            ("dormant_after_days", self.dormant_after_days),
+            ("model_recheck_hours", self.model_recheck_hours),
+            ("stages.new_days", self.stages.new_days),
+            ("stages.nurture_after_days", self.stages.nurture_after_days),
+            ("stages.retained_after_days", self.stages.retained_after_days),
+            ("stages.churn_after_days", self.stages.churn_after_days),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(ConfigError::Invalid(format!("{name} must be positive")));
+            }
+        }
+        if self.stages.nurture_after_days < self.dormant_after_days {
             return Err(ConfigError::Invalid(
-                "half_life_days and scale must be positive".into(),
+                "stages.nurture_after_days must not be less than dormant_after_days".into(),
             ));
         }
         if !(0.0..=1.0).contains(&self.model_weight) {
@@ -100,7 +122,11 @@ impl ScoringConfig {
     }
 
     pub fn dormant_after_ms(&self) -> i64 {
-        (self.dormant_after_days * DAY_MS as f64) as i64
+        days_ms(self.dormant_after_days)
+    }
+
+    pub fn model_recheck_ms(&self) -> i64 {
+        (self.model_recheck_hours * crate::HOUR_MS as f64) as i64
     }
 
     fn weight(&self, code: &str) -> f64 {
@@ -118,15 +144,6 @@ impl ScoringConfig {
                     self.weight(s.code()) * f64::from(intent[s.index()]),
                 )
             })
-            .chain(
-                // An owner past the retention horizon is due for a new car.
-                state
-                    .last_purchase_ms
-                    .filter(|p| {
-                        now_ms - p >= (self.stages.retained_after_days * DAY_MS as f64) as i64
-                    })
-                    .map(|_| ("prior_purchase", self.weight("prior_purchase"))),
-            )
             .filter(|(_, p)| *p > 0.0)
             .collect();
         // Ties broken by code so replays give identical reasons.
@@ -138,6 +155,21 @@ impl ScoringConfig {
     pub fn rule_score(&self, points: f64) -> f64 {
         100.0 * (1.0 - (-points / self.scale).exp())
     }
+
+    /// Rule points at which the rule score reaches `score` (the inverse of
+    /// [`Self::rule_score`]); infinite at 100 and above.
+    pub fn points_for(&self, score: f64) -> f64 {
+        if score >= 100.0 {
+            f64::INFINITY
+        } else {
+            -self.scale * (1.0 - score / 100.0).ln()
+        }
+    }
+}
+
+/// Days as milliseconds.
+pub fn days_ms(days: f64) -> i64 {
+    (days * DAY_MS as f64) as i64
 }
 
 #[cfg(test)]
@@ -149,7 +181,7 @@ mod tests {
         let c = ScoringConfig::parse(DEFAULT_TOML).unwrap();
         assert_eq!(c.weight("configurator"), 10.0);
         assert_eq!(c.weight("test_drive_booked"), 50.0);
-        assert_eq!(c.weight("prior_purchase"), 100.0);
+        assert_eq!(c.weight("prior_purchase"), 0.0, "a purchase is a stage, not points");
         assert!(c.weight("test_drive_booked") > c.weight("lead_form_submitted"));
     }
 
@@ -158,12 +190,22 @@ mod tests {
         let bad = DEFAULT_TOML.replace("configurator = 10", "configurater = 10");
         let err = ScoringConfig::parse(&bad).unwrap_err().to_string();
         assert!(err.contains("weights.configurater"), "{err}");
-        let bad = DEFAULT_TOML.replace("model_weight = 0.0", "model_weight = 2.0");
+        let bad = DEFAULT_TOML.replace("model_weight = 0.5", "model_weight = 2.0");
         assert!(
             ScoringConfig::parse(&bad)
                 .unwrap_err()
                 .to_string()
                 .contains("model_weight")
         );
+        let bad = DEFAULT_TOML.replace("page_views = 1.0", "page_views = 1.0\nprior_purchase = 100.0");
+        let err = ScoringConfig::parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("prior_purchase is no longer a rule"), "{err}");
+        let bad = DEFAULT_TOML.replace("nurture_after_days = 365.0", "nurture_after_days = 30.0");
+        let err = ScoringConfig::parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("nurture_after_days"), "{err}");
+        let r = ScoringConfig::parse(DEFAULT_TOML).unwrap();
+        for s in [10.0, 40.0, 70.0] {
+            assert!((r.rule_score(r.points_for(s)) - s).abs() < 1e-9);
+        }
     }
 }
