@@ -1,17 +1,26 @@
-//! Per-event cost of the scorer's pure stages and the state size per lead.
+//! Per-event cost of the scorer's pure stages, what the processor keeps per
+//! lead (measured by allocation), and how fast time alone re-scores leads.
 //!   cargo bench --bench scorer
 
-use std::hint::black_box;
+use std::{alloc::System, hint::black_box, time::Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use leadstream_scorer::{
     DAY_MS,
     event::{LeadEvent, Platform, Signal},
     features::LeadState,
+    identity::IdentityGraph,
+    processor::{Input, Output, Processor},
     rules::{DEFAULT_TOML, ScoringConfig},
     score::{Model, score},
     train::{LogisticModel, Thresholds},
 };
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+// Counts every allocation, so per-lead memory is what the processor really
+// holds (maps, the schedule, dedupe ids), not a size_of estimate.
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const T0: i64 = 1_795_305_600_000;
 
@@ -39,7 +48,85 @@ fn event(i: i64) -> LeadEvent {
     }
 }
 
+/// A typical lead's events: 40 over a month from the first (`lead` varies
+/// the signals), as the processor gets them.
+fn typical_events(lead: u64) -> Vec<LeadEvent> {
+    (0..40)
+        .map(|i| {
+            let mut e = event(i + lead as i64);
+            e.ts_ms = T0 + (lead as i64 % 1000) * 60_000 + i * (30 * DAY_MS / 40);
+            e.message_id = format!("m-{lead}-{i}");
+            e
+        })
+        .collect()
+}
+
+/// Feeds `leads` typical leads through one partition's processor; returns
+/// it, the net bytes allocated, and the nanoseconds per event.
+fn processor_with(leads: u64) -> (Processor, usize, f64) {
+    let cfg = ScoringConfig::parse(DEFAULT_TOML).unwrap();
+    let mut graph = IdentityGraph::default();
+    let inputs: Vec<(String, Vec<LeadEvent>)> = (0..leads)
+        .map(|l| (format!("L{:016x}", l * 0x9e37_79b9), typical_events(l)))
+        .collect();
+    // Interleave leads as a partition would see them: event i of every lead, then i + 1.
+    let region = Region::new(GLOBAL);
+    let mut p = Processor::new(cfg, 6 * 3_600_000, false);
+    p.assign(0);
+    let started = Instant::now();
+    let mut offset = 0;
+    for i in 0..40 {
+        for (key, events) in &inputs {
+            let input = Input::Event {
+                framed: Vec::new(),
+                event: Some(events[i].clone()),
+            };
+            black_box(p.handle(0, offset, key, input, &mut graph, 0, None));
+            offset += 1;
+        }
+    }
+    let ns = started.elapsed().as_nanos() as f64 / offset as f64;
+    // The changelog is taken every batch; leaving it would count its records.
+    drop(p.take_changelog());
+    let stats = region.change();
+    let net =
+        stats.bytes_allocated + stats.bytes_reallocated.max(0) as usize - stats.bytes_deallocated;
+    (p, net, ns)
+}
+
+/// Runs the idle clock a day at a time over `days`: the re-scores time
+/// alone makes, and their rate.
+fn time_driven(p: &mut Processor, days: i64) -> (usize, f64) {
+    let started = Instant::now();
+    let mut emitted = 0;
+    for d in 31..31 + days {
+        emitted += p
+            .advance(0, Some(T0 + d * DAY_MS), None)
+            .iter()
+            .filter(|o| matches!(o, Output::Score { .. }))
+            .count();
+    }
+    (emitted, emitted as f64 / started.elapsed().as_secs_f64())
+}
+
 fn bench(c: &mut Criterion) {
+    // What the processor holds per typical lead, by allocation: the lead
+    // (state, dedupe ids, bookkeeping), its map entry and schedule entry.
+    const LEADS: u64 = 100_000;
+    let (mut p, bytes, ns_per_event) = processor_with(LEADS);
+    let per_lead = bytes as f64 / LEADS as f64;
+    let schedule = p.scheduled();
+    let (rescored, per_s) = time_driven(&mut p, 400);
+    println!(
+        "processor: {LEADS} typical leads (40 events each) hold {per_lead:.0} bytes per lead by allocation \
+         ({schedule} schedule entries); {ns_per_event:.0} ns per event through Processor::handle"
+    );
+    println!(
+        "time-driven re-scores: {rescored} over 400 idle days ({:.1} per lead), {per_s:.0} per second",
+        rescored as f64 / LEADS as f64
+    );
+    drop(p);
+
     let cfg = ScoringConfig::parse(DEFAULT_TOML).unwrap();
     let (hl, dormant) = (cfg.half_life_ms(), cfg.dormant_after_ms());
     let events: Vec<LeadEvent> = (0..4096).map(event).collect();
@@ -122,6 +209,20 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The summary line scripts read; update + score timed by hand here so
+    // the line does not depend on criterion's output format.
+    let mut state = LeadState::new(T0);
+    let started = Instant::now();
+    for e in events.iter().cycle().take(2_000_000) {
+        state.apply(e, hl, dormant);
+        black_box(score(&state, e.ts_ms, &cfg, None));
+    }
+    let update_score_ns = started.elapsed().as_nanos() as f64 / 2_000_000.0;
+    println!(
+        "scorer update_score_ns={update_score_ns:.0} events_per_s_per_core={:.0} processor_event_ns={ns_per_event:.0} bytes_per_lead={per_lead:.0} time_rescores_per_s={per_s:.0}",
+        1e9 / update_score_ns
+    );
 }
 
 criterion_group!(benches, bench);

@@ -24,7 +24,8 @@ use rdkafka::{
 use serde_json::Value as Json;
 use tokio::sync::watch;
 
-use crate::simulate::{self, Progress, SimulateArgs};
+use crate::simulate::{self, Progress};
+use leadstream_scorer::clock::{Clock, ScaledClock};
 
 #[derive(Debug, Args)]
 pub struct QuickstartArgs {
@@ -57,12 +58,17 @@ pub struct QuickstartArgs {
     /// HTTP port of the local ClickHouse the quickstart starts.
     #[arg(long, default_value_t = 18130)]
     clickhouse_port: u16,
-    /// People the simulator plays.
-    #[arg(long, default_value_t = 300)]
-    leads: usize,
-    /// Events per second the simulator posts.
+    /// Stop bringing in new people after this many (default: never).
+    #[arg(long)]
+    leads: Option<usize>,
+    /// Events per second the simulator posts, steadily, until stopped.
     #[arg(long, default_value_t = 300.0)]
     rate: f64,
+    /// Simulated days per real second: at 1, a lead that goes quiet turns
+    /// dormant 90 seconds later, so stages visibly change during a run.
+    /// Simulated time starts three years back and never passes real time.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Stop by itself after this many seconds (headless runs, CI).
@@ -168,8 +174,8 @@ async fn start_clickhouse(
 /// The dev sources (write keys) the simulator posts with.
 const DEV_SOURCES: &str = include_str!("../deploy/config/sources.toml");
 
-/// Days of simulated history the quickstart replays.
-const SIM_DAYS: i64 = 400;
+/// How far back simulated time starts.
+const SIM_START_DAYS: i64 = 3 * 365;
 
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.dir)
@@ -294,11 +300,23 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     scorer.listen = args.scorer_listen;
     scorer.replication_factor = replication;
     scorer.session_timeout_ms = 6_000;
-    // The simulator replays SIM_DAYS of history in seconds, so a few
-    // milliseconds of reordering between partitions spans days of event
-    // time; the live default grace (hours) would drop those events as late.
-    scorer.grace_minutes = SIM_DAYS as u64 * 24 * 60;
-    let scorer_task = tokio::spawn(leadstream_scorer::runtime::run(scorer, stopped(&stop_rx)));
+    anyhow::ensure!(
+        args.speed > 0.0 && args.speed.is_finite(),
+        "--speed must be a positive number of simulated days per second"
+    );
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(
+        now_ms - SIM_START_DAYS * 86_400_000,
+        args.speed * 86_400.0,
+    ));
+    // Time runs `speed` days a second, so a second of reordering between
+    // partitions spans that much event time: a week of it is the grace.
+    scorer.grace_minutes = ((args.speed * 7.0 * 1440.0) as u64).max(60);
+    let scorer_task = tokio::spawn(leadstream_scorer::runtime::run_with_clock(
+        scorer,
+        Arc::clone(&clock),
+        stopped(&stop_rx),
+    ));
     let mut sink = leadstream_sink::SinkConfig::defaults(&kafka);
     sink.registry = Some(registry.clone());
     sink.clickhouse.url = clickhouse.clone();
@@ -308,19 +326,23 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     sink.session_timeout_ms = 6_000;
     let sink_task = tokio::spawn(leadstream_sink::run(sink, stopped(&stop_rx)));
 
-    // The simulator feeds the real HTTP API.
-    let sim = SimulateArgs {
-        url: format!("http://{}", args.ingest_listen),
-        leads: args.leads,
+    // The simulator feeds the real HTTP API, in simulated time.
+    let live = Arc::new(simulate::Live {
         seed: args.seed,
         rate: args.rate,
-        days: SIM_DAYS,
-        truth: args.dir.join("truth.jsonl"),
-    };
+        cap: args.leads,
+        truth: Arc::default(),
+    });
+    let truth_path = args.dir.join("truth.jsonl");
     let (progress_tx, progress_rx) = watch::channel(Progress::default());
     let sim_task = tokio::spawn({
-        let sim = sim.clone();
-        async move { simulate::run_journeys(&sim, progress_tx).await }
+        let (live, clock, url, stop) = (
+            Arc::clone(&live),
+            Arc::clone(&clock),
+            format!("http://{}", args.ingest_listen),
+            stop_rx.clone(),
+        );
+        async move { live.run(&url, clock, progress_tx, stop).await }
     });
 
     println!(
@@ -349,13 +371,14 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     println!("  Ctrl-C stops everything cleanly.\n");
 
     let table_task = tokio::spawn({
-        let (kafka, registry, truth, stop) = (
+        let (kafka, registry, truth, progress, stop) = (
             kafka.clone(),
             registry.clone(),
-            sim.truth.clone(),
+            Arc::clone(&live.truth),
+            progress_rx.clone(),
             stop_rx.clone(),
         );
-        async move { live_table(&kafka, &registry, &truth, progress_rx, stop).await }
+        async move { live_table(&kafka, &registry, truth, progress, stop).await }
     });
     match args.duration_secs {
         Some(s) => tokio::select! {
@@ -366,7 +389,11 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     }
     println!("\nstopping: flushing ingest, committing scorer and sink…");
     let _ = stop_tx.send(true);
-    sim_task.abort();
+    match sim_task.await {
+        Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "the simulator stopped early"),
+        Err(e) => tracing::warn!(error = %e, "the simulator task failed"),
+        Ok(Ok(())) => {}
+    }
     ingest_task.await.context("ingest task")??;
     scorer_task.await.context("scorer task")??;
     sink_task.await.context("sink task")??;
@@ -374,9 +401,15 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     for t in tasks {
         let _ = t.await;
     }
-    if let Ok(truth) = simulate::read_truth(&sim.truth) {
-        println!("{}", simulate::check(&truth, &latest));
-    }
+    let truth = live.truth.lock().expect("truth lock").clone();
+    simulate::write_truth(&truth_path, &truth)?;
+    let at = progress_rx.borrow().sim_ms;
+    println!("{}", simulate::check(&truth, &latest, at, false));
+    println!(
+        "truth of {} simulated people in {}",
+        truth.len(),
+        truth_path.display()
+    );
     println!("scores seen: {} leads", latest.len());
     drop(local_ch);
     if let Some(b) = broker_task {
@@ -390,7 +423,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
 async fn live_table(
     kafka: &str,
     registry: &str,
-    truth_path: &Path,
+    truth: Arc<std::sync::Mutex<Vec<simulate::Truth>>>,
     progress: watch::Receiver<Progress>,
     stop: watch::Receiver<bool>,
 ) -> HashMap<String, Json> {
@@ -417,7 +450,9 @@ async fn live_table(
     if consumer.subscribe(&["leadstream.lead_scores"]).is_err() {
         return latest;
     }
+    // Lead id → persona, filled as people arrive.
     let mut personas: HashMap<String, String> = HashMap::new();
+    let mut people_seen = 0;
     let started = tokio::time::Instant::now();
     let mut next_print = started + Duration::from_secs(3);
     let mut scores_seen = 0u64;
@@ -441,25 +476,36 @@ async fn live_table(
             continue;
         }
         next_print = tokio::time::Instant::now() + Duration::from_secs(3);
-        if personas.is_empty()
-            && let Ok(t) = simulate::read_truth(&truth_path.to_path_buf())
         {
-            personas = t
-                .into_iter()
-                .map(|(p, _, lead)| (lead, p.as_str().to_owned()))
-                .collect();
+            let t = truth.lock().expect("truth lock");
+            for person in t.iter().skip(people_seen) {
+                for lead in &person.lead_ids {
+                    personas.insert(lead.clone(), person.persona.as_str().to_owned());
+                }
+            }
+            people_seen = t.len();
         }
         let p = progress.borrow().clone();
         let secs = started.elapsed().as_secs_f64().max(1.0);
+        let sim_day = chrono::DateTime::from_timestamp_millis(p.sim_ms)
+            .map_or_else(String::new, |d| d.format("%Y-%m-%d").to_string());
+        let mut stages: std::collections::BTreeMap<&str, usize> = Default::default();
+        for s in latest.values() {
+            *stages
+                .entry(s["stage"].as_str().unwrap_or("?"))
+                .or_default() += 1;
+        }
+        let stages: Vec<String> = stages.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!(
-            "── {:>5.0}s  events posted {} ({} rejected, {:.0}/s)  scores {} ({:.0}/s)  leads {}",
+            "── {:>5.0}s  simulated {sim_day}  events posted {} ({} rejected, {:.0}/s)  scores {} ({:.0}/s)  leads {} ({})",
             secs,
             p.posted,
             p.rejected,
             p.posted as f64 / secs,
             scores_seen,
             scores_seen as f64 / secs,
-            latest.len()
+            latest.len(),
+            stages.join(", ")
         );
         let mut top: Vec<&Json> = latest.values().collect();
         top.sort_by(|a, b| {

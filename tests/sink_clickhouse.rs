@@ -53,12 +53,19 @@ fn event(i: usize) -> serde_json::Value {
            "properties": {"page_type": page_type, "model_id": "x5"}})
 }
 
+/// Version `version` of a lead's score. Leads with versions 7-9 went
+/// silent: their last record is a time-driven `went_dormant`, graded low.
 fn score(lead: usize, version: i64) -> serde_json::Value {
-    json!({"lead_id": format!("L{lead:04}"), "score": 10.0 * version as f64, "rule_score": 10.0 * version as f64, "probability": 0.1,
-           "grade": if version > 5 { "high" } else { "low" }, "stage": "new",
+    let dormant = version == 9;
+    let score = if dormant { 5.0 } else { 10.0 * version as f64 };
+    json!({"lead_id": format!("L{lead:04}"), "score": score, "rule_score": score, "probability": 0.1,
+           "grade": if version > 5 && !dormant { "high" } else { "low" }, "stage": if dormant { "dormant" } else { "new" },
            "reasons": [{"code": "configurator", "points": 10.0}], "reactivated": lead.is_multiple_of(5), "event_count": version,
            "platforms": ["mini_program", "web"], "first_platform": "mini_program", "first_channel": "autohome", "first_seen_at": T0, "last_event_at": T0 + version * 1000,
-           "merged_into": null, "version": version, "updated_at": T0 + version * 1000})
+           "merged_into": null, "version": version, "updated_at": T0 + version * 1000,
+           "change_reason": if dormant { "went_dormant" } else { "event" },
+           "previous_stage": if version % 3 == 1 { None } else { Some("new") },
+           "churn_risk": false, "last_intent_at": T0 + version.min(8) * 1000})
 }
 
 /// Records for events [from, to): the events, `to - from` / 60 DLQ
@@ -343,18 +350,47 @@ async fn assert_everything_once(db: &clickhouse::Client, events: u64, violations
     assert!(count(db, "SELECT sum(configured) FROM funnel_daily").await > 0);
     assert!(count(db, "SELECT sum(violations) FROM tracking_plan_health").await == violations);
     // Each lead once per day, in the grade it ended the day with: a third
-    // of the leads went low -> high within the day, a third were high all day.
+    // of the leads went low -> high within the day, a third were high and
+    // then went dormant (low) as time passed.
     assert_eq!(
         count(db, "SELECT toUInt64(sum(leads)) FROM grade_mix_daily").await,
         leads
     );
+    let went_silent = (0..leads as usize).filter(|l| l % 3 == 2).count() as u64;
     assert_eq!(
         count(
             db,
             "SELECT toUInt64(sum(leads)) FROM grade_mix_daily WHERE grade = 'high'"
         )
         .await,
-        2 * leads / 3
+        (0..leads as usize).filter(|l| l % 3 == 1).count() as u64
+    );
+    // Stage flows: the silent leads moved new -> dormant, by time alone.
+    assert_eq!(
+        count(
+            db,
+            "SELECT toUInt64(sum(leads)) FROM stage_flow_daily WHERE from_stage = 'new' AND to_stage = 'dormant' AND change_reason = 'went_dormant'"
+        )
+        .await,
+        went_silent
+    );
+    assert_eq!(
+        count(db, "SELECT toUInt64(sum(leads)) FROM stage_flow_daily").await,
+        went_silent,
+        "no other stage changed"
+    );
+    assert_eq!(
+        count(db, "SELECT count() FROM dormant_pool").await,
+        went_silent
+    );
+    assert_eq!(
+        count(
+            db,
+            "SELECT count() FROM current_leads WHERE grade = 'high' AND stage = 'dormant'"
+        )
+        .await,
+        0,
+        "a silent lead is not high"
     );
     assert_eq!(
         count(
@@ -385,17 +421,22 @@ async fn assert_everything_once(db: &clickhouse::Client, events: u64, violations
             .await
             .unwrap_or_else(|e| panic!("{label} failed: {e}\n{sql}"));
     }
+    // What sales should do now: by score, whatever the flags say.
     let top: String = db
         .query("SELECT lead_id FROM call_list LIMIT 1")
         .fetch_one()
         .await
         .unwrap();
-    let flagged = count(
-        db,
-        &format!("SELECT toUInt64(reactivated) FROM current_leads WHERE lead_id = '{top}'"),
-    )
-    .await;
-    assert_eq!(flagged, 1, "reactivated leads come first on the call list");
+    let best = count(db, "SELECT toUInt64(max(score)) FROM current_leads").await;
+    assert_eq!(
+        count(
+            db,
+            &format!("SELECT toUInt64(score) FROM current_leads WHERE lead_id = '{top}'")
+        )
+        .await,
+        best,
+        "the call list leads with the highest score"
+    );
 }
 
 async fn migrate(clickhouse: &str, database: &str) {

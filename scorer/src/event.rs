@@ -156,11 +156,13 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
         "test_drive_booked" => signals.push(Signal::TestDrive),
         "lead_form_submitted" => signals.push(Signal::LeadForm),
         // A service visit keeps an owner engaged; it is not a showroom visit.
-        "store_visited" => signals.push(if s(&props, &["visit_type"]).as_deref() == Some("service") {
-            Signal::Engagement
-        } else {
-            Signal::StoreVisit
-        }),
+        "store_visited" => signals.push(
+            if s(&props, &["visit_type"]).as_deref() == Some("service") {
+                Signal::Engagement
+            } else {
+                Signal::StoreVisit
+            },
+        ),
         "content_engaged" | "coupon_claimed" => signals.push(Signal::Engagement),
         "call_completed" => {
             if matches!(
@@ -220,7 +222,10 @@ mod tests {
         let lost = json!({"event": "call_completed", "timestamp": 5, "properties": {"outcome": "already_bought"}});
         assert!(from_plan(&lost).unwrap().lost);
         let service = json!({"event": "store_visited", "timestamp": 5, "properties": {"visit_type": "service"}});
-        assert_eq!(from_plan(&service).unwrap().signals, vec![Signal::Engagement]);
+        assert_eq!(
+            from_plan(&service).unwrap().signals,
+            vec![Signal::Engagement]
+        );
         assert!(
             from_plan(&json!({"event": "order_placed", "timestamp": 1}))
                 .unwrap()

@@ -4,6 +4,7 @@
 //! with grade, lifecycle stage, reasons and reactivation (`score`), plus
 //! identity stitching (`identity`). All time comes from event timestamps.
 
+pub mod clock;
 pub mod event;
 pub mod features;
 pub mod identity;

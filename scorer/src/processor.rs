@@ -79,7 +79,10 @@ pub struct Outcome {
 #[derive(Debug, Default)]
 struct Partition {
     stream_time_ms: i64,
-    /// Event time the schedule has run to; events older are late.
+    /// The instant the schedule has run to: stream time minus grace, or
+    /// the idle wall clock minus grace. Lateness is judged on stream time
+    /// alone, so a backfill of old events after a quiet spell is applied,
+    /// not dropped.
     watermark_ms: i64,
     leads: HashMap<String, Lead>,
     dirty: BTreeSet<String>,
@@ -209,6 +212,13 @@ impl Processor {
     /// Forgets a partition this instance no longer owns.
     pub fn revoke(&mut self, partition: i32) {
         self.partitions.remove(&partition);
+    }
+
+    /// The partitions this processor holds state for, in order.
+    pub fn partitions(&self) -> Vec<i32> {
+        let mut p: Vec<i32> = self.partitions.keys().copied().collect();
+        p.sort_unstable();
+        p
     }
 
     pub fn owns(&self, partition: i32) -> bool {
@@ -353,7 +363,7 @@ impl Processor {
                 } else if !lead.remember(message_hash(&e.message_id)) {
                     out.skipped = Some(Skipped::Duplicate);
                     false
-                } else if e.ts_ms < (part.stream_time_ms - self.grace_ms).max(part.watermark_ms) {
+                } else if e.ts_ms < part.stream_time_ms - self.grace_ms {
                     lead.late_events += 1;
                     out.skipped = Some(Skipped::Late);
                     false
@@ -809,11 +819,25 @@ mod tests {
     fn lifecycle_steps() -> Vec<Step> {
         let day = |d: i64| d * DAY_MIN;
         vec![
-            Step::Event(ev("a1", "a", json!({}), "page_viewed", "configurator", day(0))),
+            Step::Event(ev(
+                "a1",
+                "a",
+                json!({}),
+                "page_viewed",
+                "configurator",
+                day(0),
+            )),
             Step::Event(ev("b1", "b", json!({}), "order_placed", "", day(0))),
             Step::Tick(1),
             Step::Tick(100),
-            Step::Event(ev("a2", "a", json!({}), "page_viewed", "configurator", day(150))),
+            Step::Event(ev(
+                "a2",
+                "a",
+                json!({}),
+                "page_viewed",
+                "configurator",
+                day(150),
+            )),
             Step::Tick(150),
             Step::Tick(170),
             Step::Tick(500),
@@ -927,7 +951,10 @@ mod tests {
         let by_version = |records: &[Json]| {
             let mut m: BTreeMap<(String, i64), Json> = BTreeMap::new();
             for r in records {
-                let key = (r["lead_id"].as_str().unwrap().to_owned(), r["version"].as_i64().unwrap());
+                let key = (
+                    r["lead_id"].as_str().unwrap().to_owned(),
+                    r["version"].as_i64().unwrap(),
+                );
                 if let Some(prev) = m.insert(key.clone(), r.clone()) {
                     assert_eq!(prev, *r, "version {key:?} emitted with different content");
                 }
@@ -936,7 +963,11 @@ mod tests {
         };
         let want = by_version(&clean);
         for k in 0..steps.len() {
-            assert_eq!(by_version(&run_steps(&steps, Some(k))), want, "crash at step {k}");
+            assert_eq!(
+                by_version(&run_steps(&steps, Some(k))),
+                want,
+                "crash at step {k}"
+            );
         }
     }
 }

@@ -92,7 +92,10 @@ impl ScoringConfig {
             ("model_recheck_hours", self.model_recheck_hours),
             ("stages.new_days", self.stages.new_days),
             ("stages.nurture_after_days", self.stages.nurture_after_days),
-            ("stages.retained_after_days", self.stages.retained_after_days),
+            (
+                "stages.retained_after_days",
+                self.stages.retained_after_days,
+            ),
             ("stages.churn_after_days", self.stages.churn_after_days),
         ] {
             if !(v > 0.0 && v.is_finite()) {
@@ -181,7 +184,11 @@ mod tests {
         let c = ScoringConfig::parse(DEFAULT_TOML).unwrap();
         assert_eq!(c.weight("configurator"), 10.0);
         assert_eq!(c.weight("test_drive_booked"), 50.0);
-        assert_eq!(c.weight("prior_purchase"), 0.0, "a purchase is a stage, not points");
+        assert_eq!(
+            c.weight("prior_purchase"),
+            0.0,
+            "a purchase is a stage, not points"
+        );
         assert!(c.weight("test_drive_booked") > c.weight("lead_form_submitted"));
     }
 
@@ -197,7 +204,10 @@ mod tests {
                 .to_string()
                 .contains("model_weight")
         );
-        let bad = DEFAULT_TOML.replace("page_views = 1.0", "page_views = 1.0\nprior_purchase = 100.0");
+        let bad = DEFAULT_TOML.replace(
+            "page_views = 1.0",
+            "page_views = 1.0\nprior_purchase = 100.0",
+        );
         let err = ScoringConfig::parse(&bad).unwrap_err().to_string();
         assert!(err.contains("prior_purchase is no longer a rule"), "{err}");
         let bad = DEFAULT_TOML.replace("nurture_after_days = 365.0", "nurture_after_days = 30.0");

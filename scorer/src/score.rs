@@ -161,6 +161,14 @@ impl ChangeReason {
         }
     }
 
+    /// The bounded metric label for a reason read back from a record.
+    pub fn label(reason: &str) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|r| r.as_str() == reason)
+            .map_or("stage_changed", |r| r.as_str())
+    }
+
     /// Why time alone moved a lead from `before` to `after` (which differ).
     /// A stage change names the change; then a new churn risk, an expired
     /// flag, and last a grade change.
@@ -518,7 +526,10 @@ mod tests {
         );
 
         // A customer becomes a retained owner, then a churn risk.
-        let bought = [ev(T0, &[Signal::StoreVisit], false), ev(T0 + DAY_MS, &[], true)];
+        let bought = [
+            ev(T0, &[Signal::StoreVisit], false),
+            ev(T0 + DAY_MS, &[], true),
+        ];
         let t = timeline(&bought, T0 + 800 * DAY_MS);
         let owner: Vec<(&str, Stage, bool)> = t
             .iter()

@@ -23,6 +23,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0003_first_platform_grade_mix.sql",
         include_str!("../../deploy/clickhouse/0003_first_platform_grade_mix.sql"),
     ),
+    (
+        4,
+        "0004_lifecycle.sql",
+        include_str!("../../deploy/clickhouse/0004_lifecycle.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -60,6 +60,10 @@ pub struct ScoreRow {
     pub version: u64,
     pub updated_at: u32,
     pub updated_ms: u64,
+    pub change_reason: String,
+    pub previous_stage: String,
+    pub churn_risk: u8,
+    pub last_intent_at: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Row, Serialize)]
@@ -308,8 +312,16 @@ pub fn score_row(s: &Datum<'_>) -> Result<ScoreRow, RowError> {
             "merged_into" => row.merged_into = text_of(v),
             "version" => version = millis_of(v),
             "updated_at" => updated = millis_of(v),
+            "change_reason" => row.change_reason = text_of(v),
+            "previous_stage" => row.previous_stage = text_of(v),
+            "churn_risk" => row.churn_risk = u8::from(v.as_bool() == Some(true)),
+            "last_intent_at" => row.last_intent_at = millis_of(v).map(seconds),
             _ => {}
         }
+    }
+    if row.change_reason.is_empty() {
+        // Written before lead_score v3: every record then came from an event.
+        row.change_reason = "event".into();
     }
     if row.lead_id.is_empty() {
         return Err(RowError("lead_score has no lead_id".into()));
@@ -492,6 +504,30 @@ mod tests {
         assert_eq!(
             (r.reason_codes.clone(), r.reason_points.clone(), r.version),
             (vec!["test_drive_booked".to_owned()], vec![50.0], 3)
+        );
+        assert_eq!(
+            (
+                r.change_reason.as_str(),
+                r.previous_stage.as_str(),
+                r.churn_risk,
+                r.last_intent_at
+            ),
+            ("event", "", 0, None)
+        );
+        let mut timed = s.clone();
+        timed["change_reason"] = json!("went_dormant");
+        timed["previous_stage"] = json!("new");
+        timed["churn_risk"] = json!(true);
+        timed["last_intent_at"] = json!(1_500_000);
+        let t = score_of(&timed).await.unwrap();
+        assert_eq!(
+            (
+                t.change_reason.as_str(),
+                t.previous_stage.as_str(),
+                t.churn_risk,
+                t.last_intent_at
+            ),
+            ("went_dormant", "new", 1, Some(1_500))
         );
         assert_eq!(
             (

@@ -57,6 +57,11 @@ pub struct ScorerConfig {
     /// as late and not applied.
     #[arg(long, env = "LEADSTREAM_GRACE_MINUTES", default_value_t = 360)]
     pub grace_minutes: u64,
+    /// A partition that has read nothing for this long is idle: the wall
+    /// clock (minus the grace) drives its schedule, so leads that stopped
+    /// sending events still decay, go dormant and lose expired flags.
+    #[arg(long, env = "LEADSTREAM_SCORER_IDLE_MS", default_value_t = 5_000)]
+    pub idle_ms: u64,
     /// Score events that ingest marked as bots (ignored by default).
     #[arg(long, env = "LEADSTREAM_SCORE_BOTS")]
     pub score_bots: bool,

@@ -7,6 +7,12 @@ pub const IDENTITY_APPLIED: &str = "scorer_identity_log_applied_offset";
 pub const RECORDS: &str = "scorer_records_total";
 pub const SKIPPED: &str = "scorer_records_skipped_total";
 pub const SCORES: &str = "scorer_scores_emitted_total";
+/// Scores emitted because time alone changed a lead (label `reason`:
+/// decayed, went_dormant, went_nurture, became_retained, stage_changed,
+/// reactivation_expired, churn_risk).
+pub const TIME_SCORES: &str = "scorer_scores_time_driven_total";
+/// Live and stale entries in the schedules of the owned partitions.
+pub const SCHEDULED: &str = "scorer_schedule_entries";
 pub const MERGES: &str = "scorer_merges_folded_total";
 pub const RESTORED: &str = "scorer_changelog_records_restored_total";
 pub const LEADS: &str = "scorer_leads";
@@ -43,6 +49,14 @@ pub fn register() {
     }
     for reason in ["empty", "undecodable", "no_identity"] {
         metrics::counter!(STITCH_SKIPPED, "reason" => reason).increment(0);
+    }
+    for reason in crate::score::ChangeReason::ALL {
+        if !matches!(
+            reason,
+            crate::score::ChangeReason::Event | crate::score::ChangeReason::Merged
+        ) {
+            metrics::counter!(TIME_SCORES, "reason" => reason.as_str()).increment(0);
+        }
     }
     for stage in ["stitch", "score"] {
         metrics::gauge!(CONSUMER_LAG, "stage" => stage).increment(0.0);

@@ -32,7 +32,12 @@ use rdkafka::{
 
 pub use config::ScorerConfig;
 
-use crate::{processor::Processor, rules::ScoringConfig, train::LogisticModel};
+use crate::{
+    clock::{Clock, SystemClock},
+    processor::Processor,
+    rules::ScoringConfig,
+    train::LogisticModel,
+};
 
 /// Topic names and the partition count of the co-partitioned ones.
 #[derive(Debug, Clone)]
@@ -90,6 +95,16 @@ pub(crate) async fn await_deliveries(deliveries: Vec<DeliveryFuture>) -> anyhow:
 /// commits) its current batch first.
 pub async fn run(
     cfg: ScorerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_clock(cfg, Arc::new(SystemClock), shutdown).await
+}
+
+/// [`run`] with the wall clock idle partitions' schedules read (the
+/// quickstart's simulated time, tests' manual clock).
+pub async fn run_with_clock(
+    cfg: ScorerConfig,
+    clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let scoring = match &cfg.scoring_config {
@@ -198,6 +213,9 @@ pub async fn run(
         batch_max: cfg.batch_max,
         batch_ms: cfg.batch_ms,
         lag: LagGauge::new(metrics::CONSUMER_LAG, ("stage", "score")),
+        clock,
+        idle: Duration::from_millis(cfg.idle_ms),
+        last_read: Default::default(),
     };
     tracing::info!(%addr, kafka = %kafka, events = %topics.events, scores = %topics.scores, partitions, "scorer running");
     ready.set(true);

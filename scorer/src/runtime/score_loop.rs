@@ -6,8 +6,9 @@
 
 use anyhow::Context as _;
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex, RwLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use leadstream_common::kafka::{collect_batch, commit_processed, partition_for};
@@ -22,20 +23,24 @@ use rdkafka::{
 use super::{
     Topics, await_deliveries,
     identity_log::IdentityLog,
-    metrics::{LEADS, MERGES, RECORDS, RESTORED, SCORES, SKIPPED},
+    metrics::{LEADS, MERGES, RECORDS, RESTORED, SCHEDULED, SCORES, SKIPPED, TIME_SCORES},
     stitch::send,
 };
 use crate::{
+    clock::Clock,
     event::from_plan,
     processor::{Input, Output, Processor, Skipped},
     proto::{Body, Routed},
     train::LogisticModel,
 };
 
-/// Notes partitions taken away in a rebalance, for the loop to drop.
+/// Notes partitions taken away in a rebalance, for the loop to drop, and
+/// those given, for it to restore before their first record: a partition
+/// whose leads send nothing still has a schedule to run.
 #[derive(Default)]
 pub struct RebalanceTracker {
     pub revoked: Mutex<Vec<i32>>,
+    pub assigned: Mutex<Vec<i32>>,
 }
 
 impl rdkafka::ClientContext for RebalanceTracker {}
@@ -45,6 +50,13 @@ impl ConsumerContext for RebalanceTracker {
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut revoked = self.revoked.lock().expect("revoked lock");
             revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut assigned = self.assigned.lock().expect("assigned lock");
+            assigned.extend(tpl.elements().iter().map(|e| e.partition()));
         }
     }
 }
@@ -62,6 +74,11 @@ pub struct ScoreLoop {
     pub batch_max: usize,
     pub batch_ms: u64,
     pub lag: leadstream_common::kafka::LagGauge,
+    /// Read only for partitions idle for `idle`, to drive their schedule.
+    pub clock: Arc<dyn Clock>,
+    pub idle: Duration,
+    /// When each owned partition last delivered a record (or was restored).
+    pub last_read: HashMap<i32, Instant>,
 }
 
 impl ScoreLoop {
@@ -77,6 +94,29 @@ impl ScoreLoop {
         for p in revoked {
             tracing::info!(partition = p, "partition revoked; state dropped");
             self.processor.revoke(p);
+            self.last_read.remove(&p);
+        }
+        let assigned: Vec<i32> = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .assigned
+                .lock()
+                .expect("assigned lock"),
+        );
+        for p in assigned {
+            // Idle is measured from the assignment, not from the epoch.
+            self.last_read.insert(p, Instant::now());
+            if !self.processor.owns(p) {
+                restore(
+                    &mut self.processor,
+                    &self.producer,
+                    &self.bootstrap,
+                    &self.topics.changelog,
+                    p,
+                )
+                .await?;
+            }
         }
         let t0 = std::time::Instant::now();
         let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms)
@@ -84,12 +124,11 @@ impl ScoreLoop {
             .context("reading from Kafka")?;
         self.lag.maybe_record(&self.consumer);
         let t_collect = t0.elapsed();
-        if batch.is_empty() {
-            return Ok(0);
-        }
         let mut deliveries = Vec::new();
+        let read_at = Instant::now();
         for m in &batch {
             let p = m.partition();
+            self.last_read.insert(p, read_at);
             if !self.processor.owns(p) {
                 restore(
                     &mut self.processor,
@@ -173,38 +212,27 @@ impl ScoreLoop {
                 metrics::counter!(SKIPPED, "reason" => skipped_label(s)).increment(1);
             }
             for o in outcome.outputs {
-                match o {
-                    Output::Score { lead_id, record } => {
-                        let framed = self.encoder.encode_derived("lead_score", &record)?;
-                        deliveries.push(
-                            send(
-                                &self.producer,
-                                &self.topics.scores,
-                                -1,
-                                &lead_id,
-                                framed.bytes,
-                            )
-                            .await,
-                        );
-                        metrics::counter!(SCORES).increment(1);
-                    }
-                    Output::Route(r) => {
-                        let partition = partition_for(&r.lead_id, self.topics.partitions);
-                        let lead = r.lead_id.clone();
-                        deliveries.push(
-                            send(
-                                &self.producer,
-                                &self.topics.by_lead,
-                                partition,
-                                &lead,
-                                r.encode_to_vec(),
-                            )
-                            .await,
-                        );
-                    }
-                }
+                self.produce(o, &mut deliveries).await?;
             }
         }
+        // Time: leads whose grade or stage changed with no event. An idle
+        // partition's schedule runs on the clock; a busy one on stream time.
+        let model = self.model.read().expect("model lock").clone();
+        let model = model.as_deref().map(|m| m as &dyn crate::score::Model);
+        for p in self.processor.partitions() {
+            let since = *self.last_read.entry(p).or_insert(read_at);
+            let idle = read_at.duration_since(since) >= self.idle;
+            let now = idle.then(|| self.clock.now_ms());
+            for o in self.processor.advance(p, now, model) {
+                if let Output::Score { record, .. } = &o {
+                    let reason = record["change_reason"].as_str().unwrap_or("decayed");
+                    metrics::counter!(TIME_SCORES, "reason" => crate::score::ChangeReason::label(reason))
+                        .increment(1);
+                }
+                self.produce(o, &mut deliveries).await?;
+            }
+        }
+        metrics::gauge!(SCHEDULED).set(self.processor.scheduled() as f64);
         // Outputs first, then state: a changelog entry implies its outputs landed.
         let t_process = t0.elapsed();
         await_deliveries(deliveries).await?;
@@ -218,6 +246,9 @@ impl ScoreLoop {
         let n_state = state_writes.len();
         await_deliveries(state_writes).await?;
         let t_state = t0.elapsed();
+        if batch.is_empty() {
+            return Ok(0);
+        }
         if let Err(e) = commit_processed(&self.consumer, &batch) {
             // After a rebalance the new owner replays; restored leads skip
             // what this instance already applied.
@@ -228,15 +259,62 @@ impl ScoreLoop {
         Ok(batch.len())
     }
 
+    /// Queues one output of the processor on its topic.
+    async fn produce(
+        &self,
+        o: Output,
+        deliveries: &mut Vec<rdkafka::producer::DeliveryFuture>,
+    ) -> anyhow::Result<()> {
+        match o {
+            Output::Score { lead_id, record } => {
+                let framed = self.encoder.encode_derived("lead_score", &record)?;
+                deliveries.push(
+                    send(
+                        &self.producer,
+                        &self.topics.scores,
+                        -1,
+                        &lead_id,
+                        framed.bytes,
+                    )
+                    .await,
+                );
+                metrics::counter!(SCORES).increment(1);
+            }
+            Output::Route(r) => {
+                let partition = partition_for(&r.lead_id, self.topics.partitions);
+                let lead = r.lead_id.clone();
+                deliveries.push(
+                    send(
+                        &self.producer,
+                        &self.topics.by_lead,
+                        partition,
+                        &lead,
+                        r.encode_to_vec(),
+                    )
+                    .await,
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// After a failed batch: forget in-memory state (it may hold part of the
     /// batch) and read from the last commit; state comes back from the changelog.
     pub fn rewind(&mut self) {
         let owned: Vec<i32> = (0..self.topics.partitions)
             .filter(|p| self.processor.owns(*p))
             .collect();
-        for p in owned {
-            self.processor.revoke(p);
+        for p in &owned {
+            self.processor.revoke(*p);
+            self.last_read.remove(p);
         }
+        // Still ours: restored at the next step, records or not.
+        self.consumer
+            .context()
+            .assigned
+            .lock()
+            .expect("assigned lock")
+            .extend(owned);
         super::rewind(&self.consumer);
     }
 }
