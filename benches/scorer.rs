@@ -88,9 +88,10 @@ fn processor_with(leads: u64) -> (Processor, usize, f64) {
     let ns = started.elapsed().as_nanos() as f64 / offset as f64;
     // The changelog is taken every batch; leaving it would count its records.
     drop(p.take_changelog());
+    // stats_alloc books a realloc's growth in bytes_allocated (and its
+    // shrinking in bytes_deallocated), so the difference is what is live.
     let stats = region.change();
-    let net =
-        stats.bytes_allocated + stats.bytes_reallocated.max(0) as usize - stats.bytes_deallocated;
+    let net = stats.bytes_allocated - stats.bytes_deallocated;
     (p, net, ns)
 }
 

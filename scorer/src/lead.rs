@@ -3,7 +3,7 @@
 //! applied offset, recent message ids, merges done and pending), and its
 //! snapshot form for the changelog.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use crate::{
     event::Platform,
@@ -22,9 +22,10 @@ pub struct Lead {
     pub state: LeadState,
     pub version: u64,
     pub applied_offset: i64,
-    pub recent: VecDeque<u64>,
-    pub absorbed: BTreeSet<String>,
-    pub requested: BTreeSet<String>,
+    pub recent: RecentIds,
+    /// Leads folded into this one and those asked to hand over; boxed and
+    /// absent for the many leads that never merge.
+    pub merges: Option<Box<Merges>>,
     pub merged_into: Option<String>,
     pub late_events: u64,
     /// Class of the last score emitted; time-driven re-scores emit only
@@ -43,9 +44,8 @@ impl Default for Lead {
             state: LeadState::new(0),
             version: 0,
             applied_offset: -1,
-            recent: VecDeque::new(),
-            absorbed: BTreeSet::new(),
-            requested: BTreeSet::new(),
+            recent: RecentIds::default(),
+            merges: None,
             merged_into: None,
             late_events: 0,
             emitted: None,
@@ -53,6 +53,67 @@ impl Default for Lead {
             scheduled_ms: None,
         }
     }
+}
+
+/// The last [`RECENT`] message-id hashes of a lead, oldest overwritten
+/// first; inline, so a lead costs no allocation for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentIds {
+    ids: [u64; RECENT],
+    len: u8,
+    /// Slot the next id goes to once full.
+    next: u8,
+}
+
+impl Default for RecentIds {
+    fn default() -> Self {
+        Self {
+            ids: [0; RECENT],
+            len: 0,
+            next: 0,
+        }
+    }
+}
+
+impl RecentIds {
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(&self, hash: u64) -> bool {
+        self.ids[..self.len()].contains(&hash)
+    }
+
+    /// Oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let (newer, older) = self.ids[..self.len()].split_at(if self.len() == RECENT {
+            usize::from(self.next)
+        } else {
+            self.len()
+        });
+        older.iter().chain(newer).copied()
+    }
+
+    fn push(&mut self, hash: u64) {
+        if self.len() < RECENT {
+            self.ids[self.len()] = hash;
+            self.len += 1;
+        } else {
+            self.ids[usize::from(self.next)] = hash;
+            self.next = ((usize::from(self.next) + 1) % RECENT) as u8;
+        }
+    }
+}
+
+/// A lead's merge bookkeeping.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Merges {
+    pub absorbed: BTreeSet<String>,
+    pub requested: BTreeSet<String>,
 }
 
 /// Hash of a message id as remembered per lead.
@@ -67,14 +128,32 @@ impl Lead {
 
     /// Remembers `hash`; false when it was already seen.
     pub fn remember(&mut self, hash: u64) -> bool {
-        if self.recent.contains(&hash) {
+        if self.recent.contains(hash) {
             return false;
         }
-        if self.recent.len() == RECENT {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(hash);
+        self.recent.push(hash);
         true
+    }
+
+    pub fn has_absorbed(&self, lead: &str) -> bool {
+        self.merges
+            .as_ref()
+            .is_some_and(|m| m.absorbed.contains(lead))
+    }
+
+    /// Notes that `lead` was asked for its state; false if it already was.
+    pub fn request(&mut self, lead: &str) -> bool {
+        self.merges
+            .get_or_insert_default()
+            .requested
+            .insert(lead.to_owned())
+    }
+
+    /// Notes `lead`'s state as folded in; false if it already was.
+    pub fn note_absorbed(&mut self, lead: String) -> bool {
+        let m = self.merges.get_or_insert_default();
+        m.requested.remove(&lead);
+        m.absorbed.insert(lead)
     }
 
     /// Folds a merged lead into this one.
@@ -87,10 +166,15 @@ impl Lead {
                 self.state = other.state;
             }
         }
-        for h in other.recent {
+        for h in other.recent.iter() {
             self.remember(h);
         }
-        self.absorbed.extend(other.absorbed);
+        if let Some(theirs) = other.merges {
+            self.merges
+                .get_or_insert_default()
+                .absorbed
+                .extend(theirs.absorbed);
+        }
         self.late_events += other.late_events;
     }
 
@@ -120,9 +204,17 @@ impl Lead {
             last_purchase_ms: s.last_purchase_ms,
             version: self.version,
             applied_offset: self.applied_offset,
-            recent: self.recent.iter().copied().collect(),
-            absorbed: self.absorbed.iter().cloned().collect(),
-            requested: self.requested.iter().cloned().collect(),
+            recent: self.recent.iter().collect(),
+            absorbed: self
+                .merges
+                .iter()
+                .flat_map(|m| m.absorbed.iter().cloned())
+                .collect(),
+            requested: self
+                .merges
+                .iter()
+                .flat_map(|m| m.requested.iter().cloned())
+                .collect(),
             merged_into: self.merged_into.clone(),
             late_events: self.late_events,
             last_lost_ms: s.last_lost_ms,
@@ -180,9 +272,21 @@ impl Lead {
             state,
             version: p.version,
             applied_offset: p.applied_offset,
-            recent: p.recent.into(),
-            absorbed: p.absorbed.into_iter().collect(),
-            requested: p.requested.into_iter().collect(),
+            recent: {
+                let mut r = RecentIds::default();
+                // Oldest first; a longer list (another RECENT) keeps the newest.
+                let skip = p.recent.len().saturating_sub(RECENT);
+                for h in &p.recent[skip..] {
+                    r.push(*h);
+                }
+                r
+            },
+            merges: (!p.absorbed.is_empty() || !p.requested.is_empty()).then(|| {
+                Box::new(Merges {
+                    absorbed: p.absorbed.into_iter().collect(),
+                    requested: p.requested.into_iter().collect(),
+                })
+            }),
             merged_into: p.merged_into,
             late_events: p.late_events,
             emitted,
@@ -229,7 +333,7 @@ mod tests {
         lead.applied_offset = 41;
         assert!(lead.remember(message_hash("m1")));
         assert!(!lead.remember(message_hash("m1")));
-        lead.absorbed.insert("Labc".into());
+        assert!(lead.note_absorbed("Labc".into()));
         lead.merged_into = Some("Lxyz".into());
         lead.emitted = Some(Class {
             grade: Grade::Medium,
@@ -254,5 +358,9 @@ mod tests {
         }
         assert_eq!(lead.recent.len(), RECENT);
         assert!(lead.remember(0), "the oldest were forgotten");
+        assert!(!lead.remember(RECENT as u64 + 9), "the newest are kept");
+        let order: Vec<u64> = lead.recent.iter().collect();
+        assert_eq!(order.first(), Some(&11), "oldest first");
+        assert_eq!(order.last(), Some(&0));
     }
 }

@@ -84,7 +84,8 @@ struct Partition {
     /// alone, so a backfill of old events after a quiet spell is applied,
     /// not dropped.
     watermark_ms: i64,
-    leads: HashMap<String, Lead>,
+    /// Boxed: the map's spare capacity then costs a pointer per slot, not a lead.
+    leads: HashMap<String, Box<Lead>>,
     dirty: BTreeSet<String>,
     stream_time_dirty: bool,
     /// Leads by the next instant time alone may change their class. An
@@ -204,7 +205,7 @@ impl Processor {
         }
         let snap = LeadSnapshot::decode(value).map_err(|e| RestoreError::Decode(e.to_string()))?;
         part.leads
-            .insert(key.to_owned(), Lead::from_snapshot(snap)?);
+            .insert(key.to_owned(), Box::new(Lead::from_snapshot(snap)?));
         part.schedule_built_with_model = None;
         Ok(())
     }
@@ -235,7 +236,11 @@ impl Processor {
     }
 
     pub fn lead(&self, partition: i32, lead_id: &str) -> Option<&Lead> {
-        self.partitions.get(&partition)?.leads.get(lead_id)
+        self.partitions
+            .get(&partition)?
+            .leads
+            .get(lead_id)
+            .map(|l| &**l)
     }
 
     /// Changelog records (key, encoded value) for what changed since the
@@ -335,7 +340,7 @@ impl Processor {
 
         let lead = part.leads.entry(key.to_owned()).or_default();
         for merged in graph.absorbed_into(key) {
-            if !lead.absorbed.contains(merged) && lead.requested.insert(merged.clone()) {
+            if !lead.has_absorbed(merged) && lead.request(merged) {
                 out.outputs.push(Output::Route(Routed {
                     lead_id: merged.clone(),
                     graph_offset,
@@ -382,8 +387,7 @@ impl Processor {
                 }
             }
             Input::MergeState { from, state } => {
-                lead.requested.remove(&from);
-                if !lead.absorbed.insert(from) {
+                if !lead.note_absorbed(from) {
                     out.skipped = Some(Skipped::Duplicate);
                     false
                 } else {

@@ -1,30 +1,42 @@
-//! Event-time bucketed counters per signal: 12 five-minute buckets (the last
-//! hour), 24 hourly buckets (the last day) and 32 daily buckets (the last 30
-//! days and 7 days). Rings indexed by absolute bucket number; every signal
-//! shares the same three heads. O(1) per event, fixed memory per lead.
+//! Event-time bucketed counters of the windowed signals: 24 hourly buckets
+//! (the last day) and 32 daily buckets (the last 30 days and 7 days). Rings
+//! indexed by absolute bucket number; every signal shares the same heads.
+//! O(1) per event, fixed memory per lead (296 bytes).
+//!
+//! Only the signals the model reads as counts are windowed; the rarer
+//! high-intent ones (test drive, lead form, showroom) live in the decayed
+//! intent instead, which keeps every lead's state small.
 
 use crate::{DAY_MS, HOUR_MS, event::Signal};
 
-const SIGNALS: usize = Signal::ALL.len();
-const FIVE_MIN_MS: i64 = 5 * 60_000;
-const N5: usize = 12;
+/// The signals counted in windows, in slot order.
+pub const WINDOWED: [Signal; 5] = [
+    Signal::PageView,
+    Signal::ModelDetail,
+    Signal::Configurator,
+    Signal::PriceFinance,
+    Signal::Engagement,
+];
+const SIGNALS: usize = WINDOWED.len();
 const NH: usize = 24;
 const ND: usize = 32;
+
+fn slot(signal: Signal) -> Option<usize> {
+    WINDOWED.iter().position(|s| *s == signal)
+}
 
 /// Window lengths reported as features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Span {
-    Hour,
     Day,
     Week,
     Month,
 }
 
 impl Span {
-    pub const ALL: [Span; 4] = [Span::Hour, Span::Day, Span::Week, Span::Month];
+    pub const ALL: [Span; 3] = [Span::Day, Span::Week, Span::Month];
     pub fn code(self) -> &'static str {
         match self {
-            Span::Hour => "1h",
             Span::Day => "24h",
             Span::Week => "7d",
             Span::Month => "30d",
@@ -100,15 +112,18 @@ impl<const N: usize> Ring<N> {
         }
     }
 
-    fn read(bytes: &[u8]) -> Option<(Self, &[u8])> {
-        let need = 8 + N * SIGNALS;
+    /// Reads a ring written with `rows` signals; `pick[i]` is the row
+    /// that holds slot i (the layout before the windowed set was narrowed
+    /// had a row for every signal).
+    fn read<'a>(bytes: &'a [u8], rows: usize, pick: &[usize; SIGNALS]) -> Option<(Self, &'a [u8])> {
+        let need = 8 + N * rows;
         if bytes.len() < need {
             return None;
         }
         let head = i64::from_le_bytes(bytes[..8].try_into().ok()?);
         let mut counts = [[0; N]; SIGNALS];
-        for (i, s) in counts.iter_mut().enumerate() {
-            s.copy_from_slice(&bytes[8 + i * N..8 + (i + 1) * N]);
+        for (s, row) in counts.iter_mut().zip(pick) {
+            s.copy_from_slice(&bytes[8 + row * N..8 + (row + 1) * N]);
         }
         Some((Self { head, counts }, &bytes[need..]))
     }
@@ -130,7 +145,6 @@ impl<const N: usize> Ring<N> {
 /// All windows of one lead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Windows {
-    five_min: Ring<N5>,
     hourly: Ring<NH>,
     daily: Ring<ND>,
 }
@@ -138,55 +152,62 @@ pub struct Windows {
 impl Default for Windows {
     fn default() -> Self {
         Self {
-            five_min: Ring::new(),
             hourly: Ring::new(),
             daily: Ring::new(),
         }
     }
 }
 
+/// Snapshot length of the layout before the windowed set was narrowed:
+/// 12 five-minute, 24 hourly and 32 daily buckets for all 8 signals.
+const LEGACY_LEN: usize = 3 * 8 + (12 + NH + ND) * 8;
+
 impl Windows {
+    /// Counts `signal` at `ts_ms`; signals that are not windowed are ignored.
     pub fn add(&mut self, signal: Signal, ts_ms: i64) {
-        let i = signal.index();
-        self.five_min.add(i, ts_ms.div_euclid(FIVE_MIN_MS));
-        self.hourly.add(i, ts_ms.div_euclid(HOUR_MS));
-        self.daily.add(i, ts_ms.div_euclid(DAY_MS));
+        if let Some(i) = slot(signal) {
+            self.hourly.add(i, ts_ms.div_euclid(HOUR_MS));
+            self.daily.add(i, ts_ms.div_euclid(DAY_MS));
+        }
     }
 
     /// Folds a merged lead's windows into these.
     pub fn merge(&mut self, other: &Windows) {
-        self.five_min.merge(&other.five_min);
         self.hourly.merge(&other.hourly);
         self.daily.merge(&other.daily);
     }
 
     /// Fixed-size binary form for state snapshots.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(24 + (N5 + NH + ND) * SIGNALS);
-        self.five_min.write(&mut out);
+        let mut out = Vec::with_capacity(16 + (NH + ND) * SIGNALS);
         self.hourly.write(&mut out);
         self.daily.write(&mut out);
         out
     }
 
-    /// Inverse of [`Windows::to_bytes`]; `None` when the bytes do not fit.
+    /// Inverse of [`Windows::to_bytes`]; also reads snapshots written
+    /// before the windowed set was narrowed. `None` when the bytes fit
+    /// neither layout.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let (five_min, rest) = Ring::read(bytes)?;
-        let (hourly, rest) = Ring::read(rest)?;
-        let (daily, rest) = Ring::read(rest)?;
-        rest.is_empty().then_some(Self {
-            five_min,
-            hourly,
-            daily,
-        })
+        let current: [usize; SIGNALS] = std::array::from_fn(|i| i);
+        let (bytes, rows, pick) = if bytes.len() == LEGACY_LEN {
+            // Skip the five-minute ring; rows are indexed by Signal.
+            (&bytes[8 + 12 * 8..], 8, WINDOWED.map(|s| s.index()))
+        } else {
+            (bytes, SIGNALS, current)
+        };
+        let (hourly, rest) = Ring::read(bytes, rows, &pick)?;
+        let (daily, rest) = Ring::read(rest, rows, &pick)?;
+        rest.is_empty().then_some(Self { hourly, daily })
     }
 
     /// Events of `signal` in the window ending at `now_ms` (bucket-aligned:
-    /// the current bucket counts whole).
+    /// the current bucket counts whole); 0 for a signal not windowed.
     pub fn count(&self, signal: Signal, span: Span, now_ms: i64) -> u32 {
-        let i = signal.index();
+        let Some(i) = slot(signal) else {
+            return 0;
+        };
         match span {
-            Span::Hour => self.five_min.sum(i, now_ms.div_euclid(FIVE_MIN_MS), N5),
             Span::Day => self.hourly.sum(i, now_ms.div_euclid(HOUR_MS), NH),
             Span::Week => self.daily.sum(i, now_ms.div_euclid(DAY_MS), 7),
             Span::Month => self.daily.sum(i, now_ms.div_euclid(DAY_MS), 30),
@@ -208,7 +229,6 @@ mod tests {
         w.add(Signal::Configurator, T0 + 3 * DAY_MS);
         let now = T0 + 3 * DAY_MS;
         let c = |span, now| w.count(Signal::Configurator, span, now);
-        assert_eq!(c(Span::Hour, now), 1);
         assert_eq!(c(Span::Day, now), 1);
         assert_eq!(c(Span::Week, now), 3);
         assert_eq!(c(Span::Month, now), 3);
@@ -232,7 +252,6 @@ mod tests {
         w.add(Signal::PageView, T0 + 2 * HOUR_MS);
         w.add(Signal::PageView, T0 + 30 * 60_000); // 90 minutes late
         let now = T0 + 2 * HOUR_MS;
-        assert_eq!(w.count(Signal::PageView, Span::Hour, now), 1);
         assert_eq!(w.count(Signal::PageView, Span::Day, now), 2);
         w.add(Signal::PageView, T0 - 40 * DAY_MS); // older than every ring
         assert_eq!(w.count(Signal::PageView, Span::Month, now), 2);
@@ -250,9 +269,36 @@ mod tests {
         let now = T0 + 2 * DAY_MS;
         assert_eq!(a.count(Signal::Configurator, Span::Week, now), 2);
         assert_eq!(a.count(Signal::Configurator, Span::Day, now), 0);
-        assert_eq!(a.count(Signal::PageView, Span::Hour, now), 1);
+        assert_eq!(a.count(Signal::PageView, Span::Day, now), 1);
         assert_eq!(Windows::from_bytes(&a.to_bytes()), Some(a.clone()));
         assert_eq!(Windows::from_bytes(&a.to_bytes()[1..]), None);
+    }
+
+    /// A changelog written by the release before the windowed set was
+    /// narrowed restores with the same counts.
+    #[test]
+    fn snapshots_of_the_older_layout_still_restore() {
+        let mut legacy = Vec::new();
+        for (n, head) in [(12usize, 5i64), (NH, T0 / HOUR_MS), (ND, T0 / DAY_MS)] {
+            legacy.extend_from_slice(&head.to_le_bytes());
+            for signal in Signal::ALL {
+                // Bucket of `head` holds the signal's index + 1.
+                let mut row = vec![0u8; n];
+                row[head.rem_euclid(n as i64) as usize] = signal.index() as u8 + 1;
+                legacy.extend_from_slice(&row);
+            }
+        }
+        assert_eq!(legacy.len(), LEGACY_LEN);
+        let w = Windows::from_bytes(&legacy).unwrap();
+        for s in WINDOWED {
+            assert_eq!(w.count(s, Span::Day, T0), s.index() as u32 + 1, "{s:?}");
+            assert_eq!(w.count(s, Span::Month, T0), s.index() as u32 + 1, "{s:?}");
+        }
+        assert_eq!(
+            w.count(Signal::TestDrive, Span::Month, T0),
+            0,
+            "not windowed"
+        );
     }
 
     #[test]
@@ -262,7 +308,7 @@ mod tests {
             w.add(Signal::PageView, T0 + i);
         }
         assert_eq!(
-            w.count(Signal::PageView, Span::Hour, T0),
+            w.count(Signal::PageView, Span::Day, T0),
             255,
             "saturates instead of wrapping"
         );
