@@ -36,6 +36,10 @@ fn quickstart_scores_simulated_leads_and_writes_rows_then_exits_cleanly() {
             "40",
             "--rate",
             "100",
+            // Three simulated days a second: leads that go quiet turn
+            // dormant within the run.
+            "--speed",
+            "3",
         ])
         .args(["--dir", dir.path().to_str().unwrap()])
         .args(["--broker-listen", &addr(free_port())])
@@ -89,6 +93,28 @@ fn quickstart_scores_simulated_leads_and_writes_rows_then_exits_cleanly() {
         .unwrap_or_else(|| panic!("no score summary in:\n{stdout}"));
     assert!(leads >= 5, "only {leads} leads scored:\n{stdout}");
     assert!(stdout.contains("ranking check over"), "{stdout}");
+    // The simulator kept posting until stopped, and time moved stages.
+    let status_lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("──")).collect();
+    assert!(
+        status_lines.len() >= 20,
+        "the live view stopped early:\n{stdout}"
+    );
+    let posted = |l: &str| -> u64 {
+        l.split("events posted ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let n = status_lines.len();
+    assert!(
+        posted(status_lines[n - 1]) > posted(status_lines[n / 2]),
+        "events stopped flowing:\n{stdout}"
+    );
+    assert!(
+        status_lines.iter().any(|l| l.contains("dormant ")),
+        "no lead went dormant during the run:\n{stdout}"
+    );
     assert!(
         missing.is_empty(),
         "pipeline-health dashboard queries series no role exposes: {missing:?}"

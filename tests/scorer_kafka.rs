@@ -1,7 +1,8 @@
 //! `leadstream scorer` against the real broker: identities whose events sit
 //! on different partitions and are handled by different instances merge
 //! into one lead with all their history; a kill -9 and a rebalance in the
-//! middle of the stream end in the same scores as an uninterrupted run.
+//! middle of the stream end in the same scores as an uninterrupted run; a
+//! lead that stops sending events moves through its lifecycle on the clock.
 
 mod common;
 
@@ -14,7 +15,8 @@ use std::{
 
 use leadstream_schemas::{EmbeddedResolver, Encoder, Plan, codec::Decoder, codec::to_json};
 use leadstream_scorer::{
-    identity::{IdentityGraph, identifiers},
+    clock::ManualClock,
+    identity::{IdentityGraph, identifiers, lead_id_of},
     runtime::ScorerConfig,
 };
 use rdkafka::{
@@ -444,4 +446,125 @@ async fn kill_9_and_a_rebalance_mid_stream_end_in_the_same_scores_as_an_uninterr
         "final scores differ (lead, uninterrupted, crashed): {differ:?}"
     );
     assert_eq!(clean.len(), expected.len());
+}
+
+/// Time is an input: with the scorer's clock injected, a lead that shows
+/// intent once and then goes silent turns dormant and then nurture with no
+/// further event, each change emitted once, stamped at its boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
+    const DAY: i64 = 86_400_000;
+    let s = setup().await;
+    let event = json!({"message_id": "idle-1", "event": "page_viewed", "type": "page", "platform": "web",
+        "source_id": "web-main", "tenant": "brand-a", "timestamp": T0, "received_at": T0, "context": {},
+        "anonymous_id": "idle-visitor", "properties": {"page_type": "configurator", "model_id": "x5"}});
+    produce(&s.bootstrap, &s.events.name, &[(1, event)]).await;
+    let lead = lead_id_of("a:idle-visitor");
+
+    let run = common::unique("scorer_clock");
+    let mut cfg = config(&s.bootstrap, &s.events.name, &run);
+    cfg.idle_ms = 300;
+    let clock = Arc::new(ManualClock::new(T0 + 60_000));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(leadstream_scorer::runtime::run_with_clock(
+        cfg.clone(),
+        clock.clone(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let stage_is = |stage: &'static str| {
+        let lead = lead.clone();
+        move |l: &BTreeMap<String, Value>| l.get(&lead).is_some_and(|v| v["stage"] == stage)
+    };
+    let first = read_scores(
+        &s.bootstrap,
+        &cfg.scores_topic,
+        Duration::from_secs(60),
+        stage_is("new"),
+    )
+    .await;
+    assert_eq!(first[&lead]["change_reason"], "event");
+
+    clock.set(T0 + 100 * DAY);
+    let dormant = read_scores(
+        &s.bootstrap,
+        &cfg.scores_topic,
+        Duration::from_secs(60),
+        stage_is("dormant"),
+    )
+    .await;
+    let d = &dormant[&lead];
+    assert_eq!(
+        (
+            d["change_reason"].as_str(),
+            d["previous_stage"].as_str(),
+            d["grade"].as_str()
+        ),
+        (Some("went_dormant"), Some("new"), Some("low"))
+    );
+    assert_eq!(
+        d["updated_at"],
+        T0 + 90 * DAY,
+        "stamped at the boundary, not when the clock moved"
+    );
+    assert_eq!(d["event_count"], 1, "no event did this");
+
+    clock.set(T0 + 400 * DAY);
+    let nurture = read_scores(
+        &s.bootstrap,
+        &cfg.scores_topic,
+        Duration::from_secs(60),
+        stage_is("nurture"),
+    )
+    .await;
+    assert_eq!(nurture[&lead]["change_reason"], "went_nurture");
+    assert_eq!(nurture[&lead]["updated_at"], T0 + 365 * DAY);
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    // Every record of the lead, in order: each transition exactly once.
+    let all = all_records(&s.bootstrap, &cfg.scores_topic, &lead).await;
+    let reasons: Vec<&str> = all
+        .iter()
+        .map(|v| v["change_reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "went_dormant").count(),
+        1,
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "went_nurture").count(),
+        1,
+        "{reasons:?}"
+    );
+    let versions: Vec<i64> = all.iter().map(|v| v["version"].as_i64().unwrap()).collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "versions increase: {versions:?}"
+    );
+}
+
+/// Every `lead_score` of `lead` on `topic`, in offset order (one partition per key).
+async fn all_records(bootstrap: &str, topic: &str, lead: &str) -> Vec<Value> {
+    let plan = Plan::embedded().unwrap();
+    let decoder = Decoder::new(Arc::new(EmbeddedResolver::new(&plan).unwrap()));
+    let consumer: StreamConsumer =
+        leadstream_common::kafka::consumer_config(bootstrap, &common::unique("all_records"))
+            .create()
+            .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(8), consumer.recv()).await {
+        if m.key() == Some(lead.as_bytes()) {
+            let v = to_json(&decoder.decode(m.payload().unwrap()).await.unwrap().value);
+            out.push(v);
+        }
+    }
+    out
 }
