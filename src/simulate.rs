@@ -60,7 +60,9 @@ pub struct SimulateArgs {
 
 const DAY_MS: i64 = 86_400_000;
 /// Orders within this long after the check count as the truth it ranks.
-pub const HORIZON_MS: i64 = 30 * DAY_MS;
+pub const HORIZON_MS: i64 = 90 * DAY_MS;
+/// The reactivated flag's life in the shipped scoring config.
+const FLAG_MS: i64 = 14 * DAY_MS;
 
 /// Who a simulated person is: sets the distribution of their intent and the
 /// shape of their journey, not whether they buy.
@@ -150,8 +152,9 @@ pub struct Person {
     /// When they order, if they do (an Order Placed call at that time).
     pub order_ms: Option<i64>,
     /// Owners: when they first showed upgrade behaviour online
-    /// (configurator, price or finance, a test drive), if ever.
-    pub upgrade_shown_ms: Option<i64>,
+    /// (configurator, price or finance, a test drive); dormant leads: when
+    /// they first showed intent after waking. If ever.
+    pub intent_shown_ms: Option<i64>,
     /// The lead id the scorer gives this person once every id is linked.
     pub lead_id: String,
     /// Every lead id the scorer may know this person by before all their
@@ -182,7 +185,7 @@ pub fn person(seed: u64, person: usize, start_ms: i64) -> Person {
     let buys = rng.chance(order_probability(z));
     let mut j = JourneyBuilder::new(seed, person, &mut rng);
     let mut t = start_ms;
-    let mut upgrade_shown = None;
+    let mut intent_shown = None;
     match persona {
         Persona::CasualBrowser | Persona::Researcher | Persona::HotBuyer => {
             t = j.research(&mut rng, t, z, online, &mut None);
@@ -198,7 +201,7 @@ pub fn person(seed: u64, person: usize, start_ms: i64) -> Person {
                 "mini_program",
                 json!({"type": "identify", "traits": {"phone": j.phone}, "context": {}}),
             );
-            t = j.research(&mut rng, t, z, online, &mut None);
+            t = j.research(&mut rng, t, z, online, &mut intent_shown);
         }
         Persona::Owner => {
             let bought = start_ms - rng.days(24.0 * 30.0, 38.0 * 30.0);
@@ -209,7 +212,7 @@ pub fn person(seed: u64, person: usize, start_ms: i64) -> Person {
                     "purchase_date": bought, "union_id": j.union}, "context": {}}),
             );
             t += rng.days(0.5, 5.0);
-            t = j.owner(&mut rng, t, z, online, &mut upgrade_shown);
+            t = j.owner(&mut rng, t, z, online, &mut intent_shown);
         }
     }
     let order_ms = buys.then(|| t + rng.days(1.0, 14.0));
@@ -226,7 +229,7 @@ pub fn person(seed: u64, person: usize, start_ms: i64) -> Person {
         };
         j.call_outcome(t + rng.days(1.0, 10.0), outcome);
     }
-    j.finish(persona, z, order_ms, upgrade_shown)
+    j.finish(persona, z, order_ms, intent_shown)
 }
 
 /// Collects one person's calls.
@@ -467,7 +470,7 @@ impl JourneyBuilder {
         persona: Persona,
         intent: f64,
         order_ms: Option<i64>,
-        upgrade_shown_ms: Option<i64>,
+        intent_shown_ms: Option<i64>,
     ) -> Person {
         self.calls.sort_by_key(|c| c.0);
         // The smallest identifier names the lead once linked (see scorer::identity).
@@ -491,7 +494,7 @@ impl JourneyBuilder {
             persona,
             intent,
             order_ms,
-            upgrade_shown_ms,
+            intent_shown_ms,
             lead_id,
             first_ms: self.calls.first().map_or(0, |c| c.0),
             calls: self.calls,
@@ -583,7 +586,7 @@ pub struct Truth {
     pub intent: f64,
     pub first_ms: i64,
     pub order_ms: Option<i64>,
-    pub upgrade_shown_ms: Option<i64>,
+    pub intent_shown_ms: Option<i64>,
 }
 
 impl Truth {
@@ -595,13 +598,13 @@ impl Truth {
             intent: p.intent,
             first_ms: p.first_ms,
             order_ms: p.order_ms,
-            upgrade_shown_ms: p.upgrade_shown_ms,
+            intent_shown_ms: p.intent_shown_ms,
         }
     }
 
     fn to_line(&self) -> String {
         json!({"persona": self.persona.as_str(), "lead_id": self.lead_id, "lead_ids": self.lead_ids, "intent": (self.intent * 1000.0).round() / 1000.0,
-               "first_ms": self.first_ms, "order_ms": self.order_ms, "upgrade_shown_ms": self.upgrade_shown_ms})
+               "first_ms": self.first_ms, "order_ms": self.order_ms, "intent_shown_ms": self.intent_shown_ms})
         .to_string()
     }
 }
@@ -734,7 +737,8 @@ pub struct Check {
     pub owners_low: [(usize, usize); 2],
     /// Mean score of owners without and with upgrade behaviour.
     pub owners_mean: [f64; 2],
-    /// Dormant wakers that woke and were flagged reactivated, of those that woke.
+    /// Dormant leads flagged reactivated, of those that woke with intent
+    /// within the flag's life.
     pub reactivated: (usize, usize),
 }
 
@@ -780,14 +784,19 @@ pub fn check(truth: &[Truth], latest: &HashMap<String, Json>, at_ms: i64, model:
         ];
         rows.push((group, scores, bought));
         if t.persona == Persona::Owner {
-            let shopping = usize::from(t.upgrade_shown_ms.is_some_and(|u| u <= at_ms));
+            let shopping = usize::from(t.intent_shown_ms.is_some_and(|u| u <= at_ms));
             owners_low[shopping].1 += 1;
             owners_sum[shopping] += scores[0];
             if s.get("grade").and_then(Json::as_str) == Some("low") {
                 owners_low[shopping].0 += 1;
             }
         }
-        if t.persona == Persona::DormantWaker && t.first_ms + 120 * DAY_MS <= at_ms {
+        // Woken with intent within the flag's life (and a day for the
+        // pipeline to catch up): the flag should be up.
+        if t.persona == Persona::DormantWaker
+            && t.intent_shown_ms
+                .is_some_and(|w| w > at_ms - FLAG_MS && w <= at_ms - DAY_MS)
+        {
             reactivated.1 += 1;
             if s.get("reactivated").and_then(Json::as_bool) == Some(true) {
                 reactivated.0 += 1;
@@ -829,7 +838,7 @@ impl std::fmt::Display for Check {
             .map_or_else(String::new, |d| d.format("%Y-%m-%d").to_string());
         writeln!(
             f,
-            "ranking check over {} scored people at {when} (simulated): who orders within 30 days ({} do)",
+            "ranking check over {} scored people at {when} (simulated): who orders within 90 days ({} do)",
             all.leads, all.buyers
         )?;
         writeln!(
@@ -871,7 +880,7 @@ impl std::fmt::Display for Check {
         )?;
         write!(
             f,
-            "  dormant leads past their wake-up flagged reactivated: {} of {}",
+            "  dormant leads that woke with intent in the last 14 days flagged reactivated: {} of {}",
             self.reactivated.0, self.reactivated.1
         )
     }
@@ -887,7 +896,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         })
         .count();
     println!(
-        "posted {} events for {} people to {} ({} rejected); truth in {} ({buyers} order within 30 days of now)",
+        "posted {} events for {} people to {} ({} rejected); truth in {} ({buyers} order within 90 days of now)",
         progress.posted,
         truth.len(),
         args.url,
@@ -978,7 +987,7 @@ mod tests {
         let owners: Vec<&Person> = of(Persona::Owner).collect();
         let browsing_only = owners
             .iter()
-            .filter(|p| p.upgrade_shown_ms.is_some() && p.order_ms.is_none())
+            .filter(|p| p.intent_shown_ms.is_some() && p.order_ms.is_none())
             .count();
         assert!(
             browsing_only > 5,
@@ -987,7 +996,7 @@ mod tests {
         let rate = |shown: bool| {
             let g: Vec<&&Person> = owners
                 .iter()
-                .filter(|p| p.upgrade_shown_ms.is_some() == shown)
+                .filter(|p| p.intent_shown_ms.is_some() == shown)
                 .collect();
             g.iter().filter(|p| p.order_ms.is_some()).count() as f64 / g.len().max(1) as f64
         };
@@ -1013,7 +1022,7 @@ mod tests {
                 intent: 0.0,
                 first_ms: 0,
                 order_ms: (i % 10 >= 8).then_some(DAY_MS),
-                upgrade_shown_ms: (i >= 15).then_some(0),
+                intent_shown_ms: (i >= 15).then_some(0),
             })
             .collect();
         let latest: HashMap<String, Json> = (0..20)

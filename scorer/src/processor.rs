@@ -974,4 +974,42 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_dormant_lead_that_wakes_on_another_platform_is_flagged_reactivated() {
+        let mut h = Harness::new();
+        let day = 24 * 60;
+        h.stitch(ev(
+            "f1",
+            "web-9",
+            json!({"platform": "web", "phone_hash": "ph-9"}),
+            "lead_form_submitted",
+            "",
+            0,
+        ));
+        h.drain();
+        // 150 days later: a mini-program login with the same phone, then intent.
+        h.stitch(ev(
+            "i1",
+            "mp-9",
+            json!({"platform": "mini_program", "phone_hash": "ph-9", "union_id": "wx-9"}),
+            "identify",
+            "",
+            150 * day,
+        ));
+        h.stitch(ev(
+            "c1",
+            "mp-9",
+            json!({"platform": "mini_program", "union_id": "wx-9"}),
+            "page_viewed",
+            "configurator",
+            150 * day + 5,
+        ));
+        h.drain();
+        let lead = h.graph.resolve(&["a:mp-9".into()]);
+        let s = &h.latest[&lead];
+        assert_eq!(s["event_count"], 3, "{s}");
+        assert_eq!(s["reactivated"], true, "{s}");
+        assert_eq!(s["stage"], "new", "{s}");
+    }
 }

@@ -125,6 +125,56 @@ pub struct Thresholds {
     pub medium: f64,
 }
 
+impl LogisticModel {
+    /// Refuses a model trained on another feature set (another release's
+    /// features, a hand-edited file): each column must name the feature
+    /// this build computes at that index, or scores would be silently wrong.
+    pub fn check_compatible(&self) -> Result<(), String> {
+        let n = self.columns.len();
+        if [
+            self.features.len(),
+            self.mean.len(),
+            self.std.len(),
+            self.coefficients.len(),
+        ]
+        .iter()
+        .any(|l| *l != n)
+        {
+            return Err(format!(
+                "it is inconsistent: {} columns, {} feature names, {} means, {} spreads, {} coefficients",
+                n,
+                self.features.len(),
+                self.mean.len(),
+                self.std.len(),
+                self.coefficients.len()
+            ));
+        }
+        for (name, &c) in self.features.iter().zip(&self.columns) {
+            match FEATURE_NAMES.get(c) {
+                Some(ours) if ours == name => {}
+                Some(ours) => {
+                    return Err(format!(
+                        "it was trained on another feature set: column {c} is `{name}` in the model but `{ours}` in this build; retrain it with `leadstream train`"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "it was trained on another feature set: column {c} (`{name}`) does not exist in this build ({} features); retrain it with `leadstream train`",
+                        FEATURE_NAMES.len()
+                    ));
+                }
+            }
+        }
+        if let Some(j) = self.std.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(format!(
+                "feature `{}` has a spread of {}",
+                self.features[j], self.std[j]
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Model for LogisticModel {
     fn probability(&self, features: &[f32]) -> f64 {
         let z: f64 = self
@@ -322,6 +372,46 @@ mod tests {
     use super::*;
     use crate::rules::DEFAULT_TOML;
     use serde_json::json;
+
+    #[test]
+    fn a_model_from_another_feature_set_is_refused_with_the_reason() {
+        let model = |features: Vec<&str>, columns: Vec<usize>| LogisticModel {
+            mean: vec![0.0; columns.len()],
+            std: vec![1.0; columns.len()],
+            coefficients: vec![0.5; columns.len()],
+            features: features.into_iter().map(str::to_owned).collect(),
+            columns,
+            intercept: 0.0,
+            horizon_days: 30.0,
+            thresholds: Thresholds {
+                high: 0.5,
+                medium: 0.2,
+            },
+        };
+        let ok = model(vec![FEATURE_NAMES[0], FEATURE_NAMES[5]], vec![0, 5]);
+        assert_eq!(ok.check_compatible(), Ok(()));
+        let moved = model(vec![FEATURE_NAMES[0]], vec![3]);
+        let err = moved.check_compatible().unwrap_err();
+        assert!(
+            err.contains("another feature set") && err.contains("retrain"),
+            "{err}"
+        );
+        let beyond = model(vec!["log_page_views_90d"], vec![FEATURE_NAMES.len() + 4]);
+        assert!(
+            beyond
+                .check_compatible()
+                .unwrap_err()
+                .contains("does not exist")
+        );
+        let mut short = ok.clone();
+        short.mean.pop();
+        assert!(
+            short
+                .check_compatible()
+                .unwrap_err()
+                .contains("inconsistent")
+        );
+    }
 
     #[test]
     fn metrics_match_hand_computed_values() {

@@ -266,14 +266,9 @@ fn load_model(path: &PathBuf, slot: &RwLock<Option<Arc<LogisticModel>>>) -> anyh
         .with_context(|| format!("reading model {}", path.display()))?;
     let model: LogisticModel = serde_json::from_str(&text)
         .with_context(|| format!("model {} is not a leadstream model file", path.display()))?;
-    anyhow::ensure!(
-        model.features.len() == model.coefficients.len()
-            && model.columns.len() == model.coefficients.len(),
-        "model {} is inconsistent: {} features, {} coefficients",
-        path.display(),
-        model.features.len(),
-        model.coefficients.len()
-    );
+    if let Err(why) = model.check_compatible() {
+        anyhow::bail!("model {} is refused: {why}", path.display());
+    }
     tracing::info!(model = %path.display(), features = model.features.len(), "model loaded");
     *slot.write().expect("model lock") = Some(Arc::new(model));
     Ok(())
