@@ -737,6 +737,9 @@ pub struct Check {
     pub owners_low: [(usize, usize); 2],
     /// Mean score of owners without and with upgrade behaviour.
     pub owners_mean: [f64; 2],
+    /// Mean score of owners who never buy again, and (count, mean) of
+    /// those who go on to buy (at any time after the check).
+    pub owners_buying: (f64, usize, f64),
     /// Dormant leads flagged reactivated, of those that woke with intent
     /// within the flag's life.
     pub reactivated: (usize, usize),
@@ -755,6 +758,7 @@ pub fn check(truth: &[Truth], latest: &HashMap<String, Json>, at_ms: i64, model:
     let mut rows: Vec<(&'static str, [f64; 3], bool)> = Vec::new();
     let mut owners_low = [(0, 0); 2];
     let mut owners_sum = [0.0; 2];
+    let mut owners_by_outcome = [(0usize, 0.0f64); 2];
     let mut reactivated = (0, 0);
     for t in truth {
         if t.first_ms > at_ms || t.order_ms.is_some_and(|o| o <= at_ms) {
@@ -787,6 +791,9 @@ pub fn check(truth: &[Truth], latest: &HashMap<String, Json>, at_ms: i64, model:
             let shopping = usize::from(t.intent_shown_ms.is_some_and(|u| u <= at_ms));
             owners_low[shopping].1 += 1;
             owners_sum[shopping] += scores[0];
+            let buys = usize::from(t.order_ms.is_some());
+            owners_by_outcome[buys].0 += 1;
+            owners_by_outcome[buys].1 += scores[0];
             if s.get("grade").and_then(Json::as_str) == Some("low") {
                 owners_low[shopping].0 += 1;
             }
@@ -821,12 +828,14 @@ pub fn check(truth: &[Truth], latest: &HashMap<String, Json>, at_ms: i64, model:
         })
         .collect();
     let mean = |i: usize| owners_sum[i] / owners_low[i].1.max(1) as f64;
+    let outcome_mean = |i: usize| owners_by_outcome[i].1 / owners_by_outcome[i].0.max(1) as f64;
     Check {
         at_ms,
         model,
         groups,
         owners_low,
         owners_mean: [mean(0), mean(1)],
+        owners_buying: (outcome_mean(0), owners_by_outcome[1].0, outcome_mean(1)),
         reactivated,
     }
 }
@@ -877,6 +886,11 @@ impl std::fmt::Display for Check {
             f,
             "  owners without upgrade behaviour graded low: {lo0} of {n0} (mean score {:.1}); with it: {lo1} of {n1} low (mean score {:.1})",
             self.owners_mean[0], self.owners_mean[1]
+        )?;
+        writeln!(
+            f,
+            "  owners who go on to buy again ({}): mean score {:.1}; the rest {:.1}",
+            self.owners_buying.1, self.owners_buying.2, self.owners_buying.0
         )?;
         write!(
             f,
