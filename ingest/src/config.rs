@@ -42,6 +42,11 @@ pub struct IngestConfig {
     /// How long a record may wait for Kafka's ack before it is spooled.
     #[arg(long, env = "LEADSTREAM_PRODUCE_TIMEOUT_MS", default_value_t = 5_000)]
     pub produce_timeout_ms: u64,
+    /// A producer that gets no ack for this long while the broker answers
+    /// metadata is replaced by a fresh one (a producer can stay wedged after
+    /// a broker stall), so the spool drains without a restart.
+    #[arg(long, env = "LEADSTREAM_PRODUCER_STALL_MS", default_value_t = 10_000)]
+    pub producer_stall_ms: u64,
     /// Producer linger: how long librdkafka waits to fill a batch. Higher
     /// means more throughput per CPU and a higher single-event latency floor.
     #[arg(long, env = "LEADSTREAM_KAFKA_LINGER_MS", default_value_t = 20)]

@@ -12,6 +12,9 @@ pub const SPOOL_TORN: &str = "ingest_spool_torn_segments_total";
 pub const SPOOL_BYTES: &str = "ingest_spool_bytes";
 pub const SPOOL_FULL: &str = "ingest_spool_full_total";
 pub const PRODUCE_SECONDS: &str = "ingest_produce_seconds";
+/// Kafka producers replaced because they stopped getting acks while the
+/// broker answered (label `reason`: stalled, fatal).
+pub const PRODUCER_REPLACED: &str = "ingest_producer_replaced_total";
 pub const HTTP_REQUESTS: &str = "ingest_http_requests_total";
 pub const UNAUTHORIZED: &str = "ingest_unauthorized_total";
 pub const RATE_LIMITED: &str = "ingest_rate_limited_total";
@@ -40,6 +43,9 @@ pub fn register() {
         if reason != "duplicate" {
             ::metrics::counter!(EVENTS_REJECTED, "reason" => reason).increment(0);
         }
+    }
+    for reason in ["stalled", "fatal"] {
+        ::metrics::counter!(PRODUCER_REPLACED, "reason" => reason).increment(0);
     }
     ::metrics::gauge!(SPOOL_BYTES).increment(0.0);
 }
