@@ -42,6 +42,14 @@ pub struct IngestConfig {
     /// How long a record may wait for Kafka's ack before it is spooled.
     #[arg(long, env = "LEADSTREAM_PRODUCE_TIMEOUT_MS", default_value_t = 5_000)]
     pub produce_timeout_ms: u64,
+    /// The longest pause between two chunks of a request body; a client
+    /// that stops sending mid-body is cut off.
+    #[arg(long, env = "LEADSTREAM_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// A whole request (body, validation, Kafka acks or spool) within this,
+    /// else 408: a client that trickles its body is cut off here.
+    #[arg(long, env = "LEADSTREAM_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
     /// A producer that gets no ack for this long while the broker answers
     /// metadata is replaced by a fresh one (a producer can stay wedged after
     /// a broker stall), so the spool drains without a restart.
@@ -108,6 +116,11 @@ impl IngestConfig {
         }
         if self.max_event_bytes > self.max_batch_bytes {
             return Err("--max-event-bytes must not exceed --max-batch-bytes".into());
+        }
+        if self.request_timeout_ms <= self.produce_timeout_ms + self.body_timeout_ms {
+            return Err(
+                "--request-timeout-ms must exceed --produce-timeout-ms plus --body-timeout-ms, or slow acks turn into 408s".into(),
+            );
         }
         if self.produce_timeout_ms == 0 {
             return Err("--produce-timeout-ms must be positive".into());

@@ -76,6 +76,8 @@ pub async fn build_state(
             max_gzip_ratio: cfg.max_gzip_ratio,
             max_skew_ms: cfg.max_clock_skew_secs * 1000,
             spool_max_bytes: cfg.spool_max_bytes,
+            body_timeout: Duration::from_millis(cfg.body_timeout_ms),
+            request_timeout: Duration::from_millis(cfg.request_timeout_ms),
         },
         replay: tokio::sync::Notify::new(),
         prometheus: metrics::prometheus(),

@@ -44,6 +44,10 @@ pub struct Limits {
     pub max_gzip_ratio: usize,
     pub max_skew_ms: i64,
     pub spool_max_bytes: u64,
+    /// Longest pause between two chunks of a request body.
+    pub body_timeout: Duration,
+    /// A whole request, body and Kafka acks included, within this.
+    pub request_timeout: Duration,
 }
 
 pub struct AppState {
@@ -86,6 +90,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "x-write-key".parse().expect("valid header"),
         ])
         .max_age(Duration::from_secs(3600));
+    use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
     let body_limit = state.limits.max_batch_bytes;
     Router::new()
         .route("/v1/{kind}", post(ingest))
@@ -96,6 +101,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_liveness", get(|| async { "ok" }))
         .route("/_readiness", get(readiness))
         .layer(DefaultBodyLimit::max(body_limit))
+        // A client that stops sending mid-body is cut off after the body
+        // timeout (the read fails: 400), and one that trickles it after the
+        // request timeout (408): no request holds a connection for ever.
+        .layer(RequestBodyTimeoutLayer::new(state.limits.body_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.limits.request_timeout,
+        ))
         .layer(cors)
         .with_state(state)
 }

@@ -84,6 +84,9 @@ fn config(dir: &std::path::Path, spool_max_bytes: u64) -> IngestConfig {
         spool_dir: dir.join("spool"),
         spool_max_bytes,
         produce_timeout_ms: 1000,
+        producer_stall_ms: 10_000,
+        body_timeout_ms: 600,
+        request_timeout_ms: 2_500,
         kafka_linger_ms: 5,
         events_topic: "leadstream.events".into(),
         dlq_topic: "leadstream.events.dlq".into(),
@@ -420,4 +423,45 @@ async fn full_spool_answers_503_and_loses_nothing_it_accepted() {
         .map(|r| r.message_id)
         .collect();
     assert_eq!(got, accepted);
+}
+
+/// A client that sends its headers and then trickles the body a byte at a
+/// time (never pausing long enough for the body timeout) is cut off with a
+/// 408 once the request timeout passes, instead of holding its connection
+/// for ever.
+#[tokio::test]
+async fn a_client_that_trickles_its_body_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(1 << 20).await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/track HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\nx-write-key: web-key\r\ncontent-length: 1000\r\n\r\n{{"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if conn.write_all(b" ").await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 512];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(1), conn.read(&mut buf)).await
+            {
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+        }
+        String::new()
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), trickle)
+        .await
+        .expect("the slow client was never cut off");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "cut off after {:?}",
+        started.elapsed()
+    );
 }

@@ -184,7 +184,7 @@ pub async fn run_with_clock(
     let producer: FutureProducer = producer_cfg.create()?;
 
     let stitch_consumer: StreamConsumer =
-        consumer_config(&kafka, &format!("{}-stitch", cfg.group)).create()?;
+        group_consumer_config(&cfg, &format!("{}-stitch", cfg.group)).create()?;
     stitch_consumer.subscribe(&[&topics.events])?;
     let stitcher = stitch::Stitcher {
         consumer: stitch_consumer,
@@ -197,7 +197,7 @@ pub async fn run_with_clock(
         lag: LagGauge::new(metrics::CONSUMER_LAG, ("stage", "stitch")),
     };
     let score_consumer: StreamConsumer<score_loop::RebalanceTracker> =
-        consumer_config(&kafka, &cfg.group)
+        group_consumer_config(&cfg, &cfg.group)
             .create_with_context(score_loop::RebalanceTracker::default())?;
     score_consumer.subscribe(&[&topics.by_lead])?;
     let mut scorer = score_loop::ScoreLoop {
@@ -261,6 +261,14 @@ pub async fn run_with_clock(
     Ok(())
 }
 
+/// The consumer config of one of the scorer's groups: the shared defaults
+/// plus the scorer's own settings (`--session-timeout-ms`).
+pub fn group_consumer_config(cfg: &ScorerConfig, group: &str) -> rdkafka::ClientConfig {
+    let mut c = consumer_config(&cfg.kafka, group);
+    c.set("session.timeout.ms", cfg.session_timeout_ms.to_string());
+    c
+}
+
 fn load_model(path: &PathBuf, slot: &RwLock<Option<Arc<LogisticModel>>>) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading model {}", path.display()))?;
@@ -286,6 +294,26 @@ async fn watch_model(path: PathBuf, slot: Arc<RwLock<Option<Arc<LogisticModel>>>
             if let Err(e) = load_model(&path, &slot) {
                 tracing::error!(error = %format!("{e:#}"), "model reload failed; keeping the previous model");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--session-timeout-ms` reaches both of the scorer's consumers (it was
+    /// accepted and documented, but only the sink set it).
+    #[test]
+    fn the_session_timeout_reaches_the_consumers() {
+        let mut cfg = ScorerConfig::defaults("127.0.0.1:9");
+        cfg.session_timeout_ms = 7_000;
+        for group in [cfg.group.clone(), format!("{}-stitch", cfg.group)] {
+            assert_eq!(
+                group_consumer_config(&cfg, &group).get("session.timeout.ms"),
+                Some("7000"),
+                "{group}"
+            );
         }
     }
 }
