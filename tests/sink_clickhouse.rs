@@ -177,20 +177,23 @@ async fn count(db: &clickhouse::Client, sql: &str) -> u64 {
 
 /// Waits until the events table holds `n` distinct message ids.
 async fn wait_for_events(db: &clickhouse::Client, n: u64, timeout: Duration) {
+    wait_for(db, "SELECT uniqExact(message_id) FROM events", n, timeout).await;
+}
+
+/// Waits until `sql` (a count) reaches `n`. Each stream (events, DLQ,
+/// scores) retries on its own backoff after an outage, so waiting for the
+/// events alone does not mean the others have caught up.
+async fn wait_for(db: &clickhouse::Client, sql: &str, n: u64, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         // 0 while ClickHouse is away (the outage tests).
-        let got = db
-            .query("SELECT uniqExact(message_id) FROM events")
-            .fetch_one::<u64>()
-            .await
-            .unwrap_or(0);
+        let got = db.query(sql).fetch_one::<u64>().await.unwrap_or(0);
         if got >= n {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "only {got} of {n} events reached ClickHouse within {timeout:?}"
+            "only {got} of {n} within {timeout:?}: {sql}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -321,6 +324,14 @@ async fn assert_everything_once(db: &clickhouse::Client, events: u64, violations
         count(db, "SELECT count() FROM events FINAL").await,
         events,
         "each event exactly once after dedupe"
+    );
+    // What reached ClickHouse, before FINAL collapses redeliveries: the
+    // delivery is at least once, so never fewer rows than events.
+    let raw = count(db, "SELECT count() FROM events").await;
+    assert!(raw >= events, "{raw} rows for {events} events");
+    println!(
+        "events: {events} distinct, {raw} rows written, {} duplicates collapsed by FINAL",
+        raw - events
     );
     assert_eq!(
         count(db, "SELECT uniqExact(message_id) FROM events").await,
@@ -506,6 +517,21 @@ async fn clickhouse_killed_mid_load_and_restarted_loses_and_doubles_nothing() {
     .await
     .unwrap();
     wait_for_events(&db, 6000, Duration::from_secs(90)).await;
+    wait_for(
+        &db,
+        "SELECT count() FROM schema_violations FINAL",
+        100,
+        Duration::from_secs(60),
+    )
+    .await;
+    // Three score versions per lead.
+    wait_for(
+        &db,
+        "SELECT count() FROM lead_score_history FINAL",
+        180,
+        Duration::from_secs(60),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_everything_once(&db, 6000, 100, 60).await;
     assert_sink_retried(&cfg, "restart");
@@ -584,6 +610,21 @@ async fn kill_9_mid_batch_then_restart_writes_every_event_once() {
     );
     let _restarted = spawn_sink(&cfg, "restarted");
     wait_for_events(&db, 6000, Duration::from_secs(90)).await;
+    wait_for(
+        &db,
+        "SELECT count() FROM schema_violations FINAL",
+        100,
+        Duration::from_secs(60),
+    )
+    .await;
+    // Three score versions per lead.
+    wait_for(
+        &db,
+        "SELECT count() FROM lead_score_history FINAL",
+        180,
+        Duration::from_secs(60),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_everything_once(&db, 6000, 100, 60).await;
     db.query(&format!("DROP DATABASE {database}"))
