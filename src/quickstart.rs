@@ -212,7 +212,17 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     for _ in 0..50 {
         if ensure_topics(
             &kafka,
-            &[spec("leadstream.events"), spec("leadstream.events.dlq")],
+            &[
+                spec("leadstream.events"),
+                spec("leadstream.events.dlq"),
+                // Created here, as the scorer would (compacted, keyed by
+                // lead), so the sink and the live view that subscribe to
+                // it before the scorer is up find it.
+                TopicSpec {
+                    compacted: true,
+                    ..spec("leadstream.lead_scores")
+                },
+            ],
         )
         .await
         .is_ok()
