@@ -662,7 +662,7 @@ impl Live {
     ) -> anyhow::Result<()> {
         const TICK: Duration = Duration::from_millis(200);
         let mut poster = Poster::new(url);
-        let mut pending: BinaryHeap<Reverse<(i64, u64, usize)>> = BinaryHeap::new();
+        let mut pending: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::new();
         let mut bodies: HashMap<u64, (&'static str, Json)> = HashMap::new();
         let mut seq = 0u64;
         let mut budget = 0.0f64;
@@ -690,16 +690,16 @@ impl Live {
                 mean_calls = 0.98 * mean_calls + 0.02 * p.calls.len() as f64;
                 budget -= mean_calls;
                 self.truth.lock().expect("truth lock").push(Truth::of(&p));
-                for (i, (t, platform, body)) in p.calls.into_iter().enumerate() {
+                for (t, platform, body) in p.calls {
                     seq += 1;
                     bodies.insert(seq, (platform, body));
-                    pending.push(Reverse((t, seq, i)));
+                    pending.push(Reverse((t, seq)));
                 }
             }
             budget = budget.min(self.rate);
             last = now;
             let mut due = Vec::new();
-            while let Some(Reverse((t, id, _))) = pending.peek().copied()
+            while let Some(Reverse((t, id))) = pending.peek().copied()
                 && t <= now
             {
                 pending.pop();

@@ -68,6 +68,16 @@ async fn consume(bootstrap: &str, topic: &str, expected: usize) -> Vec<(Option<V
     out
 }
 
+/// The message ids on `topic`, in offset order per partition (at least
+/// `expected` are waited for; duplicates are kept).
+async fn message_ids(bootstrap: &str, topic: &str, expected: usize) -> Vec<String> {
+    decode_ids(&consume(bootstrap, topic, expected).await)
+        .await
+        .iter()
+        .map(|e| e["message_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 async fn decode_ids(messages: &[(Option<Vec<u8>>, Vec<u8>)]) -> Vec<Value> {
     let plan = Plan::embedded().unwrap();
     let decoder = Decoder::new(Arc::new(EmbeddedResolver::new(&plan).unwrap()));
@@ -279,11 +289,7 @@ async fn kill_9_while_spooling_then_restart_delivers_every_accepted_event_once()
 
     let _second = Ingest::spawn(&bootstrap, &events.name, &dlq.name, spool.path(), port);
     wait_live(&url).await;
-    let got = decode_ids(&consume(&bootstrap, &events.name, accepted.len()).await).await;
-    let ids: Vec<String> = got
-        .iter()
-        .map(|e| e["message_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = message_ids(&bootstrap, &events.name, accepted.len()).await;
     assert_eq!(ids.len(), accepted.len(), "no duplicates");
     assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), accepted);
 }
@@ -324,11 +330,7 @@ async fn broker_outage_mid_load_loses_and_duplicates_nothing() {
             accepted.insert(e["messageId"].as_str().unwrap().to_owned());
         }
     }
-    let got = decode_ids(&consume(&bootstrap, "events", accepted.len()).await).await;
-    let ids: Vec<String> = got
-        .iter()
-        .map(|e| e["message_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = message_ids(&bootstrap, "events", accepted.len()).await;
     assert_eq!(ids.len(), accepted.len(), "no duplicates");
     assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), accepted);
 }
@@ -432,11 +434,7 @@ async fn ingest_recovers_from_a_broker_stall_without_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let got = decode_ids(&consume(&bootstrap, &events.name, accepted.len()).await).await;
-    let ids: Vec<String> = got
-        .iter()
-        .map(|e| e["message_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = message_ids(&bootstrap, &events.name, accepted.len()).await;
     let distinct: BTreeSet<String> = ids.iter().cloned().collect();
     println!(
         "stall: {} accepted, {} records in Kafka, {} written twice (timed out in flight, then spooled)",

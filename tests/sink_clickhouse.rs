@@ -180,6 +180,26 @@ async fn wait_for_events(db: &clickhouse::Client, n: u64, timeout: Duration) {
     wait_for(db, "SELECT uniqExact(message_id) FROM events", n, timeout).await;
 }
 
+/// After an outage: waits until all of 6,000 events, their 100 violations
+/// and the 3 score versions of each of the 60 leads are in.
+async fn wait_for_every_stream(db: &clickhouse::Client) {
+    wait_for_events(db, 6000, Duration::from_secs(90)).await;
+    wait_for(
+        db,
+        "SELECT count() FROM schema_violations FINAL",
+        100,
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for(
+        db,
+        "SELECT count() FROM lead_score_history FINAL",
+        180,
+        Duration::from_secs(60),
+    )
+    .await;
+}
+
 /// Waits until `sql` (a count) reaches `n`. Each stream (events, DLQ,
 /// scores) retries on its own backoff after an outage, so waiting for the
 /// events alone does not mean the others have caught up.
@@ -516,22 +536,7 @@ async fn clickhouse_killed_mid_load_and_restarted_loses_and_doubles_nothing() {
     })
     .await
     .unwrap();
-    wait_for_events(&db, 6000, Duration::from_secs(90)).await;
-    wait_for(
-        &db,
-        "SELECT count() FROM schema_violations FINAL",
-        100,
-        Duration::from_secs(60),
-    )
-    .await;
-    // Three score versions per lead.
-    wait_for(
-        &db,
-        "SELECT count() FROM lead_score_history FINAL",
-        180,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_for_every_stream(&db).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_everything_once(&db, 6000, 100, 60).await;
     assert_sink_retried(&cfg, "restart");
@@ -609,22 +614,7 @@ async fn kill_9_mid_batch_then_restart_writes_every_event_once() {
         "the kill must land mid-load (had {written})"
     );
     let _restarted = spawn_sink(&cfg, "restarted");
-    wait_for_events(&db, 6000, Duration::from_secs(90)).await;
-    wait_for(
-        &db,
-        "SELECT count() FROM schema_violations FINAL",
-        100,
-        Duration::from_secs(60),
-    )
-    .await;
-    // Three score versions per lead.
-    wait_for(
-        &db,
-        "SELECT count() FROM lead_score_history FINAL",
-        180,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_for_every_stream(&db).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_everything_once(&db, 6000, 100, 60).await;
     db.query(&format!("DROP DATABASE {database}"))

@@ -51,8 +51,13 @@ pub enum Input {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// A `lead_score` record (tracking-plan JSON shape) keyed by lead id.
-    Score { lead_id: String, record: Json },
+    /// A `lead_score` record (tracking-plan JSON shape) keyed by lead id,
+    /// and why it was emitted (also in the record, for readers).
+    Score {
+        lead_id: String,
+        record: Json,
+        reason: ChangeReason,
+    },
     /// A record for another lead's owner, keyed by `routed.lead_id`.
     Route(Routed),
 }
@@ -112,6 +117,12 @@ impl Partition {
     }
 }
 
+/// Whether `lead` needs the model's periodic re-check: a model is loaded
+/// and the lead was last graded above low.
+fn recheck(lead: &Lead, model_loaded: bool) -> bool {
+    model_loaded && lead.emitted.is_some_and(|c| c.grade != Grade::Low)
+}
+
 /// Puts `lead` in `schedule` at its next possible change, unless a live
 /// entry is already due no later.
 fn schedule_lead(
@@ -124,9 +135,12 @@ fn schedule_lead(
     if lead.merged_into.is_some() {
         return;
     }
-    let recheck = model_loaded && lead.emitted.is_some_and(|c| c.grade != Grade::Low);
-    if let Some(due) = next_change(&lead.state, lead.evaluated_ms, cfg, recheck)
-        && lead.scheduled_ms.is_none_or(|s| due < s)
+    if let Some(due) = next_change(
+        &lead.state,
+        lead.evaluated_ms,
+        cfg,
+        recheck(lead, model_loaded),
+    ) && lead.scheduled_ms.is_none_or(|s| due < s)
     {
         schedule.push(Reverse((due, key.to_owned())));
         lead.scheduled_ms = Some(due);
@@ -150,8 +164,12 @@ fn catch_up(
     }
     let mut emitted = false;
     loop {
-        let recheck = model.is_some() && lead.emitted.is_some_and(|c| c.grade != Grade::Low);
-        let Some(due) = next_change(&lead.state, lead.evaluated_ms, cfg, recheck) else {
+        let Some(due) = next_change(
+            &lead.state,
+            lead.evaluated_ms,
+            cfg,
+            recheck(lead, model.is_some()),
+        ) else {
             break;
         };
         if due > upto {
@@ -544,6 +562,7 @@ fn score_output(
     Output::Score {
         lead_id: lead_id.to_owned(),
         record,
+        reason,
     }
 }
 
@@ -627,7 +646,9 @@ mod tests {
                 );
                 for o in outcome.outputs {
                     match o {
-                        Output::Score { lead_id, record } => {
+                        Output::Score {
+                            lead_id, record, ..
+                        } => {
                             self.latest.insert(lead_id, record);
                         }
                         Output::Route(r) => {

@@ -161,14 +161,6 @@ impl ChangeReason {
         }
     }
 
-    /// The bounded metric label for a reason read back from a record.
-    pub fn label(reason: &str) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|r| r.as_str() == reason)
-            .map_or("stage_changed", |r| r.as_str())
-    }
-
     /// Why time alone moved a lead from `before` to `after` (which differ).
     /// A stage change names the change; then a new churn risk, an expired
     /// flag, and last a grade change.

@@ -107,16 +107,14 @@ impl ScoreLoop {
         for p in assigned {
             // Idle is measured from the assignment, not from the epoch.
             self.last_read.insert(p, Instant::now());
-            if !self.processor.owns(p) {
-                restore(
-                    &mut self.processor,
-                    &self.producer,
-                    &self.bootstrap,
-                    &self.topics.changelog,
-                    p,
-                )
-                .await?;
-            }
+            restore(
+                &mut self.processor,
+                &self.producer,
+                &self.bootstrap,
+                &self.topics.changelog,
+                p,
+            )
+            .await?;
         }
         let t0 = std::time::Instant::now();
         let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms)
@@ -129,16 +127,14 @@ impl ScoreLoop {
         for m in &batch {
             let p = m.partition();
             self.last_read.insert(p, read_at);
-            if !self.processor.owns(p) {
-                restore(
-                    &mut self.processor,
-                    &self.producer,
-                    &self.bootstrap,
-                    &self.topics.changelog,
-                    p,
-                )
-                .await?;
-            }
+            restore(
+                &mut self.processor,
+                &self.producer,
+                &self.bootstrap,
+                &self.topics.changelog,
+                p,
+            )
+            .await?;
             let (Some(key), Some(payload)) = (m.key(), m.payload()) else {
                 metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
                 continue;
@@ -224,10 +220,8 @@ impl ScoreLoop {
             let idle = read_at.duration_since(since) >= self.idle;
             let now = idle.then(|| self.clock.now_ms());
             for o in self.processor.advance(p, now, model) {
-                if let Output::Score { record, .. } = &o {
-                    let reason = record["change_reason"].as_str().unwrap_or("decayed");
-                    metrics::counter!(TIME_SCORES, "reason" => crate::score::ChangeReason::label(reason))
-                        .increment(1);
+                if let Output::Score { reason, .. } = &o {
+                    metrics::counter!(TIME_SCORES, "reason" => reason.as_str()).increment(1);
                 }
                 self.produce(o, &mut deliveries).await?;
             }
@@ -266,7 +260,9 @@ impl ScoreLoop {
         deliveries: &mut Vec<rdkafka::producer::DeliveryFuture>,
     ) -> anyhow::Result<()> {
         match o {
-            Output::Score { lead_id, record } => {
+            Output::Score {
+                lead_id, record, ..
+            } => {
                 let framed = self.encoder.encode_derived("lead_score", &record)?;
                 deliveries.push(
                     send(
@@ -319,7 +315,8 @@ impl ScoreLoop {
     }
 }
 
-/// Reads partition `p` of the changelog from the start into the processor.
+/// Reads partition `p` of the changelog from the start into the processor,
+/// unless the processor already holds it.
 ///
 /// The end is found by appending a marker and reading up to it rather than
 /// trusting the high watermark: everything acked before the marker is
@@ -332,6 +329,9 @@ async fn restore(
     changelog: &str,
     p: i32,
 ) -> anyhow::Result<()> {
+    if processor.owns(p) {
+        return Ok(());
+    }
     let started = std::time::Instant::now();
     let marker = send(producer, changelog, p, RESTORE_MARKER_KEY, Vec::new()).await;
     let end = match marker.await {
