@@ -163,18 +163,14 @@ fn catch_up(
         return false;
     }
     let mut emitted = false;
-    loop {
-        let Some(due) = next_change(
-            &lead.state,
-            lead.evaluated_ms,
-            cfg,
-            recheck(lead, model.is_some()),
-        ) else {
-            break;
-        };
-        if due > upto {
-            break;
-        }
+    while let Some(due) = next_change(
+        &lead.state,
+        lead.evaluated_ms,
+        cfg,
+        recheck(lead, model.is_some()),
+    )
+    .filter(|d| *d <= upto)
+    {
         let scored = score(&lead.state, due, cfg, model);
         let class = scored.class();
         match lead.emitted {
