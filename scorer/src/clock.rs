@@ -24,7 +24,9 @@ impl Clock for SystemClock {
 }
 
 /// Simulated time: starts at `origin_ms` and runs `speed` times faster than
-/// real time, so a quickstart shows months of lifecycle in minutes.
+/// real time, so a quickstart shows months of lifecycle in minutes. It never
+/// passes the system clock (ingest caps event times at receipt), and runs at
+/// real speed once it has caught up.
 #[derive(Debug)]
 pub struct ScaledClock {
     origin_ms: i64,
@@ -44,7 +46,9 @@ impl ScaledClock {
 
 impl Clock for ScaledClock {
     fn now_ms(&self) -> i64 {
-        self.origin_ms + (self.started.elapsed().as_secs_f64() * 1000.0 * self.speed) as i64
+        let scaled =
+            self.origin_ms + (self.started.elapsed().as_secs_f64() * 1000.0 * self.speed) as i64;
+        scaled.min(SystemClock.now_ms())
     }
 }
 
@@ -64,5 +68,25 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulated_time_runs_fast_but_never_passes_the_system_clock() {
+        let real = SystemClock.now_ms();
+        let behind = ScaledClock::new(real - 86_400_000, 1e6);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // 200 ms at a million times real speed is days: caught up, held at real time.
+        let t = behind.now_ms();
+        assert!(t >= real && t <= SystemClock.now_ms(), "{t} vs {real}");
+        let slow = ScaledClock::new(real - 86_400_000, 1.0);
+        assert!(
+            slow.now_ms() < real,
+            "a day behind stays behind at real speed"
+        );
     }
 }
