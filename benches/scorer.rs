@@ -13,7 +13,8 @@ use leadstream_scorer::{
     processor::{Input, Output, Processor},
     rules::{DEFAULT_TOML, ScoringConfig},
     score::{Model, score},
-    train::{LogisticModel, Thresholds},
+    train::{LogisticModel, Snapshot, Thresholds, TrainedModel},
+    trees::{self, TreeParams},
 };
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
@@ -45,6 +46,10 @@ fn event(i: i64) -> LeadEvent {
         purchase_ms: None,
         duration_ms: Some(30_000),
         page_value: None,
+        categories: leadstream_scorer::context::hashes(&serde_json::json!({
+            "event": "page_viewed", "platform": "web",
+            "context": {"utm_source": "autohome", "utm_campaign": "ev-launch", "os": "iOS 17", "user_agent": "Safari", "locale": "zh-CN"},
+            "properties": {"model_id": "x5"}})),
     }
 }
 
@@ -176,9 +181,10 @@ fn bench(c: &mut Criterion) {
     group.bench_function("feature_vector", |b| {
         b.iter(|| black_box(heavy.features(black_box(T0 + 10 * DAY_MS), hl)))
     });
-    // A model over every feature, as `leadstream train` writes it.
+    // A logistic regression over every feature, as `leadstream train
+    // --learner logistic` writes it.
     let n = leadstream_scorer::features::FEATURE_NAMES.len();
-    let model = LogisticModel {
+    let logistic = LogisticModel {
         features: leadstream_scorer::features::FEATURE_NAMES
             .iter()
             .map(|s| s.to_string())
@@ -194,9 +200,15 @@ fn bench(c: &mut Criterion) {
             medium: 0.2,
         },
     };
-    let features = heavy.features(T0 + 10 * DAY_MS, hl);
+    // Trees as `leadstream train` writes them by default (its default size),
+    // fit on snapshots of typical leads.
+    let model = TrainedModel::Trees(tree_model(hl, dormant));
+    let row = heavy.feature_row(T0 + 10 * DAY_MS, hl);
+    group.bench_function("model_inference_logistic", |b| {
+        b.iter(|| black_box(logistic.probability(black_box(&row))))
+    });
     group.bench_function("model_inference", |b| {
-        b.iter(|| black_box(model.probability(black_box(&features))))
+        b.iter(|| black_box(model.probability(black_box(&row))))
     });
     let blended = ScoringConfig {
         model_weight: 0.5,
@@ -224,10 +236,47 @@ fn bench(c: &mut Criterion) {
         black_box(score(&state, e.ts_ms, &cfg, None));
     }
     let update_score_ns = started.elapsed().as_nanos() as f64 / rounds as f64;
+    let blended = ScoringConfig {
+        model_weight: 0.5,
+        ..cfg.clone()
+    };
+    let mut state = LeadState::new(T0);
+    let started = Instant::now();
+    for e in events.iter().cycle().take(rounds) {
+        state.apply(e, hl, dormant);
+        black_box(score(&state, e.ts_ms, &blended, Some(&model)));
+    }
+    let with_model_ns = started.elapsed().as_nanos() as f64 / rounds as f64;
+    let trees = match &model {
+        TrainedModel::Trees(t) => t.trees.len(),
+        TrainedModel::Logistic(_) => 0,
+    };
     println!(
-        "scorer update_score_ns={update_score_ns:.0} events_per_s_per_core={:.0} processor_event_ns={ns_per_event:.0} bytes_per_lead={per_lead:.0} time_rescores_per_s={per_s:.0}",
-        1e9 / update_score_ns
+        "scorer update_score_ns={update_score_ns:.0} events_per_s_per_core={:.0} update_score_with_model_ns={with_model_ns:.0} model_events_per_s_per_core={:.0} model_trees={trees} processor_event_ns={ns_per_event:.0} bytes_per_lead={per_lead:.0} time_rescores_per_s={per_s:.0}",
+        1e9 / update_score_ns,
+        1e9 / with_model_ns
     );
+}
+
+/// A tree model of the default size fit on 2,000 typical leads, each cut
+/// after a varying number of its events, labelled by how far it got.
+fn tree_model(hl: i64, dormant: i64) -> leadstream_scorer::trees::TreeModel {
+    let snapshots: Vec<Snapshot> = (0..2_000u64)
+        .map(|lead| {
+            let mut s = LeadState::new(T0);
+            let seen = 1 + (lead * 7_919 % 40) as usize;
+            for e in typical_events(lead).iter().take(seen) {
+                s.apply(e, hl, dormant);
+            }
+            Snapshot {
+                lead_id: format!("L{lead}"),
+                ts_ms: s.last_event_ms,
+                features: s.feature_row(s.last_event_ms, hl),
+                label: seen > 25 || lead % 11 == 0,
+            }
+        })
+        .collect();
+    trees::fit(&snapshots, &[], &[], 30.0, &TreeParams::default()).expect("fit")
 }
 
 criterion_group!(benches, bench);

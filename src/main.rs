@@ -2,9 +2,11 @@
 
 mod broker;
 mod quickstart;
+mod quickstart_model;
 mod schemas_cmd;
 mod simulate;
 mod train_cmd;
+mod train_plots;
 
 use std::process::ExitCode;
 

@@ -14,7 +14,8 @@ use leadstream_scorer::{
     DAY_MS,
     rules::{DEFAULT_TOML, ScoringConfig},
     score::Model,
-    train::{calibration, fit, pr_auc, roc_auc, snapshots},
+    train::{Snapshot, TrainedModel, calibration, category_names, fit, pr_auc, roc_auc, snapshots},
+    trees::{self, TreeParams},
 };
 use serde_json::{Value as Json, json};
 
@@ -65,7 +66,21 @@ pub struct TrainArgs {
         value_delimiter = ','
     )]
     exclude: Vec<String>,
-    /// L2 regularisation strength.
+    /// The model written: gradient-boosted trees over behaviour and context
+    /// (categories target-encoded), or the logistic-regression baseline over
+    /// the numeric features. The report always shows both.
+    #[arg(long, env = "LEADSTREAM_TRAIN_LEARNER", value_enum, default_value_t = Learner::Trees)]
+    learner: Learner,
+    /// Number of trees.
+    #[arg(long, env = "LEADSTREAM_TRAIN_TREES", default_value_t = TreeParams::default().trees)]
+    trees: usize,
+    /// Depth of each tree.
+    #[arg(long, env = "LEADSTREAM_TRAIN_MAX_DEPTH", default_value_t = TreeParams::default().max_depth)]
+    max_depth: usize,
+    /// Step size of each tree.
+    #[arg(long, env = "LEADSTREAM_TRAIN_LEARNING_RATE", default_value_t = TreeParams::default().learning_rate)]
+    learning_rate: f32,
+    /// L2 regularisation strength of the logistic regression.
     #[arg(long, env = "LEADSTREAM_TRAIN_ALPHA", default_value_t = 1.0)]
     alpha: f64,
     /// Where to write the model (JSON).
@@ -78,6 +93,56 @@ pub struct TrainArgs {
         default_value = "model-report.md"
     )]
     report: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Learner {
+    Trees,
+    Logistic,
+}
+
+/// Both learners fit on the same training snapshots.
+struct Fitted {
+    chosen: TrainedModel,
+    baseline: Option<TrainedModel>,
+}
+
+fn fit_both(
+    args: &TrainArgs,
+    train: &[Snapshot],
+    names: &[std::collections::HashMap<u32, String>],
+) -> anyhow::Result<Fitted> {
+    let params = TreeParams {
+        trees: args.trees,
+        max_depth: args.max_depth,
+        learning_rate: args.learning_rate,
+        ..TreeParams::default()
+    };
+    let logistic =
+        TrainedModel::Logistic(fit(train, &args.exclude, args.horizon_days, args.alpha)?);
+    Ok(match args.learner {
+        Learner::Logistic => Fitted {
+            chosen: logistic,
+            baseline: None,
+        },
+        Learner::Trees => Fitted {
+            chosen: TrainedModel::Trees(trees::fit(
+                train,
+                names,
+                &args.exclude,
+                args.horizon_days,
+                &params,
+            )?),
+            baseline: Some(logistic),
+        },
+    })
+}
+
+fn score_with(model: &TrainedModel, snaps: &[Snapshot]) -> Vec<(f64, bool)> {
+    snaps
+        .iter()
+        .map(|s| (model.probability(&s.features), s.label))
+        .collect()
 }
 
 /// A row of the sink's `events` table (JSONEachRow) back as a
@@ -174,7 +239,9 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     let horizon_ms = (args.horizon_days * DAY_MS as f64) as i64;
     let snaps = snapshots(&events, &cfg, horizon_ms);
-    let (train, test, scored, model, split) = match (&args.test_from, args.folds) {
+    let names = category_names(&events);
+    // Test-set predictions of the chosen learner and of the baseline.
+    let (train, test, scored, baseline_scored, model, split) = match (&args.test_from, args.folds) {
         (Some(date), _) => {
             let split_ms = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
                 .with_context(|| format!("--test-from {date:?} is not YYYY-MM-DD"))?
@@ -188,12 +255,17 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                 !test.is_empty(),
                 "no snapshots on or after {date}: move --test-from earlier"
             );
-            let model = fit(&train, &args.exclude, args.horizon_days, args.alpha)?;
-            let scored: Vec<(f64, bool)> = test
-                .iter()
-                .map(|s| (model.probability(&s.features), s.label))
-                .collect();
-            (train, test, scored, model, format!("time split at {date}"))
+            let fitted = fit_both(&args, &train, &names)?;
+            let scored = score_with(&fitted.chosen, &test);
+            let baseline = fitted.baseline.as_ref().map(|b| score_with(b, &test));
+            (
+                train,
+                test,
+                scored,
+                baseline,
+                fitted.chosen,
+                format!("time split at {date}"),
+            )
         }
         (None, Some(k)) => {
             anyhow::ensure!(k >= 2, "--folds must be at least 2");
@@ -202,23 +274,24 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                     .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
                     % k
             };
-            let mut scored = Vec::new();
+            let (mut scored, mut baseline) = (Vec::new(), Vec::new());
             for f in 0..k {
                 let (test, train): (Vec<_>, Vec<_>) = snaps
                     .iter()
                     .cloned()
                     .partition(|s| fold_of(&s.lead_id) == f);
-                let model = fit(&train, &args.exclude, args.horizon_days, args.alpha)?;
-                scored.extend(
-                    test.iter()
-                        .map(|s| (model.probability(&s.features), s.label)),
-                );
+                let fitted = fit_both(&args, &train, &names)?;
+                scored.extend(score_with(&fitted.chosen, &test));
+                if let Some(b) = &fitted.baseline {
+                    baseline.extend(score_with(b, &test));
+                }
             }
-            let model = fit(&snaps, &args.exclude, args.horizon_days, args.alpha)?;
+            let model = fit_both(&args, &snaps, &names)?.chosen;
             (
                 snaps.clone(),
                 snaps,
                 scored,
+                (!baseline.is_empty()).then_some(baseline),
                 model,
                 format!("{k}-fold cross-validation by lead, pooled out-of-fold predictions"),
             )
@@ -253,8 +326,24 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     )?;
     writeln!(
         r,
-        "- label: order within {} days of the snapshot; model: L2 logistic regression (alpha {})",
-        args.horizon_days, args.alpha
+        "- label: order within {} days of the snapshot; model: {}",
+        args.horizon_days,
+        match &model {
+            TrainedModel::Trees(t) => format!(
+                "gradient-boosted trees ({} trees, depth {}, step {}; {} numeric features, {} categorical: {})",
+                t.trees.len(),
+                args.max_depth,
+                args.learning_rate,
+                t.features.len(),
+                t.categories.len(),
+                t.categories
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            TrainedModel::Logistic(_) => format!("L2 logistic regression (alpha {})", args.alpha),
+        }
     )?;
     writeln!(
         r,
@@ -267,13 +356,31 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     )?;
     writeln!(
         r,
-        "\n| metric (test set) | value |\n|---|---|\n| ROC AUC | {auc:.3} |\n| PR AUC | {ap:.3} |\n| base rate | {:.3} |",
+        "\n| metric (test set) | {} | baseline: logistic regression |\n|---|---|---|",
+        model.learner()
+    )?;
+    let base = |f: fn(&[(f64, bool)]) -> f64| {
+        baseline_scored
+            .as_deref()
+            .map_or("—".to_owned(), |b| format!("{:.3}", f(b)))
+    };
+    writeln!(r, "| ROC AUC | {auc:.3} | {} |", base(roc_auc))?;
+    writeln!(r, "| PR AUC | {ap:.3} | {} |", base(pr_auc))?;
+    writeln!(
+        r,
+        "| base rate | {:.3} | |",
         pos(&test) as f64 / test.len() as f64
     )?;
+    let plots = crate::train_plots::write(&args.report, &scored)?;
+    writeln!(r)?;
+    for (title, file) in &plots {
+        writeln!(r, "![{title}]({file})")?;
+    }
     writeln!(
         r,
         "\nGrade thresholds (chosen on the training set: precision ≥ 0.6 → high, ≥ 0.3 → medium): high ≥ {:.3}, medium ≥ {:.3}\n",
-        model.thresholds.high, model.thresholds.medium
+        model.thresholds().high,
+        model.thresholds().medium
     )?;
     writeln!(
         r,
@@ -282,26 +389,43 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     for (lo, hi, n, mean, rate) in calibration(&scored) {
         writeln!(r, "| {lo:.1}–{hi:.1} | {n} | {mean:.3} | {rate:.3} |")?;
     }
-    let mut coef: Vec<(&String, f64)> = model
-        .features
-        .iter()
-        .zip(model.coefficients.iter().copied())
-        .collect();
-    coef.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
-    writeln!(
-        r,
-        "\n## Largest coefficients (standardised features)\n\n| feature | coefficient |\n|---|---|"
-    )?;
-    for (f, c) in coef.iter().take(10) {
-        writeln!(r, "| {f} | {c:+.3} |")?;
+    match &model {
+        TrainedModel::Logistic(lr) => {
+            let mut coef: Vec<(&String, f64)> = lr
+                .features
+                .iter()
+                .zip(lr.coefficients.iter().copied())
+                .collect();
+            coef.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+            writeln!(
+                r,
+                "\n## Largest coefficients (standardised features)\n\n| feature | coefficient |\n|---|---|"
+            )?;
+            for (f, c) in coef.iter().take(10) {
+                writeln!(r, "| {f} | {c:+.3} |")?;
+            }
+        }
+        TrainedModel::Trees(t) => {
+            writeln!(
+                r,
+                "\n## Most used inputs (share of split gain)\n\n| input | share |\n|---|---|"
+            )?;
+            for (f, g) in t.importance.iter().take(12) {
+                writeln!(r, "| {f} | {g:.3} |")?;
+            }
+        }
     }
     fs::write(&args.out, serde_json::to_string_pretty(&model)?)
         .with_context(|| format!("writing {}", args.out.display()))?;
     fs::write(&args.report, &r).with_context(|| format!("writing {}", args.report.display()))?;
     println!(
-        "ROC AUC {auc:.3}  PR AUC {ap:.3}  (test snapshots {}, positives {})",
+        "ROC AUC {auc:.3}  PR AUC {ap:.3}  (test snapshots {}, positives {}){}",
         test.len(),
-        pos(&test)
+        pos(&test),
+        baseline_scored
+            .as_deref()
+            .map(|b| format!("  baseline logistic ROC AUC {:.3}", roc_auc(b)))
+            .unwrap_or_default()
     );
     eprintln!("wrote {} and {}", args.out.display(), args.report.display());
     Ok(ExitCode::SUCCESS)

@@ -114,12 +114,7 @@ impl Pipeline {
             Ok(e) => e,
             Err(e) => return reject(e.reason, e.field, e.message),
         };
-        if let Some(ua) = event.context.user_agent.as_deref() {
-            // One lower-cased copy, then substring search (memchr-based):
-            // far cheaper than a case-insensitive scan per bot pattern.
-            let ua = ua.to_ascii_lowercase();
-            event.context.is_bot = self.bot_agents.iter().any(|b| ua.contains(b.as_str()));
-        }
+        self.flag_bot(&mut event);
         self.pii.apply(&mut event);
         match self.encoder.encode_view(&event.event, &event) {
             Ok(encoded) => Verdict::Accepted {
@@ -149,6 +144,44 @@ impl Pipeline {
             }
             Err(e) => reject(e.reason(), e.field().map(str::to_owned), e.to_string()),
         }
+    }
+
+    fn flag_bot(&self, event: &mut segment::PlanEvent<'_>) {
+        if let Some(ua) = event.context.user_agent.as_deref() {
+            // One lower-cased copy, then substring search (memchr-based):
+            // far cheaper than a case-insensitive scan per bot pattern.
+            let ua = ua.to_ascii_lowercase();
+            event.context.is_bot = self.bot_agents.iter().any(|b| ua.contains(b.as_str()));
+        }
+    }
+
+    /// The tracking-plan event (as JSON) that accepting `call` from `source`
+    /// at `received_at_ms` publishes, validated against the plan: the same
+    /// mapping, bot flag and PII handling for offline uses, such as training
+    /// a model on simulated history. The error says why it would be rejected.
+    pub fn plan_json(
+        &self,
+        call: &Json,
+        source: &crate::sources::Source,
+        received_at_ms: i64,
+        max_skew_ms: i64,
+    ) -> Result<Json, String> {
+        let parsed = SegmentEvent::from_json(call).map_err(|e| format!("bad_json: {e}"))?;
+        let inc = Incoming {
+            source,
+            received_at_ms,
+            max_skew_ms,
+            batch_context: None,
+            batch_sent_at: None,
+        };
+        let mut event =
+            segment::to_plan(&parsed, &inc).map_err(|e| format!("{}: {}", e.reason, e.message))?;
+        self.flag_bot(&mut event);
+        self.pii.apply(&mut event);
+        self.encoder
+            .encode_view(&event.event, &event)
+            .map_err(|e| format!("{}: {e}", e.reason()))?;
+        Ok(event.to_json())
     }
 
     /// The DLQ keeps the raw event, with values under personal-looking keys

@@ -8,9 +8,17 @@
 //! Mapping: Administrative pages → page_viewed(owner_service), Informational
 //! → page_viewed(article), ProductRelated → page_viewed(model_detail) with the
 //! session's PageValues as `page_value`; each page gets the page type's
-//! average duration; Revenue = 1 → order_placed after the last page. The
-//! data has a month but no year or day: sessions are placed in 2025, spread
-//! over days 1–28 by row number.
+//! average duration; Revenue = 1 → order_placed after the last page.
+//! Every column the tracking plan has a place for is carried, as a real SDK
+//! would send it: TrafficType → `context.lead_channel`, OperatingSystems →
+//! `context.os`, Browser → `context.user_agent`, Region → `context.locale`
+//! (the data's codes, e.g. `os-2`, `browser-4`, `pt-r3`); a returning visitor
+//! has an earlier session (one home page view two hours before); the data
+//! has a month and a weekend flag but no year or day: sessions are placed in
+//! 2025 on a day of that month (by row number) that is a weekend day exactly
+//! when the flag says so. BounceRates and ExitRates (Google Analytics page
+//! aggregates, not events) and SpecialDay (a distance to holidays, not an
+//! attribute of the visit) stay out.
 
 use std::io::{BufRead, Write};
 
@@ -20,6 +28,17 @@ use serde_json::{Value, json};
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "June", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
+
+/// A day of `month` in 2025 picked by `row`, on a weekend exactly when
+/// `weekend` is set.
+fn day_in_month(month: u32, row: u32, weekend: bool) -> Option<chrono::NaiveDate> {
+    use chrono::Datelike;
+    let days: Vec<chrono::NaiveDate> = (1..=31)
+        .filter_map(|d| chrono::NaiveDate::from_ymd_opt(2025, month, d))
+        .filter(|d| (d.weekday().number_from_monday() >= 6) == weekend)
+        .collect();
+    days.get(row as usize % days.len().max(1)).copied()
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
@@ -41,13 +60,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok_or_else(|| format!("row {row}: unknown month {}", c[10]))?
             as u32
             + 1;
-        let day = 1 + (row as u32 % 28);
-        let start = chrono::NaiveDate::from_ymd_opt(2025, month, day)
-            .and_then(|d| d.and_hms_opt(8 + (row as u32 % 12), 0, 0))
+        let weekend = c[16].trim().eq_ignore_ascii_case("true");
+        let date = day_in_month(month, row as u32, weekend).ok_or("bad date")?;
+        let start = date
+            .and_hms_opt(8 + (row as u32 % 12), 0, 0)
             .ok_or("bad date")?
             .and_utc()
             .timestamp_millis();
         let anon = format!("oss-{row}");
+        let context = json!({
+            "lead_channel": format!("traffic_type_{}", c[14]),
+            "session_id": anon,
+            "os": format!("os-{}", c[11]),
+            "user_agent": format!("browser-{}", c[12]),
+            "locale": format!("pt-r{}", c[13]),
+        });
         let mut ts = start;
         let mut emit = |event: &str,
                         kind: &str,
@@ -60,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "message_id": format!("{anon}-{n}"), "event": event, "type": kind, "platform": "web",
                 "source_id": "uci-online-shoppers", "tenant": "uci", "anonymous_id": anon,
                 "timestamp": ts, "received_at": ts,
-                "context": {"lead_channel": format!("traffic_type_{}", c[14]), "session_id": anon},
+                "context": context,
                 "properties": props,
             });
             encoder
@@ -70,6 +97,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         };
         let mut n = 0u64;
+        if c[15].trim() == "Returning_Visitor" {
+            emit(
+                "page_viewed",
+                "page",
+                start - 2 * 3_600_000,
+                json!({"page_type": "home"}),
+                &mut n,
+            )?;
+        }
         let page_value = num(8);
         let groups = [
             (0, 1, "owner_service"),

@@ -121,6 +121,8 @@ pub struct LeadEvent {
     pub duration_ms: Option<i64>,
     /// Analytics page value of the page, when the source provides it.
     pub page_value: Option<f64>,
+    /// Hashed categorical context ([`crate::context::CATEGORY_SLOTS`]).
+    pub categories: [u32; crate::context::CATEGORIES],
 }
 
 fn s(v: &Json, path: &[&str]) -> Option<String> {
@@ -198,6 +200,7 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
         purchase_ms: props.get("purchase_date").and_then(Json::as_i64),
         duration_ms: props.get("duration_ms").and_then(Json::as_i64),
         page_value: props.get("page_value").and_then(Json::as_f64),
+        categories: crate::context::hashes(e),
         event,
     })
 }

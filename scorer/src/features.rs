@@ -4,6 +4,7 @@
 
 use crate::{
     DAY_MS,
+    context::{CATEGORIES, Categories},
     event::{LeadEvent, Platform, Signal},
     window::{Span, Windows},
 };
@@ -39,6 +40,8 @@ pub struct LeadState {
     pub max_page_value: f32,
     /// Total time on pages, seconds.
     pub duration_s: f32,
+    /// Of which on model, configurator and price pages.
+    pub model_page_s: f32,
     /// Bit per platform (app, mini_program, web, server, offline).
     pub platforms: u8,
     /// Platform of the earliest event (by event time) that named one.
@@ -50,6 +53,16 @@ pub struct LeadState {
     /// Newest call outcome that said the lead is lost (not interested,
     /// bought elsewhere); intent after it wins the lead back.
     pub last_lost_ms: Option<i64>,
+    /// Channel, campaign, form, call outcome, device and the like.
+    pub categories: Categories,
+}
+
+/// What a model sees of a lead at one instant: [`FEATURE_NAMES`] in order,
+/// and the categorical slots ([`crate::context::CATEGORY_SLOTS`]) as hashes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRow {
+    pub numeric: Vec<f32>,
+    pub categories: [u32; CATEGORIES],
 }
 
 impl LeadState {
@@ -70,6 +83,7 @@ impl LeadState {
             max_price: 0.0,
             max_page_value: 0.0,
             duration_s: 0.0,
+            model_page_s: 0.0,
             platforms: 0,
             first_platform: None,
             first_channel: None,
@@ -77,6 +91,7 @@ impl LeadState {
             lead_form_submitted: false,
             last_purchase_ms: None,
             last_lost_ms: None,
+            categories: Categories::default(),
         }
     }
 
@@ -156,8 +171,18 @@ impl LeadState {
             self.max_page_value = self.max_page_value.max(v as f32);
         }
         if let Some(d) = e.duration_ms {
-            self.duration_s += d.max(0) as f32 / 1000.0;
+            let s = d.max(0) as f32 / 1000.0;
+            self.duration_s += s;
+            if e.signals.iter().any(|s| {
+                matches!(
+                    s,
+                    Signal::ModelDetail | Signal::Configurator | Signal::PriceFinance
+                )
+            }) {
+                self.model_page_s += s;
+            }
         }
+        self.categories.observe(&e.categories, ts);
         if let Some(p) = e.platform {
             self.platforms |= 1 << (p as u8);
             // A late event older than everything seen is the real first touch.
@@ -199,6 +224,13 @@ impl LeadState {
         let woke = (self.events > 0
             && earlier.last_event_ms + dormant_after_ms <= later.first_seen_ms)
             .then_some(later.first_seen_ms);
+        // An id that joins during the other's activity (a log-in, the app
+        // opened under the same union id) continues that session rather
+        // than starting one: one stream would have counted one session.
+        // Exact when the later id's first session starts within the gap of
+        // the earlier id's newest activity; an estimate otherwise.
+        let continues = self.events > 0
+            && later.first_seen_ms <= earlier.last_event_ms.saturating_add(SESSION_GAP_MS);
         let reactivated = woke.and_then(|w| {
             later
                 .last_high_intent_ms
@@ -230,7 +262,10 @@ impl LeadState {
         self.last_purchase_ms = later(self.last_purchase_ms, other.last_purchase_ms);
         self.last_lost_ms = later(self.last_lost_ms, other.last_lost_ms);
         self.events = self.events.saturating_add(other.events);
-        self.sessions = self.sessions.saturating_add(other.sessions);
+        self.sessions = self
+            .sessions
+            .saturating_add(other.sessions)
+            .saturating_sub(u16::from(continues));
         let before = self.models.iter().filter(|m| **m != 0).count() as u8;
         let overflow_self = self.distinct_models.saturating_sub(before);
         let overflow_other = other
@@ -255,6 +290,8 @@ impl LeadState {
         self.max_price = self.max_price.max(other.max_price);
         self.max_page_value = self.max_page_value.max(other.max_page_value);
         self.duration_s += other.duration_s;
+        self.model_page_s += other.model_page_s;
+        self.categories.merge(&other.categories);
         self.platforms |= other.platforms;
         self.test_drive_booked |= other.test_drive_booked;
         self.lead_form_submitted |= other.lead_form_submitted;
@@ -325,12 +362,38 @@ impl LeadState {
         f.push(f32::from(u8::from(self.last_purchase_ms.is_some())));
         f.push(self.max_page_value.ln_1p());
         f.push((1.0 + self.duration_s / 60.0).ln());
+        f.push((1.0 + self.model_page_s / 60.0).ln());
+        f.push((self.events as f32).ln_1p());
+        // Weekday of the moment scored (UTC; 1970-01-01 was a Thursday, 0
+        // is Monday). Its month is a category (see the context slots).
+        f.push((now_ms.div_euclid(DAY_MS) + 3).rem_euclid(7) as f32);
         f
+    }
+
+    /// [`Self::features`] with the categorical context.
+    pub fn feature_row(&self, now_ms: i64, half_life_ms: i64) -> FeatureRow {
+        let mut categories = self.categories.values;
+        categories[crate::context::MONTH_SLOT] =
+            crate::context::month_hash(month_of_day(now_ms.div_euclid(DAY_MS)));
+        FeatureRow {
+            numeric: self.features(now_ms, half_life_ms),
+            categories,
+        }
     }
 }
 
+/// Month (1–12) of a day counted from 1970-01-01 (civil-from-days).
+fn month_of_day(days: i64) -> u32 {
+    let z = days + 719_468;
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    (if mp < 10 { mp + 3 } else { mp - 9 }) as u32
+}
+
 /// Names of [`LeadState::features`], for model files and reports.
-pub const FEATURE_NAMES: [&str; 34] = [
+pub const FEATURE_NAMES: [&str; 37] = [
     "page_views_24h",
     "page_views_7d",
     "page_views_30d",
@@ -365,6 +428,9 @@ pub const FEATURE_NAMES: [&str; 34] = [
     "prior_purchase",
     "log_page_value",
     "log_minutes_on_pages",
+    "log_minutes_model_pages",
+    "log_events",
+    "weekday",
 ];
 
 #[cfg(test)]
@@ -391,6 +457,7 @@ mod tests {
             purchase_ms: None,
             duration_ms: None,
             page_value: None,
+            categories: [0; crate::context::CATEGORIES],
         }
     }
 
@@ -566,5 +633,28 @@ mod tests {
             s.apply(&e, HL, 90 * DAY_MS);
         }
         assert!(s.bytes() <= 1024, "{} bytes", s.bytes());
+    }
+
+    #[test]
+    fn month_and_weekday_are_the_calendars() {
+        let at = |y, m, d| {
+            chrono::NaiveDate::from_ymd_opt(y, m, d)
+                .unwrap()
+                .and_hms_opt(12, 0, 0)
+                .unwrap()
+                .and_utc()
+                .timestamp_millis()
+        };
+        let col = |name: &str| FEATURE_NAMES.iter().position(|f| *f == name).unwrap();
+        for (y, m, d, weekday) in [(2026, 12, 5, 5.0), (2024, 2, 29, 3.0), (1999, 1, 1, 4.0)] {
+            let t = at(y, m, d);
+            let row = LeadState::new(t).feature_row(t, HL);
+            assert_eq!(
+                row.categories[crate::context::MONTH_SLOT],
+                crate::context::month_hash(m),
+                "{y}-{m}-{d}"
+            );
+            assert_eq!(row.numeric[col("weekday")], weekday, "{y}-{m}-{d}");
+        }
     }
 }

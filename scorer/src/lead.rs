@@ -225,6 +225,9 @@ impl Lead {
                 churn_risk: c.churn_risk,
             }),
             evaluated_ms: self.evaluated_ms,
+            model_page_s: s.model_page_s,
+            category_values: s.categories.values.to_vec(),
+            category_seen_ms: s.categories.seen_ms.to_vec(),
         }
     }
 
@@ -257,6 +260,18 @@ impl Lead {
         state.lead_form_submitted = p.lead_form_submitted;
         state.last_purchase_ms = p.last_purchase_ms;
         state.last_lost_ms = p.last_lost_ms;
+        state.model_page_s = p.model_page_s;
+        // Snapshots from before the categorical context have none.
+        if !p.category_values.is_empty() {
+            state.categories.values = p
+                .category_values
+                .try_into()
+                .map_err(|_| SnapshotError("category_values"))?;
+            state.categories.seen_ms = p
+                .category_seen_ms
+                .try_into()
+                .map_err(|_| SnapshotError("category_seen_ms"))?;
+        }
         let emitted = p
             .emitted
             .map(|c| {
@@ -326,6 +341,7 @@ mod tests {
             purchase_ms: None,
             duration_ms: Some(30_000),
             page_value: None,
+            categories: [0; crate::context::CATEGORIES],
         };
         lead.state = LeadState::new(e.ts_ms);
         lead.state.apply(&e, 7 * crate::DAY_MS, 90 * crate::DAY_MS);

@@ -5,6 +5,7 @@
 //! identity stitching (`identity`). All time comes from event timestamps.
 
 pub mod clock;
+pub mod context;
 pub mod event;
 pub mod features;
 pub mod identity;
@@ -15,6 +16,7 @@ pub mod rules;
 pub mod runtime;
 pub mod score;
 pub mod train;
+pub mod trees;
 pub mod window;
 
 pub const HOUR_MS: i64 = 3_600_000;

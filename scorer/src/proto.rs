@@ -109,6 +109,12 @@ pub struct LeadSnapshot {
     pub emitted: Option<EmittedClass>,
     #[prost(int64, tag = "31")]
     pub evaluated_ms: i64,
+    #[prost(float, tag = "32")]
+    pub model_page_s: f32,
+    #[prost(fixed32, repeated, tag = "33")]
+    pub category_values: Vec<u32>,
+    #[prost(int64, repeated, tag = "34")]
+    pub category_seen_ms: Vec<i64>,
 }
 
 #[derive(Clone, Copy, PartialEq, prost::Message)]

@@ -74,7 +74,7 @@ impl Grade {
 
 /// A model's probability of purchase for a feature vector.
 pub trait Model: Send + Sync {
-    fn probability(&self, features: &[f32]) -> f64;
+    fn probability(&self, row: &crate::features::FeatureRow) -> f64;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -223,7 +223,7 @@ pub fn score(
     let rule = cfg.rule_score(points);
     let (score, probability) = match model {
         Some(m) => {
-            let p = m.probability(&state.features(now_ms, cfg.half_life_ms()));
+            let p = m.probability(&state.feature_row(now_ms, cfg.half_life_ms()));
             (
                 cfg.model_weight * 100.0 * p + (1.0 - cfg.model_weight) * rule,
                 p,
@@ -345,6 +345,7 @@ mod tests {
             purchase_ms: None,
             duration_ms: None,
             page_value: None,
+            categories: [0; crate::context::CATEGORIES],
         }
     }
 

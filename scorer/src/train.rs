@@ -1,7 +1,9 @@
 //! `leadstream train`: replays historical tracking-plan events through the
 //! scorer's own feature code, takes point-in-time snapshots, labels each by
-//! whether an order follows within the horizon, splits by time, fits a
-//! smartcore logistic regression and reports how well it ranks.
+//! whether an order follows within the horizon, and fits either
+//! gradient-boosted trees over the behaviour and the categorical context
+//! ([`crate::trees`], the default) or a smartcore logistic regression over
+//! the numeric features (the baseline).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -14,8 +16,9 @@ use smartcore::{
 
 use crate::{
     DAY_MS,
+    context::{CATEGORIES, values as category_values},
     event::{LeadEvent, from_plan},
-    features::{FEATURE_NAMES, LeadState},
+    features::{FEATURE_NAMES, FeatureRow, LeadState},
     identity::{IdentityGraph, identifiers},
     rules::ScoringConfig,
     score::Model,
@@ -26,8 +29,25 @@ use crate::{
 pub struct Snapshot {
     pub lead_id: String,
     pub ts_ms: i64,
-    pub features: Vec<f32>,
+    pub features: FeatureRow,
     pub label: bool,
+}
+
+/// Category values by slot and hash, as the events spell them: models
+/// store values, leads only hashes.
+pub fn category_names(events: &[Json]) -> Vec<HashMap<u32, String>> {
+    let mut names = vec![HashMap::new(); CATEGORIES];
+    for e in events {
+        for (slot, v) in category_values(e).into_iter().enumerate() {
+            if let Some(v) = v {
+                names[slot].entry(crate::context::hash(&v)).or_insert(v);
+            }
+        }
+    }
+    for m in crate::context::MONTH_NAMES {
+        names[crate::context::MONTH_SLOT].insert(crate::context::hash(m), m.to_owned());
+    }
+    names
 }
 
 /// Replays `events` (any order; sorted here by time) and snapshots every
@@ -37,10 +57,15 @@ pub struct Snapshot {
 pub fn snapshots(events: &[Json], cfg: &ScoringConfig, horizon_ms: i64) -> Vec<Snapshot> {
     let mut graph = IdentityGraph::default();
     let mut parsed: Vec<(Vec<String>, LeadEvent)> = Vec::with_capacity(events.len());
+    // A message id counts once, as live (an export can repeat a re-sent event).
+    let mut seen = std::collections::HashSet::new();
     for e in events {
         let ids = identifiers(e);
         let Some(le) = from_plan(e) else { continue };
-        if ids.is_empty() || le.is_bot {
+        if ids.is_empty()
+            || le.is_bot
+            || (!le.message_id.is_empty() && !seen.insert(le.message_id.clone()))
+        {
             continue;
         }
         graph.link(&ids);
@@ -74,7 +99,7 @@ pub fn snapshots(events: &[Json], cfg: &ScoringConfig, horizon_ms: i64) -> Vec<S
         out.push(Snapshot {
             lead_id: lead.to_owned(),
             ts_ms: ts,
-            features: s.features(ts, hl),
+            features: s.feature_row(ts, hl),
             label,
         });
     };
@@ -131,40 +156,19 @@ impl LogisticModel {
     /// this build computes at that index, or scores would be silently wrong.
     pub fn check_compatible(&self) -> Result<(), String> {
         let n = self.columns.len();
-        if [
-            self.features.len(),
-            self.mean.len(),
-            self.std.len(),
-            self.coefficients.len(),
-        ]
-        .iter()
-        .any(|l| *l != n)
+        if [self.mean.len(), self.std.len(), self.coefficients.len()]
+            .iter()
+            .any(|l| *l != n)
         {
             return Err(format!(
-                "it is inconsistent: {} columns, {} feature names, {} means, {} spreads, {} coefficients",
+                "it is inconsistent: {} columns, {} means, {} spreads, {} coefficients",
                 n,
-                self.features.len(),
                 self.mean.len(),
                 self.std.len(),
                 self.coefficients.len()
             ));
         }
-        for (name, &c) in self.features.iter().zip(&self.columns) {
-            match FEATURE_NAMES.get(c) {
-                Some(ours) if ours == name => {}
-                Some(ours) => {
-                    return Err(format!(
-                        "it was trained on another feature set: column {c} is `{name}` in the model but `{ours}` in this build; retrain it with `leadstream train`"
-                    ));
-                }
-                None => {
-                    return Err(format!(
-                        "it was trained on another feature set: column {c} (`{name}`) does not exist in this build ({} features); retrain it with `leadstream train`",
-                        FEATURE_NAMES.len()
-                    ));
-                }
-            }
-        }
+        check_feature_columns(&self.features, &self.columns)?;
         if let Some(j) = self.std.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
             return Err(format!(
                 "feature `{}` has a spread of {}",
@@ -173,20 +177,102 @@ impl LogisticModel {
         }
         Ok(())
     }
-}
 
-impl Model for LogisticModel {
-    fn probability(&self, features: &[f32]) -> f64 {
+    pub fn probability(&self, row: &FeatureRow) -> f64 {
         let z: f64 = self
             .columns
             .iter()
             .enumerate()
             .map(|(j, &c)| {
-                self.coefficients[j] * ((f64::from(features[c]) - self.mean[j]) / self.std[j])
+                self.coefficients[j] * ((f64::from(row.numeric[c]) - self.mean[j]) / self.std[j])
             })
             .sum::<f64>()
             + self.intercept;
         1.0 / (1.0 + (-z).exp())
+    }
+}
+
+/// Each model column must name the feature this build computes there.
+pub fn check_feature_columns(features: &[String], columns: &[usize]) -> Result<(), String> {
+    if features.len() != columns.len() {
+        return Err(format!(
+            "it is inconsistent: {} columns, {} feature names",
+            columns.len(),
+            features.len()
+        ));
+    }
+    for (name, &c) in features.iter().zip(columns) {
+        match FEATURE_NAMES.get(c) {
+            Some(ours) if ours == name => {}
+            Some(ours) => {
+                return Err(format!(
+                    "it was trained on another feature set: column {c} is `{name}` in the model but `{ours}` in this build; retrain it with `leadstream train`"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "it was trained on another feature set: column {c} (`{name}`) does not exist in this build ({} features); retrain it with `leadstream train`",
+                    FEATURE_NAMES.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A model file: which learner, and its parameters. Files written before
+/// the learner was named are logistic regressions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TrainedModel {
+    Trees(crate::trees::TreeModel),
+    Logistic(LogisticModel),
+}
+
+impl TrainedModel {
+    /// Parses a model file and refuses one this build cannot score with.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let v: Json = serde_json::from_str(text).map_err(|e| format!("it is not JSON: {e}"))?;
+        let mut model = if v.get("kind").is_some() {
+            serde_json::from_value::<TrainedModel>(v)
+        } else {
+            serde_json::from_value::<LogisticModel>(v).map(TrainedModel::Logistic)
+        }
+        .map_err(|e| format!("it is not a leadstream model: {e}"))?;
+        match &mut model {
+            TrainedModel::Trees(t) => t.prepare()?,
+            TrainedModel::Logistic(l) => l.check_compatible()?,
+        }
+        Ok(model)
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        match self {
+            TrainedModel::Trees(t) => t.thresholds,
+            TrainedModel::Logistic(l) => l.thresholds,
+        }
+    }
+
+    pub fn learner(&self) -> &'static str {
+        match self {
+            TrainedModel::Trees(_) => "gradient-boosted trees",
+            TrainedModel::Logistic(_) => "L2 logistic regression",
+        }
+    }
+}
+
+impl Model for TrainedModel {
+    fn probability(&self, row: &FeatureRow) -> f64 {
+        match self {
+            TrainedModel::Trees(t) => t.probability(row),
+            TrainedModel::Logistic(l) => l.probability(row),
+        }
+    }
+}
+
+impl Model for LogisticModel {
+    fn probability(&self, row: &FeatureRow) -> f64 {
+        LogisticModel::probability(self, row)
     }
 }
 
@@ -207,14 +293,7 @@ pub fn fit(
     horizon_days: f64,
     alpha: f64,
 ) -> Result<LogisticModel, TrainError> {
-    for e in exclude {
-        if !FEATURE_NAMES.contains(&e.as_str()) {
-            return Err(TrainError::UnknownFeature(
-                e.clone(),
-                FEATURE_NAMES.join(", "),
-            ));
-        }
-    }
+    let columns = columns_except(exclude)?;
     let positives = train.iter().filter(|s| s.label).count();
     if positives == 0 || positives == train.len() {
         return Err(TrainError::NotEnoughData(format!(
@@ -222,13 +301,16 @@ pub fn fit(
             train.len()
         )));
     }
-    let columns: Vec<usize> = (0..FEATURE_NAMES.len())
-        .filter(|c| !exclude.iter().any(|e| e == FEATURE_NAMES[*c]))
-        .collect();
     let n = train.len() as f64;
     let mean: Vec<f64> = columns
         .iter()
-        .map(|&c| train.iter().map(|s| f64::from(s.features[c])).sum::<f64>() / n)
+        .map(|&c| {
+            train
+                .iter()
+                .map(|s| f64::from(s.features.numeric[c]))
+                .sum::<f64>()
+                / n
+        })
         .collect();
     let std: Vec<f64> = columns
         .iter()
@@ -236,7 +318,7 @@ pub fn fit(
         .map(|(&c, m)| {
             let var = train
                 .iter()
-                .map(|s| (f64::from(s.features[c]) - m).powi(2))
+                .map(|s| (f64::from(s.features.numeric[c]) - m).powi(2))
                 .sum::<f64>()
                 / n;
             // Constant columns get std 1 so they contribute nothing instead of NaN.
@@ -249,7 +331,7 @@ pub fn fit(
             columns
                 .iter()
                 .enumerate()
-                .map(|(j, &c)| (f64::from(s.features[c]) - mean[j]) / std[j])
+                .map(|(j, &c)| (f64::from(s.features.numeric[c]) - mean[j]) / std[j])
                 .collect()
         })
         .collect();
@@ -285,11 +367,38 @@ pub fn fit(
         .iter()
         .map(|s| (model.probability(&s.features), s.label))
         .collect();
-    model.thresholds = Thresholds {
-        high: threshold_for_precision(&scored, 0.6),
-        medium: threshold_for_precision(&scored, 0.3),
-    };
+    model.thresholds = grade_thresholds(&scored);
     Ok(model)
+}
+
+/// Indices of every numeric feature but `exclude`; names in `exclude` must
+/// be features or categorical slots.
+pub fn columns_except(exclude: &[String]) -> Result<Vec<usize>, TrainError> {
+    let slots = crate::context::CATEGORY_SLOTS.map(|(n, _)| n);
+    for e in exclude {
+        if !FEATURE_NAMES.contains(&e.as_str()) && !slots.contains(&e.as_str()) {
+            return Err(TrainError::UnknownFeature(
+                e.clone(),
+                FEATURE_NAMES
+                    .iter()
+                    .chain(&slots)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+    }
+    Ok((0..FEATURE_NAMES.len())
+        .filter(|c| !exclude.iter().any(|e| e == FEATURE_NAMES[*c]))
+        .collect())
+}
+
+/// Grade cuts chosen on the training set: precision ≥ 0.6 is high, ≥ 0.3 medium.
+pub fn grade_thresholds(scored: &[(f64, bool)]) -> Thresholds {
+    Thresholds {
+        high: threshold_for_precision(scored, 0.6),
+        medium: threshold_for_precision(scored, 0.3),
+    }
 }
 
 /// The lowest probability cut whose precision (on `scored`) is still at
@@ -463,7 +572,7 @@ mod tests {
         assert_eq!(a.len(), 1, "{snaps:#?}");
         assert_eq!(a[0].ts_ms, t);
         assert_eq!(
-            a[0].features[prior], 0.0,
+            a[0].features.numeric[prior], 0.0,
             "the order is not in its own snapshot"
         );
         let b: Vec<&Snapshot> = snaps.iter().filter(|s| !s.label).collect();

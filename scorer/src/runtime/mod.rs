@@ -36,7 +36,7 @@ use crate::{
     clock::{Clock, SystemClock},
     processor::Processor,
     rules::ScoringConfig,
-    train::LogisticModel,
+    train::TrainedModel,
 };
 
 /// Topic names and the partition count of the co-partitioned ones.
@@ -269,21 +269,18 @@ pub fn group_consumer_config(cfg: &ScorerConfig, group: &str) -> rdkafka::Client
     c
 }
 
-fn load_model(path: &PathBuf, slot: &RwLock<Option<Arc<LogisticModel>>>) -> anyhow::Result<()> {
+fn load_model(path: &PathBuf, slot: &RwLock<Option<Arc<TrainedModel>>>) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading model {}", path.display()))?;
-    let model: LogisticModel = serde_json::from_str(&text)
-        .with_context(|| format!("model {} is not a leadstream model file", path.display()))?;
-    if let Err(why) = model.check_compatible() {
-        anyhow::bail!("model {} is refused: {why}", path.display());
-    }
-    tracing::info!(model = %path.display(), features = model.features.len(), "model loaded");
+    let model = TrainedModel::parse(&text)
+        .map_err(|why| anyhow::anyhow!("model {} is refused: {why}", path.display()))?;
+    tracing::info!(model = %path.display(), learner = model.learner(), "model loaded");
     *slot.write().expect("model lock") = Some(Arc::new(model));
     Ok(())
 }
 
 /// Reloads the model when its file changes; a bad file keeps the old model.
-async fn watch_model(path: PathBuf, slot: Arc<RwLock<Option<Arc<LogisticModel>>>>) {
+async fn watch_model(path: PathBuf, slot: Arc<RwLock<Option<Arc<TrainedModel>>>>) {
     let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen: Option<SystemTime> = modified(&path);
     loop {

@@ -31,7 +31,7 @@ use crate::{
     event::from_plan,
     processor::{Input, Output, Processor, Skipped},
     proto::{Body, Routed},
-    train::LogisticModel,
+    train::TrainedModel,
 };
 
 /// Notes partitions taken away in a rebalance, for the loop to drop, and
@@ -68,7 +68,7 @@ pub struct ScoreLoop {
     pub encoder: Arc<Encoder>,
     pub identity: IdentityLog,
     pub processor: Processor,
-    pub model: Arc<RwLock<Option<Arc<LogisticModel>>>>,
+    pub model: Arc<RwLock<Option<Arc<TrainedModel>>>>,
     pub topics: Topics,
     pub bootstrap: String,
     pub batch_max: usize,

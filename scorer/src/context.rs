@@ -1,0 +1,241 @@
+//! Categorical context of a lead: where it came from, what it asked for,
+//! what the call centre heard, on which device. Each slot keeps one value
+//! (the first or the newest by event time) as a 32-bit FNV-1a hash, so a
+//! lead's state stays small and fixed-size; models map hashes back to the
+//! values they were trained on.
+
+use serde_json::Value as Json;
+
+/// Which value of a slot a lead keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    First,
+    Newest,
+    /// Not kept: a property of the moment scored (its month), filled in
+    /// when a feature row is made.
+    Scored,
+}
+
+/// The categorical slots, in index order: (name, which value is kept).
+pub const CATEGORY_SLOTS: [(&str, Keep); CATEGORIES] = [
+    ("first_channel", Keep::First),
+    ("last_channel", Keep::Newest),
+    ("utm_campaign", Keep::Newest),
+    ("form_type", Keep::Newest),
+    ("purchase_timeframe", Keep::Newest),
+    ("call_outcome", Keep::Newest),
+    ("content_action", Keep::Newest),
+    ("model_interest", Keep::Newest),
+    ("os", Keep::Newest),
+    ("browser", Keep::Newest),
+    ("locale", Keep::Newest),
+    ("first_platform", Keep::First),
+    // A category, not a number: a month never seen in training (a model fit
+    // on spring, scoring in autumn) gets the overall rate instead of an
+    // extrapolation.
+    ("month", Keep::Scored),
+];
+pub const CATEGORIES: usize = 13;
+/// Index of the scored month in [`CATEGORY_SLOTS`].
+pub const MONTH_SLOT: usize = 12;
+
+/// Hash of "no value": slots an event does not carry.
+pub const NONE: u32 = 0;
+
+/// FNV-1a (32 bit) of a category value, never [`NONE`].
+pub fn hash(value: &str) -> u32 {
+    value
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+        .max(1)
+}
+
+fn text<'a>(v: &'a Json, path: &[&str]) -> Option<&'a str> {
+    path.iter()
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(Json::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// The category values one tracking-plan event carries, by slot. Channel
+/// is `lead_channel`, else `utm_source`; first and last channel come from
+/// the same value (the lead keeps the first and the newest).
+pub fn values(e: &Json) -> [Option<String>; CATEGORIES] {
+    let props = e.get("properties").unwrap_or(&Json::Null);
+    let lower = |s: Option<&str>| s.map(str::to_lowercase);
+    let channel = lower(
+        text(e, &["context", "lead_channel"]).or_else(|| text(e, &["context", "utm_source"])),
+    );
+    let event = text(e, &["event"]);
+    [
+        channel.clone(),
+        channel,
+        lower(text(e, &["context", "utm_campaign"])),
+        lower(text(props, &["form_type"])),
+        lower(text(props, &["purchase_timeframe"])),
+        (event == Some("call_completed"))
+            .then(|| lower(text(props, &["outcome"])))
+            .flatten(),
+        (event == Some("content_engaged"))
+            .then(|| lower(text(props, &["action"])))
+            .flatten(),
+        text(props, &["model_id"]).map(str::to_owned),
+        text(e, &["context", "os"]).and_then(os_family),
+        text(e, &["context", "user_agent"]).and_then(browser_family),
+        lower(text(e, &["context", "locale"])),
+        lower(text(e, &["platform"])),
+        None,
+    ]
+}
+
+pub const MONTH_NAMES: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
+
+/// Hash of a month (1–12) as the month slot holds it.
+pub fn month_hash(month: u32) -> u32 {
+    MONTH_NAMES
+        .get(month.wrapping_sub(1) as usize)
+        .map_or(NONE, |m| hash(m))
+}
+
+/// Hashes of [`values`].
+pub fn hashes(e: &Json) -> [u32; CATEGORIES] {
+    values(e).map(|v| v.as_deref().map_or(NONE, hash))
+}
+
+/// "iOS 17.2" and "iOS 18" are one OS to a model: the first word, lower case.
+fn os_family(os: &str) -> Option<String> {
+    os.split(|c: char| c.is_whitespace() || c == '/')
+        .find(|w| !w.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// The browser family a user agent names: the common families by their
+/// tokens (most specific first, since Chrome's agent also says Safari and
+/// Edge's also says Chrome), else the agent's first product name.
+fn browser_family(ua: &str) -> Option<String> {
+    const FAMILIES: [(&str, &str); 11] = [
+        ("MicroMessenger", "wechat"),
+        ("AlipayClient", "alipay"),
+        ("Edg", "edge"),
+        ("OPR", "opera"),
+        ("SamsungBrowser", "samsung"),
+        ("UCBrowser", "uc"),
+        ("QQBrowser", "qq"),
+        ("Firefox", "firefox"),
+        ("CriOS", "chrome"),
+        ("Chrome", "chrome"),
+        ("Safari", "safari"),
+    ];
+    if let Some((_, family)) = FAMILIES.iter().find(|(token, _)| ua.contains(token)) {
+        return Some((*family).to_owned());
+    }
+    ua.split(['/', ' ', ';', '('])
+        .find(|w| !w.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// Per-slot values of a lead with the event time each was seen at.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Categories {
+    pub values: [u32; CATEGORIES],
+    pub seen_ms: [i64; CATEGORIES],
+}
+
+impl Categories {
+    /// Takes an event's values: first-kept slots keep the earliest, newest
+    /// slots the latest (ties keep what is there), whatever the arrival order.
+    pub fn observe(&mut self, hashes: &[u32; CATEGORIES], ts_ms: i64) {
+        for (i, &h) in hashes.iter().enumerate() {
+            if h != NONE {
+                self.offer(i, h, ts_ms);
+            }
+        }
+    }
+
+    fn offer(&mut self, slot: usize, value: u32, ts_ms: i64) {
+        let (have, at) = (self.values[slot], self.seen_ms[slot]);
+        let take = match CATEGORY_SLOTS[slot].1 {
+            Keep::First => have == NONE || ts_ms < at,
+            Keep::Newest => have == NONE || ts_ms > at,
+            Keep::Scored => false,
+        };
+        if take {
+            self.values[slot] = value;
+            self.seen_ms[slot] = ts_ms;
+        }
+    }
+
+    /// The lead that saw both streams: each slot as if its events came in one.
+    pub fn merge(&mut self, other: &Categories) {
+        for i in 0..CATEGORIES {
+            if other.values[i] != NONE {
+                self.offer(i, other.values[i], other.seen_ms[i]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn events_name_their_context_and_families_are_coarse() {
+        let e = json!({"event": "lead_form_submitted", "platform": "web",
+            "context": {"utm_source": "Autohome", "utm_campaign": "EV-Launch", "os": "iOS 17.2",
+                        "user_agent": "Mozilla/5.0 (iPhone) AppleWebKit Version/17.2 Mobile/15E148 Safari/604.1 MicroMessenger/8.0",
+                        "locale": "zh-CN"},
+            "properties": {"form_type": "Quote", "purchase_timeframe": "1-3m", "model_id": "x5"}});
+        let v = values(&e);
+        assert_eq!(v[0].as_deref(), Some("autohome"));
+        assert_eq!(v[1].as_deref(), Some("autohome"));
+        assert_eq!(v[2].as_deref(), Some("ev-launch"));
+        assert_eq!(v[3].as_deref(), Some("quote"));
+        assert_eq!(v[4].as_deref(), Some("1-3m"));
+        assert_eq!(v[5], None, "only calls have an outcome");
+        assert_eq!(v[7].as_deref(), Some("x5"));
+        assert_eq!(v[8].as_deref(), Some("ios"));
+        assert_eq!(v[9].as_deref(), Some("wechat"));
+        assert_eq!(v[10].as_deref(), Some("zh-cn"));
+        assert_eq!(v[11].as_deref(), Some("web"));
+        let chrome = "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36";
+        assert_eq!(browser_family(chrome).as_deref(), Some("chrome"));
+        assert_eq!(
+            browser_family("Edg/120 Chrome/120").as_deref(),
+            Some("edge")
+        );
+        assert_eq!(browser_family("okhttp/4.9").as_deref(), Some("okhttp"));
+        let call = json!({"event": "call_completed", "properties": {"outcome": "appointment_set"}});
+        assert_eq!(values(&call)[5].as_deref(), Some("appointment_set"));
+    }
+
+    #[test]
+    fn first_and_newest_do_not_depend_on_arrival_order() {
+        let (a, b) = (hash("a"), hash("b"));
+        let mut early = [NONE; CATEGORIES];
+        early[0] = a;
+        early[1] = a;
+        let mut late = [NONE; CATEGORIES];
+        late[0] = b;
+        late[1] = b;
+        let mut in_order = Categories::default();
+        in_order.observe(&early, 10);
+        in_order.observe(&late, 20);
+        let mut reversed = Categories::default();
+        reversed.observe(&late, 20);
+        reversed.observe(&early, 10);
+        assert_eq!(in_order, reversed);
+        assert_eq!((in_order.values[0], in_order.values[1]), (a, b));
+        let (mut left, mut right) = (Categories::default(), Categories::default());
+        left.observe(&late, 20);
+        right.observe(&early, 10);
+        left.merge(&right);
+        assert_eq!(left, in_order, "merging two streams equals one stream");
+    }
+}
