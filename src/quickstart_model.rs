@@ -17,7 +17,7 @@ use leadstream_scorer::{
 use crate::simulate;
 
 /// People in the training history, arriving over `HISTORY_DAYS`.
-const PEOPLE: usize = 2_000;
+const PEOPLE: usize = 6_000;
 const HISTORY_DAYS: i64 = 720;
 /// The check's horizon: does the lead order within 90 days.
 const HORIZON_DAYS: i64 = 90;

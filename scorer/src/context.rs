@@ -1,24 +1,26 @@
 //! Categorical context of a lead: where it came from, what it asked for,
-//! what the call centre heard, on which device. Each slot keeps one value
-//! (the first or the newest by event time) as a 32-bit FNV-1a hash, so a
-//! lead's state stays small and fixed-size; models map hashes back to the
-//! values they were trained on.
+//! what the call centre heard, on which device. Each slot holds one value as
+//! a 32-bit FNV-1a hash, so a lead's state stays small and fixed-size;
+//! models map hashes back to the values they were trained on. Most slots
+//! keep the newest value by event time; the first channel and platform come
+//! from the lead's first-touch fields, the month from the moment scored.
 
 use serde_json::Value as Json;
 
-/// Which value of a slot a lead keeps.
+/// Where a slot's value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keep {
-    First,
+    /// The newest value by event time, kept in [`Categories`].
     Newest,
-    /// Not kept: a property of the moment scored (its month), filled in
-    /// when a feature row is made.
+    /// The lead's first-touch field (channel, platform).
+    FirstTouch,
+    /// The moment scored (its month).
     Scored,
 }
 
-/// The categorical slots, in index order: (name, which value is kept).
+/// The categorical slots, in index order: (name, where the value comes
+/// from). Kept slots come first.
 pub const CATEGORY_SLOTS: [(&str, Keep); CATEGORIES] = [
-    ("first_channel", Keep::First),
     ("last_channel", Keep::Newest),
     ("utm_campaign", Keep::Newest),
     ("form_type", Keep::Newest),
@@ -29,14 +31,18 @@ pub const CATEGORY_SLOTS: [(&str, Keep); CATEGORIES] = [
     ("os", Keep::Newest),
     ("browser", Keep::Newest),
     ("locale", Keep::Newest),
-    ("first_platform", Keep::First),
+    ("first_channel", Keep::FirstTouch),
+    ("first_platform", Keep::FirstTouch),
     // A category, not a number: a month never seen in training (a model fit
     // on spring, scoring in autumn) gets the overall rate instead of an
     // extrapolation.
     ("month", Keep::Scored),
 ];
 pub const CATEGORIES: usize = 13;
-/// Index of the scored month in [`CATEGORY_SLOTS`].
+/// Slots a lead keeps, the first ones of [`CATEGORY_SLOTS`].
+pub const KEPT: usize = 10;
+pub const FIRST_CHANNEL_SLOT: usize = 10;
+pub const FIRST_PLATFORM_SLOT: usize = 11;
 pub const MONTH_SLOT: usize = 12;
 
 /// Hash of "no value": slots an event does not carry.
@@ -48,6 +54,20 @@ pub fn hash(value: &str) -> u32 {
         .bytes()
         .fold(0x811c_9dc5u32, |h, b| {
             (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+        .max(1)
+}
+
+/// [`hash`] of the value as [`values`] spells it (trimmed, ASCII lower
+/// case), without allocating.
+pub fn hash_normalised(value: &str) -> u32 {
+    let v = value.trim();
+    if v.is_empty() {
+        return NONE;
+    }
+    v.bytes()
+        .fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0193)
         })
         .max(1)
 }
@@ -65,14 +85,13 @@ fn text<'a>(v: &'a Json, path: &[&str]) -> Option<&'a str> {
 /// the same value (the lead keeps the first and the newest).
 pub fn values(e: &Json) -> [Option<String>; CATEGORIES] {
     let props = e.get("properties").unwrap_or(&Json::Null);
-    let lower = |s: Option<&str>| s.map(str::to_lowercase);
+    let lower = |s: Option<&str>| s.map(str::to_ascii_lowercase);
     let channel = lower(
         text(e, &["context", "lead_channel"]).or_else(|| text(e, &["context", "utm_source"])),
     );
     let event = text(e, &["event"]);
     [
         channel.clone(),
-        channel,
         lower(text(e, &["context", "utm_campaign"])),
         lower(text(props, &["form_type"])),
         lower(text(props, &["purchase_timeframe"])),
@@ -86,6 +105,7 @@ pub fn values(e: &Json) -> [Option<String>; CATEGORIES] {
         text(e, &["context", "os"]).and_then(os_family),
         text(e, &["context", "user_agent"]).and_then(browser_family),
         lower(text(e, &["context", "locale"])),
+        channel,
         lower(text(e, &["platform"])),
         None,
     ]
@@ -139,44 +159,66 @@ fn browser_family(ua: &str) -> Option<String> {
         .map(str::to_lowercase)
 }
 
-/// Per-slot values of a lead with the event time each was seen at.
+/// Per-slot values of a lead with the event time each was seen at, in
+/// seconds since 2000-01-01 (four bytes a slot keep a lead within its
+/// memory budget).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Categories {
-    pub values: [u32; CATEGORIES],
-    pub seen_ms: [i64; CATEGORIES],
+    pub values: [u32; KEPT],
+    pub seen_s: [u32; KEPT],
+}
+
+const EPOCH_2000_S: i64 = 946_684_800;
+
+fn seconds(ts_ms: i64) -> u32 {
+    (ts_ms.div_euclid(1000) - EPOCH_2000_S).clamp(0, i64::from(u32::MAX)) as u32
 }
 
 impl Categories {
-    /// Takes an event's values: first-kept slots keep the earliest, newest
-    /// slots the latest (ties keep what is there), whatever the arrival order.
+    /// Takes an event's values: each slot keeps the latest, whatever the
+    /// arrival order (a tie in time goes to the larger hash, so it too does
+    /// not depend on the order).
     pub fn observe(&mut self, hashes: &[u32; CATEGORIES], ts_ms: i64) {
-        for (i, &h) in hashes.iter().enumerate() {
+        let at = seconds(ts_ms);
+        for (i, &h) in hashes.iter().take(KEPT).enumerate() {
             if h != NONE {
-                self.offer(i, h, ts_ms);
+                self.offer(i, h, at);
             }
         }
     }
 
-    fn offer(&mut self, slot: usize, value: u32, ts_ms: i64) {
-        let (have, at) = (self.values[slot], self.seen_ms[slot]);
-        let take = match CATEGORY_SLOTS[slot].1 {
-            Keep::First => have == NONE || ts_ms < at,
-            Keep::Newest => have == NONE || ts_ms > at,
-            Keep::Scored => false,
-        };
+    fn offer(&mut self, slot: usize, value: u32, at: u32) {
+        let (have, seen) = (self.values[slot], self.seen_s[slot]);
+        let take = have == NONE || at > seen || (at == seen && value > have);
         if take {
             self.values[slot] = value;
-            self.seen_ms[slot] = ts_ms;
+            self.seen_s[slot] = at;
         }
     }
 
     /// The lead that saw both streams: each slot as if its events came in one.
     pub fn merge(&mut self, other: &Categories) {
-        for i in 0..CATEGORIES {
+        for i in 0..KEPT {
             if other.values[i] != NONE {
-                self.offer(i, other.values[i], other.seen_ms[i]);
+                self.offer(i, other.values[i], other.seen_s[i]);
             }
         }
+    }
+
+    /// Every slot's value: the kept ones, the first-touch channel and
+    /// platform, and the month (1–12) scored.
+    pub fn row(
+        &self,
+        first_channel: Option<&str>,
+        first_platform: Option<&str>,
+        month: u32,
+    ) -> [u32; CATEGORIES] {
+        let mut out = [NONE; CATEGORIES];
+        out[..KEPT].copy_from_slice(&self.values);
+        out[FIRST_CHANNEL_SLOT] = first_channel.map_or(NONE, hash_normalised);
+        out[FIRST_PLATFORM_SLOT] = first_platform.map_or(NONE, hash_normalised);
+        out[MONTH_SLOT] = month_hash(month);
+        out
     }
 }
 
@@ -193,17 +235,22 @@ mod tests {
                         "locale": "zh-CN"},
             "properties": {"form_type": "Quote", "purchase_timeframe": "1-3m", "model_id": "x5"}});
         let v = values(&e);
-        assert_eq!(v[0].as_deref(), Some("autohome"));
-        assert_eq!(v[1].as_deref(), Some("autohome"));
-        assert_eq!(v[2].as_deref(), Some("ev-launch"));
-        assert_eq!(v[3].as_deref(), Some("quote"));
-        assert_eq!(v[4].as_deref(), Some("1-3m"));
-        assert_eq!(v[5], None, "only calls have an outcome");
-        assert_eq!(v[7].as_deref(), Some("x5"));
-        assert_eq!(v[8].as_deref(), Some("ios"));
-        assert_eq!(v[9].as_deref(), Some("wechat"));
-        assert_eq!(v[10].as_deref(), Some("zh-cn"));
-        assert_eq!(v[11].as_deref(), Some("web"));
+        let at =
+            |name: &str| v[CATEGORY_SLOTS.iter().position(|(n, _)| *n == name).unwrap()].as_deref();
+        assert_eq!(at("last_channel"), Some("autohome"));
+        assert_eq!(at("first_channel"), Some("autohome"));
+        assert_eq!(at("utm_campaign"), Some("ev-launch"));
+        assert_eq!(at("form_type"), Some("quote"));
+        assert_eq!(at("purchase_timeframe"), Some("1-3m"));
+        assert_eq!(at("call_outcome"), None, "only calls have an outcome");
+        assert_eq!(at("model_interest"), Some("x5"));
+        assert_eq!(at("os"), Some("ios"));
+        assert_eq!(at("browser"), Some("wechat"));
+        assert_eq!(at("locale"), Some("zh-cn"));
+        assert_eq!(at("first_platform"), Some("web"));
+        assert_eq!(at("month"), None, "the month is the scoring moment's");
+        // A lead's first touch, hashed where it is kept, matches the value.
+        assert_eq!(hash_normalised(" Autohome"), hash("autohome"));
         let chrome = "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36";
         assert_eq!(browser_family(chrome).as_deref(), Some("chrome"));
         assert_eq!(
@@ -212,11 +259,12 @@ mod tests {
         );
         assert_eq!(browser_family("okhttp/4.9").as_deref(), Some("okhttp"));
         let call = json!({"event": "call_completed", "properties": {"outcome": "appointment_set"}});
-        assert_eq!(values(&call)[5].as_deref(), Some("appointment_set"));
+        assert_eq!(values(&call)[4].as_deref(), Some("appointment_set"));
     }
 
     #[test]
-    fn first_and_newest_do_not_depend_on_arrival_order() {
+    fn the_newest_value_does_not_depend_on_arrival_order() {
+        const T: i64 = 1_795_305_600_000;
         let (a, b) = (hash("a"), hash("b"));
         let mut early = [NONE; CATEGORIES];
         early[0] = a;
@@ -225,16 +273,16 @@ mod tests {
         late[0] = b;
         late[1] = b;
         let mut in_order = Categories::default();
-        in_order.observe(&early, 10);
-        in_order.observe(&late, 20);
+        in_order.observe(&early, T + 10_000);
+        in_order.observe(&late, T + 20_000);
         let mut reversed = Categories::default();
-        reversed.observe(&late, 20);
-        reversed.observe(&early, 10);
+        reversed.observe(&late, T + 20_000);
+        reversed.observe(&early, T + 10_000);
         assert_eq!(in_order, reversed);
-        assert_eq!((in_order.values[0], in_order.values[1]), (a, b));
+        assert_eq!((in_order.values[0], in_order.values[1]), (b, b));
         let (mut left, mut right) = (Categories::default(), Categories::default());
-        left.observe(&late, 20);
-        right.observe(&early, 10);
+        left.observe(&late, T + 20_000);
+        right.observe(&early, T + 10_000);
         left.merge(&right);
         assert_eq!(left, in_order, "merging two streams equals one stream");
     }

@@ -17,6 +17,32 @@ pub const WAKE_WINDOW_MS: i64 = 30 * DAY_MS;
 /// Distinct models remembered per lead (hashes); more are counted, not kept.
 const MODELS: usize = 8;
 
+/// An instant that may not have happened yet, in 8 bytes instead of the
+/// 16 of `Option<i64>` (a lead keeps five of them).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct MaybeMs(i64);
+
+impl MaybeMs {
+    pub const NONE: Self = Self(i64::MIN);
+
+    pub fn get(self) -> Option<i64> {
+        (self != Self::NONE).then_some(self.0)
+    }
+}
+
+impl From<Option<i64>> for MaybeMs {
+    /// `Some(i64::MIN)` (before the year −292 million) reads back as none.
+    fn from(v: Option<i64>) -> Self {
+        v.map_or(Self::NONE, Self)
+    }
+}
+
+impl std::fmt::Debug for MaybeMs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeadState {
     pub windows: Windows,
@@ -26,11 +52,11 @@ pub struct LeadState {
     pub first_seen_ms: i64,
     /// Newest event time seen (stream order may differ from event order).
     pub last_event_ms: i64,
-    pub last_high_intent_ms: Option<i64>,
+    pub last_high_intent_ms: MaybeMs,
     /// First event after the lead's last dormant gap.
-    pub woke_at_ms: Option<i64>,
+    pub woke_at_ms: MaybeMs,
     /// When the lead last came back from dormancy with high intent.
-    pub reactivated_at_ms: Option<i64>,
+    pub reactivated_at_ms: MaybeMs,
     pub events: u32,
     pub sessions: u16,
     pub(crate) models: [u32; MODELS],
@@ -49,10 +75,10 @@ pub struct LeadState {
     pub first_channel: Option<Box<str>>,
     pub test_drive_booked: bool,
     pub lead_form_submitted: bool,
-    pub last_purchase_ms: Option<i64>,
+    pub last_purchase_ms: MaybeMs,
     /// Newest call outcome that said the lead is lost (not interested,
     /// bought elsewhere); intent after it wins the lead back.
-    pub last_lost_ms: Option<i64>,
+    pub last_lost_ms: MaybeMs,
     /// Channel, campaign, form, call outcome, device and the like.
     pub categories: Categories,
 }
@@ -73,9 +99,9 @@ impl LeadState {
             decayed_at_ms: first_seen_ms,
             first_seen_ms,
             last_event_ms: first_seen_ms,
-            last_high_intent_ms: None,
-            woke_at_ms: None,
-            reactivated_at_ms: None,
+            last_high_intent_ms: MaybeMs::NONE,
+            woke_at_ms: MaybeMs::NONE,
+            reactivated_at_ms: MaybeMs::NONE,
             events: 0,
             sessions: 0,
             models: [0; MODELS],
@@ -89,8 +115,8 @@ impl LeadState {
             first_channel: None,
             test_drive_booked: false,
             lead_form_submitted: false,
-            last_purchase_ms: None,
-            last_lost_ms: None,
+            last_purchase_ms: MaybeMs::NONE,
+            last_lost_ms: MaybeMs::NONE,
             categories: Categories::default(),
         }
     }
@@ -146,17 +172,20 @@ impl LeadState {
             }
         }
         if !is_first && ts - previous_activity >= dormant_after_ms {
-            self.woke_at_ms = Some(ts);
+            self.woke_at_ms = MaybeMs::from(Some(ts));
         }
         if high_intent {
             // High intent within a month of waking from dormancy.
             if self
                 .woke_at_ms
+                .get()
                 .is_some_and(|w| ts >= w && ts - w <= WAKE_WINDOW_MS)
             {
-                self.reactivated_at_ms = Some(ts);
+                self.reactivated_at_ms = MaybeMs::from(Some(ts));
             }
-            self.last_high_intent_ms = Some(self.last_high_intent_ms.map_or(ts, |h| h.max(ts)));
+            self.last_high_intent_ms = MaybeMs::from(Some(
+                self.last_high_intent_ms.get().map_or(ts, |h| h.max(ts)),
+            ));
         }
         if ts > self.last_event_ms {
             self.last_event_ms = ts;
@@ -196,13 +225,16 @@ impl LeadState {
             self.first_channel = Some(c.into());
         }
         if e.order {
-            self.last_purchase_ms = Some(self.last_purchase_ms.map_or(ts, |p| p.max(ts)));
+            self.last_purchase_ms =
+                MaybeMs::from(Some(self.last_purchase_ms.get().map_or(ts, |p| p.max(ts))));
         }
         if e.lost {
-            self.last_lost_ms = Some(self.last_lost_ms.map_or(ts, |l| l.max(ts)));
+            self.last_lost_ms =
+                MaybeMs::from(Some(self.last_lost_ms.get().map_or(ts, |l| l.max(ts))));
         }
         if let Some(p) = e.purchase_ms {
-            self.last_purchase_ms = Some(self.last_purchase_ms.map_or(p, |q| q.max(p)));
+            self.last_purchase_ms =
+                MaybeMs::from(Some(self.last_purchase_ms.get().map_or(p, |q| q.max(p))));
         }
     }
 
@@ -234,6 +266,7 @@ impl LeadState {
         let reactivated = woke.and_then(|w| {
             later
                 .last_high_intent_ms
+                .get()
                 .filter(|h| *h >= w && *h - w <= WAKE_WINDOW_MS)
         });
         self.windows.merge(&other.windows);
@@ -253,14 +286,23 @@ impl LeadState {
         self.first_seen_ms = self.first_seen_ms.min(other.first_seen_ms);
         self.last_event_ms = self.last_event_ms.max(other.last_event_ms);
         let later = |a: Option<i64>, b: Option<i64>| a.max(b);
-        self.last_high_intent_ms = later(self.last_high_intent_ms, other.last_high_intent_ms);
-        self.woke_at_ms = later(later(self.woke_at_ms, other.woke_at_ms), woke);
-        self.reactivated_at_ms = later(
-            later(self.reactivated_at_ms, other.reactivated_at_ms),
+        self.last_high_intent_ms = MaybeMs::from(later(
+            self.last_high_intent_ms.get(),
+            other.last_high_intent_ms.get(),
+        ));
+        self.woke_at_ms = MaybeMs::from(later(
+            later(self.woke_at_ms.get(), other.woke_at_ms.get()),
+            woke,
+        ));
+        self.reactivated_at_ms = MaybeMs::from(later(
+            later(self.reactivated_at_ms.get(), other.reactivated_at_ms.get()),
             reactivated,
-        );
-        self.last_purchase_ms = later(self.last_purchase_ms, other.last_purchase_ms);
-        self.last_lost_ms = later(self.last_lost_ms, other.last_lost_ms);
+        ));
+        self.last_purchase_ms = MaybeMs::from(later(
+            self.last_purchase_ms.get(),
+            other.last_purchase_ms.get(),
+        ));
+        self.last_lost_ms = MaybeMs::from(later(self.last_lost_ms.get(), other.last_lost_ms.get()));
         self.events = self.events.saturating_add(other.events);
         self.sessions = self
             .sessions
@@ -359,7 +401,7 @@ impl LeadState {
         f.push(self.platform_count() as f32);
         f.push(f32::from(u8::from(self.test_drive_booked)));
         f.push(f32::from(u8::from(self.lead_form_submitted)));
-        f.push(f32::from(u8::from(self.last_purchase_ms.is_some())));
+        f.push(f32::from(u8::from(self.last_purchase_ms.get().is_some())));
         f.push(self.max_page_value.ln_1p());
         f.push((1.0 + self.duration_s / 60.0).ln());
         f.push((1.0 + self.model_page_s / 60.0).ln());
@@ -372,12 +414,13 @@ impl LeadState {
 
     /// [`Self::features`] with the categorical context.
     pub fn feature_row(&self, now_ms: i64, half_life_ms: i64) -> FeatureRow {
-        let mut categories = self.categories.values;
-        categories[crate::context::MONTH_SLOT] =
-            crate::context::month_hash(month_of_day(now_ms.div_euclid(DAY_MS)));
         FeatureRow {
             numeric: self.features(now_ms, half_life_ms),
-            categories,
+            categories: self.categories.row(
+                self.first_channel.as_deref(),
+                self.first_platform.map(Platform::as_str),
+                month_of_day(now_ms.div_euclid(DAY_MS)),
+            ),
         }
     }
 }
@@ -517,12 +560,13 @@ mod tests {
         let mut new = LeadState::new(wake);
         new.apply(&ev(wake, &[Signal::Configurator]), HL, 90 * DAY_MS);
         assert_eq!(
-            new.reactivated_at_ms, None,
+            new.reactivated_at_ms.get(),
+            None,
             "alone, the new id has no history"
         );
         new.merge(&old, HL, 90 * DAY_MS);
         assert_eq!(
-            (new.woke_at_ms, new.reactivated_at_ms),
+            (new.woke_at_ms.get(), new.reactivated_at_ms.get()),
             (Some(wake), Some(wake))
         );
     }
@@ -594,7 +638,8 @@ mod tests {
         s.apply(&ev(T0, &[Signal::LeadForm]), HL, 90 * DAY_MS);
         s.apply(&ev(T0 + 100 * DAY_MS, &[Signal::PageView]), HL, 90 * DAY_MS);
         assert_eq!(
-            s.reactivated_at_ms, None,
+            s.reactivated_at_ms.get(),
+            None,
             "browsing alone does not reactivate"
         );
         s.apply(
@@ -603,7 +648,7 @@ mod tests {
             90 * DAY_MS,
         );
         assert_eq!(
-            s.reactivated_at_ms,
+            s.reactivated_at_ms.get(),
             Some(T0 + 101 * DAY_MS),
             "woke up, then high intent"
         );
@@ -614,14 +659,18 @@ mod tests {
             HL,
             90 * DAY_MS,
         );
-        assert_eq!(t.reactivated_at_ms, None, "60 days quiet is not dormant");
+        assert_eq!(
+            t.reactivated_at_ms.get(),
+            None,
+            "60 days quiet is not dormant"
+        );
         t.apply(&ev(T0 + 200 * DAY_MS, &[Signal::PageView]), HL, 90 * DAY_MS);
         t.apply(
             &ev(T0 + 240 * DAY_MS, &[Signal::TestDrive]),
             HL,
             90 * DAY_MS,
         );
-        assert_eq!(t.reactivated_at_ms, None, "too long after waking");
+        assert_eq!(t.reactivated_at_ms.get(), None, "too long after waking");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use crate::{
     event::Platform,
-    features::LeadState,
+    features::{LeadState, MaybeMs},
     proto::{EmittedClass, LeadSnapshot},
     score::{Class, Grade, Stage},
     window::Windows,
@@ -26,8 +26,8 @@ pub struct Lead {
     /// Leads folded into this one and those asked to hand over; boxed and
     /// absent for the many leads that never merge.
     pub merges: Option<Box<Merges>>,
-    pub merged_into: Option<String>,
-    pub late_events: u64,
+    pub merged_into: Option<Box<str>>,
+    pub late_events: u32,
     /// Class of the last score emitted; time-driven re-scores emit only
     /// when it changes.
     pub emitted: Option<Class>,
@@ -175,7 +175,7 @@ impl Lead {
                 .absorbed
                 .extend(theirs.absorbed);
         }
-        self.late_events += other.late_events;
+        self.late_events = self.late_events.saturating_add(other.late_events);
     }
 
     pub fn to_snapshot(&self) -> LeadSnapshot {
@@ -186,9 +186,9 @@ impl Lead {
             decayed_at_ms: s.decayed_at_ms,
             first_seen_ms: s.first_seen_ms,
             last_event_ms: s.last_event_ms,
-            last_high_intent_ms: s.last_high_intent_ms,
-            woke_at_ms: s.woke_at_ms,
-            reactivated_at_ms: s.reactivated_at_ms,
+            last_high_intent_ms: s.last_high_intent_ms.get(),
+            woke_at_ms: s.woke_at_ms.get(),
+            reactivated_at_ms: s.reactivated_at_ms.get(),
             events: s.events,
             sessions: u32::from(s.sessions),
             models: s.models.to_vec(),
@@ -201,7 +201,7 @@ impl Lead {
             first_platform: s.first_platform.map(|p| p as u32),
             test_drive_booked: s.test_drive_booked,
             lead_form_submitted: s.lead_form_submitted,
-            last_purchase_ms: s.last_purchase_ms,
+            last_purchase_ms: s.last_purchase_ms.get(),
             version: self.version,
             applied_offset: self.applied_offset,
             recent: self.recent.iter().collect(),
@@ -215,9 +215,9 @@ impl Lead {
                 .iter()
                 .flat_map(|m| m.requested.iter().cloned())
                 .collect(),
-            merged_into: self.merged_into.clone(),
-            late_events: self.late_events,
-            last_lost_ms: s.last_lost_ms,
+            merged_into: self.merged_into.as_deref().map(str::to_owned),
+            late_events: u64::from(self.late_events),
+            last_lost_ms: s.last_lost_ms.get(),
             emitted: self.emitted.map(|c| EmittedClass {
                 grade: c.grade as u32,
                 stage: c.stage as u32,
@@ -227,7 +227,7 @@ impl Lead {
             evaluated_ms: self.evaluated_ms,
             model_page_s: s.model_page_s,
             category_values: s.categories.values.to_vec(),
-            category_seen_ms: s.categories.seen_ms.to_vec(),
+            category_seen_s: s.categories.seen_s.to_vec(),
         }
     }
 
@@ -240,9 +240,9 @@ impl Lead {
         state.models = p.models.try_into().map_err(|_| SnapshotError("models"))?;
         state.decayed_at_ms = p.decayed_at_ms;
         state.last_event_ms = p.last_event_ms;
-        state.last_high_intent_ms = p.last_high_intent_ms;
-        state.woke_at_ms = p.woke_at_ms;
-        state.reactivated_at_ms = p.reactivated_at_ms;
+        state.last_high_intent_ms = MaybeMs::from(p.last_high_intent_ms);
+        state.woke_at_ms = MaybeMs::from(p.woke_at_ms);
+        state.reactivated_at_ms = MaybeMs::from(p.reactivated_at_ms);
         state.events = p.events;
         state.sessions = u16::try_from(p.sessions).map_err(|_| SnapshotError("sessions"))?;
         state.distinct_models =
@@ -258,8 +258,8 @@ impl Lead {
             .transpose()?;
         state.test_drive_booked = p.test_drive_booked;
         state.lead_form_submitted = p.lead_form_submitted;
-        state.last_purchase_ms = p.last_purchase_ms;
-        state.last_lost_ms = p.last_lost_ms;
+        state.last_purchase_ms = MaybeMs::from(p.last_purchase_ms);
+        state.last_lost_ms = MaybeMs::from(p.last_lost_ms);
         state.model_page_s = p.model_page_s;
         // Snapshots from before the categorical context have none.
         if !p.category_values.is_empty() {
@@ -267,10 +267,10 @@ impl Lead {
                 .category_values
                 .try_into()
                 .map_err(|_| SnapshotError("category_values"))?;
-            state.categories.seen_ms = p
-                .category_seen_ms
+            state.categories.seen_s = p
+                .category_seen_s
                 .try_into()
-                .map_err(|_| SnapshotError("category_seen_ms"))?;
+                .map_err(|_| SnapshotError("category_seen_s"))?;
         }
         let emitted = p
             .emitted
@@ -302,8 +302,8 @@ impl Lead {
                     requested: p.requested.into_iter().collect(),
                 })
             }),
-            merged_into: p.merged_into,
-            late_events: p.late_events,
+            merged_into: p.merged_into.map(Into::into),
+            late_events: u32::try_from(p.late_events).unwrap_or(u32::MAX),
             emitted,
             evaluated_ms: p.evaluated_ms,
             scheduled_ms: None,

@@ -318,7 +318,7 @@ impl Processor {
             if let Some(lead) = part.leads.get_mut(key) {
                 if lead.merged_into.is_none() {
                     catch_up(key, lead, part.watermark_ms, cfg, model, &mut out.outputs);
-                    lead.merged_into = Some(root.clone());
+                    lead.merged_into = Some(root.as_str().into());
                     let now = event_now(lead, part.stream_time_ms);
                     let scored = score(&lead.state, now, cfg, model);
                     out.outputs
@@ -383,7 +383,7 @@ impl Processor {
                     out.skipped = Some(Skipped::Duplicate);
                     false
                 } else if e.ts_ms < part.stream_time_ms - self.grace_ms {
-                    lead.late_events += 1;
+                    lead.late_events = lead.late_events.saturating_add(1);
                     out.skipped = Some(Skipped::Late);
                     false
                 } else {
@@ -551,7 +551,7 @@ fn score_output(
         "change_reason": reason.as_str(),
         "previous_stage": previous_stage,
         "churn_risk": scored.churn_risk,
-        "last_intent_at": s.last_high_intent_ms,
+        "last_intent_at": s.last_high_intent_ms.get(),
     });
     lead.emitted = Some(scored.class());
     lead.evaluated_ms = now;

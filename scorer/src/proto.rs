@@ -113,8 +113,8 @@ pub struct LeadSnapshot {
     pub model_page_s: f32,
     #[prost(fixed32, repeated, tag = "33")]
     pub category_values: Vec<u32>,
-    #[prost(int64, repeated, tag = "34")]
-    pub category_seen_ms: Vec<i64>,
+    #[prost(fixed32, repeated, tag = "34")]
+    pub category_seen_s: Vec<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq, prost::Message)]

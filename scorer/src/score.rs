@@ -185,16 +185,17 @@ impl ChangeReason {
 
 pub fn stage(state: &LeadState, now_ms: i64, cfg: &ScoringConfig) -> Stage {
     let st = &cfg.stages;
-    if let Some(p) = state.last_purchase_ms {
+    if let Some(p) = state.last_purchase_ms.get() {
         return if now_ms - p >= days_ms(st.retained_after_days) {
             Stage::Retained
         } else {
             Stage::Customer
         };
     }
-    let intent = state.last_high_intent_ms;
+    let intent = state.last_high_intent_ms.get();
     if state
         .last_lost_ms
+        .get()
         .is_some_and(|l| intent.is_none_or(|h| l >= h))
     {
         return Stage::Nurture;
@@ -209,7 +210,7 @@ pub fn stage(state: &LeadState, now_ms: i64, cfg: &ScoringConfig) -> Stage {
 }
 
 fn is_owner(state: &LeadState) -> bool {
-    state.last_purchase_ms.is_some()
+    state.last_purchase_ms.get().is_some()
 }
 
 pub fn score(
@@ -254,6 +255,7 @@ pub fn score(
 fn reactivated(state: &LeadState, now_ms: i64, cfg: &ScoringConfig) -> bool {
     state
         .reactivated_at_ms
+        .get()
         .is_some_and(|r| now_ms >= r && now_ms - r <= days_ms(cfg.reactivated_flag_days))
 }
 
@@ -280,16 +282,16 @@ pub fn next_change(
             next = Some(next.map_or(t, |n| n.min(t)));
         }
     };
-    if let Some(p) = state.last_purchase_ms {
+    if let Some(p) = state.last_purchase_ms.get() {
         consider(p + days_ms(st.retained_after_days));
         consider(state.last_event_ms + days_ms(st.churn_after_days));
-    } else if let Some(h) = state.last_high_intent_ms {
+    } else if let Some(h) = state.last_high_intent_ms.get() {
         consider(h + cfg.dormant_after_ms());
         consider(h + days_ms(st.nurture_after_days));
     } else {
         consider(state.first_seen_ms + days_ms(st.new_days));
     }
-    if let Some(r) = state.reactivated_at_ms {
+    if let Some(r) = state.reactivated_at_ms.get() {
         // The flag holds through r + days inclusive; it is gone 1 ms later.
         consider(r + days_ms(cfg.reactivated_flag_days) + 1);
     }

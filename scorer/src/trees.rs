@@ -30,21 +30,29 @@ pub struct CategoryColumn {
     pub other: f64,
     /// Rate of snapshots without a value.
     pub none: f64,
+    /// (hash, rate) sorted by hash: a binary search per lookup, no hashing.
     #[serde(skip)]
-    rates: HashMap<u32, f64>,
+    rates: Vec<(u32, f64)>,
+    /// Index of `name` in the slots.
+    #[serde(skip)]
+    slot: usize,
 }
 
 impl CategoryColumn {
     fn encode(&self, h: u32) -> f64 {
         if h == NONE {
-            self.none
-        } else {
-            self.rates.get(&h).copied().unwrap_or(self.other)
+            return self.none;
+        }
+        match self.rates.binary_search_by_key(&h, |r| r.0) {
+            Ok(i) => self.rates[i].1,
+            Err(_) => self.other,
         }
     }
 
     fn index(&mut self) {
+        self.slot = slot_of(&self.name).unwrap_or(usize::MAX);
         self.rates = self.values.iter().map(|(v, r)| (hash(v), *r)).collect();
+        self.rates.sort_by_key(|r| r.0);
     }
 }
 
@@ -72,6 +80,105 @@ pub struct TreeModel {
     pub thresholds: Thresholds,
     /// Each input's share of the trees' total split gain, largest first.
     pub importance: Vec<(String, f64)>,
+    #[serde(skip)]
+    compiled: Compiled,
+}
+
+/// The trees as scoring walks them: each one completed to the depth of the
+/// deepest (a leaf above it repeated over its whole subtree), so every walk
+/// is the same number of branch-free steps: left when the input is below
+/// the threshold. Inputs are never missing (every feature and encoding is a
+/// number), so the missing branch is not needed here.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Compiled {
+    depth: u32,
+    /// Per tree, `2^depth - 1` splits in breadth-first order (f64, as the
+    /// learner compared, so no input lands on the other side of a split).
+    splits: Vec<(u16, f64)>,
+    /// Per tree, `2^depth` leaf values.
+    leaves: Vec<f32>,
+}
+
+/// Deeper trees would make the completed form large; none is this deep by
+/// default (depth 4), and `fit` refuses deeper settings.
+pub const MAX_DEPTH: usize = 10;
+
+impl Compiled {
+    /// Fails on a tree deeper than [`MAX_DEPTH`] (or a cycle, in a damaged
+    /// file); node indices must already be checked.
+    fn of(trees: &[Vec<Node>]) -> Result<Self, String> {
+        fn depth(tree: &[Node], i: usize, level: u32) -> Option<u32> {
+            let n = &tree[i];
+            if n.leaf {
+                Some(level)
+            } else if level as usize >= MAX_DEPTH {
+                None
+            } else {
+                Some(depth(tree, n.left as usize, level + 1)?.max(depth(
+                    tree,
+                    n.right as usize,
+                    level + 1,
+                )?))
+            }
+        }
+        let mut d = 0;
+        for (t, tree) in trees.iter().enumerate() {
+            d =
+                d.max(depth(tree, 0, 0).ok_or_else(|| {
+                    format!("tree {t} is deeper than {MAX_DEPTH} levels (or loops)")
+                })?);
+        }
+        let (inner, outer) = ((1usize << d) - 1, 1usize << d);
+        let mut c = Compiled {
+            depth: d,
+            splits: Vec::with_capacity(trees.len() * inner),
+            leaves: Vec::with_capacity(trees.len() * outer),
+        };
+        for tree in trees {
+            let mut splits = vec![(0u16, f64::INFINITY); inner];
+            let mut leaves = vec![0f32; outer];
+            // (node, position in the complete tree, its level)
+            let mut stack = vec![(0usize, 0usize, 0u32)];
+            while let Some((i, pos, level)) = stack.pop() {
+                let n = &tree[i];
+                if n.leaf {
+                    // Every leaf below this position holds the value.
+                    let (first, count) = ((pos + 1) << (d - level), 1usize << (d - level));
+                    let from = first - 1 - inner;
+                    leaves[from..from + count].fill(n.value);
+                } else {
+                    splits[pos] = (n.input as u16, n.threshold);
+                    stack.push((n.left as usize, 2 * pos + 1, level + 1));
+                    stack.push((n.right as usize, 2 * pos + 2, level + 1));
+                }
+            }
+            c.splits.extend(splits);
+            c.leaves.extend(leaves);
+        }
+        Ok(c)
+    }
+
+    fn margin(&self, x: &[f64]) -> f32 {
+        if self.depth == 0 {
+            return self.leaves.iter().sum();
+        }
+        let inner = (1usize << self.depth) - 1;
+        let mut z = 0.0;
+        for (splits, leaves) in self
+            .splits
+            .chunks_exact(inner)
+            .zip(self.leaves.chunks_exact(inner + 1))
+        {
+            let mut pos = 0usize;
+            for _ in 0..self.depth {
+                let (input, threshold) = splits[pos];
+                // Right unless below; inputs are never NaN.
+                pos = 2 * pos + 1 + usize::from(x[usize::from(input)] >= threshold);
+            }
+            z += leaves[pos - inner];
+        }
+        z
+    }
 }
 
 /// The learner's settings. The defaults are common, conservative choices
@@ -95,8 +202,8 @@ pub struct TreeParams {
 impl Default for TreeParams {
     fn default() -> Self {
         Self {
-            trees: 300,
-            learning_rate: 0.05,
+            trees: 150,
+            learning_rate: 0.1,
             max_depth: 4,
             min_leaf_weight: 5.0,
             subsample: 0.8,
@@ -116,32 +223,8 @@ impl TreeModel {
         out.clear();
         out.extend(self.columns.iter().map(|&c| f64::from(row.numeric[c])));
         for c in &self.categories {
-            let slot = slot_of(&c.name).expect("checked when loaded");
-            out.push(c.encode(row.categories[slot]));
+            out.push(c.encode(row.categories[c.slot]));
         }
-    }
-
-    fn margin(&self, x: &[f64]) -> f64 {
-        let mut z = self.base_score;
-        for tree in &self.trees {
-            let mut i = 0usize;
-            loop {
-                let n = &tree[i];
-                if n.leaf {
-                    z += f64::from(n.value);
-                    break;
-                }
-                let v = x[n.input as usize];
-                i = if v.is_nan() {
-                    n.missing
-                } else if v < n.threshold {
-                    n.left
-                } else {
-                    n.right
-                } as usize;
-            }
-        }
-        z
     }
 
     pub fn probability(&self, row: &FeatureRow) -> f64 {
@@ -150,7 +233,7 @@ impl TreeModel {
         }
         INPUTS.with_borrow_mut(|x| {
             self.inputs(row, x);
-            sigmoid(self.margin(x))
+            sigmoid(self.base_score + f64::from(self.compiled.margin(x)))
         })
     }
 
@@ -170,8 +253,8 @@ impl TreeModel {
         let inputs = (self.columns.len() + self.categories.len()) as u32;
         for (t, tree) in self.trees.iter().enumerate() {
             let n = tree.len() as u32;
-            if tree.is_empty() {
-                return Err(format!("tree {t} has no nodes"));
+            if tree.is_empty() || tree.len() >= usize::from(u16::MAX) {
+                return Err(format!("tree {t} has {n} nodes"));
             }
             if let Some(bad) = tree.iter().position(|node| {
                 !node.leaf
@@ -183,6 +266,7 @@ impl TreeModel {
                 return Err(format!("tree {t} node {bad} points outside the tree"));
             }
         }
+        self.compiled = Compiled::of(&self.trees)?;
         Ok(())
     }
 }
@@ -240,7 +324,8 @@ fn encoding(
         values,
         other: rate(other_n, other_k),
         none,
-        rates: HashMap::new(),
+        rates: Vec::new(),
+        slot: 0,
     };
     c.index();
     c
@@ -262,6 +347,12 @@ pub fn fit(
         return Err(TrainError::NotEnoughData(format!(
             "{} snapshots, {positives} positive: need both classes",
             train.len()
+        )));
+    }
+    if !(1..=MAX_DEPTH).contains(&params.max_depth) {
+        return Err(TrainError::Fit(format!(
+            "a tree depth of {} is outside 1–{MAX_DEPTH}",
+            params.max_depth
         )));
     }
     let fold = |s: &Snapshot| crate::fnv1a64(&s.lead_id) % ENCODING_FOLDS;
@@ -306,6 +397,7 @@ pub fn fit(
             medium: 1.0,
         },
         importance: Vec::new(),
+        compiled: Compiled::default(),
     };
     let (rows, numeric) = (train.len(), model.columns.len());
     let width = numeric + model.categories.len();
@@ -350,6 +442,24 @@ pub fn fit(
         .collect();
     importance.sort_by(|a, b| b.1.total_cmp(&a.1));
     model.importance = importance;
+    model.compiled = Compiled::of(&model.trees).map_err(TrainError::Fit)?;
+    // The flattened, completed trees must score as the learner does (leaf
+    // values are f32 in both), checked on the training rows as fitted
+    // (out-of-fold encodings).
+    let learner = booster.predict(&Matrix::new(&data, rows, width), false);
+    let mut x = vec![0f64; width];
+    for r in (0..rows).step_by((rows / 500).max(1)) {
+        for (j, v) in x.iter_mut().enumerate() {
+            *v = data[j * rows + r];
+        }
+        let ours = model.base_score + f64::from(model.compiled.margin(&x));
+        if (ours - learner[r]).abs() > 1e-3 * (1.0 + learner[r].abs()) {
+            return Err(TrainError::Fit(format!(
+                "the flattened trees score row {r} {ours} where the learner says {}",
+                learner[r]
+            )));
+        }
+    }
     let scored: Vec<(f64, bool)> = train
         .iter()
         .map(|s| (model.probability(&s.features), s.label))
