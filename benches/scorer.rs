@@ -273,6 +273,7 @@ fn tree_model(hl: i64, dormant: i64) -> leadstream_scorer::trees::TreeModel {
                 ts_ms: s.last_event_ms,
                 features: s.feature_row(s.last_event_ms, hl),
                 label: seen > 25 || lead % 11 == 0,
+                idle: false,
             }
         })
         .collect();

@@ -138,9 +138,12 @@ fn fit_both(
     })
 }
 
-fn score_with(model: &TrainedModel, snaps: &[Snapshot]) -> Vec<(f64, bool)> {
+/// Predictions for the active-day snapshots (`idle` false) or for those
+/// taken while leads were quiet (`idle` true).
+fn score_with(model: &TrainedModel, snaps: &[Snapshot], idle: bool) -> Vec<(f64, bool)> {
     snaps
         .iter()
+        .filter(|s| s.idle == idle)
         .map(|s| (model.probability(&s.features), s.label))
         .collect()
 }
@@ -241,67 +244,80 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let snaps = snapshots(&events, &cfg, horizon_ms);
     let names = category_names(&events);
     // Test-set predictions of the chosen learner and of the baseline.
-    let (train, test, scored, baseline_scored, model, split) = match (&args.test_from, args.folds) {
-        (Some(date), _) => {
-            let split_ms = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
-                .with_context(|| format!("--test-from {date:?} is not YYYY-MM-DD"))?
-                .and_hms_opt(0, 0, 0)
-                .expect("midnight exists")
-                .and_utc()
-                .timestamp_millis();
-            let (train, test): (Vec<_>, Vec<_>) =
-                snaps.into_iter().partition(|s| s.ts_ms < split_ms);
-            anyhow::ensure!(
-                !test.is_empty(),
-                "no snapshots on or after {date}: move --test-from earlier"
-            );
-            let fitted = fit_both(&args, &train, &names)?;
-            let scored = score_with(&fitted.chosen, &test);
-            let baseline = fitted.baseline.as_ref().map(|b| score_with(b, &test));
-            (
-                train,
-                test,
-                scored,
-                baseline,
-                fitted.chosen,
-                format!("time split at {date}"),
-            )
-        }
-        (None, Some(k)) => {
-            anyhow::ensure!(k >= 2, "--folds must be at least 2");
-            let fold_of = |lead: &str| {
-                lead.bytes()
-                    .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-                    % k
-            };
-            let (mut scored, mut baseline) = (Vec::new(), Vec::new());
-            for f in 0..k {
-                let (test, train): (Vec<_>, Vec<_>) = snaps
-                    .iter()
-                    .cloned()
-                    .partition(|s| fold_of(&s.lead_id) == f);
+    // Metrics are on the active-day snapshots (comparable with earlier
+    // reports and with data where leads are scored when they act); the
+    // quiet ones are reported apart.
+    let (train, test, scored, baseline_scored, idle_scored, model, split) =
+        match (&args.test_from, args.folds) {
+            (Some(date), _) => {
+                let split_ms = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+                    .with_context(|| format!("--test-from {date:?} is not YYYY-MM-DD"))?
+                    .and_hms_opt(0, 0, 0)
+                    .expect("midnight exists")
+                    .and_utc()
+                    .timestamp_millis();
+                let (train, test): (Vec<_>, Vec<_>) =
+                    snaps.into_iter().partition(|s| s.ts_ms < split_ms);
+                anyhow::ensure!(
+                    !test.is_empty(),
+                    "no snapshots on or after {date}: move --test-from earlier"
+                );
                 let fitted = fit_both(&args, &train, &names)?;
-                scored.extend(score_with(&fitted.chosen, &test));
-                if let Some(b) = &fitted.baseline {
-                    baseline.extend(score_with(b, &test));
-                }
+                let scored = score_with(&fitted.chosen, &test, false);
+                let baseline = fitted
+                    .baseline
+                    .as_ref()
+                    .map(|b| score_with(b, &test, false));
+                let idle = score_with(&fitted.chosen, &test, true);
+                (
+                    train,
+                    test,
+                    scored,
+                    baseline,
+                    idle,
+                    fitted.chosen,
+                    format!("time split at {date}"),
+                )
             }
-            let model = fit_both(&args, &snaps, &names)?.chosen;
-            (
-                snaps.clone(),
-                snaps,
-                scored,
-                (!baseline.is_empty()).then_some(baseline),
-                model,
-                format!("{k}-fold cross-validation by lead, pooled out-of-fold predictions"),
-            )
-        }
-        (None, None) => anyhow::bail!("give --test-from DATE or --folds K"),
-    };
+            (None, Some(k)) => {
+                anyhow::ensure!(k >= 2, "--folds must be at least 2");
+                let fold_of = |lead: &str| {
+                    lead.bytes()
+                        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+                        % k
+                };
+                let (mut scored, mut baseline, mut idle) = (Vec::new(), Vec::new(), Vec::new());
+                for f in 0..k {
+                    let (test, train): (Vec<_>, Vec<_>) = snaps
+                        .iter()
+                        .cloned()
+                        .partition(|s| fold_of(&s.lead_id) == f);
+                    let fitted = fit_both(&args, &train, &names)?;
+                    scored.extend(score_with(&fitted.chosen, &test, false));
+                    idle.extend(score_with(&fitted.chosen, &test, true));
+                    if let Some(b) = &fitted.baseline {
+                        baseline.extend(score_with(b, &test, false));
+                    }
+                }
+                let model = fit_both(&args, &snaps, &names)?.chosen;
+                (
+                    snaps.clone(),
+                    snaps,
+                    scored,
+                    (!baseline.is_empty()).then_some(baseline),
+                    idle,
+                    model,
+                    format!("{k}-fold cross-validation by lead, pooled out-of-fold predictions"),
+                )
+            }
+            (None, None) => anyhow::bail!("give --test-from DATE or --folds K"),
+        };
     let (auc, ap) = (roc_auc(&scored), pr_auc(&scored));
 
     let mut r = String::new();
-    let pos = |v: &[leadstream_scorer::train::Snapshot]| v.iter().filter(|s| s.label).count();
+    let pos =
+        |v: &[leadstream_scorer::train::Snapshot]| v.iter().filter(|s| s.label && !s.idle).count();
+    let active = |v: &[leadstream_scorer::train::Snapshot]| v.iter().filter(|s| !s.idle).count();
     writeln!(r, "# leadstream model report\n")?;
     writeln!(
         r,
@@ -318,11 +334,26 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     )?;
     writeln!(
         r,
-        "- snapshots: train {} ({} positive), test {} ({} positive); {split}",
-        train.len(),
+        "- snapshots at the end of active days: train {} ({} positive), test {} ({} positive); {split}",
+        active(&train),
         pos(&train),
-        test.len(),
+        active(&test),
         pos(&test)
+    )?;
+    writeln!(
+        r,
+        "- snapshots of quiet leads ({} days after their last event), also trained on: train {}, test {} ({} positive){}",
+        leadstream_scorer::train::IDLE_SNAPSHOT_DAYS
+            .map(|d| d.to_string())
+            .join(", "),
+        train.len() - active(&train),
+        idle_scored.len(),
+        idle_scored.iter().filter(|s| s.1).count(),
+        if idle_scored.iter().any(|s| s.1) && idle_scored.iter().any(|s| !s.1) {
+            format!("; ROC AUC on them {:.3}", roc_auc(&idle_scored))
+        } else {
+            String::new()
+        }
     )?;
     writeln!(
         r,
@@ -369,7 +400,7 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     writeln!(
         r,
         "| base rate | {:.3} | |",
-        pos(&test) as f64 / test.len() as f64
+        pos(&test) as f64 / active(&test).max(1) as f64
     )?;
     let plots = crate::train_plots::write(&args.report, &scored)?;
     writeln!(r)?;
@@ -420,7 +451,7 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     fs::write(&args.report, &r).with_context(|| format!("writing {}", args.report.display()))?;
     println!(
         "ROC AUC {auc:.3}  PR AUC {ap:.3}  (test snapshots {}, positives {}){}",
-        test.len(),
+        active(&test),
         pos(&test),
         baseline_scored
             .as_deref()

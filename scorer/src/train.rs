@@ -31,7 +31,15 @@ pub struct Snapshot {
     pub ts_ms: i64,
     pub features: FeatureRow,
     pub label: bool,
+    /// Taken while the lead was quiet (days after its last event), not at
+    /// the end of an active day.
+    pub idle: bool,
 }
+
+/// Days after a lead's last event at which it is also snapshotted while it
+/// stays quiet: the live scorer scores quiet leads as time passes (dormant
+/// pools, owners), so the model must have seen leads that long quiet.
+pub const IDLE_SNAPSHOT_DAYS: [i64; 5] = [7, 30, 90, 180, 365];
 
 /// Category values by slot and hash, as the events spell them: models
 /// store values, leads only hashes.
@@ -52,8 +60,11 @@ pub fn category_names(events: &[Json]) -> Vec<HashMap<u32, String>> {
 
 /// Replays `events` (any order; sorted here by time) and snapshots every
 /// lead at the end of each active day and just before each order, so no
-/// snapshot sees the order it is labelled with. Identity uses the final
-/// graph (every link known up front), which is kinder than live scoring.
+/// snapshot sees the order it is labelled with; and, while a lead stays
+/// quiet, [`IDLE_SNAPSHOT_DAYS`] after its last event, as long as the data
+/// covers the horizon after that instant (so the label is known). Identity
+/// uses the final graph (every link known up front), which is kinder than
+/// live scoring.
 pub fn snapshots(events: &[Json], cfg: &ScoringConfig, horizon_ms: i64) -> Vec<Snapshot> {
     let mut graph = IdentityGraph::default();
     let mut parsed: Vec<(Vec<String>, LeadEvent)> = Vec::with_capacity(events.len());
@@ -89,10 +100,10 @@ pub fn snapshots(events: &[Json], cfg: &ScoringConfig, horizon_ms: i64) -> Vec<S
         .collect();
 
     let (hl, dormant) = (cfg.half_life_ms(), cfg.dormant_after_ms());
+    let data_end = parsed.last().map_or(i64::MIN, |(_, le)| le.ts_ms);
     let mut states: BTreeMap<String, LeadState> = BTreeMap::new();
     let mut out = Vec::new();
-    let snap = |lead: &str, s: &LeadState, out: &mut Vec<Snapshot>| {
-        let ts = s.last_event_ms;
+    let at = |lead: &str, s: &LeadState, ts: i64, idle: bool, out: &mut Vec<Snapshot>| {
         let label = orders
             .get(lead)
             .is_some_and(|o| o.iter().any(|t| *t > ts && *t - ts <= horizon_ms));
@@ -101,15 +112,30 @@ pub fn snapshots(events: &[Json], cfg: &ScoringConfig, horizon_ms: i64) -> Vec<S
             ts_ms: ts,
             features: s.feature_row(ts, hl),
             label,
+            idle,
         });
+    };
+    let snap = |lead: &str, s: &LeadState, out: &mut Vec<Snapshot>| {
+        at(lead, s, s.last_event_ms, false, out);
+    };
+    // Quiet until `next` (the lead's next event, or the end of the data).
+    let quiet = |lead: &str, s: &LeadState, next: i64, out: &mut Vec<Snapshot>| {
+        for d in IDLE_SNAPSHOT_DAYS {
+            let t = s.last_event_ms + d * DAY_MS;
+            if t < next && t.saturating_add(horizon_ms) <= data_end {
+                at(lead, s, t, true, out);
+            }
+        }
     };
     let mut ended_with_order: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for ((_, le), lead) in parsed.iter().zip(&leads) {
         if let Some(s) = states.get(lead)
-            && (le.order || s.last_event_ms.div_euclid(DAY_MS) != le.ts_ms.div_euclid(DAY_MS))
             && s.events > 0
         {
-            snap(lead, s, &mut out);
+            if le.order || s.last_event_ms.div_euclid(DAY_MS) != le.ts_ms.div_euclid(DAY_MS) {
+                snap(lead, s, &mut out);
+            }
+            quiet(lead, s, le.ts_ms, &mut out);
         }
         states
             .entry(lead.clone())
@@ -121,11 +147,13 @@ pub fn snapshots(events: &[Json], cfg: &ScoringConfig, horizon_ms: i64) -> Vec<S
             ended_with_order.remove(lead.as_str());
         }
     }
-    // A lead whose history ends with its order has nothing left to predict.
+    // A lead whose history ends with its order has nothing left to predict
+    // at that moment; once quiet it is an owner who may buy again.
     for (lead, s) in &states {
         if !ended_with_order.contains(lead.as_str()) {
             snap(lead, s, &mut out);
         }
+        quiet(lead, s, i64::MAX, &mut out);
     }
     out
 }
@@ -539,6 +567,56 @@ mod tests {
 
     fn ev(id: &str, anon: &str, event: &str, ts: i64, props: Json) -> Json {
         json!({"message_id": id, "event": event, "anonymous_id": anon, "timestamp": ts, "platform": "web", "context": {}, "properties": props})
+    }
+
+    #[test]
+    fn quiet_leads_are_snapshotted_while_the_data_covers_their_horizon() {
+        let t = 1_795_305_600_000_i64;
+        let page = |id: &str, anon: &str, ts: i64| {
+            ev(
+                id,
+                anon,
+                "page_viewed",
+                ts,
+                json!({"page_type": "configurator"}),
+            )
+        };
+        let events = vec![
+            page("1", "a", t),
+            page("2", "a", t + 100 * DAY_MS),
+            ev("3", "a", "order_placed", t + 120 * DAY_MS, json!({})),
+            page("4", "b", t + 250 * DAY_MS),
+        ];
+        let cfg = ScoringConfig::parse(DEFAULT_TOML).unwrap();
+        let snaps = snapshots(&events, &cfg, 30 * DAY_MS);
+        let idle: Vec<(i64, bool)> = snaps
+            .iter()
+            .filter(|s| s.idle)
+            .map(|s| ((s.ts_ms - t) / DAY_MS, s.label))
+            .collect();
+        // Before a's second visit: 7, 30 and 90 days on (the order at day
+        // 120 is within 30 days of day 90); after it: 7 (30 would pass the
+        // order); after the order, as an owner: 7, 30 and 90 days on (180
+        // would need data past day 330).
+        assert_eq!(
+            idle,
+            [
+                (7, false),
+                (30, false),
+                (90, true),
+                (107, true),
+                (127, false),
+                (150, false),
+                (210, false)
+            ],
+            "{snaps:#?}"
+        );
+        let col = FEATURE_NAMES
+            .iter()
+            .position(|f| *f == "days_since_last_event")
+            .unwrap();
+        let first_idle = snaps.iter().find(|s| s.idle).unwrap();
+        assert_eq!(first_idle.features.numeric[col], 7.0);
     }
 
     #[test]

@@ -197,6 +197,8 @@ pub struct TreeParams {
     pub min_count: usize,
     /// Pseudo-count pulling each value's rate towards the overall rate.
     pub smoothing: f64,
+    /// Weight of a snapshot of a quiet lead against one of an active day.
+    pub idle_weight: f64,
 }
 
 impl Default for TreeParams {
@@ -210,6 +212,7 @@ impl Default for TreeParams {
             colsample: 0.8,
             min_count: 20,
             smoothing: 20.0,
+            idle_weight: 0.3,
         }
     }
 }
@@ -363,14 +366,16 @@ pub fn fit(
         if exclude.iter().any(|e| e == name) {
             continue;
         }
-        let all = tally(train.iter(), slot);
+        // Rates from the active-day snapshots: a quiet lead's snapshots
+        // would count its channel once per quiet spell.
+        let all = tally(train.iter().filter(|s| !s.idle), slot);
         // One value (or none at all) everywhere cannot split anything.
         if all.len() < 2 {
             continue;
         }
         let per_fold: Vec<CategoryColumn> = (0..ENCODING_FOLDS)
             .map(|f| {
-                let counts = tally(train.iter().filter(|s| fold(s) != f), slot);
+                let counts = tally(train.iter().filter(|s| !s.idle && fold(s) != f), slot);
                 encoding(name, &counts, names.get(slot), params)
             })
             .collect();
@@ -412,6 +417,12 @@ pub fn fit(
         data[(numeric + k) * rows..(numeric + k + 1) * rows].copy_from_slice(col);
     }
     let y: Vec<f64> = train.iter().map(|s| f64::from(u8::from(s.label))).collect();
+    // Quiet snapshots teach how time since the last event matters without
+    // outweighing the active days (a lead has up to five per quiet spell).
+    let weights: Vec<f64> = train
+        .iter()
+        .map(|s| if s.idle { params.idle_weight } else { 1.0 })
+        .collect();
     let mut booster = GradientBooster::default()
         .set_iterations(params.trees)
         .set_learning_rate(params.learning_rate)
@@ -422,7 +433,7 @@ pub fn fit(
         .set_colsample_bytree(params.colsample)
         .set_seed(0);
     booster
-        .fit(&Matrix::new(&data, rows, width), &y, &vec![1.0; rows], None)
+        .fit(&Matrix::new(&data, rows, width), &y, &weights, None)
         .map_err(|e| TrainError::Fit(e.to_string()))?;
     model.base_score = booster.base_score;
     model.trees = booster.trees.iter().map(flatten).collect();
@@ -548,6 +559,7 @@ mod tests {
                         categories,
                     },
                     label,
+                    idle: false,
                 }
             })
             .collect();
