@@ -50,6 +50,13 @@ pub struct IngestConfig {
     /// else 408: a client that trickles its body is cut off here.
     #[arg(long, env = "LEADSTREAM_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
+    /// A request's headers must arrive within this, else the connection is
+    /// closed (a client that trickles its headers holds nothing for long).
+    #[arg(long, env = "LEADSTREAM_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Open connections at most; one more is answered 503 and closed.
+    #[arg(long, env = "LEADSTREAM_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
     /// A producer that gets no ack for this long while the broker answers
     /// metadata is replaced by a fresh one (a producer can stay wedged after
     /// a broker stall), so the spool drains without a restart.
@@ -124,6 +131,12 @@ impl IngestConfig {
         }
         if self.produce_timeout_ms == 0 {
             return Err("--produce-timeout-ms must be positive".into());
+        }
+        if self.header_timeout_ms == 0 {
+            return Err("--header-timeout-ms must be positive".into());
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be positive".into());
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! hears 2xx.
 
 pub mod config;
+pub mod conn;
 pub mod dedupe;
 pub mod metrics;
 pub mod pii;
@@ -78,6 +79,10 @@ pub async fn build_state(
             spool_max_bytes: cfg.spool_max_bytes,
             body_timeout: Duration::from_millis(cfg.body_timeout_ms),
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+            conn: conn::ConnLimits {
+                header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+                max_connections: cfg.max_connections,
+            },
         },
         replay: tokio::sync::Notify::new(),
         prometheus: metrics::prometheus(),
@@ -117,9 +122,13 @@ pub async fn serve(
             pipeline_metrics::spawn(kafka, Some(topic), "ingest", *listen, stop_rx.clone())
         });
     let replayer = tokio::spawn(replay_loop(Arc::clone(&state), stop_rx));
-    axum::serve(listener, server::router(Arc::clone(&state)))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    conn::serve(
+        listener,
+        server::router(Arc::clone(&state)),
+        state.limits.conn,
+        shutdown,
+    )
+    .await;
     let _ = stop_tx.send(true);
     let mut progress = replayer.await.unwrap_or_default();
     // Drain what Kafka will take, bounded; what remains replays on next start.

@@ -18,6 +18,8 @@ pub const PRODUCER_REPLACED: &str = "ingest_producer_replaced_total";
 pub const HTTP_REQUESTS: &str = "ingest_http_requests_total";
 pub const UNAUTHORIZED: &str = "ingest_unauthorized_total";
 pub const RATE_LIMITED: &str = "ingest_rate_limited_total";
+/// Connections answered 503 and closed because `--max-connections` were open.
+pub const CONNECTIONS_REFUSED: &str = "ingest_connections_refused_total";
 
 pub use leadstream_common::ops::prometheus;
 
@@ -36,6 +38,7 @@ pub fn register() {
         SPOOL_FULL,
         UNAUTHORIZED,
         RATE_LIMITED,
+        CONNECTIONS_REFUSED,
     ] {
         ::metrics::counter!(name).increment(0);
     }

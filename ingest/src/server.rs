@@ -48,6 +48,7 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// A whole request, body and Kafka acks included, within this.
     pub request_timeout: Duration,
+    pub conn: crate::conn::ConnLimits,
 }
 
 pub struct AppState {

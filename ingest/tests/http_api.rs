@@ -87,6 +87,8 @@ fn config(dir: &std::path::Path, spool_max_bytes: u64) -> IngestConfig {
         producer_stall_ms: 10_000,
         body_timeout_ms: 600,
         request_timeout_ms: 2_500,
+        header_timeout_ms: 10_000,
+        max_connections: 10_000,
         kafka_linger_ms: 5,
         events_topic: "leadstream.events".into(),
         dlq_topic: "leadstream.events.dlq".into(),
@@ -106,11 +108,15 @@ fn config(dir: &std::path::Path, spool_max_bytes: u64) -> IngestConfig {
 }
 
 async fn start(spool_max_bytes: u64) -> Server {
+    start_with(|c| c.spool_max_bytes = spool_max_bytes).await
+}
+
+async fn start_with(adjust: impl FnOnce(&mut IngestConfig)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let kafka = Arc::new(FakeKafka::default());
-    let state = build_state(&config(dir.path(), spool_max_bytes), kafka.clone())
-        .await
-        .unwrap();
+    let mut cfg = config(dir.path(), 1 << 20);
+    adjust(&mut cfg);
+    let state = build_state(&cfg, kafka.clone()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(serve(state, listener, std::future::pending()));
@@ -464,4 +470,83 @@ async fn a_client_that_trickles_its_body_is_cut_off() {
         "cut off after {:?}",
         started.elapsed()
     );
+}
+
+/// Reads what the server sends until it closes the connection (or `wait`
+/// passes, which fails the test).
+async fn read_to_close(conn: &mut tokio::net::TcpStream, wait: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(wait, conn.read_to_end(&mut got))
+        .await
+        .expect("the server kept the connection open")
+        .ok();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A client that trickles its headers (slowloris) is cut off once the header
+/// deadline passes, instead of holding a connection for ever.
+#[tokio::test]
+async fn a_client_that_trickles_its_headers_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let s = start_with(|c| c.header_timeout_ms = 500).await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(format!("POST /v1/track HTTP/1.1\r\nhost: {addr}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (mut read, mut write) = conn.into_split();
+    let trickle = tokio::spawn(async move {
+        for b in b"x-slow: ".iter().cycle() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if write.write_all(&[*b]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = [0u8; 512];
+    use tokio::io::AsyncReadExt;
+    let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut buf))
+        .await
+        .expect("the slow client was never cut off")
+        .unwrap_or(0);
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        n == 0 || answer.starts_with("HTTP/1.1 408"),
+        "closed, or told why: {answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+}
+
+/// Past `--max-connections`, a new connection is answered 503 and closed;
+/// once one closes, the next is served.
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_with_a_503() {
+    use tokio::io::AsyncWriteExt;
+    let s = start_with(|c| c.max_connections = 2).await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let connect = || tokio::net::TcpStream::connect(addr.clone());
+    let held = [connect().await.unwrap(), connect().await.unwrap()];
+    // Let the server accept both before the third arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut over = connect().await.unwrap();
+    let answer = read_to_close(&mut over, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too many connections"), "{answer}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut next = connect().await.unwrap();
+    next.write_all(
+        format!("GET /_liveness HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let answer = read_to_close(&mut next, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
