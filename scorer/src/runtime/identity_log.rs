@@ -22,6 +22,18 @@ use crate::{identity::IdentityGraph, proto::Link};
 pub struct IdentityLog {
     pub graph: Arc<Mutex<IdentityGraph>>,
     applied: watch::Receiver<u64>,
+    /// Stops the reader when the last copy goes (the scorer stopped), so
+    /// its consumer does not outlive the scorer and talk to a broker that
+    /// is going away.
+    _reader: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl IdentityLog {
@@ -37,7 +49,7 @@ impl IdentityLog {
         let graph = Arc::new(Mutex::new(IdentityGraph::default()));
         let (tx, rx) = watch::channel(0u64);
         let g = Arc::clone(&graph);
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             loop {
                 match consumer.recv().await {
                     Ok(m) => {
@@ -62,7 +74,11 @@ impl IdentityLog {
                 }
             }
         });
-        Ok(Self { graph, applied: rx })
+        Ok(Self {
+            graph,
+            applied: rx,
+            _reader: Arc::new(AbortOnDrop(reader)),
+        })
     }
 
     /// How far the graph has applied the log.
