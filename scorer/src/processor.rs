@@ -726,6 +726,14 @@ mod tests {
         );
         content["properties"] =
             json!({"content_id": "c1", "action": "share", "duration_ms": 40_000});
+        let reread = ev(
+            "d1-c",
+            "web-9",
+            web.clone(),
+            "page_viewed",
+            "configurator",
+            70,
+        );
         let days: Vec<Vec<Json>> = vec![
             // Web, then the mini-program in a later session; the CRM's
             // identify links them. (Sessions of two ids that interleave
@@ -740,14 +748,7 @@ mod tests {
                     10,
                 ),
                 form,
-                ev(
-                    "d1-c",
-                    "web-9",
-                    web.clone(),
-                    "page_viewed",
-                    "configurator",
-                    70,
-                ),
+                reread.clone(),
                 ev(
                     "d1-b",
                     "mp-9",
@@ -770,14 +771,7 @@ mod tests {
                 ),
                 content,
                 // Re-delivered: the live path skips it, the export lists it once.
-                ev(
-                    "d1-c",
-                    "web-9",
-                    web.clone(),
-                    "page_viewed",
-                    "configurator",
-                    70,
-                ),
+                reread.clone(),
                 // Arrives after d2-b although it happened before (same session).
                 ev(
                     "d2-a",

@@ -376,10 +376,7 @@ pub fn fit(
         .collect();
     let intercept = *lr.intercept().get((0, 0));
     let mut model = LogisticModel {
-        features: columns
-            .iter()
-            .map(|&c| FEATURE_NAMES[c].to_owned())
-            .collect(),
+        features: feature_names(&columns),
         columns,
         mean,
         std,
@@ -391,12 +388,16 @@ pub fn fit(
             medium: 1.0,
         },
     };
-    let scored: Vec<(f64, bool)> = train
-        .iter()
-        .map(|s| (model.probability(&s.features), s.label))
-        .collect();
-    model.thresholds = grade_thresholds(&scored);
+    model.thresholds = grade_thresholds_on(train, |f| model.probability(f));
     Ok(model)
+}
+
+/// The names of feature `columns`, as a model file lists them.
+pub fn feature_names(columns: &[usize]) -> Vec<String> {
+    columns
+        .iter()
+        .map(|&c| FEATURE_NAMES[c].to_owned())
+        .collect()
 }
 
 /// Indices of every numeric feature but `exclude`; names in `exclude` must
@@ -421,11 +422,19 @@ pub fn columns_except(exclude: &[String]) -> Result<Vec<usize>, TrainError> {
         .collect())
 }
 
-/// Grade cuts chosen on the training set: precision ≥ 0.6 is high, ≥ 0.3 medium.
-pub fn grade_thresholds(scored: &[(f64, bool)]) -> Thresholds {
+/// Grade cuts chosen on the training set, scored by `probability`:
+/// precision ≥ 0.6 is high, ≥ 0.3 medium.
+pub fn grade_thresholds_on(
+    train: &[Snapshot],
+    probability: impl Fn(&FeatureRow) -> f64,
+) -> Thresholds {
+    let scored: Vec<(f64, bool)> = train
+        .iter()
+        .map(|s| (probability(&s.features), s.label))
+        .collect();
     Thresholds {
-        high: threshold_for_precision(scored, 0.6),
-        medium: threshold_for_precision(scored, 0.3),
+        high: threshold_for_precision(&scored, 0.6),
+        medium: threshold_for_precision(&scored, 0.3),
     }
 }
 

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     context::{CATEGORY_SLOTS, NONE, hash},
-    features::{FEATURE_NAMES, FeatureRow},
-    train::{Snapshot, Thresholds, TrainError, check_feature_columns, grade_thresholds},
+    features::FeatureRow,
+    train::{Snapshot, Thresholds, TrainError, check_feature_columns, grade_thresholds_on},
 };
 
 /// One categorical input: the slot it reads and its encoding.
@@ -70,7 +70,8 @@ pub struct Node {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TreeModel {
-    /// Numeric inputs: names, and their indices in [`FEATURE_NAMES`].
+    /// Numeric inputs: names, and their indices in
+    /// [`crate::features::FEATURE_NAMES`].
     pub features: Vec<String>,
     pub columns: Vec<usize>,
     pub categories: Vec<CategoryColumn>,
@@ -388,10 +389,7 @@ pub fn fit(
         categories.push(encoding(name, &all, names.get(slot), params));
     }
     let mut model = TreeModel {
-        features: columns
-            .iter()
-            .map(|&c| FEATURE_NAMES[c].to_owned())
-            .collect(),
+        features: crate::train::feature_names(&columns),
         columns,
         categories,
         base_score: 0.0,
@@ -471,11 +469,7 @@ pub fn fit(
             )));
         }
     }
-    let scored: Vec<(f64, bool)> = train
-        .iter()
-        .map(|s| (model.probability(&s.features), s.label))
-        .collect();
-    model.thresholds = grade_thresholds(&scored);
+    model.thresholds = grade_thresholds_on(train, |f| model.probability(f));
     Ok(model)
 }
 
@@ -520,7 +514,7 @@ fn flatten(tree: &forust_ml::tree::Tree) -> Vec<Node> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{context::CATEGORIES, train::roc_auc};
+    use crate::{context::CATEGORIES, features::FEATURE_NAMES, train::roc_auc};
 
     /// Leads whose label depends on a campaign (categorical) and on the
     /// configurator count (numeric), with a rare campaign seen too seldom to
