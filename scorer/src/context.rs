@@ -50,8 +50,11 @@ pub const NONE: u32 = 0;
 
 /// FNV-1a (32 bit) of a category value, never [`NONE`].
 pub fn hash(value: &str) -> u32 {
-    value
-        .bytes()
+    fnv1a32(value.bytes())
+}
+
+fn fnv1a32(bytes: impl Iterator<Item = u8>) -> u32 {
+    bytes
         .fold(0x811c_9dc5u32, |h, b| {
             (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
         })
@@ -65,11 +68,7 @@ pub fn hash_normalised(value: &str) -> u32 {
     if v.is_empty() {
         return NONE;
     }
-    v.bytes()
-        .fold(0x811c_9dc5u32, |h, b| {
-            (h ^ u32::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0193)
-        })
-        .max(1)
+    fnv1a32(v.bytes().map(|b| b.to_ascii_lowercase()))
 }
 
 fn text<'a>(v: &'a Json, path: &[&str]) -> Option<&'a str> {

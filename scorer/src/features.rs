@@ -340,13 +340,8 @@ impl LeadState {
     }
 
     fn see_model(&mut self, model: &str) {
-        // FNV-1a: stable across processes, so replays give the same state.
-        let h = model
-            .bytes()
-            .fold(0x811c_9dc5u32, |h, b| {
-                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-            })
-            .max(1);
+        // Stable across processes, so replays give the same state.
+        let h = crate::context::hash(model);
         if self.models.contains(&h) {
             return;
         }
