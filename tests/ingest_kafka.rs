@@ -244,6 +244,27 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Posts `body` to ingest's batch endpoint with the dev web key.
+async fn post_batch(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
+    client
+        .post(format!("{url}/v1/batch"))
+        .basic_auth("dev-web-key", Some(""))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The message ids of a batch body.
+fn message_ids_of(body: &Value) -> Vec<String> {
+    body["batch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["messageId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn batch(prefix: &str, n: usize) -> Value {
     json!({"batch": (0..n).map(|i| json!({
         "type": "track", "event": "Vehicle Configured", "messageId": format!("{prefix}-{i}"), "anonymousId": format!("anon-{}", i % 7),
@@ -267,17 +288,9 @@ async fn kill_9_while_spooling_then_restart_delivers_every_accepted_event_once()
     let mut accepted = BTreeSet::new();
     for b in 0..4 {
         let body = batch(&format!("k{b}"), 25);
-        let r = client
-            .post(format!("{url}/v1/batch"))
-            .basic_auth("dev-web-key", Some(""))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = post_batch(&client, &url, &body).await;
         assert_eq!(r.status(), 200);
-        for e in body["batch"].as_array().unwrap() {
-            accepted.insert(e["messageId"].as_str().unwrap().to_owned());
-        }
+        accepted.extend(message_ids_of(&body));
     }
     // SIGKILL: no flush, no graceful anything.
     first.0.kill().unwrap();
@@ -318,17 +331,9 @@ async fn broker_outage_mid_load_loses_and_duplicates_nothing() {
             }
         }
         let body = batch(&format!("o{b}"), 20);
-        let r = client
-            .post(format!("{url}/v1/batch"))
-            .basic_auth("dev-web-key", Some(""))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = post_batch(&client, &url, &body).await;
         assert_eq!(r.status(), 200, "batch {b}");
-        for e in body["batch"].as_array().unwrap() {
-            accepted.insert(e["messageId"].as_str().unwrap().to_owned());
-        }
+        accepted.extend(message_ids_of(&body));
     }
     let ids = message_ids(&bootstrap, "events", accepted.len()).await;
     assert_eq!(ids.len(), accepted.len(), "no duplicates");
@@ -410,17 +415,9 @@ async fn ingest_recovers_from_a_broker_stall_without_a_restart() {
         }
         let body = batch(&format!("st{b}"), 20);
         b += 1;
-        let r = client
-            .post(format!("{url}/v1/batch"))
-            .basic_auth("dev-web-key", Some(""))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = post_batch(&client, &url, &body).await;
         assert!(r.status().is_success(), "batch {b}: {}", r.status());
-        for e in body["batch"].as_array().unwrap() {
-            accepted.insert(e["messageId"].as_str().unwrap().to_owned());
-        }
+        accepted.extend(message_ids_of(&body));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(resumed);
