@@ -97,9 +97,12 @@ async fn produce(bootstrap: &str, topic: &str, events: &[(i32, Value)]) {
     let encoder = Encoder::build(&plan, &EmbeddedResolver::new(&plan).unwrap())
         .await
         .unwrap();
+    // Sent all at once, so records share batches: consumers that resume
+    // after a kill or a rebalance start inside a batch, as they do on Kafka.
     let producer: FutureProducer = leadstream_common::kafka::producer_config(bootstrap, 5)
         .create()
         .unwrap();
+    let mut deliveries = Vec::new();
     for (partition, e) in events {
         let bytes = encoder
             .encode(e)
@@ -110,15 +113,20 @@ async fn produce(bootstrap: &str, topic: &str, events: &[(i32, Value)]) {
             .find_map(|k| e[*k].as_str())
             .unwrap()
             .to_owned();
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .partition(*partition)
-                    .key(&key)
-                    .payload(&bytes),
-                Duration::from_secs(10),
-            )
+        let record = FutureRecord::to(topic)
+            .partition(*partition)
+            .key(&key)
+            .payload(&bytes);
+        deliveries.push(
+            producer
+                .send_result(record)
+                .unwrap_or_else(|(err, _)| panic!("produce failed: {err}")),
+        );
+    }
+    for delivery in deliveries {
+        delivery
             .await
+            .unwrap()
             .unwrap_or_else(|(err, _)| panic!("produce failed: {err}"));
     }
 }
@@ -217,9 +225,6 @@ fn config(bootstrap: &str, events: &str, run: &str) -> ScorerConfig {
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.batch_ms = 50;
     cfg.session_timeout_ms = 6_000;
-    // Tansu cannot serve a fetch that starts inside a record batch (where a
-    // consumer resumes after a kill or rebalance): keep batches to one record.
-    cfg.kafka_batch_messages = 1;
     // These tests compare runs: the wall clock driving idle partitions'
     // schedules would make the final scores depend on timing (the events
     // are weeks old). Stream time still drives them.
@@ -329,8 +334,6 @@ fn spawn_binary(cfg: &ScorerConfig, log: &str) -> common::KilledOnDrop {
             "127.0.0.1:0",
             "--session-timeout-ms",
             "6000",
-            "--kafka-batch-messages",
-            "1",
             "--batch-ms",
             "50",
             "--batch-max",

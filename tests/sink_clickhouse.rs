@@ -115,27 +115,31 @@ async fn records(from: usize, to: usize) -> Vec<(Kind, String, Vec<u8>)> {
 
 /// Produces [`records`] to the test's topics.
 async fn produce(bootstrap: &str, t: &Topics, from: usize, to: usize) {
-    // One record per batch, sent one after another: Tansu 0.6 answers a
-    // fetch from an offset inside a record batch with the *next* batch, so a
-    // consumer resuming from a committed offset mid-batch would skip records
-    // (Kafka returns the containing batch). Single-record batches keep this
-    // test about the sink rather than that broker bug.
-    let producer: FutureProducer = leadstream_common::kafka::producer_config(bootstrap, 0)
+    // Sent all at once, so records share batches: a sink killed mid-batch
+    // resumes from a committed offset inside one, as it does on Kafka.
+    let producer: FutureProducer = leadstream_common::kafka::producer_config(bootstrap, 20)
         .create()
         .unwrap();
-    for (kind, key, bytes) in records(from, to).await {
+    let records = records(from, to).await;
+    let mut deliveries = Vec::with_capacity(records.len());
+    for (kind, key, bytes) in &records {
         let topic = match kind {
             Kind::Events => &t.events.name,
             Kind::Scores => &t.scores.name,
             Kind::Violations => &t.dlq.name,
             Kind::Metrics => &t.metrics.name,
         };
-        producer
-            .send(
-                FutureRecord::to(topic).key(&key).payload(&bytes),
-                Duration::from_secs(10),
-            )
+        let record = FutureRecord::to(topic).key(key).payload(bytes);
+        deliveries.push(
+            producer
+                .send_result(record)
+                .unwrap_or_else(|(e, _)| panic!("produce failed: {e}")),
+        );
+    }
+    for delivery in deliveries {
+        delivery
             .await
+            .unwrap()
             .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
     }
 }
