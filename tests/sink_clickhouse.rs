@@ -188,6 +188,10 @@ async fn wait_for_events(db: &clickhouse::Client, n: u64, timeout: Duration) {
 /// and the 3 score versions of each of the 60 leads are in.
 async fn wait_for_every_stream(db: &clickhouse::Client) {
     wait_for_events(db, 6000, Duration::from_secs(90)).await;
+    wait_for_every_stream_but_events(db).await;
+}
+
+async fn wait_for_every_stream_but_events(db: &clickhouse::Client) {
     wait_for(
         db,
         "SELECT count() FROM schema_violations FINAL",
@@ -621,6 +625,89 @@ async fn kill_9_mid_batch_then_restart_writes_every_event_once() {
     wait_for_every_stream(&db).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_everything_once(&db, 6000, 100, 60).await;
+    db.query(&format!("DROP DATABASE {database}"))
+        .execute()
+        .await
+        .unwrap();
+}
+
+/// Rows ClickHouse refuses for their data (here: a `throwIf` check the
+/// table's owner added) become dead letters with ClickHouse's reason and
+/// the original record; everything else is written once and the stream
+/// moves on past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_clickhouse_refuses_become_dead_letters_and_the_stream_moves_on() {
+    use base64::Engine as _;
+    let bootstrap = common::kafka();
+    let t = topics(&bootstrap).await;
+    let database = common::unique("sink_refused");
+    migrate(&common::clickhouse(), &database).await;
+    let db = client(&database).await;
+    let refused = ["m-000013", "m-004321"];
+    db.query(&format!(
+        "ALTER TABLE events ADD COLUMN guard UInt8 DEFAULT throwIf(message_id IN ('{}'))",
+        refused.join("', '")
+    ))
+    .execute()
+    .await
+    .unwrap();
+    produce(&bootstrap, &t, 0, 6000).await;
+
+    let cfg = config(&bootstrap, &t, &common::clickhouse(), &database);
+    let _sink = spawn_sink(&cfg, "refused");
+    wait_for_events(&db, 5998, Duration::from_secs(90)).await;
+    let kept =
+        "SELECT count() FROM dead_letters FINAL WHERE error LIKE 'ClickHouse refused the row:%'";
+    wait_for(&db, kept, 2, Duration::from_secs(30)).await;
+    wait_for_every_stream_but_events(&db).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    assert_eq!(count(&db, "SELECT count() FROM events FINAL").await, 5998);
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT count() FROM events WHERE message_id IN ('{}')",
+                refused.join("', '")
+            )
+        )
+        .await,
+        0,
+        "a refused row is not written"
+    );
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Kept {
+        error: String,
+        raw_base64: String,
+    }
+    let rows: Vec<Kept> = db
+        .query("SELECT error, raw_base64 FROM dead_letters FINAL WHERE error LIKE 'ClickHouse refused%' ORDER BY kafka_partition, kafka_offset")
+        .fetch_all()
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            assert!(
+                r.error.contains("395"),
+                "ClickHouse's reason is kept: {}",
+                r.error
+            );
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(&r.raw_base64)
+                .unwrap();
+            let raw = String::from_utf8_lossy(&raw);
+            refused
+                .iter()
+                .find(|id| raw.contains(*id))
+                .unwrap_or_else(|| panic!("the original record is kept: {raw}"))
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, refused);
+    let log = std::fs::read_to_string(sink_log_path(&cfg, "refused")).unwrap();
+    assert!(log.contains("refuses rows of this batch"), "{log}");
     db.query(&format!("DROP DATABASE {database}"))
         .execute()
         .await

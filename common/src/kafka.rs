@@ -284,6 +284,36 @@ where
     tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))
 }
 
+/// Moves `consumer` back to its committed offsets (the start, for a
+/// partition with none) after a failed batch, so everything after the last
+/// commit is read again rather than skipped by the next commit. Blocks in
+/// `block_in_place` for the broker's answer.
+pub fn rewind_to_committed<C>(consumer: &rdkafka::consumer::StreamConsumer<C>)
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    use rdkafka::{Offset, consumer::Consumer};
+    let timeout = std::time::Duration::from_secs(10);
+    let result = tokio::task::block_in_place(|| {
+        consumer.committed(timeout).and_then(|mut tpl| {
+            let unset: Vec<(String, i32)> = tpl
+                .elements()
+                .iter()
+                .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            for (t, p) in unset {
+                // Nothing committed yet: start where a new member would.
+                tpl.set_partition_offset(&t, p, Offset::Beginning)?;
+            }
+            consumer.seek_partitions(tpl, timeout).map(|_| ())
+        })
+    });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "rewinding to committed offsets failed");
+    }
+}
+
 /// Records the consumer's lag (records on its assigned partitions not yet
 /// consumed) as a gauge, at most once per `every`: it asks the broker for
 /// each partition's high watermark, so it is not for every batch.

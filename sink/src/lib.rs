@@ -5,6 +5,7 @@ pub mod config;
 pub mod encode;
 pub mod metrics;
 pub mod migrate;
+pub mod rejection;
 pub mod rows;
 pub mod store;
 pub mod writer;

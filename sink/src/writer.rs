@@ -3,19 +3,34 @@
 //! every table, retrying with backoff until ClickHouse takes it; only then
 //! commit the offsets. Redelivery after a crash or rebalance writes the same
 //! rows again, which the ReplacingMergeTree sorting keys collapse.
+//!
+//! A batch that fails for any other reason (the insert task died, a stop)
+//! is never skipped: the consumer goes back to its committed offsets. A
+//! batch ClickHouse refuses for the rows' sake ([`crate::rejection`]) is
+//! read again and written in halves, down to the rows it refuses, which
+//! become dead letters with ClickHouse's reason while the stream moves on.
 
 use std::{sync::Arc, time::Duration};
 
-use leadstream_common::kafka::{LagGauge, collect_batch, commit_offsets, next_offsets};
+use leadstream_common::kafka::{
+    LagGauge, collect_batch, commit_offsets, next_offsets, rewind_to_committed,
+};
 
 use base64::Engine as _;
 use leadstream_schemas::{Decoder, codec::DecodeError, datum::Datum};
-use rdkafka::{Message, consumer::StreamConsumer};
+use rdkafka::{
+    Message,
+    consumer::{Consumer as _, StreamConsumer},
+    message::BorrowedMessage,
+};
 
 use crate::{
     config::SinkConfig,
     encode::{Buffers, Encoded, Encoder, Format, encode_all},
-    metrics::{BATCHES, CONSUMER_LAG, DEAD_LETTERS, INSERT_RETRIES, INSERT_SECONDS, ROWS},
+    metrics::{
+        BATCHES, CONSUMER_LAG, DEAD_LETTERS, INSERT_RETRIES, INSERT_SECONDS, REJECTED_ROWS, ROWS,
+    },
+    rejection::rejection,
     rows::{
         DeadLetterRow, EventRow, RowError, ScoreRow, fill_event_row, pipeline_metric_row,
         score_row, violation_row,
@@ -99,6 +114,9 @@ pub struct Writer {
     pub lag: LagGauge,
     buffers: Buffers,
     in_flight: Option<InFlight>,
+    /// After a rejected batch: the offsets up to which batches are written
+    /// in halves until the rows ClickHouse refuses are found.
+    isolating: Option<Vec<(String, i32, i64)>>,
 }
 
 impl Writer {
@@ -120,6 +138,7 @@ impl Writer {
             lag: LagGauge::new(CONSUMER_LAG, ("stream", kind.label())),
             buffers: Buffers::default(),
             in_flight: None,
+            isolating: None,
         }
     }
 }
@@ -175,18 +194,33 @@ impl Writer {
         if messages.is_empty() {
             // Quiet stream: commit what is in flight now, not at the next record.
             drop(messages);
-            self.finish().await?;
+            self.finish_or_rewind().await?;
             return Ok(0);
         }
-        let as_records: Vec<Record<'_>> = messages
-            .iter()
-            .map(|m| Record {
-                topic: m.topic(),
-                partition: m.partition(),
-                offset: m.offset(),
-                payload: m.payload(),
-            })
-            .collect();
+        if self.isolating.is_some() {
+            // Read again after a rejection: written in halves down to the
+            // rows ClickHouse refuses, then committed.
+            let offsets = next_offsets(&messages);
+            let records = records_of(&messages);
+            let isolated = isolate(
+                &self.inserter(),
+                &self.decoder,
+                &self.buffers,
+                &records,
+                stop,
+            )
+            .await;
+            let read = records.len();
+            drop(records);
+            drop(messages);
+            if let Err(e) = isolated {
+                rewind_to_committed(&self.consumer);
+                return Err(e);
+            }
+            self.commit_isolated(&offsets);
+            return Ok(read);
+        }
+        let as_records = records_of(&messages);
         let format = self.store.format();
         let batch = to_batch(
             self.kind,
@@ -200,19 +234,18 @@ impl Writer {
         let t_convert = t0.elapsed();
         let offsets = next_offsets(&messages);
         let records = messages.len();
+        drop(as_records);
         drop(messages);
-        self.finish().await?;
+        self.finish_or_rewind().await?;
         let t_previous = t0.elapsed();
-        let inserter = Inserter {
-            store: self.store.clone(),
-            kind: self.kind,
-            max_backoff_ms: self.max_backoff_ms,
-        };
+        let inserter = self.inserter();
         let stop = stop.clone();
         self.in_flight = Some(InFlight {
             insert: tokio::spawn(async move {
-                let written = inserter.insert_with_retry(&batch, &stop).await;
-                (written, batch)
+                let outcome = inserter
+                    .insert_with_retry(&batch, &stop, REJECTIONS_BEFORE_ISOLATING)
+                    .await;
+                (outcome, batch)
             }),
             offsets,
         });
@@ -227,26 +260,162 @@ impl Writer {
         Ok(records)
     }
 
+    fn inserter(&self) -> Inserter {
+        Inserter {
+            store: self.store.clone(),
+            kind: self.kind,
+            max_backoff_ms: self.max_backoff_ms,
+        }
+    }
+
+    /// [`Writer::finish`]; when it fails, back to the committed offsets, so
+    /// neither the batch in flight nor the one just read is skipped.
+    async fn finish_or_rewind(&mut self) -> anyhow::Result<()> {
+        let result = self.finish().await;
+        if result.is_err() {
+            rewind_to_committed(&self.consumer);
+        }
+        result
+    }
+
+    /// Commits a batch written by [`isolate`]; isolating ends once every
+    /// partition of the rejected batch is past it (or no longer ours).
+    fn commit_isolated(&mut self, offsets: &[(String, i32, i64)]) {
+        if let Err(e) = commit_offsets(&self.consumer, offsets) {
+            tracing::warn!(error = %e, "offset commit failed (rebalance?); the batch may be written again, harmlessly");
+        }
+        metrics::counter!(BATCHES).increment(1);
+        let assigned = self.consumer.assignment().ok();
+        self.isolating = self.isolating.take().and_then(|targets| {
+            let left: Vec<_> = targets
+                .into_iter()
+                .filter(|(topic, partition, target)| {
+                    let ours = assigned
+                        .as_ref()
+                        .is_none_or(|a| a.find_partition(topic, *partition).is_some());
+                    let reached = offsets
+                        .iter()
+                        .any(|(t, p, o)| t == topic && p == partition && o >= target);
+                    ours && !reached
+                })
+                .collect();
+            (!left.is_empty()).then_some(left)
+        });
+    }
+
     /// Waits for the batch in flight, if any, and commits its offsets.
     pub async fn finish(&mut self) -> anyhow::Result<()> {
         let Some(in_flight) = self.in_flight.take() else {
             return Ok(());
         };
-        let written = match in_flight.insert.await {
-            Ok((written, batch)) => {
+        let outcome = match in_flight.insert.await {
+            Ok((outcome, batch)) => {
                 batch.recycle(&self.buffers);
-                written
+                outcome
             }
-            Err(_) => false,
+            Err(e) => anyhow::bail!("the insert task failed ({e}); the batch will be read again"),
         };
-        if !written {
-            anyhow::bail!("stopped before ClickHouse accepted the batch; it will be read again");
+        match outcome {
+            Inserted::Written => {}
+            Inserted::Stopped => {
+                anyhow::bail!("stopped before ClickHouse accepted the batch; it will be read again")
+            }
+            Inserted::Rejected(reason) => {
+                self.isolating = Some(in_flight.offsets);
+                anyhow::bail!(
+                    "ClickHouse refuses rows of this batch ({reason}); reading it again to set those rows aside as dead letters"
+                )
+            }
         }
         if let Err(e) = commit_offsets(&self.consumer, &in_flight.offsets) {
             tracing::warn!(error = %e, "offset commit failed (rebalance?); the batch may be written again, harmlessly");
         }
         metrics::counter!(BATCHES).increment(1);
         Ok(())
+    }
+}
+
+/// How many times a batch is refused for its data before it is written in
+/// halves: a refusal could be a passing server fault that only looks like one.
+const REJECTIONS_BEFORE_ISOLATING: u32 = 3;
+
+/// The conversion's view of `messages`.
+fn records_of<'a>(messages: &'a [BorrowedMessage<'_>]) -> Vec<Record<'a>> {
+    messages
+        .iter()
+        .map(|m| Record {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            payload: m.payload(),
+        })
+        .collect()
+}
+
+/// Writes `records` in parts, halving every part ClickHouse refuses for its
+/// data, so every row it takes is written and each row it refuses becomes a
+/// dead letter with its reason. Outages are retried as usual; Err only when
+/// stopped.
+pub async fn isolate(
+    inserter: &Inserter,
+    decoder: &Decoder,
+    buffers: &Buffers,
+    records: &[Record<'_>],
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<usize> {
+    let format = inserter.store.format();
+    let mut parts = Vec::new();
+    parts.push(0..records.len());
+    let mut refused = Vec::new();
+    while let Some(part) = parts.pop() {
+        let now = now_secs();
+        let batch = to_batch(
+            inserter.kind,
+            decoder,
+            &records[part.clone()],
+            now,
+            format,
+            buffers,
+        )
+        .await;
+        let outcome = inserter.insert_with_retry(&batch, stop, 1).await;
+        batch.recycle(buffers);
+        match outcome {
+            Inserted::Written => {}
+            Inserted::Stopped => anyhow::bail!(
+                "stopped while setting refused rows aside; the batch will be read again"
+            ),
+            Inserted::Rejected(reason) if part.len() == 1 => {
+                let r = &records[part.start];
+                tracing::warn!(topic = r.topic, partition = r.partition, offset = r.offset, %reason, "ClickHouse refuses the row; kept as a dead letter");
+                refused.push(dead_letter(
+                    r,
+                    format!("ClickHouse refused the row: {reason}"),
+                    now,
+                ));
+            }
+            Inserted::Rejected(_) => {
+                let mid = part.start + part.len() / 2;
+                // Popped first half first: rows keep their order.
+                parts.push(mid..part.end);
+                parts.push(part.start..mid);
+            }
+        }
+    }
+    if refused.is_empty() {
+        return Ok(0);
+    }
+    metrics::counter!(REJECTED_ROWS).increment(refused.len() as u64);
+    let batch = Batch {
+        dead: encode_all(format, &refused).expect("dead-letter rows always encode"),
+        ..Batch::default()
+    };
+    // Dead letters are never set aside themselves: retried until written.
+    match inserter.insert_with_retry(&batch, stop, 0).await {
+        Inserted::Written => Ok(refused.len()),
+        _ => {
+            anyhow::bail!("stopped before the refused rows were kept; the batch will be read again")
+        }
     }
 }
 
@@ -320,21 +489,25 @@ pub async fn to_batch(
         .map(|(i, error)| {
             let r = &records[i];
             tracing::warn!(topic = r.topic, partition = r.partition, offset = r.offset, %error, "record kept as a dead letter");
-            DeadLetterRow {
-                failed_at: now_secs,
-                topic: r.topic.to_owned(),
-                kafka_partition: r.partition,
-                kafka_offset: r.offset,
-                error,
-                raw_base64: base64::engine::general_purpose::STANDARD
-                    .encode(r.payload.unwrap_or_default()),
-            }
+            dead_letter(r, error, now_secs)
         })
         .collect();
     // A plain struct of strings and integers: encodable in every format
     // (the unit tests encode one), so a failure here is a bug, not data.
     batch.dead = encode_all(format, &dead).expect("dead-letter rows always encode");
     batch
+}
+
+/// A record kept, raw, with why it could not be written.
+fn dead_letter(r: &Record<'_>, error: String, now_secs: u32) -> DeadLetterRow {
+    DeadLetterRow {
+        failed_at: now_secs,
+        topic: r.topic.to_owned(),
+        kafka_partition: r.partition,
+        kafka_offset: r.offset,
+        error,
+        raw_base64: base64::engine::general_purpose::STANDARD.encode(r.payload.unwrap_or_default()),
+    }
 }
 
 /// What one conversion thread made of its chunk of records.
@@ -450,27 +623,40 @@ fn flatten<R>(r: Result<Result<R, RowError>, DecodeError>) -> Result<R, String> 
 /// A batch being inserted while the next one is read: its insert task and
 /// the offsets to commit once ClickHouse has it.
 struct InFlight {
-    /// Whether ClickHouse took the batch, and the batch (for its buffers).
-    insert: tokio::task::JoinHandle<(bool, Batch)>,
+    /// What became of the insert, and the batch (for its buffers).
+    insert: tokio::task::JoinHandle<(Inserted, Batch)>,
     offsets: Vec<(String, i32, i64)>,
 }
 
+/// What became of a batch's insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    Written,
+    /// Stopped before ClickHouse took it.
+    Stopped,
+    /// ClickHouse refuses its data (its reason).
+    Rejected(String),
+}
+
 /// What inserting needs, owned, so an insert runs as its own task.
-struct Inserter {
-    store: Store,
-    kind: Kind,
-    max_backoff_ms: u64,
+pub struct Inserter {
+    pub store: Store,
+    pub kind: Kind,
+    pub max_backoff_ms: u64,
 }
 
 impl Inserter {
     /// Inserts every table; on failure waits (doubling up to the maximum)
-    /// and inserts everything again. False when stopped first.
-    async fn insert_with_retry(
+    /// and inserts everything again, until written, stopped, or refused for
+    /// its data `give_up_after` times in a row (0: never give up).
+    pub async fn insert_with_retry(
         &self,
         batch: &Batch,
         stop: &tokio::sync::watch::Receiver<bool>,
-    ) -> bool {
+        give_up_after: u32,
+    ) -> Inserted {
         let mut backoff = Duration::from_millis(100);
+        let mut refusals = 0;
         loop {
             let started = std::time::Instant::now();
             match write_batch(&self.store, batch).await {
@@ -487,15 +673,23 @@ impl Inserter {
                         metrics::counter!(ROWS, "table" => table).increment(rows.rows as u64);
                     }
                     metrics::counter!(DEAD_LETTERS).increment(batch.dead.rows as u64);
-                    return true;
+                    return Inserted::Written;
                 }
                 Err(e) => {
+                    if let Some(reason) = rejection(&e) {
+                        refusals += 1;
+                        if refusals == give_up_after {
+                            return Inserted::Rejected(reason);
+                        }
+                    } else {
+                        refusals = 0;
+                    }
                     metrics::counter!(INSERT_RETRIES).increment(1);
                     tracing::warn!(error = %format!("{e:#}"), stream = self.kind.label(), rows = batch.rows(), retry_in_ms = backoff.as_millis() as u64, "insert failed; retrying (offsets not committed)");
                     let mut stop = stop.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.wait_for(|s| *s) => return false,
+                        _ = stop.wait_for(|s| *s) => return Inserted::Stopped,
                     }
                     backoff = (backoff * 2).min(Duration::from_millis(self.max_backoff_ms));
                 }
@@ -517,6 +711,8 @@ pub async fn write_batch(store: &Store, batch: &Batch) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use leadstream_common::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
 
     fn tripled(start: usize, chunk: &[u64]) -> Vec<(usize, u64)> {
         chunk
@@ -538,5 +734,86 @@ mod tests {
             [(0, 0), (1, 3), (2, 6)]
         );
         assert!(parallel_chunks(&[] as &[u64], tripled).concat().is_empty());
+    }
+
+    /// A step that fails after reading a batch (here: the previous batch's
+    /// insert task died) must not let a later commit skip either batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_step_reads_everything_since_the_last_commit_again() {
+        let bootstrap = std::env::var("LEADSTREAM_TEST_KAFKA").expect(
+            "LEADSTREAM_TEST_KAFKA is not set: run `bash deploy/test.sh`, or `deploy/scripts/services.sh start` and export what it prints",
+        );
+        let topic = format!("sink_rewind_{}", std::process::id());
+        let spec = TopicSpec {
+            name: topic.clone(),
+            partitions: 1,
+            replication: 1,
+            compacted: false,
+        };
+        ensure_topics(&bootstrap, &[spec]).await.unwrap();
+        // Not Avro: every record becomes a dead-letter row naming its offset.
+        let producer: FutureProducer = producer_config(&bootstrap, 20).create().unwrap();
+        let sends: Vec<_> = (0..300)
+            .map(|i| {
+                let payload = format!("record {i}");
+                let record = FutureRecord::<(), _>::to(&topic).payload(&payload);
+                producer.send_result(record).map_err(|(e, _)| e).unwrap()
+            })
+            .collect();
+        for send in sends {
+            send.await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+
+        let export = tempfile::tempdir().unwrap();
+        let mut cfg = SinkConfig::defaults(&bootstrap);
+        cfg.batch_rows = 40;
+        cfg.batch_ms = 200;
+        let consumer: StreamConsumer = consumer_config(&bootstrap, &format!("{topic}-sink"))
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&topic]).unwrap();
+        let resolver = leadstream_schemas::EmbeddedResolver::new(
+            &leadstream_schemas::Plan::embedded().unwrap(),
+        )
+        .unwrap();
+        let decoder = Arc::new(Decoder::new(Arc::new(resolver)));
+        let store = Store::Export(export.path().to_owned());
+        let mut writer = Writer::new(Kind::Violations, consumer, decoder, store, &cfg);
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+
+        let mut read = 0;
+        while read == 0 {
+            read = writer.step(&stop).await.unwrap();
+        }
+        // The insert of the batch just read dies.
+        writer.in_flight.as_mut().unwrap().insert = tokio::spawn(async { panic!("injected") });
+        let failed = writer.step(&stop).await;
+        assert!(failed.is_err(), "the dead insert must fail the step");
+        let mut quiet = 0;
+        while quiet < 3 {
+            match writer.step(&stop).await {
+                Ok(0) => quiet += 1,
+                Ok(_) => quiet = 0,
+                Err(e) => panic!("{e:#}"),
+            }
+        }
+        writer.finish().await.unwrap();
+
+        let rows = std::fs::read_to_string(export.path().join("dead_letters.jsonl")).unwrap();
+        let mut offsets: Vec<i64> = rows
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["kafka_offset"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        assert_eq!(
+            offsets,
+            (0..300).collect::<Vec<i64>>(),
+            "every record written"
+        );
     }
 }

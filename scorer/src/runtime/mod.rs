@@ -50,34 +50,6 @@ pub struct Topics {
     pub partitions: i32,
 }
 
-/// Moves `consumer` back to its committed offsets after a failed batch, so
-/// the batch is read again.
-pub(crate) fn rewind<C: rdkafka::consumer::ConsumerContext + 'static>(
-    consumer: &StreamConsumer<C>,
-) {
-    use rdkafka::Offset;
-    let result = consumer
-        .committed(Duration::from_secs(10))
-        .and_then(|mut tpl| {
-            let unset: Vec<(String, i32)> = tpl
-                .elements()
-                .iter()
-                .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
-                .map(|e| (e.topic().to_owned(), e.partition()))
-                .collect();
-            for (t, p) in unset {
-                // Nothing committed yet: start where a new member would.
-                tpl.set_partition_offset(&t, p, Offset::Beginning)?;
-            }
-            consumer
-                .seek_partitions(tpl, Duration::from_secs(10))
-                .map(|_| ())
-        });
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "rewinding to committed offsets failed");
-    }
-}
-
 /// Waits for every queued record's ack; the first failure fails the batch
 /// (nothing is committed, so it is replayed).
 pub(crate) async fn await_deliveries(deliveries: Vec<DeliveryFuture>) -> anyhow::Result<()> {

@@ -311,7 +311,7 @@ impl ScoreLoop {
             .lock()
             .expect("assigned lock")
             .extend(owned);
-        super::rewind(&self.consumer);
+        leadstream_common::kafka::rewind_to_committed(&self.consumer);
     }
 }
 

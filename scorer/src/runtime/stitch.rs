@@ -109,7 +109,7 @@ impl Stitcher {
 
     /// After a failed batch: read it again from the last commit.
     pub fn rewind(&self) {
-        super::rewind(&self.consumer);
+        leadstream_common::kafka::rewind_to_committed(&self.consumer);
     }
 
     /// Appends a link and waits until the local graph has applied it.
