@@ -1,6 +1,7 @@
 //! A lead as the scorer keeps it between events: its feature state plus the
 //! bookkeeping that makes processing repeatable (output version, last
-//! applied offset, recent message ids, merges done and pending), and its
+//! applied offset, the message ids it must recognise again, merges done
+//! and pending), and its
 //! snapshot form for the changelog.
 
 use std::collections::BTreeSet;
@@ -13,16 +14,13 @@ use crate::{
     window::Windows,
 };
 
-/// Message ids remembered per lead to skip re-delivered events.
-pub const RECENT: usize = 32;
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lead {
     /// `events == 0` until the first event (or merged state) arrives.
     pub state: LeadState,
     pub version: u64,
     pub applied_offset: i64,
-    pub recent: RecentIds,
+    pub seen: SeenIds,
     /// Leads folded into this one and those asked to hand over; boxed and
     /// absent for the many leads that never merge.
     pub merges: Option<Box<Merges>>,
@@ -44,7 +42,7 @@ impl Default for Lead {
             state: LeadState::new(0),
             version: 0,
             applied_offset: -1,
-            recent: RecentIds::default(),
+            seen: SeenIds::default(),
             merges: None,
             merged_into: None,
             late_events: 0,
@@ -55,57 +53,86 @@ impl Default for Lead {
     }
 }
 
-/// The last [`RECENT`] message-id hashes of a lead, oldest overwritten
-/// first; inline, so a lead costs no allocation for them.
+/// The message ids (hashed) of a lead's events that a re-delivery could
+/// still be applied on top of, with their event times.
+///
+/// An event older than the partition's stream time minus the grace period
+/// is late and never applied, so a re-delivered copy of it cannot count
+/// twice: only ids of events at or after that horizon are needed, and
+/// [`SeenIds::forget_before`] lets the rest go. That makes the check exact
+/// for any replay (a stitcher rewind, an ingest spool re-sent after a
+/// produce timeout, an SDK retry) however many events it spans, while the
+/// memory follows the lead's events within the grace period, not its
+/// lifetime. `floor_ms` is the horizon the ids were let go at: a lead merged
+/// in from a partition further ahead in stream time brings it along, and
+/// events below it count as late here too.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecentIds {
-    ids: [u64; RECENT],
-    len: u8,
-    /// Slot the next id goes to once full.
-    next: u8,
+pub struct SeenIds {
+    ids: Vec<(u64, i64)>,
+    floor_ms: i64,
 }
 
-impl Default for RecentIds {
+impl Default for SeenIds {
     fn default() -> Self {
         Self {
-            ids: [0; RECENT],
-            len: 0,
-            next: 0,
+            ids: Vec::new(),
+            floor_ms: i64::MIN,
         }
     }
 }
 
-impl RecentIds {
+impl SeenIds {
     pub fn len(&self) -> usize {
-        usize::from(self.len)
+        self.ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.ids.is_empty()
     }
 
     pub fn contains(&self, hash: u64) -> bool {
-        self.ids[..self.len()].contains(&hash)
+        self.ids.iter().any(|(h, _)| *h == hash)
     }
 
-    /// Oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        let (newer, older) = self.ids[..self.len()].split_at(if self.len() == RECENT {
-            usize::from(self.next)
-        } else {
-            self.len()
-        });
-        older.iter().chain(newer).copied()
+    /// Below this event time a re-delivery can no longer be recognised.
+    pub fn floor_ms(&self) -> i64 {
+        self.floor_ms
     }
 
-    fn push(&mut self, hash: u64) {
-        if self.len() < RECENT {
-            self.ids[self.len()] = hash;
-            self.len += 1;
-        } else {
-            self.ids[usize::from(self.next)] = hash;
-            self.next = ((usize::from(self.next) + 1) % RECENT) as u8;
+    /// Remembers `hash` (an event at `ts_ms`); false when it already was.
+    pub fn insert(&mut self, hash: u64, ts_ms: i64) -> bool {
+        if self.contains(hash) {
+            return false;
         }
+        self.ids.push((hash, ts_ms));
+        true
+    }
+
+    /// Lets go of ids of events before `horizon_ms`.
+    pub fn forget_before(&mut self, horizon_ms: i64) {
+        if horizon_ms <= self.floor_ms {
+            return;
+        }
+        self.floor_ms = horizon_ms;
+        self.ids.retain(|(_, ts)| *ts >= horizon_ms);
+        if self.ids.is_empty() {
+            self.ids = Vec::new();
+        } else if self.ids.capacity() > 2 * self.ids.len() + 4 {
+            self.ids.shrink_to_fit();
+        }
+    }
+
+    /// Takes in a merged lead's ids and horizon.
+    pub fn absorb(&mut self, other: &SeenIds) {
+        for &(hash, ts) in &other.ids {
+            self.insert(hash, ts);
+        }
+        self.floor_ms = self.floor_ms.max(other.floor_ms);
+    }
+
+    /// Oldest remembered first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, i64)> + '_ {
+        self.ids.iter().copied()
     }
 }
 
@@ -124,15 +151,6 @@ pub fn message_hash(message_id: &str) -> u64 {
 impl Lead {
     pub fn has_events(&self) -> bool {
         self.state.events > 0
-    }
-
-    /// Remembers `hash`; false when it was already seen.
-    pub fn remember(&mut self, hash: u64) -> bool {
-        if self.recent.contains(hash) {
-            return false;
-        }
-        self.recent.push(hash);
-        true
     }
 
     pub fn has_absorbed(&self, lead: &str) -> bool {
@@ -166,9 +184,7 @@ impl Lead {
                 self.state = other.state;
             }
         }
-        for h in other.recent.iter() {
-            self.remember(h);
-        }
+        self.seen.absorb(&other.seen);
         if let Some(theirs) = other.merges {
             self.merges
                 .get_or_insert_default()
@@ -204,7 +220,9 @@ impl Lead {
             last_purchase_ms: s.last_purchase_ms.get(),
             version: self.version,
             applied_offset: self.applied_offset,
-            recent: self.recent.iter().collect(),
+            recent: self.seen.iter().map(|(h, _)| h).collect(),
+            recent_ts_ms: self.seen.iter().map(|(_, ts)| ts).collect(),
+            seen_floor_ms: (self.seen.floor_ms() != i64::MIN).then_some(self.seen.floor_ms()),
             absorbed: self
                 .merges
                 .iter()
@@ -287,14 +305,22 @@ impl Lead {
             state,
             version: p.version,
             applied_offset: p.applied_offset,
-            recent: {
-                let mut r = RecentIds::default();
-                // Oldest first; a longer list (another RECENT) keeps the newest.
-                let skip = p.recent.len().saturating_sub(RECENT);
-                for h in &p.recent[skip..] {
-                    r.push(*h);
+            seen: {
+                // Snapshots from before event times were kept: assume the
+                // lead's last event time, so they are let go with it.
+                let mut seen = SeenIds::default();
+                let times = p
+                    .recent_ts_ms
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat(p.last_event_ms));
+                for (hash, ts) in p.recent.iter().copied().zip(times) {
+                    seen.insert(hash, ts);
                 }
-                r
+                if let Some(floor) = p.seen_floor_ms {
+                    seen.floor_ms = floor;
+                }
+                seen
             },
             merges: (!p.absorbed.is_empty() || !p.requested.is_empty()).then(|| {
                 Box::new(Merges {
@@ -347,8 +373,10 @@ mod tests {
         lead.state.apply(&e, 7 * crate::DAY_MS, 90 * crate::DAY_MS);
         lead.version = 3;
         lead.applied_offset = 41;
-        assert!(lead.remember(message_hash("m1")));
-        assert!(!lead.remember(message_hash("m1")));
+        assert!(lead.seen.insert(message_hash("m0"), e.ts_ms - 60_000));
+        assert!(lead.seen.insert(message_hash("m1"), e.ts_ms));
+        assert!(!lead.seen.insert(message_hash("m1"), e.ts_ms));
+        lead.seen.forget_before(e.ts_ms - 1);
         assert!(lead.note_absorbed("Labc".into()));
         lead.merged_into = Some("Lxyz".into());
         lead.emitted = Some(Class {
@@ -367,16 +395,41 @@ mod tests {
     }
 
     #[test]
-    fn recent_ids_are_bounded() {
-        let mut lead = Lead::default();
-        for i in 0..(RECENT as u64 + 10) {
-            assert!(lead.remember(i));
+    fn seen_ids_let_go_only_of_events_before_the_horizon() {
+        let mut seen = SeenIds::default();
+        for i in 0..1_000 {
+            assert!(seen.insert(i, i as i64 * 1_000));
         }
-        assert_eq!(lead.recent.len(), RECENT);
-        assert!(lead.remember(0), "the oldest were forgotten");
-        assert!(!lead.remember(RECENT as u64 + 9), "the newest are kept");
-        let order: Vec<u64> = lead.recent.iter().collect();
-        assert_eq!(order.first(), Some(&11), "oldest first");
-        assert_eq!(order.last(), Some(&0));
+        assert!(!seen.insert(999, 0), "a copy is recognised whatever its time");
+        seen.forget_before(400_000);
+        assert_eq!(seen.len(), 600);
+        assert!(!seen.contains(399) && seen.contains(400));
+        assert_eq!(seen.floor_ms(), 400_000);
+        seen.forget_before(1_000);
+        assert_eq!((seen.len(), seen.floor_ms()), (600, 400_000), "never back");
+
+        // A merged lead brings its ids and the higher horizon.
+        let mut other = SeenIds::default();
+        other.insert(5_000, 2_000_000);
+        other.forget_before(900_000);
+        let mut survivor = SeenIds::default();
+        survivor.absorb(&seen);
+        survivor.absorb(&other);
+        assert_eq!(survivor.len(), 601);
+        assert_eq!(survivor.floor_ms(), 900_000);
+        survivor.forget_before(i64::MAX);
+        assert!(survivor.is_empty());
+    }
+
+    #[test]
+    fn snapshots_from_before_event_times_keep_their_ids() {
+        let mut lead = Lead::default();
+        lead.state.last_event_ms = 77;
+        let mut old = lead.to_snapshot();
+        old.recent = vec![1, 2];
+        old.recent_ts_ms.clear();
+        let back = Lead::from_snapshot(old).unwrap();
+        assert_eq!(back.seen.iter().collect::<Vec<_>>(), [(1, 77), (2, 77)]);
+        assert_eq!(back.seen.floor_ms(), i64::MIN);
     }
 }

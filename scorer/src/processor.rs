@@ -376,17 +376,21 @@ impl Processor {
                 false
             }
             Input::Event { event: Some(e), .. } => {
+                let horizon = part.stream_time_ms - self.grace_ms;
+                lead.seen.forget_before(horizon);
+                let hash = message_hash(&e.message_id);
                 if e.is_bot && !self.score_bots {
                     out.skipped = Some(Skipped::Bot);
                     false
-                } else if !lead.remember(message_hash(&e.message_id)) {
+                } else if lead.seen.contains(hash) {
                     out.skipped = Some(Skipped::Duplicate);
                     false
-                } else if e.ts_ms < part.stream_time_ms - self.grace_ms {
+                } else if e.ts_ms < horizon.max(lead.seen.floor_ms()) {
                     lead.late_events = lead.late_events.saturating_add(1);
                     out.skipped = Some(Skipped::Late);
                     false
                 } else {
+                    lead.seen.insert(hash, e.ts_ms);
                     // What time alone changed before this event, first.
                     catch_up(key, lead, e.ts_ms, cfg, model, &mut out.outputs);
                     if e.ts_ms > part.stream_time_ms {
@@ -1015,6 +1019,64 @@ mod tests {
                 .skipped,
             Some(Skipped::Replayed)
         );
+    }
+
+    /// A lead with 1,000 events (one every 10 s, so all within the grace
+    /// period) delivered twice in full, as a stitcher rewind or an ingest
+    /// spool re-sent after a produce timeout delivers them: at new offsets,
+    /// interleaved with new events, and again after a changelog restore on
+    /// another instance. Every event counts once; the ids the lead keeps
+    /// shrink once stream time moves past them.
+    #[test]
+    fn a_replay_of_a_thousand_events_counts_each_once() {
+        let cfg = ScoringConfig::parse(DEFAULT_TOML).unwrap();
+        let grace = 6 * 3_600_000;
+        let mut p = Processor::new(cfg.clone(), grace, false);
+        let mut g = IdentityGraph::default();
+        let lead = crate::identity::lead_id_of("a:busy");
+        let event = |i: i64| {
+            let mut e = ev(&format!("m{i}"), "busy", json!({}), "page_viewed", "home", 0);
+            e["timestamp"] = json!(T0 + i * 10_000);
+            Input::Event {
+                event: from_plan(&e),
+                framed: vec![],
+            }
+        };
+        let mut offset = 0;
+        let mut feed = |p: &mut Processor, g: &mut IdentityGraph, i: i64| {
+            offset += 1;
+            p.handle(0, offset, &lead, event(i), g, 0, None).skipped
+        };
+        for i in 0..1_000 {
+            assert_eq!(feed(&mut p, &mut g, i), None);
+        }
+        for i in 0..1_000 {
+            assert_eq!(feed(&mut p, &mut g, i), Some(Skipped::Duplicate), "m{i}");
+            if i % 100 == 0 {
+                assert_eq!(feed(&mut p, &mut g, 1_000 + i / 100), None);
+            }
+        }
+        assert_eq!(p.lead(0, &lead).unwrap().state.events, 1_010);
+
+        let mut q = Processor::new(cfg, grace, false);
+        for (k, v) in &p.take_changelog()[&0] {
+            q.restore(0, k, v).unwrap();
+        }
+        for i in (0..1_010).rev() {
+            assert_eq!(feed(&mut q, &mut g, i), Some(Skipped::Duplicate), "m{i}");
+        }
+        let l = q.lead(0, &lead).unwrap();
+        assert_eq!((l.state.events, l.late_events), (1_010, 0));
+        assert_eq!(l.seen.len(), 1_010);
+
+        // A day later only the ids still inside the grace period are kept,
+        // and a copy of an older event is late rather than counted.
+        assert_eq!(feed(&mut q, &mut g, 1_010 + 8_640), None);
+        assert_eq!(feed(&mut q, &mut g, 1_011 + 8_640), None);
+        let l = q.lead(0, &lead).unwrap();
+        assert_eq!(l.seen.len(), 2, "only the last two: {:?}", l.seen);
+        assert_eq!(feed(&mut q, &mut g, 5), Some(Skipped::Late));
+        assert_eq!(q.lead(0, &lead).unwrap().state.events, 1_012);
     }
 
     /// One step of a partition's life: an input record, or the shell's

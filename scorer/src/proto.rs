@@ -115,6 +115,13 @@ pub struct LeadSnapshot {
     pub category_values: Vec<u32>,
     #[prost(fixed32, repeated, tag = "34")]
     pub category_seen_s: Vec<u32>,
+    /// Event time of each id in `recent` (same order); absent in snapshots
+    /// from before the exact dedupe.
+    #[prost(int64, repeated, tag = "35")]
+    pub recent_ts_ms: Vec<i64>,
+    /// Event times below this were let go from `recent`.
+    #[prost(int64, optional, tag = "36")]
+    pub seen_floor_ms: Option<i64>,
 }
 
 #[derive(Clone, Copy, PartialEq, prost::Message)]
