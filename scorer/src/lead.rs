@@ -400,7 +400,10 @@ mod tests {
         for i in 0..1_000 {
             assert!(seen.insert(i, i as i64 * 1_000));
         }
-        assert!(!seen.insert(999, 0), "a copy is recognised whatever its time");
+        assert!(
+            !seen.insert(999, 0),
+            "a copy is recognised whatever its time"
+        );
         seen.forget_before(400_000);
         assert_eq!(seen.len(), 600);
         assert!(!seen.contains(399) && seen.contains(400));

@@ -1035,7 +1035,14 @@ mod tests {
         let mut g = IdentityGraph::default();
         let lead = crate::identity::lead_id_of("a:busy");
         let event = |i: i64| {
-            let mut e = ev(&format!("m{i}"), "busy", json!({}), "page_viewed", "home", 0);
+            let mut e = ev(
+                &format!("m{i}"),
+                "busy",
+                json!({}),
+                "page_viewed",
+                "home",
+                0,
+            );
             e["timestamp"] = json!(T0 + i * 10_000);
             Input::Event {
                 event: from_plan(&e),

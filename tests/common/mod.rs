@@ -146,3 +146,86 @@ pub fn analyst_queries() -> Vec<(String, String)> {
     }
     queries
 }
+
+/// A ClickHouse server of this test's own (config from
+/// `deploy/scripts/services.sh clickhouse-config`), so it can be killed
+/// and restarted on the same data without disturbing the other tests.
+pub struct OwnClickHouse {
+    dir: tempfile::TempDir,
+    http_port: u16,
+    config: String,
+    server: Option<KilledOnDrop>,
+}
+
+impl OwnClickHouse {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Three free ports, held together so they differ.
+        let held: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<String> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port().to_string())
+            .collect();
+        drop(held);
+        let out = std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/scripts/services.sh"
+            ))
+            .arg("clickhouse-config")
+            .arg(dir.path())
+            .args(&ports)
+            .output()
+            .expect("run deploy/scripts/services.sh");
+        assert!(
+            out.status.success(),
+            "writing a ClickHouse config failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let mut me = Self {
+            dir,
+            http_port: ports[0].parse().unwrap(),
+            config,
+            server: None,
+        };
+        me.restart();
+        me
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// kill -9: nothing is flushed or shut down cleanly.
+    pub fn kill(&mut self) {
+        self.server = None;
+    }
+
+    /// Starts the server (again) on the same data and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.server.is_none(), "already running");
+        let log = std::fs::File::create(self.dir.path().join("log/stdout.log")).unwrap();
+        let server = std::process::Command::new("/usr/sbin/clickhouse-server")
+            .arg(format!("--config-file={}", self.config))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map(KilledOnDrop)
+            .expect(
+                "start /usr/sbin/clickhouse-server (install it with deploy/scripts/install-test-deps.sh)",
+            );
+        self.server = Some(server);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.http_port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ClickHouse did not start; see {}/log",
+                self.dir.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
