@@ -9,8 +9,10 @@ use tansu_broker::{broker::Broker, coordinator::group::administrator::Controller
 use tansu_storage::StorageContainer;
 use url::Url;
 
+mod groups;
 mod resume;
-use resume::ResumableStorage;
+mod storage;
+use storage::DevStorage;
 
 #[derive(Args)]
 pub struct BrokerArgs {
@@ -58,7 +60,7 @@ pub async fn start(
         .build()
         .await
         .map_err(|e| anyhow::anyhow!("opening the broker's storage: {e}"))?;
-    let storage = ResumableStorage::new(storage);
+    let storage = DevStorage::new(storage);
     let groups = Controller::with_storage(storage.clone())
         .map_err(|e| anyhow::anyhow!("starting the group coordinator: {e}"))?;
     let mut broker = Broker::new(

@@ -69,7 +69,15 @@ impl Role {
         let log = std::fs::File::create(self.log(self.runs)).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_leadstream"))
             .args(&self.args)
-            .env("LEADSTREAM_LOG", "info")
+            // The broker logs every request at info.
+            .env(
+                "LEADSTREAM_LOG",
+                if self.name == "broker" {
+                    std::env::var("E2E_BROKER_LOG").unwrap_or("warn".into())
+                } else {
+                    "info".into()
+                },
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
