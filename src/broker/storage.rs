@@ -285,7 +285,7 @@ impl<S: Storage> Storage for DevStorage<S> {
         let Some(fixed) = without_lost_leader(&detail) else {
             return self.inner.update_group(group_id, detail, version).await;
         };
-        tracing::info!(
+        tracing::debug!(
             group_id,
             "the group's leader left it; the group rebalances without it"
         );
