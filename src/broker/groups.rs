@@ -11,6 +11,45 @@
 //! never keeps a leader that is not a member: the group rebalances and the
 //! first member to rejoin leads. [`without_lost_leader`] restores that
 //! invariant on every group state the coordinator stores.
+//!
+//! A second invariant, found by the same test: a stable group's assignment
+//! covers every member. Tansu could store a stable group with a member the
+//! leader never assigned anything (it joined between the leader's join and
+//! its sync); that member's SyncGroup then succeeded with nothing, and no
+//! rebalance ever followed, so its partitions stayed unread. Kafka starts a
+//! rebalance when a member joins a stable group. [`with_every_member_assigned`]
+//! turns such a state into a forming group one generation on, so every
+//! member rejoins and the leader assigns them all.
+
+/// `detail` fixed to keep both invariants; None when it keeps them.
+pub fn fixed(detail: &GroupDetail) -> Option<GroupDetail> {
+    without_lost_leader(detail).or_else(|| with_every_member_assigned(detail))
+}
+
+/// A stable `detail` with a member outside its assignment, as a forming
+/// group one generation on (same leader); None when it needs no change.
+pub fn with_every_member_assigned(detail: &GroupDetail) -> Option<GroupDetail> {
+    let GroupState::Formed {
+        protocol_type,
+        protocol_name,
+        leader,
+        assignments,
+    } = &detail.state
+    else {
+        return None;
+    };
+    if detail.members.keys().all(|m| assignments.contains_key(m)) {
+        return None;
+    }
+    let mut fixed = detail.clone();
+    fixed.generation_id += 1;
+    fixed.state = GroupState::Forming {
+        protocol_type: Some(protocol_type.clone()),
+        protocol_name: Some(protocol_name.clone()),
+        leader: Some(leader.clone()),
+    };
+    Some(fixed)
+}
 
 use tansu_storage::{GroupDetail, GroupState};
 
@@ -32,7 +71,6 @@ pub fn without_lost_leader(detail: &GroupDetail) -> Option<GroupDetail> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use tansu_storage::{GroupMember, Storage, StorageContainer, UpdateError};
 
@@ -51,7 +89,10 @@ mod tests {
                 protocol_type: "consumer".into(),
                 protocol_name: "range".into(),
                 leader: leader.into(),
-                assignments: BTreeMap::new(),
+                assignments: members
+                    .iter()
+                    .map(|m| ((*m).to_owned(), Default::default()))
+                    .collect(),
             },
             ..GroupDetail::default()
         }
@@ -73,6 +114,19 @@ mod tests {
         assert_eq!(fixed.generation_id, 7);
         let leaderless = GroupDetail::default();
         assert_eq!(without_lost_leader(&leaderless), None);
+    }
+
+    #[test]
+    fn a_stable_group_with_an_unassigned_member_rebalances() {
+        let assigned = stable("a", &["a", "b"]);
+        assert_eq!(fixed(&assigned), None);
+        let mut one_short = assigned.clone();
+        one_short.members.insert("c".into(), GroupMember::default());
+        let again = fixed(&one_short).unwrap();
+        assert_eq!(again.generation_id, 8);
+        assert_eq!(again.state.leader().as_deref(), Some("a"));
+        assert!(matches!(again.state, GroupState::Forming { .. }));
+        assert_eq!(fixed(&again), None, "forming groups have no assignment yet");
     }
 
     /// Through the storage the coordinator writes to: the fixed state is

@@ -4,9 +4,10 @@
 //!
 //! - A fetch from inside a record batch skipped the rest of it
 //!   ([`super::resume`]).
-//! - A group whose leader was dropped for a missed heartbeat while the
-//!   group was stable kept naming it leader, so no member could ever sync
-//!   again and the group rebalanced for ever ([`super::groups`]).
+//! - Group states Kafka's coordinator never reaches: a leader that is no
+//!   longer a member, and a stable group with a member it assigned nothing
+//!   to ([`super::groups`]). Both left the scorer without its partitions
+//!   for good after a broker stall.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -35,7 +36,7 @@ use tansu_storage::{
 };
 use url::Url;
 
-use super::{groups::without_lost_leader, resume::trim_front};
+use super::{groups, resume::trim_front};
 
 /// Where each stored batch of a partition starts (key) and ends (value,
 /// inclusive): about 40 bytes per produced batch.
@@ -282,12 +283,12 @@ impl<S: Storage> Storage for DevStorage<S> {
         detail: GroupDetail,
         version: Option<Version>,
     ) -> Result<Version, UpdateError<GroupDetail>> {
-        let Some(fixed) = without_lost_leader(&detail) else {
+        let Some(fixed) = groups::fixed(&detail) else {
             return self.inner.update_group(group_id, detail, version).await;
         };
         tracing::debug!(
             group_id,
-            "the group's leader left it; the group rebalances without it"
+            "the group broke an invariant of Kafka's coordinator; stored fixed"
         );
         // The coordinator keeps its own copy of the state it writes, under
         // the version returned here. Storing the fixed state twice makes
