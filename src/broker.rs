@@ -41,17 +41,104 @@ pub struct BrokerArgs {
 
 const NODE_ID: i32 = 1;
 
-/// Starts the broker; the returned task serves until aborted (Tansu has no
-/// public shutdown, so aborting the task is how it stops).
+/// A broker serving on a runtime and threads of its own. In one process
+/// with the roles (the quickstart), a role may block its thread on the
+/// broker (closing a consumer waits for the broker to answer its
+/// LeaveGroup); on a shared runtime that starved the broker itself, and
+/// every consumer still open timed out. Dropping it stops the broker.
+pub struct RunningBroker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    ended: tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningBroker {
+    /// Resolves when the broker stops on its own, with why.
+    pub async fn ended(&mut self) -> anyhow::Result<()> {
+        (&mut self.ended)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the broker's thread ended")))
+    }
+
+    /// Stops serving and waits until the broker's runtime is gone (its
+    /// connections closed), blocking for as long as that takes.
+    fn shutdown(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningBroker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts the broker on a runtime of its own; it serves until the returned
+/// handle is dropped.
 pub async fn start(
     listen: SocketAddr,
     storage: Url,
     cluster_id: &str,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<RunningBroker> {
     // Tansu's dependencies enable two rustls crypto providers; pick one
     // before anything builds a TLS config. Err means one is already set.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let url = Url::parse(&format!("tcp://{listen}")).context("broker listen address")?;
+    let cluster_id = cluster_id.to_owned();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("dev-broker".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("dev-broker")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("the broker's runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut broker = match build(url, storage, &cluster_id).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let result = tokio::select! {
+                    served = broker.serve(tokio::time::Instant::now()) => {
+                        served.map_err(|e| anyhow::anyhow!("the broker stopped: {e}"))
+                    }
+                    _ = stop_rx => Ok(()),
+                };
+                let _ = ended_tx.send(result);
+            });
+            // Dropping the runtime ends every connection the broker serves.
+        })
+        .context("starting the broker's thread")?;
+    ready_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the broker's thread ended while starting"))??;
+    Ok(RunningBroker {
+        stop: Some(stop_tx),
+        ended,
+        thread: Some(thread),
+    })
+}
+
+type DevBroker = Broker<Controller<DevStorage<StorageContainer>>, DevStorage<StorageContainer>>;
+
+async fn build(url: Url, storage: Url, cluster_id: &str) -> anyhow::Result<DevBroker> {
     let storage = StorageContainer::builder()
         .cluster_id(cluster_id)
         .node_id(NODE_ID)
@@ -63,7 +150,7 @@ pub async fn start(
     let storage = DevStorage::new(storage);
     let groups = Controller::with_storage(storage.clone())
         .map_err(|e| anyhow::anyhow!("starting the group coordinator: {e}"))?;
-    let mut broker = Broker::new(
+    Ok(Broker::new(
         NODE_ID,
         cluster_id,
         url.clone(),
@@ -71,24 +158,20 @@ pub async fn start(
         storage,
         groups,
         uuid::Uuid::new_v4(),
-    );
-    Ok(tokio::spawn(async move {
-        if let Err(e) = broker.serve(tokio::time::Instant::now()).await {
-            tracing::error!(error = %e, "broker stopped");
-        }
-    }))
+    ))
 }
 
 pub async fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
-    let task = start(args.listen, args.storage.clone(), &args.cluster_id).await?;
+    let mut broker = start(args.listen, args.storage.clone(), &args.cluster_id).await?;
     tracing::info!(listen = %args.listen, storage = %args.storage, "dev broker (Tansu) running; topics are not auto-created");
     tokio::select! {
         _ = crate::shutdown_signal() => {}
-        res = &mut Box::pin(task) => {
-            res.context("broker task")?;
+        ended = broker.ended() => {
+            ended?;
             anyhow::bail!("the broker stopped on its own (is {} already in use?)", args.listen);
         }
     }
+    tokio::task::block_in_place(|| drop(broker));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -165,6 +248,6 @@ mod tests {
         }
         let expected: Vec<_> = (37..150).map(|i| (i, format!("m{i}"))).collect();
         assert_eq!(got, expected);
-        broker.abort();
+        drop(broker);
     }
 }

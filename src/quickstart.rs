@@ -455,8 +455,10 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     );
     println!("scores seen: {} leads", latest.len());
     drop(local_ch);
+    // Last: every role has closed its clients by now, so none of them
+    // sees the broker go away.
     if let Some(b) = broker_task {
-        b.abort();
+        tokio::task::block_in_place(|| drop(b));
     }
     Ok(ExitCode::SUCCESS)
 }

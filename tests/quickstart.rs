@@ -82,6 +82,13 @@ fn quickstart_scores_simulated_leads_and_writes_rows_then_exits_cleanly() {
         status.success(),
         "quickstart failed: {status}\n{stdout}\n{stderr}"
     );
+    // A clean stop: roles close their clients before the broker goes.
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines in a clean run and stop:\n{}",
+        errors.join("\n")
+    );
     let leads: usize = stdout
         .lines()
         .find_map(|l| {
