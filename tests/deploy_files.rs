@@ -406,3 +406,18 @@ fn the_build_needs_no_cmake_or_curl() {
         "deploy/test.sh must build before it installs anything, so CI proves a fresh build"
     );
 }
+
+/// The ingest README lists every reason code the code can answer with.
+#[test]
+fn the_ingest_readme_lists_every_reason_code() {
+    let readme = include_str!("../ingest/README.md");
+    let reasons = leadstream_ingest::server::REQUEST_REASONS
+        .iter()
+        .chain(leadstream_ingest::pipeline::REASONS.iter());
+    for reason in reasons {
+        assert!(
+            readme.contains(&format!("`{reason}`")),
+            "ingest/README.md does not list the reason code {reason}"
+        );
+    }
+}

@@ -138,7 +138,29 @@ enum RequestError {
     NotFound(String),
 }
 
+/// The `reason` of every answer that refuses a whole request, in one place
+/// (per-event reasons: [`crate::pipeline::REASONS`]).
+pub const REQUEST_REASONS: [&str; 6] = [
+    "bad_json",
+    "too_large",
+    "unauthorized_source",
+    "rate_limited",
+    "unavailable",
+    "not_found",
+];
+
 impl RequestError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::BadBody(_) => "bad_json",
+            Self::Unauthorized => "unauthorized_source",
+            Self::TooLarge(_) => "too_large",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable(_) => "unavailable",
+            Self::NotFound(_) => "not_found",
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::BadBody(_) => StatusCode::BAD_REQUEST,
@@ -154,16 +176,11 @@ impl RequestError {
 impl IntoResponse for RequestError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let (reason, message) = match self {
-            Self::BadBody(m) => ("bad_json", m),
-            Self::Unauthorized => (
-                "unauthorized_source",
-                "missing or unknown write key".to_owned(),
-            ),
-            Self::TooLarge(m) => ("too_large", m),
-            Self::RateLimited => ("rate_limited", "over the write key's rate limit".to_owned()),
-            Self::Unavailable(m) => ("unavailable", m),
-            Self::NotFound(m) => ("not_found", m),
+        let reason = self.reason();
+        let message = match self {
+            Self::BadBody(m) | Self::TooLarge(m) | Self::Unavailable(m) | Self::NotFound(m) => m,
+            Self::Unauthorized => "missing or unknown write key".to_owned(),
+            Self::RateLimited => "over the write key's rate limit".to_owned(),
         };
         let mut resp = (
             status,
@@ -541,5 +558,38 @@ async fn make_durable(s: &Arc<AppState>, records: Vec<Record>) -> Result<(), Req
         Err(e) => Err(RequestError::Unavailable(format!(
             "events could not be made durable: {e}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_request_reason_is_listed_and_every_listed_reason_is_used() {
+        let every = [
+            RequestError::BadBody(String::new()),
+            RequestError::Unauthorized,
+            RequestError::TooLarge(String::new()),
+            RequestError::RateLimited,
+            RequestError::Unavailable(String::new()),
+            RequestError::NotFound(String::new()),
+        ];
+        // No wildcard: a new variant fails to compile here until it is
+        // added to `every` above.
+        for e in &every {
+            match e {
+                RequestError::BadBody(_)
+                | RequestError::Unauthorized
+                | RequestError::TooLarge(_)
+                | RequestError::RateLimited
+                | RequestError::Unavailable(_)
+                | RequestError::NotFound(_) => {}
+            }
+        }
+        let used: BTreeSet<&str> = every.iter().map(RequestError::reason).collect();
+        assert_eq!(used, REQUEST_REASONS.into_iter().collect());
     }
 }
