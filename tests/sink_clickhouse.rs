@@ -19,7 +19,8 @@ use leadstream_schemas::{EmbeddedResolver, Encoder, Plan};
 use leadstream_sink::{
     ClickHouseArgs, SinkConfig,
     encode::{Buffers, Format},
-    writer::{Kind, Record, to_batch, write_batch},
+    insert::write_batch,
+    writer::{Kind, Record, to_batch},
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod encode;
+pub mod insert;
 pub mod metrics;
 pub mod migrate;
 pub mod rejection;
