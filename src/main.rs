@@ -120,3 +120,32 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// Every role that talks to Kafka lists the shared arguments, each once.
+    #[test]
+    fn each_role_lists_the_shared_arguments_once() {
+        let mut cli = Cli::command();
+        for role in ["quickstart", "ingest", "scorer", "sink"] {
+            let help = cli
+                .find_subcommand_mut(role)
+                .unwrap_or_else(|| panic!("no subcommand {role}"))
+                .render_long_help()
+                .to_string();
+            for flag in [
+                "--kafka <",
+                "--session-timeout-ms <",
+                "--registry <",
+                "--events-topic <",
+                "--scores-topic <",
+                "--dlq-topic <",
+            ] {
+                assert_eq!(help.matches(flag).count(), 1, "{role} --help: {flag}");
+            }
+        }
+    }
+}

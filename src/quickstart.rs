@@ -15,7 +15,10 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Args;
-use leadstream_common::kafka::{TopicSpec, consumer_config, ensure_topics};
+use leadstream_common::{
+    args::{KafkaArgs, RegistryArgs, TopicArgs},
+    kafka::{TopicSpec, consumer_config, ensure_topics},
+};
 use leadstream_schemas::{Decoder, HttpResolver, Plan, codec::to_json};
 use rdkafka::{
     Message,
@@ -29,12 +32,14 @@ use leadstream_scorer::clock::{Clock, ScaledClock};
 
 #[derive(Debug, Args)]
 pub struct QuickstartArgs {
-    /// Use this Kafka instead of the embedded in-memory broker.
-    #[arg(long, env = "LEADSTREAM_KAFKA_BROKERS")]
-    kafka: Option<String>,
-    /// Use this Confluent-compatible registry instead of serving schemas/.
-    #[arg(long, env = "LEADSTREAM_REGISTRY_URL")]
-    registry: Option<String>,
+    /// Unset --kafka: an embedded in-memory broker.
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Unset --registry: schemas/ served over the Confluent API.
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    topics: TopicArgs,
     /// Use this ClickHouse (HTTP URL); otherwise a local clickhouse-server
     /// is started under --dir when installed, else rows go to export files.
     #[arg(long, env = "LEADSTREAM_CLICKHOUSE_URL")]
@@ -190,7 +195,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let mut tasks = Vec::new();
 
     // Kafka: the embedded broker unless told otherwise.
-    let (kafka, replication, broker_task) = match &args.kafka {
+    let (kafka, replication, broker_task) = match &args.kafka.brokers {
         Some(k) => (k.clone(), -1, None),
         None => {
             let task = crate::broker::start(
@@ -213,14 +218,14 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
         if ensure_topics(
             &kafka,
             &[
-                spec("leadstream.events"),
-                spec("leadstream.events.dlq"),
+                spec(&args.topics.events),
+                spec(&args.topics.dlq),
                 // Created here, as the scorer would (compacted, keyed by
                 // lead), so the sink and the live view that subscribe to
                 // it before the scorer is up find it.
                 TopicSpec {
                     compacted: true,
-                    ..spec("leadstream.lead_scores")
+                    ..spec(&args.topics.scores)
                 },
             ],
         )
@@ -239,7 +244,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     );
 
     // Registry: schemas/ served over the Confluent API, used by every role.
-    let registry = match &args.registry {
+    let registry = match &args.registry.url {
         Some(url) => url.clone(),
         None => {
             let listener = tokio::net::TcpListener::bind(args.registry_listen)
@@ -285,7 +290,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     // Ingest.
     let mut ingest =
         leadstream_ingest::IngestConfig::defaults(&kafka, "quickstart-pepper-not-a-secret");
-    ingest.registry = Some(registry.clone());
+    ingest.registry.url = Some(registry.clone());
+    ingest.topics = args.topics.clone();
     ingest.spool_dir = args.dir.join("spool");
     ingest.listen = args.ingest_listen;
     if !ingest.sources.exists() {
@@ -316,11 +322,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
 
     // Scorer and sink.
     let mut scorer = leadstream_scorer::runtime::ScorerConfig::defaults(&kafka);
-    scorer.registry = Some(registry.clone());
+    scorer.registry.url = Some(registry.clone());
+    scorer.topics = args.topics.clone();
+    scorer.kafka.session_timeout_ms = args.kafka.session_timeout_ms;
     scorer.model = Some(model_path.clone());
     scorer.listen = args.scorer_listen;
     scorer.replication_factor = replication;
-    scorer.session_timeout_ms = 6_000;
     anyhow::ensure!(
         args.speed > 0.0 && args.speed.is_finite(),
         "--speed must be a positive number of simulated days per second"
@@ -335,12 +342,13 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
         stopped(&stop_rx),
     ));
     let mut sink = leadstream_sink::SinkConfig::defaults(&kafka);
-    sink.registry = Some(registry.clone());
+    sink.registry.url = Some(registry.clone());
+    sink.topics = args.topics.clone();
+    sink.kafka.session_timeout_ms = args.kafka.session_timeout_ms;
     sink.clickhouse.url = clickhouse.clone();
     sink.clickhouse.database = database.clone();
     sink.export_dir = export_dir.clone();
     sink.listen = args.sink_listen;
-    sink.session_timeout_ms = 6_000;
     let sink_task = tokio::spawn(leadstream_sink::run(sink, stopped(&stop_rx)));
 
     // The simulator feeds the real HTTP API, in simulated time.
@@ -401,14 +409,15 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     println!("  Ctrl-C stops everything cleanly.\n");
 
     let table_task = tokio::spawn({
-        let (kafka, registry, truth, progress, stop) = (
+        let (kafka, registry, scores, truth, progress, stop) = (
             kafka.clone(),
             registry.clone(),
+            args.topics.scores.clone(),
             Arc::clone(&live.truth),
             progress_rx.clone(),
             stop_rx.clone(),
         );
-        async move { live_table(&kafka, &registry, truth, progress, stop).await }
+        async move { live_table(&kafka, &registry, &scores, truth, progress, stop).await }
     });
     match args.duration_secs {
         Some(s) => tokio::select! {
@@ -468,6 +477,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
 async fn live_table(
     kafka: &str,
     registry: &str,
+    scores_topic: &str,
     truth: Arc<std::sync::Mutex<Vec<simulate::Truth>>>,
     progress: watch::Receiver<Progress>,
     stop: watch::Receiver<bool>,
@@ -483,7 +493,7 @@ async fn live_table(
     };
     // The scorer creates the topic; wait for it.
     while tokio::task::block_in_place(|| {
-        leadstream_common::kafka::partition_count(kafka, "leadstream.lead_scores")
+        leadstream_common::kafka::partition_count(kafka, scores_topic)
     })
     .is_err()
     {
@@ -492,7 +502,7 @@ async fn live_table(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    if consumer.subscribe(&["leadstream.lead_scores"]).is_err() {
+    if consumer.subscribe(&[scores_topic]).is_err() {
         return latest;
     }
     // Lead id → persona, filled as people arrive.

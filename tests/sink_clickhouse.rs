@@ -153,15 +153,15 @@ fn config(bootstrap: &str, t: &Topics, clickhouse: &str, database: &str) -> Sink
         user: None,
         password: None,
     };
-    cfg.events_topic = t.events.name.clone();
-    cfg.scores_topic = t.scores.name.clone();
-    cfg.dlq_topic = t.dlq.name.clone();
+    cfg.topics.events = t.events.name.clone();
+    cfg.topics.scores = t.scores.name.clone();
+    cfg.topics.dlq = t.dlq.name.clone();
     cfg.pipeline_metrics.topic = t.metrics.name.clone();
     cfg.group = common::unique("sink_group");
     cfg.batch_rows = 500;
     cfg.batch_ms = 200;
     cfg.max_backoff_ms = 500;
-    cfg.session_timeout_ms = 6_000;
+    cfg.kafka.session_timeout_ms = 6_000;
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg
 }
@@ -490,17 +490,17 @@ fn spawn_sink(cfg: &SinkConfig, name: &str) -> common::KilledOnDrop {
         .args([
             "sink",
             "--kafka",
-            cfg.kafka.as_deref().unwrap(),
+            cfg.kafka.brokers().unwrap(),
             "--clickhouse",
             cfg.clickhouse.url.as_deref().unwrap(),
             "--clickhouse-database",
             &cfg.clickhouse.database,
             "--events-topic",
-            &cfg.events_topic,
+            &cfg.topics.events,
             "--scores-topic",
-            &cfg.scores_topic,
+            &cfg.topics.scores,
             "--dlq-topic",
-            &cfg.dlq_topic,
+            &cfg.topics.dlq,
             "--pipeline-metrics-topic",
             &cfg.pipeline_metrics.topic,
             "--group",

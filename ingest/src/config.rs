@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Args;
+use leadstream_common::args::{KafkaArgs, RegistryArgs, TopicArgs, parse_defaults};
 
 #[derive(Debug, Clone, Args)]
 pub struct IngestConfig {
@@ -13,12 +14,12 @@ pub struct IngestConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// Kafka bootstrap servers.
-    #[arg(long = "kafka", env = "LEADSTREAM_KAFKA_BROKERS")]
-    pub kafka: String,
-    /// Confluent-compatible registry URL; the plan built into the binary when unset.
-    #[arg(long = "registry", env = "LEADSTREAM_REGISTRY_URL")]
-    pub registry: Option<String>,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
     /// Sources file (write keys, platforms, tenants, policies).
     #[arg(
         long,
@@ -66,18 +67,6 @@ pub struct IngestConfig {
     /// means more throughput per CPU and a higher single-event latency floor.
     #[arg(long, env = "LEADSTREAM_KAFKA_LINGER_MS", default_value_t = 20)]
     pub kafka_linger_ms: u64,
-    #[arg(
-        long,
-        env = "LEADSTREAM_EVENTS_TOPIC",
-        default_value = "leadstream.events"
-    )]
-    pub events_topic: String,
-    #[arg(
-        long,
-        env = "LEADSTREAM_DLQ_TOPIC",
-        default_value = "leadstream.events.dlq"
-    )]
-    pub dlq_topic: String,
     #[command(flatten)]
     pub pipeline_metrics: leadstream_common::pipeline_metrics::PipelineMetricsArgs,
     /// Largest single event, bytes of JSON.
@@ -113,9 +102,7 @@ pub struct IngestConfig {
 impl IngestConfig {
     /// Rejects wiring that cannot work, naming the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.kafka.trim().is_empty() {
-            return Err("--kafka / LEADSTREAM_KAFKA_BROKERS is empty".into());
-        }
+        self.kafka.brokers().map_err(|e| e.to_string())?;
         if self.pii_pepper.len() < 16 {
             return Err(
                 "--pii-pepper / LEADSTREAM_PII_PEPPER must be at least 16 characters".into(),
@@ -142,17 +129,10 @@ impl IngestConfig {
     }
 }
 
-#[derive(clap::Parser)]
-struct Standalone {
-    #[command(flatten)]
-    config: IngestConfig,
-}
-
 impl IngestConfig {
     /// The defaults every flag documents, for embedding ingest in another
     /// process (the quickstart, tests). Environment variables still apply.
     pub fn defaults(kafka: &str, pii_pepper: &str) -> Self {
-        use clap::Parser as _;
-        Standalone::parse_from(["ingest", "--kafka", kafka, "--pii-pepper", pii_pepper]).config
+        parse_defaults(&["--kafka", kafka, "--pii-pepper", pii_pepper])
     }
 }

@@ -20,7 +20,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use leadstream_common::pipeline_metrics;
-use leadstream_schemas::{EmbeddedResolver, Encoder, HttpResolver, Plan, SchemaResolver};
+use leadstream_schemas::{Encoder, Plan};
 use tokio::net::TcpListener;
 
 pub use config::IngestConfig;
@@ -39,10 +39,7 @@ pub async fn build_state(
 ) -> anyhow::Result<Arc<AppState>> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let plan = Plan::embedded()?;
-    let resolver: Box<dyn SchemaResolver> = match &cfg.registry {
-        Some(url) => Box::new(HttpResolver::new(url)?),
-        None => Box::new(EmbeddedResolver::new(&plan)?),
-    };
+    let resolver = cfg.registry.resolver(&plan)?;
     let encoder = Encoder::build(&plan, resolver.as_ref())
         .await
         .context("looking up the tracking plan's schema ids in the registry")?;
@@ -89,7 +86,8 @@ pub async fn build_state(
         pipeline_metrics: cfg
             .pipeline_metrics
             .enabled()
-            .map(|topic| (cfg.kafka.clone(), topic.to_owned(), cfg.listen)),
+            .zip(cfg.kafka.brokers.clone())
+            .map(|(topic, brokers)| (brokers, topic.to_owned(), cfg.listen)),
     }))
 }
 
@@ -103,7 +101,7 @@ pub async fn run(
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding ingest to {}", cfg.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, kafka = %cfg.kafka, spool = %cfg.spool_dir.display(), "ingest serving");
+    tracing::info!(listen = %listener.local_addr()?, kafka = %cfg.kafka.brokers()?, spool = %cfg.spool_dir.display(), "ingest serving");
     serve(state, listener, shutdown).await
 }
 

@@ -111,9 +111,9 @@ impl KafkaPublisher {
     /// written (the ack, not the write, was lost), so a spooled record can
     /// reach Kafka twice; downstream dedupes by message id (the scorer's
     /// per-lead ids, the sink's ReplacingMergeTree on `message_id`).
-    pub fn new(cfg: &IngestConfig) -> Result<Self, rdkafka::error::KafkaError> {
-        let bootstrap = cfg.kafka.as_str();
-        let (events_topic, dlq_topic) = (cfg.events_topic.as_str(), cfg.dlq_topic.as_str());
+    pub fn new(cfg: &IngestConfig) -> anyhow::Result<Self> {
+        let bootstrap = cfg.kafka.brokers()?;
+        let (events_topic, dlq_topic) = (cfg.topics.events.as_str(), cfg.topics.dlq.as_str());
         let mut config = leadstream_common::kafka::producer_config(bootstrap, cfg.kafka_linger_ms);
         config.set("message.timeout.ms", cfg.produce_timeout_ms.to_string());
         let producer: FutureProducer = config.create()?;

@@ -77,8 +77,9 @@ fn config(dir: &std::path::Path, spool_max_bytes: u64) -> IngestConfig {
     .unwrap();
     IngestConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        kafka: "unused:9092".into(),
-        registry: None,
+        kafka: leadstream_common::args::KafkaArgs::new("unused:9092"),
+        registry: Default::default(),
+        topics: Default::default(),
         sources,
         pii_pepper: "a-test-pepper-of-some-length".into(),
         spool_dir: dir.join("spool"),
@@ -90,8 +91,6 @@ fn config(dir: &std::path::Path, spool_max_bytes: u64) -> IngestConfig {
         header_timeout_ms: 10_000,
         max_connections: 10_000,
         kafka_linger_ms: 5,
-        events_topic: "leadstream.events".into(),
-        dlq_topic: "leadstream.events.dlq".into(),
         max_event_bytes: 32 * 1024,
         max_batch_bytes: 500 * 1024,
         max_batch_events: 2500,

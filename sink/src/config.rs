@@ -3,15 +3,16 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Args;
+use leadstream_common::args::{KafkaArgs, RegistryArgs, TopicArgs, parse_defaults};
 
 #[derive(Debug, Clone, Args)]
 pub struct SinkConfig {
-    /// Kafka bootstrap servers (required to run; `sink migrate` needs none).
-    #[arg(long = "kafka", env = "LEADSTREAM_KAFKA_BROKERS")]
-    pub kafka: Option<String>,
-    /// Confluent-compatible registry URL; the plan built into the binary when unset.
-    #[arg(long = "registry", env = "LEADSTREAM_REGISTRY_URL")]
-    pub registry: Option<String>,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
     /// Write JSONEachRow files here instead of ClickHouse (load them later
@@ -22,24 +23,6 @@ pub struct SinkConfig {
         conflicts_with = "clickhouse_url"
     )]
     pub export_dir: Option<PathBuf>,
-    #[arg(
-        long,
-        env = "LEADSTREAM_EVENTS_TOPIC",
-        default_value = "leadstream.events"
-    )]
-    pub events_topic: String,
-    #[arg(
-        long,
-        env = "LEADSTREAM_SCORES_TOPIC",
-        default_value = "leadstream.lead_scores"
-    )]
-    pub scores_topic: String,
-    #[arg(
-        long,
-        env = "LEADSTREAM_DLQ_TOPIC",
-        default_value = "leadstream.events.dlq"
-    )]
-    pub dlq_topic: String,
     /// Per-minute metrics of every role (this one included), into
     /// `pipeline_metrics`.
     #[command(flatten)]
@@ -55,12 +38,6 @@ pub struct SinkConfig {
     /// Longest wait between retries of a failed insert.
     #[arg(long, env = "LEADSTREAM_SINK_MAX_BACKOFF_MS", default_value_t = 10_000)]
     pub max_backoff_ms: u64,
-    #[arg(
-        long,
-        env = "LEADSTREAM_KAFKA_SESSION_TIMEOUT_MS",
-        default_value_t = 45_000
-    )]
-    pub session_timeout_ms: u64,
     /// Address of /metrics, /_liveness and /_readiness.
     #[arg(
         long = "listen",
@@ -98,12 +75,6 @@ pub struct ClickHouseArgs {
 impl SinkConfig {
     /// Defaults for an embedded run (quickstart, tests): everything but the broker.
     pub fn defaults(kafka: &str) -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            cfg: SinkConfig,
-        }
-        Wrapper::parse_from(["sink", "--kafka", kafka]).cfg
+        parse_defaults(&["--kafka", kafka])
     }
 }

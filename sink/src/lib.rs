@@ -11,16 +11,16 @@ pub mod rows;
 pub mod store;
 pub mod writer;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use leadstream_common::{
-    kafka::consumer_config,
+    kafka::{Batching, LagGauge, StageDriver},
     ops::{self, Ready},
     pipeline_metrics,
 };
-use leadstream_schemas::{Decoder, EmbeddedResolver, HttpResolver, Plan, SchemaResolver};
+use leadstream_schemas::{Decoder, Plan};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
 pub use config::{ClickHouseArgs, SinkConfig};
@@ -86,15 +86,9 @@ pub async fn run(
             "nowhere to write: pass --clickhouse URL (or LEADSTREAM_CLICKHOUSE_URL), or --export-dir DIR for JSONEachRow files"
         ),
     };
-    let kafka = cfg
-        .kafka
-        .clone()
-        .context("no Kafka: pass --kafka or set LEADSTREAM_KAFKA_BROKERS")?;
+    let kafka = cfg.kafka.brokers()?.to_owned();
     let plan = Plan::embedded()?;
-    let resolver: Arc<dyn SchemaResolver> = match &cfg.registry {
-        Some(url) => Arc::new(HttpResolver::new(url)?),
-        None => Arc::new(EmbeddedResolver::new(&plan)?),
-    };
+    let resolver = cfg.registry.resolver(&plan)?;
     let decoder = Arc::new(Decoder::new(resolver));
     metrics::register();
     let ready = Ready::default();
@@ -104,9 +98,9 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut loops = Vec::new();
     let mut streams = vec![
-        (Kind::Events, cfg.events_topic.as_str()),
-        (Kind::Scores, cfg.scores_topic.as_str()),
-        (Kind::Violations, cfg.dlq_topic.as_str()),
+        (Kind::Events, cfg.topics.events.as_str()),
+        (Kind::Scores, cfg.topics.scores.as_str()),
+        (Kind::Violations, cfg.topics.dlq.as_str()),
     ];
     if let Some(topic) = cfg.pipeline_metrics.enabled() {
         streams.push((Kind::Metrics, topic));
@@ -119,28 +113,29 @@ pub async fn run(
         stop_rx.clone(),
     );
     for (kind, topic) in streams {
-        let mut consumer_cfg = consumer_config(&kafka, &format!("{}.{}", cfg.group, kind.label()));
-        consumer_cfg.set("session.timeout.ms", cfg.session_timeout_ms.to_string());
-        let consumer: StreamConsumer = consumer_cfg.create()?;
+        let consumer: StreamConsumer = cfg
+            .kafka
+            .consumer_config(&format!("{}.{}", cfg.group, kind.label()))?
+            .create()?;
         consumer.subscribe(&[topic])?;
-        let mut writer =
-            writer::Writer::new(kind, consumer, Arc::clone(&decoder), store.clone(), &cfg);
-        let stop = stop_rx.clone();
-        loops.push(tokio::spawn(async move {
-            while !*stop.borrow() {
-                if let Err(e) = writer.step(&stop).await {
-                    if *stop.borrow() {
-                        break;
-                    }
-                    tracing::error!(stream = kind.label(), error = %format!("{e:#}"), "sink batch failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-            // The last batch: committed if ClickHouse took it before the stop.
-            if let Err(e) = writer.finish().await {
-                tracing::info!(stream = kind.label(), error = %format!("{e:#}"), "last batch left uncommitted");
-            }
-        }));
+        let writer = writer::Writer::new(
+            kind,
+            Arc::clone(&decoder),
+            store.clone(),
+            &cfg,
+            stop_rx.clone(),
+        );
+        let driver = StageDriver::new(
+            format!("sink.{}", kind.label()),
+            consumer,
+            writer,
+            Batching {
+                max: cfg.batch_rows,
+                wait_ms: cfg.batch_ms,
+            },
+            LagGauge::new(metrics::CONSUMER_LAG, ("stream", kind.label())),
+        );
+        loops.push(tokio::spawn(driver.run_until(stop_rx.clone())));
     }
     tracing::info!(%addr, %kafka, "sink running");
     ready.set(true);

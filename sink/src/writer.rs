@@ -12,23 +12,22 @@
 
 use std::sync::Arc;
 
-use leadstream_common::kafka::{
-    LagGauge, collect_batch, commit_offsets, next_offsets, rewind_to_committed,
-};
+use leadstream_common::kafka::{BatchStage, Offsets, next_offsets};
 
 use base64::Engine as _;
 use leadstream_schemas::{Decoder, codec::DecodeError, datum::Datum};
 use rdkafka::{
     Message,
-    consumer::{Consumer as _, StreamConsumer},
+    consumer::{Consumer as _, DefaultConsumerContext, StreamConsumer},
     message::BorrowedMessage,
 };
+use tokio::sync::watch;
 
 use crate::{
     config::SinkConfig,
     encode::{Buffers, Encoded, Encoder, Format, encode_all},
     insert::{Inserted, Inserter, REJECTIONS_BEFORE_ISOLATING, isolate},
-    metrics::{BATCHES, CONSUMER_LAG},
+    metrics::BATCHES,
     rows::{
         DeadLetterRow, EventRow, RowError, ScoreRow, fill_event_row, pipeline_metric_row,
         score_row, violation_row,
@@ -103,13 +102,12 @@ impl Kind {
 /// (`<group>.<kind>`), so a slow or broken stream never holds up another.
 pub struct Writer {
     pub kind: Kind,
-    pub consumer: StreamConsumer,
     pub decoder: Arc<Decoder>,
     pub store: Store,
-    pub batch_rows: usize,
-    pub batch_ms: u64,
     pub max_backoff_ms: u64,
-    pub lag: LagGauge,
+    /// Ends retrying an insert (a batch not accepted by then is not
+    /// committed and is read again).
+    stop: watch::Receiver<bool>,
     buffers: Buffers,
     in_flight: Option<InFlight>,
     /// After a rejected batch: the offsets up to which batches are written
@@ -120,20 +118,17 @@ pub struct Writer {
 impl Writer {
     pub fn new(
         kind: Kind,
-        consumer: StreamConsumer,
         decoder: Arc<Decoder>,
         store: Store,
         cfg: &SinkConfig,
+        stop: watch::Receiver<bool>,
     ) -> Self {
         Self {
             kind,
-            consumer,
             decoder,
             store,
-            batch_rows: cfg.batch_rows,
-            batch_ms: cfg.batch_ms,
             max_backoff_ms: cfg.max_backoff_ms,
-            lag: LagGauge::new(CONSUMER_LAG, ("stream", kind.label())),
+            stop,
             buffers: Buffers::default(),
             in_flight: None,
             isolating: None,
@@ -176,49 +171,40 @@ pub(crate) fn now_secs() -> u32 {
         .map_or(0, |d| d.as_secs() as u32)
 }
 
-impl Writer {
-    /// Reads and converts one batch while the previous one is being
-    /// inserted; then waits for that insert, commits its offsets, and starts
-    /// inserting this batch. Returns the records read. `stop` ends retrying
-    /// (a batch not accepted by then is not committed and is read again).
-    pub async fn step(
+impl BatchStage for Writer {
+    type Context = DefaultConsumerContext;
+
+    /// Converts this batch while the previous one is being inserted; then
+    /// waits for that insert and starts inserting this batch. Returns the
+    /// previous batch's offsets once ClickHouse has it.
+    async fn process(
         &mut self,
-        stop: &tokio::sync::watch::Receiver<bool>,
-    ) -> anyhow::Result<usize> {
+        consumer: &StreamConsumer,
+        messages: &[BorrowedMessage<'_>],
+    ) -> anyhow::Result<Offsets> {
         let t0 = std::time::Instant::now();
-        let messages = collect_batch(&self.consumer, self.batch_rows, self.batch_ms).await?;
-        let t_collect = t0.elapsed();
-        self.lag.maybe_record(&self.consumer);
         if messages.is_empty() {
             // Quiet stream: commit what is in flight now, not at the next record.
-            drop(messages);
-            self.finish_or_rewind().await?;
-            return Ok(0);
+            return self.finish().await;
         }
         if self.isolating.is_some() {
             // Read again after a rejection: written in halves down to the
             // rows ClickHouse refuses, then committed.
-            let offsets = next_offsets(&messages);
-            let records = records_of(&messages);
-            let isolated = isolate(
+            let offsets = next_offsets(messages);
+            let records = records_of(messages);
+            isolate(
                 &self.inserter(),
                 &self.decoder,
                 &self.buffers,
                 &records,
-                stop,
+                &self.stop,
             )
-            .await;
-            let read = records.len();
-            drop(records);
-            drop(messages);
-            if let Err(e) = isolated {
-                rewind_to_committed(&self.consumer);
-                return Err(e);
-            }
-            self.commit_isolated(&offsets);
-            return Ok(read);
+            .await?;
+            self.end_isolating(consumer, &offsets);
+            metrics::counter!(BATCHES).increment(1);
+            return Ok(offsets);
         }
-        let as_records = records_of(&messages);
+        let as_records = records_of(messages);
         let format = self.store.format();
         let batch = to_batch(
             self.kind,
@@ -230,14 +216,12 @@ impl Writer {
         )
         .await;
         let t_convert = t0.elapsed();
-        let offsets = next_offsets(&messages);
-        let records = messages.len();
+        let offsets = next_offsets(messages);
         drop(as_records);
-        drop(messages);
-        self.finish_or_rewind().await?;
+        let durable = self.finish().await?;
         let t_previous = t0.elapsed();
         let inserter = self.inserter();
-        let stop = stop.clone();
+        let stop = self.stop.clone();
         self.in_flight = Some(InFlight {
             insert: tokio::spawn(async move {
                 let outcome = inserter
@@ -249,15 +233,21 @@ impl Writer {
         });
         tracing::debug!(
             stream = self.kind.label(),
-            records,
-            ?t_collect,
+            records = messages.len(),
             ?t_convert,
             ?t_previous,
             "sink batch"
         );
-        Ok(records)
+        Ok(durable)
     }
 
+    /// The last batch: committed if ClickHouse took it before the stop.
+    async fn drain(&mut self) -> anyhow::Result<Offsets> {
+        self.finish().await
+    }
+}
+
+impl Writer {
     fn inserter(&self) -> Inserter {
         Inserter {
             store: self.store.clone(),
@@ -266,21 +256,10 @@ impl Writer {
         }
     }
 
-    /// [`Writer::finish`]; when it fails, back to the committed offsets, so
-    /// neither the batch in flight nor the one just read is skipped.
-    async fn finish_or_rewind(&mut self) -> anyhow::Result<()> {
-        let result = self.finish().await;
-        if result.is_err() {
-            rewind_to_committed(&self.consumer);
-        }
-        result
-    }
-
-    /// Commits a batch written by [`isolate`]; isolating ends once every
+    /// After a batch written by [`isolate`]: isolating ends once every
     /// partition of the rejected batch is past it (or no longer ours).
-    fn commit_isolated(&mut self, offsets: &[(String, i32, i64)]) {
-        self.commit(offsets);
-        let assigned = self.consumer.assignment().ok();
+    fn end_isolating(&mut self, consumer: &StreamConsumer, offsets: &[(String, i32, i64)]) {
+        let assigned = consumer.assignment().ok();
         self.isolating = self.isolating.take().and_then(|targets| {
             let left: Vec<_> = targets
                 .into_iter()
@@ -298,10 +277,12 @@ impl Writer {
         });
     }
 
-    /// Waits for the batch in flight, if any, and commits its offsets.
-    pub async fn finish(&mut self) -> anyhow::Result<()> {
+    /// Waits for the batch in flight, if any; returns its offsets once
+    /// ClickHouse has it. Fails when it does not (the driver then reads
+    /// everything since the last commit again).
+    pub async fn finish(&mut self) -> anyhow::Result<Offsets> {
         let Some(in_flight) = self.in_flight.take() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let outcome = match in_flight.insert.await {
             Ok((outcome, batch)) => {
@@ -322,17 +303,8 @@ impl Writer {
                 )
             }
         }
-        self.commit(&in_flight.offsets);
-        Ok(())
-    }
-
-    /// Commits a written batch. A failed commit (a rebalance) only means
-    /// the batch may be written again, which the tables collapse.
-    fn commit(&self, offsets: &[(String, i32, i64)]) {
-        if let Err(e) = commit_offsets(&self.consumer, offsets) {
-            tracing::warn!(error = %e, "offset commit failed (rebalance?); the batch may be written again, harmlessly");
-        }
         metrics::counter!(BATCHES).increment(1);
+        Ok(in_flight.offsets)
     }
 }
 
@@ -561,7 +533,9 @@ struct InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leadstream_common::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
+    use leadstream_common::kafka::{
+        Batching, LagGauge, StageDriver, TopicSpec, consumer_config, ensure_topics, producer_config,
+    };
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     fn tripled(start: usize, chunk: &[u64]) -> Vec<(usize, u64)> {
@@ -615,9 +589,7 @@ mod tests {
         }
 
         let export = tempfile::tempdir().unwrap();
-        let mut cfg = SinkConfig::defaults(&bootstrap);
-        cfg.batch_rows = 40;
-        cfg.batch_ms = 200;
+        let cfg = SinkConfig::defaults(&bootstrap);
         let consumer: StreamConsumer = consumer_config(&bootstrap, &format!("{topic}-sink"))
             .create()
             .unwrap();
@@ -628,26 +600,34 @@ mod tests {
         .unwrap();
         let decoder = Arc::new(Decoder::new(Arc::new(resolver)));
         let store = Store::Export(export.path().to_owned());
-        let mut writer = Writer::new(Kind::Violations, consumer, decoder, store, &cfg);
-        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let (_stop_tx, mut stop) = tokio::sync::watch::channel(false);
+        let writer = Writer::new(Kind::Violations, decoder, store, &cfg, stop.clone());
+        let batching = Batching {
+            max: 40,
+            wait_ms: 200,
+        };
+        let lag = LagGauge::new("test_lag", ("stream", "test"));
+        let mut driver = StageDriver::new("sink.test", consumer, writer, batching, lag);
+        driver.retry_after = std::time::Duration::from_millis(10);
 
         let mut read = 0;
         while read == 0 {
-            read = writer.step(&stop).await.unwrap();
+            read = driver.step_or_rewind(&mut stop).await.unwrap();
         }
         // The insert of the batch just read dies.
-        writer.in_flight.as_mut().unwrap().insert = tokio::spawn(async { panic!("injected") });
-        let failed = writer.step(&stop).await;
+        driver.stage.in_flight.as_mut().unwrap().insert =
+            tokio::spawn(async { panic!("injected") });
+        let failed = driver.step_or_rewind(&mut stop).await;
         assert!(failed.is_err(), "the dead insert must fail the step");
         let mut quiet = 0;
         while quiet < 3 {
-            match writer.step(&stop).await {
+            match driver.step_or_rewind(&mut stop).await {
                 Ok(0) => quiet += 1,
                 Ok(_) => quiet = 0,
                 Err(e) => panic!("{e:#}"),
             }
         }
-        writer.finish().await.unwrap();
+        driver.stage.drain().await.unwrap();
 
         let rows = std::fs::read_to_string(export.path().join("dead_letters.jsonl")).unwrap();
         let mut offsets: Vec<i64> = rows

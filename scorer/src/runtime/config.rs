@@ -3,28 +3,16 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Args;
+use leadstream_common::args::{KafkaArgs, RegistryArgs, TopicArgs, parse_defaults};
 
 #[derive(Debug, Clone, Args)]
 pub struct ScorerConfig {
-    /// Kafka bootstrap servers.
-    #[arg(long = "kafka", env = "LEADSTREAM_KAFKA_BROKERS")]
-    pub kafka: String,
-    /// Confluent-compatible registry URL; the plan built into the binary when unset.
-    #[arg(long = "registry", env = "LEADSTREAM_REGISTRY_URL")]
-    pub registry: Option<String>,
-    #[arg(
-        long,
-        env = "LEADSTREAM_EVENTS_TOPIC",
-        default_value = "leadstream.events"
-    )]
-    pub events_topic: String,
-    /// Output topic of scores (Avro `lead_score`, keyed by lead id).
-    #[arg(
-        long,
-        env = "LEADSTREAM_SCORES_TOPIC",
-        default_value = "leadstream.lead_scores"
-    )]
-    pub scores_topic: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
     /// Prefix of the scorer's own topics: `<prefix>.identity`,
     /// `<prefix>.by_lead`, `<prefix>.changelog`.
     #[arg(
@@ -80,14 +68,6 @@ pub struct ScorerConfig {
         default_value_t = 10_000
     )]
     pub kafka_batch_messages: u32,
-    /// How long the group waits for a silent member (e.g. killed) before
-    /// moving its partitions to the others.
-    #[arg(
-        long,
-        env = "LEADSTREAM_KAFKA_SESSION_TIMEOUT_MS",
-        default_value_t = 45_000
-    )]
-    pub session_timeout_ms: u64,
     /// Address of /metrics, /_liveness and /_readiness.
     #[arg(
         long = "listen",
@@ -112,12 +92,6 @@ impl ScorerConfig {
 
     /// Defaults for an embedded run (quickstart, tests): everything but the broker.
     pub fn defaults(kafka: &str) -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            cfg: ScorerConfig,
-        }
-        Wrapper::parse_from(["scorer", "--kafka", kafka]).cfg
+        parse_defaults(&["--kafka", kafka])
     }
 }

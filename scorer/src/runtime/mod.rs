@@ -19,15 +19,15 @@ use std::{
 use anyhow::Context as _;
 use leadstream_common::{
     kafka::{
-        LagGauge, TopicSpec, consumer_config, ensure_topics, partition_count, producer_config,
+        Batching, LagGauge, StageDriver, TopicSpec, ensure_topics, partition_count, producer_config,
     },
     ops::{self, Ready},
     pipeline_metrics,
 };
-use leadstream_schemas::{Decoder, EmbeddedResolver, Encoder, HttpResolver, Plan, SchemaResolver};
+use leadstream_schemas::{Decoder, Encoder, Plan};
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
-    producer::{DeliveryFuture, FutureProducer},
+    producer::FutureProducer,
 };
 
 pub use config::ScorerConfig;
@@ -48,19 +48,6 @@ pub struct Topics {
     pub by_lead: String,
     pub changelog: String,
     pub partitions: i32,
-}
-
-/// Waits for every queued record's ack; the first failure fails the batch
-/// (nothing is committed, so it is replayed).
-pub(crate) async fn await_deliveries(deliveries: Vec<DeliveryFuture>) -> anyhow::Result<()> {
-    for d in deliveries {
-        match d.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => anyhow::bail!("Kafka did not accept a record: {e}"),
-            Err(_) => anyhow::bail!("the producer dropped a record before delivery"),
-        }
-    }
-    Ok(())
 }
 
 /// Runs the scorer until `shutdown` resolves; each loop finishes (and
@@ -84,10 +71,7 @@ pub async fn run_with_clock(
         None => ScoringConfig::parse(crate::rules::DEFAULT_TOML)?,
     };
     let plan = Plan::embedded()?;
-    let resolver: Arc<dyn SchemaResolver> = match &cfg.registry {
-        Some(url) => Arc::new(HttpResolver::new(url)?),
-        None => Arc::new(EmbeddedResolver::new(&plan)?),
-    };
+    let resolver = cfg.registry.resolver(&plan)?;
     let encoder = Arc::new(
         Encoder::build(&plan, resolver.as_ref())
             .await
@@ -95,15 +79,15 @@ pub async fn run_with_clock(
     );
     let decoder = Arc::new(Decoder::new(Arc::clone(&resolver)));
 
-    let kafka = cfg.kafka.clone();
+    let kafka = cfg.kafka.brokers()?.to_owned();
     let events_partitions = {
-        let (k, t) = (kafka.clone(), cfg.events_topic.clone());
+        let (k, t) = (kafka.clone(), cfg.topics.events.clone());
         tokio::task::spawn_blocking(move || partition_count(&k, &t)).await??
     };
     let partitions = cfg.partitions.unwrap_or(events_partitions);
     let topics = Topics {
-        events: cfg.events_topic.clone(),
-        scores: cfg.scores_topic.clone(),
+        events: cfg.topics.events.clone(),
+        scores: cfg.topics.scores.clone(),
         identity: cfg.identity_topic(),
         by_lead: cfg.by_lead_topic(),
         changelog: cfg.changelog_topic(),
@@ -155,40 +139,49 @@ pub async fn run_with_clock(
     producer_cfg.set("batch.num.messages", cfg.kafka_batch_messages.to_string());
     let producer: FutureProducer = producer_cfg.create()?;
 
+    let batching = Batching {
+        max: cfg.batch_max,
+        wait_ms: cfg.batch_ms,
+    };
     let stitch_consumer: StreamConsumer =
-        group_consumer_config(&cfg, &format!("{}-stitch", cfg.group)).create()?;
+        cfg.kafka.consumer_config(&stitch_group(&cfg))?.create()?;
     stitch_consumer.subscribe(&[&topics.events])?;
-    let stitcher = stitch::Stitcher {
-        consumer: stitch_consumer,
-        producer: producer.clone(),
-        decoder: Arc::clone(&decoder),
-        identity: identity.clone(),
-        topics: topics.clone(),
-        batch_max: cfg.batch_max,
-        batch_ms: cfg.batch_ms,
-        lag: LagGauge::new(metrics::CONSUMER_LAG, ("stage", "stitch")),
-    };
-    let score_consumer: StreamConsumer<score_loop::RebalanceTracker> =
-        group_consumer_config(&cfg, &cfg.group)
-            .create_with_context(score_loop::RebalanceTracker::default())?;
+    let stitcher = StageDriver::new(
+        "stitch",
+        stitch_consumer,
+        stitch::Stitcher {
+            producer: producer.clone(),
+            decoder: Arc::clone(&decoder),
+            identity: identity.clone(),
+            topics: topics.clone(),
+        },
+        batching,
+        LagGauge::new(metrics::CONSUMER_LAG, ("stage", "stitch")),
+    );
+    let score_consumer: StreamConsumer<score_loop::RebalanceTracker> = cfg
+        .kafka
+        .consumer_config(&cfg.group)?
+        .create_with_context(score_loop::RebalanceTracker::default())?;
     score_consumer.subscribe(&[&topics.by_lead])?;
-    let mut scorer = score_loop::ScoreLoop {
-        consumer: score_consumer,
-        producer,
-        decoder,
-        encoder,
-        identity,
-        processor: Processor::new(scoring, cfg.grace_minutes as i64 * 60_000, cfg.score_bots),
-        model,
-        topics: topics.clone(),
-        bootstrap: kafka.clone(),
-        batch_max: cfg.batch_max,
-        batch_ms: cfg.batch_ms,
-        lag: LagGauge::new(metrics::CONSUMER_LAG, ("stage", "score")),
-        clock,
-        idle: Duration::from_millis(cfg.idle_ms),
-        last_read: Default::default(),
-    };
+    let scorer = StageDriver::new(
+        "score",
+        score_consumer,
+        score_loop::ScoreLoop {
+            producer,
+            decoder,
+            encoder,
+            identity,
+            processor: Processor::new(scoring, cfg.grace_minutes as i64 * 60_000, cfg.score_bots),
+            model,
+            topics: topics.clone(),
+            bootstrap: kafka.clone(),
+            clock,
+            idle: Duration::from_millis(cfg.idle_ms),
+            last_read: Default::default(),
+        },
+        batching,
+        LagGauge::new(metrics::CONSUMER_LAG, ("stage", "score")),
+    );
     tracing::info!(%addr, kafka = %kafka, events = %topics.events, scores = %topics.scores, partitions, "scorer running");
     ready.set(true);
 
@@ -204,26 +197,8 @@ pub async fn run_with_clock(
         addr,
         stop_rx.clone(),
     );
-    let stop = stop_rx.clone();
-    let stitch_task = tokio::spawn(async move {
-        while !*stop.borrow() {
-            if let Err(e) = stitcher.step().await {
-                tracing::error!(error = %format!("{e:#}"), "stitching batch failed; retrying from the last commit");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                stitcher.rewind();
-            }
-        }
-    });
-    let stop = stop_rx;
-    let score_task = tokio::spawn(async move {
-        while !*stop.borrow() {
-            if let Err(e) = scorer.step().await {
-                tracing::error!(error = %format!("{e:#}"), "scoring batch failed; retrying from the last commit");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                scorer.rewind();
-            }
-        }
-    });
+    let stitch_task = tokio::spawn(stitcher.run_until(stop_rx.clone()));
+    let score_task = tokio::spawn(scorer.run_until(stop_rx));
     let (a, b) = tokio::join!(stitch_task, score_task);
     a.context("stitching task")?;
     b.context("scoring task")?;
@@ -233,12 +208,9 @@ pub async fn run_with_clock(
     Ok(())
 }
 
-/// The consumer config of one of the scorer's groups: the shared defaults
-/// plus the scorer's own settings (`--session-timeout-ms`).
-pub fn group_consumer_config(cfg: &ScorerConfig, group: &str) -> rdkafka::ClientConfig {
-    let mut c = consumer_config(&cfg.kafka, group);
-    c.set("session.timeout.ms", cfg.session_timeout_ms.to_string());
-    c
+/// The stitching stage's consumer group.
+fn stitch_group(cfg: &ScorerConfig) -> String {
+    format!("{}-stitch", cfg.group)
 }
 
 fn load_model(path: &PathBuf, slot: &RwLock<Option<Arc<TrainedModel>>>) -> anyhow::Result<()> {
@@ -271,18 +243,20 @@ async fn watch_model(path: PathBuf, slot: Arc<RwLock<Option<Arc<TrainedModel>>>>
 mod tests {
     use super::*;
 
-    /// `--session-timeout-ms` reaches both of the scorer's consumers (it was
-    /// accepted and documented, but only the sink set it).
+    /// `--session-timeout-ms` on the command line reaches both of the
+    /// scorer's consumer groups (it was once accepted but never applied).
     #[test]
     fn the_session_timeout_reaches_the_consumers() {
-        let mut cfg = ScorerConfig::defaults("127.0.0.1:9");
-        cfg.session_timeout_ms = 7_000;
-        for group in [cfg.group.clone(), format!("{}-stitch", cfg.group)] {
-            assert_eq!(
-                group_consumer_config(&cfg, &group).get("session.timeout.ms"),
-                Some("7000"),
-                "{group}"
-            );
+        let cfg: ScorerConfig = leadstream_common::args::parse_defaults(&[
+            "--kafka",
+            "127.0.0.1:9",
+            "--session-timeout-ms",
+            "7000",
+        ]);
+        for group in [cfg.group.clone(), stitch_group(&cfg)] {
+            let consumer = cfg.kafka.consumer_config(&group).unwrap();
+            assert_eq!(consumer.get("session.timeout.ms"), Some("7000"), "{group}");
+            assert_eq!(consumer.get("group.id"), Some(group.as_str()));
         }
     }
 }

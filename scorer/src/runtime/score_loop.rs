@@ -11,20 +11,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use leadstream_common::kafka::{collect_batch, commit_processed, partition_for};
+use leadstream_common::kafka::{
+    BatchStage, Offsets, await_deliveries, next_offsets, partition_for, send,
+};
 use leadstream_schemas::{Decoder, Encoder, codec::to_json};
 use prost::Message as _;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    message::BorrowedMessage,
     producer::FutureProducer,
 };
 
 use super::{
-    Topics, await_deliveries,
+    Topics,
     identity_log::IdentityLog,
     metrics::{LEADS, MERGES, RECORDS, RESTORED, SCHEDULED, SCORES, SKIPPED, TIME_SCORES},
-    stitch::send,
 };
 use crate::{
     clock::Clock,
@@ -62,7 +64,6 @@ impl ConsumerContext for RebalanceTracker {
 }
 
 pub struct ScoreLoop {
-    pub consumer: StreamConsumer<RebalanceTracker>,
     pub producer: FutureProducer,
     pub decoder: Arc<Decoder>,
     pub encoder: Arc<Encoder>,
@@ -71,9 +72,6 @@ pub struct ScoreLoop {
     pub model: Arc<RwLock<Option<Arc<TrainedModel>>>>,
     pub topics: Topics,
     pub bootstrap: String,
-    pub batch_max: usize,
-    pub batch_ms: u64,
-    pub lag: leadstream_common::kafka::LagGauge,
     /// Read only for partitions idle for `idle`, to drive their schedule.
     pub clock: Arc<dyn Clock>,
     pub idle: Duration,
@@ -81,29 +79,25 @@ pub struct ScoreLoop {
     pub last_read: HashMap<i32, Instant>,
 }
 
-impl ScoreLoop {
-    pub async fn step(&mut self) -> anyhow::Result<usize> {
-        let revoked: Vec<i32> = std::mem::take(
-            &mut *self
-                .consumer
-                .context()
-                .revoked
-                .lock()
-                .expect("revoked lock"),
-        );
+impl BatchStage for ScoreLoop {
+    type Context = RebalanceTracker;
+
+    /// Applies a batch, runs the time schedule, waits for the outputs'
+    /// acks, then writes and waits for the changed leads' state.
+    async fn process(
+        &mut self,
+        consumer: &StreamConsumer<RebalanceTracker>,
+        batch: &[BorrowedMessage<'_>],
+    ) -> anyhow::Result<Offsets> {
+        let revoked: Vec<i32> =
+            std::mem::take(&mut *consumer.context().revoked.lock().expect("revoked lock"));
         for p in revoked {
             tracing::info!(partition = p, "partition revoked; state dropped");
             self.processor.revoke(p);
             self.last_read.remove(&p);
         }
-        let assigned: Vec<i32> = std::mem::take(
-            &mut *self
-                .consumer
-                .context()
-                .assigned
-                .lock()
-                .expect("assigned lock"),
-        );
+        let assigned: Vec<i32> =
+            std::mem::take(&mut *consumer.context().assigned.lock().expect("assigned lock"));
         for p in assigned {
             // Idle is measured from the assignment, not from the epoch.
             self.last_read.insert(p, Instant::now());
@@ -117,14 +111,9 @@ impl ScoreLoop {
             .await?;
         }
         let t0 = std::time::Instant::now();
-        let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms)
-            .await
-            .context("reading from Kafka")?;
-        self.lag.maybe_record(&self.consumer);
-        let t_collect = t0.elapsed();
         let mut deliveries = Vec::new();
         let read_at = Instant::now();
-        for m in &batch {
+        for m in batch {
             let p = m.partition();
             self.last_read.insert(p, read_at);
             restore(
@@ -234,25 +223,39 @@ impl ScoreLoop {
         let mut state_writes = Vec::new();
         for (p, records) in self.processor.take_changelog() {
             for (k, v) in records {
-                state_writes.push(send(&self.producer, &self.topics.changelog, p, &k, v).await);
+                state_writes.push(send(&self.producer, &self.topics.changelog, p, &k, &v).await);
             }
         }
         let n_state = state_writes.len();
         await_deliveries(state_writes).await?;
-        let t_state = t0.elapsed();
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        if let Err(e) = commit_processed(&self.consumer, &batch) {
-            // After a rebalance the new owner replays; restored leads skip
-            // what this instance already applied.
-            tracing::warn!(error = %e, "offset commit failed (rebalance?); the next owner replays the batch");
-        }
         metrics::gauge!(LEADS).set(self.processor.leads() as f64);
-        tracing::debug!(records = batch.len(), n_state, ?t_collect, ?t_process, ?t_outputs, ?t_state, total = ?t0.elapsed(), "score batch");
-        Ok(batch.len())
+        tracing::debug!(records = batch.len(), n_state, ?t_process, ?t_outputs, total = ?t0.elapsed(), "score batch");
+        // After a rebalance the new owner replays from the last commit;
+        // leads restored from a newer changelog skip what they applied.
+        Ok(next_offsets(batch))
     }
 
+    /// After a failed batch: forget in-memory state (it may hold part of the
+    /// batch); it comes back from the changelog when the batch is read again.
+    fn forget(&mut self, consumer: &StreamConsumer<RebalanceTracker>) {
+        let owned: Vec<i32> = (0..self.topics.partitions)
+            .filter(|p| self.processor.owns(*p))
+            .collect();
+        for p in &owned {
+            self.processor.revoke(*p);
+            self.last_read.remove(p);
+        }
+        // Still ours: restored at the next step, records or not.
+        consumer
+            .context()
+            .assigned
+            .lock()
+            .expect("assigned lock")
+            .extend(owned);
+    }
+}
+
+impl ScoreLoop {
     /// Queues one output of the processor on its topic.
     async fn produce(
         &self,
@@ -270,7 +273,7 @@ impl ScoreLoop {
                         &self.topics.scores,
                         -1,
                         &lead_id,
-                        framed.bytes,
+                        &framed.bytes,
                     )
                     .await,
                 );
@@ -285,33 +288,13 @@ impl ScoreLoop {
                         &self.topics.by_lead,
                         partition,
                         &lead,
-                        r.encode_to_vec(),
+                        &r.encode_to_vec(),
                     )
                     .await,
                 );
             }
         }
         Ok(())
-    }
-
-    /// After a failed batch: forget in-memory state (it may hold part of the
-    /// batch) and read from the last commit; state comes back from the changelog.
-    pub fn rewind(&mut self) {
-        let owned: Vec<i32> = (0..self.topics.partitions)
-            .filter(|p| self.processor.owns(*p))
-            .collect();
-        for p in &owned {
-            self.processor.revoke(*p);
-            self.last_read.remove(p);
-        }
-        // Still ours: restored at the next step, records or not.
-        self.consumer
-            .context()
-            .assigned
-            .lock()
-            .expect("assigned lock")
-            .extend(owned);
-        leadstream_common::kafka::rewind_to_committed(&self.consumer);
     }
 }
 
@@ -333,7 +316,7 @@ async fn restore(
         return Ok(());
     }
     let started = std::time::Instant::now();
-    let marker = send(producer, changelog, p, RESTORE_MARKER_KEY, Vec::new()).await;
+    let marker = send(producer, changelog, p, RESTORE_MARKER_KEY, &[]).await;
     let end = match marker.await {
         Ok(Ok(d)) => d.offset,
         Ok(Err((e, _))) => {

@@ -2,20 +2,22 @@
 //! `<prefix>.by_lead` (keyed by lead id). Links new id combinations through
 //! the identity log first, so every instance routes with the same graph.
 
-use anyhow::Context as _;
 use std::{sync::Arc, time::Duration};
 
-use leadstream_common::kafka::{collect_batch, commit_processed, partition_for};
+use leadstream_common::kafka::{
+    BatchStage, Offsets, await_deliveries, next_offsets, partition_for, send,
+};
 use leadstream_schemas::{Decoder, codec::to_json};
 use prost::Message as _;
 use rdkafka::{
     Message,
-    consumer::StreamConsumer,
+    consumer::{DefaultConsumerContext, StreamConsumer},
+    message::BorrowedMessage,
     producer::{FutureProducer, FutureRecord},
 };
 
 use super::{
-    Topics, await_deliveries,
+    Topics,
     identity_log::IdentityLog,
     metrics::{EVENTS_ROUTED, LINKS_WRITTEN, STITCH_SKIPPED},
 };
@@ -25,30 +27,23 @@ use crate::{
 };
 
 pub struct Stitcher {
-    pub consumer: StreamConsumer,
     pub producer: FutureProducer,
     pub decoder: Arc<Decoder>,
     pub identity: IdentityLog,
     pub topics: Topics,
-    pub batch_max: usize,
-    pub batch_ms: u64,
-    pub lag: leadstream_common::kafka::LagGauge,
 }
 
-impl Stitcher {
-    /// Processes one batch; returns how many records it read.
-    pub async fn step(&self) -> anyhow::Result<usize> {
-        let t0 = std::time::Instant::now();
-        let batch = collect_batch(&self.consumer, self.batch_max, self.batch_ms)
-            .await
-            .context("reading from Kafka")?;
-        self.lag.maybe_record(&self.consumer);
-        let t_collect = t0.elapsed();
-        if batch.is_empty() {
-            return Ok(0);
-        }
+impl BatchStage for Stitcher {
+    type Context = DefaultConsumerContext;
+
+    /// Routes every event of the batch and waits for Kafka's acks.
+    async fn process(
+        &mut self,
+        _consumer: &StreamConsumer,
+        batch: &[BorrowedMessage<'_>],
+    ) -> anyhow::Result<Offsets> {
         let mut deliveries = Vec::with_capacity(batch.len());
-        for m in &batch {
+        for m in batch {
             let Some(payload) = m.payload() else {
                 metrics::counter!(STITCH_SKIPPED, "reason" => "empty").increment(1);
                 continue;
@@ -93,25 +88,18 @@ impl Stitcher {
                     &self.topics.by_lead,
                     partition_for(&lead, self.topics.partitions),
                     &lead,
-                    routed.encode_to_vec(),
+                    &routed.encode_to_vec(),
                 )
                 .await,
             );
             metrics::counter!(EVENTS_ROUTED).increment(1);
         }
-        let t_process = t0.elapsed();
         await_deliveries(deliveries).await?;
-        let t_outputs = t0.elapsed();
-        commit_processed(&self.consumer, &batch)?;
-        tracing::debug!(records = batch.len(), ?t_collect, ?t_process, ?t_outputs, total = ?t0.elapsed(), "stitch batch");
-        Ok(batch.len())
+        Ok(next_offsets(batch))
     }
+}
 
-    /// After a failed batch: read it again from the last commit.
-    pub fn rewind(&self) {
-        leadstream_common::kafka::rewind_to_committed(&self.consumer);
-    }
-
+impl Stitcher {
     /// Appends a link and waits until the local graph has applied it.
     async fn link(&self, ids: &[String]) -> anyhow::Result<()> {
         let mut sorted = ids.to_vec();
@@ -132,31 +120,5 @@ impl Stitcher {
         metrics::counter!(LINKS_WRITTEN).increment(1);
         self.identity.wait_for(delivery.offset as u64 + 1).await;
         Ok(())
-    }
-}
-
-/// Queues one record; the returned future resolves when Kafka acked it.
-/// `partition` < 0 leaves the choice to the producer's partitioner.
-pub(crate) async fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    partition: i32,
-    key: &str,
-    value: Vec<u8>,
-) -> rdkafka::producer::DeliveryFuture {
-    let mut record = FutureRecord::to(topic).key(key).payload(&value);
-    if partition >= 0 {
-        record = record.partition(partition);
-    }
-    loop {
-        match producer.send_result(record) {
-            Ok(f) => return f,
-            // Queue full: let librdkafka drain, then try again.
-            Err((e, r)) => {
-                tracing::debug!(error = %e, "producer queue full");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                record = r;
-            }
-        }
     }
 }

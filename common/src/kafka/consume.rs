@@ -1,0 +1,126 @@
+//! Consuming in batches: collect, commit what was processed, rewind.
+
+/// Reads up to `max` records from `consumer`, waiting at most `wait_ms` in
+/// all. An error ends the batch early; it is returned only when nothing was
+/// read, so records already in hand are processed first.
+pub async fn collect_batch<'a, C>(
+    consumer: &'a rdkafka::consumer::StreamConsumer<C>,
+    max: usize,
+    wait_ms: u64,
+) -> rdkafka::error::KafkaResult<Vec<rdkafka::message::BorrowedMessage<'a>>>
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    let mut batch = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    while batch.len() < max {
+        // Records librdkafka has already fetched are taken without arming
+        // a timer per record (a backlog is read 20,000 at a time).
+        if let Some(r) = ready_now(consumer.recv()) {
+            match r {
+                Ok(m) => {
+                    batch.push(m);
+                    continue;
+                }
+                Err(e) if batch.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => batch.push(m),
+            Ok(Err(e)) if batch.is_empty() => return Err(e),
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// The future's output if it is ready at its first poll. `recv` is
+/// cancel-safe: dropping it pending loses no record.
+fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// The offset after the last record of each (topic, partition) in
+/// `processed`: what to commit once they are processed.
+pub fn next_offsets<'a>(
+    processed: impl IntoIterator<Item = &'a rdkafka::message::BorrowedMessage<'a>>,
+) -> Vec<(String, i32, i64)> {
+    use rdkafka::Message;
+    // One entry per partition (a commit list would keep duplicates): the last wins.
+    let mut next = std::collections::BTreeMap::new();
+    for m in processed {
+        next.insert((m.topic(), m.partition()), m.offset() + 1);
+    }
+    next.into_iter()
+        .map(|((t, p), o)| (t.to_owned(), p, o))
+        .collect()
+}
+
+/// Commits, synchronously, the offset after the last record processed of
+/// each (topic, partition) in `processed`. The wait happens in
+/// `block_in_place` so the runtime's other tasks keep running meanwhile.
+pub fn commit_processed<'a, C>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    processed: impl IntoIterator<Item = &'a rdkafka::message::BorrowedMessage<'a>>,
+) -> rdkafka::error::KafkaResult<()>
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    commit_offsets(consumer, &next_offsets(processed))
+}
+
+/// Commits (topic, partition, next offset) entries synchronously, in
+/// `block_in_place`.
+pub fn commit_offsets<C>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    offsets: &[(String, i32, i64)],
+) -> rdkafka::error::KafkaResult<()>
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    use rdkafka::{
+        Offset, TopicPartitionList,
+        consumer::{CommitMode, Consumer},
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))
+}
+
+/// Moves `consumer` back to its committed offsets (the start, for a
+/// partition with none) after a failed batch, so everything after the last
+/// commit is read again rather than skipped by the next commit. Blocks in
+/// `block_in_place` for the broker's answer. Until it succeeds, nothing
+/// more may be read: a later commit would skip what the failure left out.
+pub fn rewind_to_committed<C>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+) -> rdkafka::error::KafkaResult<()>
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    use rdkafka::{Offset, consumer::Consumer};
+    let timeout = std::time::Duration::from_secs(10);
+    tokio::task::block_in_place(|| {
+        consumer.committed(timeout).and_then(|mut tpl| {
+            let unset: Vec<(String, i32)> = tpl
+                .elements()
+                .iter()
+                .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            for (t, p) in unset {
+                // Nothing committed yet: start where a new member would.
+                tpl.set_partition_offset(&t, p, Offset::Beginning)?;
+            }
+            consumer.seek_partitions(tpl, timeout).map(|_| ())
+        })
+    })
+}

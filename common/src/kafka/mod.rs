@@ -1,0 +1,21 @@
+//! Kafka plumbing shared by every role: client settings, topics, batched
+//! consuming and committing, producing, lag, and the batch-stage driver.
+
+pub mod admin;
+pub mod config;
+pub mod consume;
+pub mod lag;
+pub mod produce;
+pub mod stage;
+
+pub use admin::{TopicError, TopicSpec, ensure_topics, partition_count};
+pub use config::{
+    RDKAFKA_ENV_PREFIX, admin_config, consumer_config, producer_config, rdkafka_property,
+    reader_config,
+};
+pub use consume::{
+    collect_batch, commit_offsets, commit_processed, next_offsets, rewind_to_committed,
+};
+pub use lag::LagGauge;
+pub use produce::{DeliveryError, await_deliveries, partition_for, send};
+pub use stage::{BatchStage, Batching, Offsets, StageDriver};

@@ -1,0 +1,61 @@
+//! Producing: where a key goes, queueing and waiting for acks.
+
+/// The partition a key lives on in topics a role partitions itself
+/// (co-partitioned internal topics): FNV-1a, stable across processes.
+pub fn partition_for(key: &str, partitions: i32) -> i32 {
+    let h = key.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    (h % partitions.max(1) as u32) as i32
+}
+
+/// Queues one record; the returned future resolves when Kafka acked it.
+/// `partition` < 0 leaves the choice to the producer's partitioner. A full
+/// queue is waited out, not an error: librdkafka drains it.
+pub async fn send(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: i32,
+    key: &str,
+    value: &[u8],
+) -> rdkafka::producer::DeliveryFuture {
+    let mut record = rdkafka::producer::FutureRecord::to(topic)
+        .key(key)
+        .payload(value);
+    if partition >= 0 {
+        record = record.partition(partition);
+    }
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return f,
+            Err((e, r)) => {
+                tracing::debug!(error = %e, "producer queue full");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                record = r;
+            }
+        }
+    }
+}
+
+/// A record Kafka did not take.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("Kafka did not accept a record: {0}")]
+    Refused(rdkafka::error::KafkaError),
+    #[error("the producer dropped a record before delivery")]
+    Dropped,
+}
+
+/// Waits for every queued record's ack; the first failure is returned.
+pub async fn await_deliveries(
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+) -> Result<(), DeliveryError> {
+    for d in deliveries {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(DeliveryError::Refused(e)),
+            Err(_) => return Err(DeliveryError::Dropped),
+        }
+    }
+    Ok(())
+}
