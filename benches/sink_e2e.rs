@@ -25,7 +25,7 @@ use std::{
 use leadstream_schemas::{EmbeddedResolver, Encoder, Plan, codec::Decoder};
 use leadstream_sink::{
     ClickHouseArgs, SinkConfig,
-    encode::{Buffers, Encoder as RowEncoder, Format},
+    encode::{Buffers, Format, RowEncoder},
     rows::{EventRow, ScoreRow, event_row, fill_event_row, score_row},
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};

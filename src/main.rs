@@ -45,7 +45,7 @@ enum Command {
     /// Govern the tracking plan: check, render docs, pin ids, publish.
     Schemas(schemas_cmd::SchemasArgs),
     /// Serve the Confluent Schema Registry API (read-only) from the tracking plan.
-    Registry(schemas_cmd::RegistryArgs),
+    Registry(schemas_cmd::ServeRegistryArgs),
     /// Serve the Segment-compatible HTTP tracking API: validate, hash PII, publish to Kafka.
     Ingest(leadstream_ingest::IngestConfig),
     /// Score leads from the event stream: stitch identities, keep windows, publish lead_scores.

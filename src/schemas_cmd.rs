@@ -142,7 +142,7 @@ pub async fn run(args: SchemasArgs) -> anyhow::Result<ExitCode> {
 }
 
 #[derive(Args)]
-pub struct RegistryArgs {
+pub struct ServeRegistryArgs {
     /// Address to listen on.
     #[arg(
         long,
@@ -155,7 +155,7 @@ pub struct RegistryArgs {
     schemas_dir: Option<PathBuf>,
 }
 
-pub async fn registry(args: RegistryArgs) -> anyhow::Result<ExitCode> {
+pub async fn registry(args: ServeRegistryArgs) -> anyhow::Result<ExitCode> {
     let plan = match &args.schemas_dir {
         Some(dir) => Plan::load_dir(dir)?,
         None => Plan::embedded()?,

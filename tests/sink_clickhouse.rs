@@ -20,7 +20,7 @@ use leadstream_sink::{
     ClickHouseArgs, SinkConfig,
     encode::{Buffers, Format},
     insert::write_batch,
-    writer::{Kind, Record, to_batch},
+    writer::{KafkaRecord, Kind, to_batch},
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -647,11 +647,11 @@ async fn migrations_rows_and_queries_work_on_current_clickhouse() {
     let all = records(0, 3000).await;
     let mut row_binary_columns = std::collections::BTreeMap::new();
     for kind in [Kind::Events, Kind::Scores, Kind::Violations, Kind::Metrics] {
-        let of_kind: Vec<Record<'_>> = all
+        let of_kind: Vec<KafkaRecord<'_>> = all
             .iter()
             .enumerate()
             .filter(|(_, (k, _, _))| *k == kind)
-            .map(|(i, (_, _, bytes))| Record {
+            .map(|(i, (_, _, bytes))| KafkaRecord {
                 topic: kind.label(),
                 partition: 0,
                 offset: i as i64,

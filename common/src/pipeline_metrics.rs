@@ -50,7 +50,7 @@ pub struct MetricRow {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+enum SampleKind {
     Counter,
     Gauge,
 }
@@ -58,7 +58,7 @@ enum Kind {
 /// Samples of a text exposition worth a row: counters and gauges, and the
 /// `_count`/`_sum` of histograms and summaries (their buckets and
 /// quantiles do not add up across minutes, so they stay in Prometheus).
-fn samples(text: &str) -> Vec<(String, Kind, f64)> {
+fn samples(text: &str) -> Vec<(String, SampleKind, f64)> {
     let mut kinds: HashMap<&str, &str> = HashMap::new();
     let mut out = Vec::new();
     for line in text.lines() {
@@ -80,15 +80,15 @@ fn samples(text: &str) -> Vec<(String, Kind, f64)> {
         };
         let name = series.split('{').next().unwrap_or(series);
         let kind = match kinds.get(name).copied() {
-            Some("counter") => Kind::Counter,
-            Some("gauge") => Kind::Gauge,
+            Some("counter") => SampleKind::Counter,
+            Some("gauge") => SampleKind::Gauge,
             Some(_) => continue,
             None => {
                 let base = name
                     .strip_suffix("_count")
                     .or_else(|| name.strip_suffix("_sum"));
                 match base.and_then(|b| kinds.get(b)) {
-                    Some(&"histogram") | Some(&"summary") => Kind::Counter,
+                    Some(&"histogram") | Some(&"summary") => SampleKind::Counter,
                     _ => continue,
                 }
             }
@@ -131,8 +131,8 @@ impl Reporter {
                 continue;
             }
             let value = match kind {
-                Kind::Gauge => value,
-                Kind::Counter => {
+                SampleKind::Gauge => value,
+                SampleKind::Counter => {
                     let before = self.last.insert(series.clone(), value).unwrap_or(0.0);
                     if value >= before {
                         value - before

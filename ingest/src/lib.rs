@@ -3,12 +3,14 @@
 //! result is made durable (Kafka ack or fsync'd spool) before the client
 //! hears 2xx.
 
+pub mod batch;
 pub mod config;
 pub mod conn;
 pub mod dedupe;
 pub mod metrics;
 pub mod pii;
 pub mod pipeline;
+pub mod plan_event;
 pub mod publish;
 pub mod segment;
 pub mod server;

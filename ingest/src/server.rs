@@ -26,13 +26,14 @@ use tokio::sync::Notify;
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::{
+    batch::RequestEvents,
     metrics as m,
-    pipeline::{Pipeline, Raw, Record, Rejection, Verdict, mask_unparseable},
+    pipeline::{Pipeline, Record, Rejection, mask_unparseable},
     publish::Publisher,
     segment::Incoming,
     sources::Sources,
     spool::{Spool, SpoolError},
-    wire::{Lenient, Loose, SegmentContext, SegmentEvent, WireError},
+    wire::{Lenient, Loose, SegmentContext, SegmentEvent},
 };
 
 /// Request and event limits (Segment's, by default).
@@ -377,111 +378,18 @@ async fn handle(
         batch_context: batch_context.as_ref(),
         batch_sent_at: batch_sent_at.as_ref(),
     };
-    let mut to_send: Vec<Record> = Vec::new();
-    let mut rejected: Vec<Rejection> = Vec::new();
-    let mut accepted = 0usize;
-    let mut duplicates = 0usize;
-    let mut flagged = 0usize;
-    let mut seen_ids = crate::dedupe::KeySet::default();
-    let route_type = (!batch_route).then_some(route);
-    for (index, text) in raw_events.iter().enumerate() {
-        let parsed = match single.take() {
-            Some(v) => Ok(v),
-            None => SegmentEvent::parse(text),
-        };
-        let mut event = match parsed {
-            Ok(v) => v,
-            Err(e) => {
-                // Valid JSON of another type keeps its text on the DLQ.
-                let raw = if matches!(e, WireError::NotAnObject) {
-                    serde_json::from_str(text).unwrap_or(Json::Null)
-                } else {
-                    Json::String(mask_unparseable(text.as_bytes(), 4096))
-                };
-                let r = Rejection {
-                    index,
-                    message_id: None,
-                    reason: "bad_json",
-                    field: None,
-                    message: e.to_string(),
-                };
-                to_send.push(s.pipeline.dlq_record(&raw, &r, &inc));
-                rejected.push(r);
-                continue;
-            }
-        };
-        if let Some(t) = route_type {
-            event.kind = Loose::Str(t.into());
-        }
-        if text.len() > s.limits.max_event_bytes {
-            let r = Rejection {
-                index,
-                message_id: event.message_id.as_str().map(str::to_owned),
-                reason: "too_large",
-                field: None,
-                message: format!(
-                    "event is {} bytes; the limit is {}",
-                    text.len(),
-                    s.limits.max_event_bytes
-                ),
-            };
-            let stub = json!({"messageId": r.message_id, "event": event.event.to_json(), "type": event.kind.to_json(), "bytes": text.len()});
-            to_send.push(s.pipeline.dlq_record(&stub, &r, &inc));
-            rejected.push(r);
-            continue;
-        }
-        let dedupe_key = event
-            .message_id
-            .as_str()
-            .map(|id| s.dedupe.key(&source.id, id));
-        if let Some(k) = dedupe_key {
-            if seen_ids.contains(&k) || s.dedupe.seen(k) {
-                duplicates += 1;
-                continue;
-            }
-            seen_ids.insert(k);
-        }
-        let raw = Raw { text, route_type };
-        match s.pipeline.process(&event, &raw, index, &inc) {
-            Verdict::Accepted {
-                records,
-                flagged: f,
-            } => {
-                accepted += 1;
-                flagged += usize::from(f);
-                to_send.extend(records);
-            }
-            Verdict::Rejected { rejection, dlq } => {
-                to_send.push(dlq);
-                rejected.push(rejection);
-            }
-        }
-    }
-
-    let dlq_count = to_send
-        .iter()
-        .filter(|r| r.topic == crate::pipeline::Topic::Dlq)
-        .count();
-    make_durable(s, to_send).await?;
-    s.dedupe.remember(seen_ids);
-    metrics::counter!(m::EVENTS_ACCEPTED, "platform" => platform).increment(accepted as u64);
-    metrics::counter!(m::EVENTS_DUPLICATE).increment(duplicates as u64);
-    metrics::counter!(m::EVENTS_FLAGGED).increment(flagged as u64);
-    metrics::counter!(m::DLQ_RECORDS).increment(dlq_count as u64);
-    for r in &rejected {
-        metrics::counter!(m::EVENTS_REJECTED, "reason" => r.reason).increment(1);
-    }
-    let rejected_json: Vec<Json> = rejected
-        .iter()
-        .map(|r| json!({"index": r.index, "messageId": r.message_id, "reason": r.reason, "field": r.field, "message": r.message}))
-        .collect();
-    Ok(axum::Json(json!({
-        "success": true,
-        "accepted": accepted,
-        "duplicates": duplicates,
-        "rejected": rejected_json,
-    }))
-    .into_response())
+    let events = RequestEvents {
+        texts: raw_events,
+        single,
+        route_type: (!batch_route).then_some(route),
+    };
+    let mut outcome = s
+        .pipeline
+        .process_batch(events, &inc, s.limits.max_event_bytes, &s.dedupe);
+    make_durable(s, std::mem::take(&mut outcome.records)).await?;
+    s.dedupe.remember(std::mem::take(&mut outcome.seen));
+    outcome.record_metrics(platform);
+    Ok(axum::Json(outcome.response()).into_response())
 }
 
 /// An unparseable body: 400, and (when the source is known) kept on the DLQ.

@@ -6,27 +6,7 @@ use std::{collections::HashMap, path::Path};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Platform {
-    App,
-    MiniProgram,
-    Web,
-    Server,
-    Offline,
-}
-
-impl Platform {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::App => "app",
-            Self::MiniProgram => "mini_program",
-            Self::Web => "web",
-            Self::Server => "server",
-            Self::Offline => "offline",
-        }
-    }
-}
+pub use leadstream_schemas::Platform;
 
 /// What to do with an event whose name is not in the tracking plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -7,9 +7,11 @@ pub mod codec;
 pub mod compat;
 pub mod datum;
 pub mod docs;
+pub mod hash;
 pub mod lint;
 pub mod lock;
 pub mod plan;
+pub mod platform;
 pub mod problem;
 pub mod publish;
 pub mod registry;
@@ -22,6 +24,7 @@ mod embedded {
 pub use check::check;
 pub use codec::{Decoder, EncodeError, Encoder, FrameError};
 pub use plan::{Plan, PlanError, SchemaVersion, Subject};
+pub use platform::Platform;
 pub use problem::Problem;
 pub use resolver::{EmbeddedResolver, HttpResolver, ResolveError, SchemaResolver};
 

@@ -1,12 +1,10 @@
 //! `leadstream schemas publish`: registers every governed version, oldest
 //! first, into an external Confluent-compatible registry.
 
-use serde::Deserialize;
-
 use crate::{
     COMPATIBILITY,
     plan::Plan,
-    resolver::{CONTENT_TYPE, HttpResolver, ResolveError},
+    resolver::{CONTENT_TYPE, HttpResolver, IdBody, ResolveError},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,11 +13,6 @@ pub struct Published {
     pub version: u32,
     /// The id the external registry gave; may differ from the lock file's.
     pub id: u32,
-}
-
-#[derive(Deserialize)]
-struct IdBody {
-    id: u32,
 }
 
 /// Registers each version in order. When `set_compatibility`, first sets

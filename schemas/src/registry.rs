@@ -88,7 +88,7 @@ fn ok(body: Json) -> Result<Response, ApiError> {
     Ok(reply(StatusCode::OK, body))
 }
 
-type AppState = Arc<Plan>;
+type PlanState = Arc<Plan>;
 
 pub fn router(plan: Arc<Plan>) -> Router {
     Router::new()
@@ -182,14 +182,14 @@ fn version_body(plan: &Plan, v: &SchemaVersion) -> Json {
     })
 }
 
-async fn list_subjects(State(plan): State<AppState>) -> Result<Response, ApiError> {
+async fn list_subjects(State(plan): State<PlanState>) -> Result<Response, ApiError> {
     let mut subjects: Vec<&str> = plan.all_subjects().map(|s| s.subject.as_str()).collect();
     subjects.sort_unstable();
     ok(json!(subjects))
 }
 
 async fn list_versions(
-    State(plan): State<AppState>,
+    State(plan): State<PlanState>,
     Path(s): Path<String>,
 ) -> Result<Response, ApiError> {
     let subject = subject(&plan, &s)?;
@@ -203,7 +203,7 @@ async fn list_versions(
 }
 
 async fn get_version(
-    State(plan): State<AppState>,
+    State(plan): State<PlanState>,
     Path((s, v)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let sv = version(subject(&plan, &s)?, &v)?;
@@ -211,43 +211,39 @@ async fn get_version(
 }
 
 async fn get_version_schema(
-    State(plan): State<AppState>,
+    State(plan): State<PlanState>,
     Path((s, v)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let sv = version(subject(&plan, &s)?, &v)?;
     ok(sv.json.clone())
 }
 
-fn parse_id(id: &str) -> Result<u32, ApiError> {
-    id.parse().map_err(|_| ApiError::schema_not_found())
+/// The schema version the registry serves under `id` (a path segment).
+fn version_by_id(plan: &Plan, id: &str) -> Result<Arc<SchemaVersion>, ApiError> {
+    let id: u32 = id.parse().map_err(|_| ApiError::schema_not_found())?;
+    plan.by_id()
+        .remove(&id)
+        .ok_or_else(ApiError::schema_not_found)
 }
 
 async fn schema_by_id(
-    State(plan): State<AppState>,
+    State(plan): State<PlanState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let v = plan
-        .by_id()
-        .remove(&id)
-        .ok_or_else(ApiError::schema_not_found)?;
+    let v = version_by_id(&plan, &id)?;
     ok(json!({ "schema": v.text }))
 }
 
 async fn versions_by_id(
-    State(plan): State<AppState>,
+    State(plan): State<PlanState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let v = plan
-        .by_id()
-        .remove(&id)
-        .ok_or_else(ApiError::schema_not_found)?;
+    let v = version_by_id(&plan, &id)?;
     ok(json!([{ "subject": v.subject, "version": v.version }]))
 }
 
 async fn subject_config(
-    State(plan): State<AppState>,
+    State(plan): State<PlanState>,
     Path(s): Path<String>,
 ) -> Result<Response, ApiError> {
     subject(&plan, &s)?;
@@ -292,7 +288,7 @@ fn find_match<'a>(subject: &'a Subject, schema: &Schema) -> Option<&'a Arc<Schem
 }
 
 async fn lookup(
-    State(plan): State<AppState>,
+    State(plan): State<PlanState>,
     Path(s): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -303,7 +299,7 @@ async fn lookup(
 }
 
 async fn register(
-    State(plan): State<AppState>,
+    State(plan): State<PlanState>,
     Path(s): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -376,7 +372,7 @@ fn compatibility_reply(problems: Vec<String>, verbose: bool) -> Result<Response,
 }
 
 async fn compatibility_one(
-    State(plan): State<AppState>,
+    State(plan): State<PlanState>,
     Path((s, v)): Path<(String, String)>,
     Query(q): Query<Verbose>,
     body: Bytes,
@@ -391,7 +387,7 @@ async fn compatibility_one(
 }
 
 async fn compatibility_all(
-    State(plan): State<AppState>,
+    State(plan): State<PlanState>,
     Path(s): Path<String>,
     Query(q): Query<Verbose>,
     body: Bytes,

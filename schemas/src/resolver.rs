@@ -156,9 +156,10 @@ struct SchemaBody {
     schema: String,
 }
 
+/// The registry's answer naming a schema id (lookups and registrations).
 #[derive(Deserialize)]
-struct IdBody {
-    id: u32,
+pub(crate) struct IdBody {
+    pub(crate) id: u32,
 }
 
 #[derive(Deserialize)]

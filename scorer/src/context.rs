@@ -5,6 +5,8 @@
 //! keep the newest value by event time; the first channel and platform come
 //! from the lead's first-touch fields, the month from the moment scored.
 
+use leadstream_schemas::hash::fnv1a32;
+
 use serde_json::Value as Json;
 
 /// Where a slot's value comes from.
@@ -51,14 +53,6 @@ pub const NONE: u32 = 0;
 /// FNV-1a (32 bit) of a category value, never [`NONE`].
 pub fn hash(value: &str) -> u32 {
     fnv1a32(value.bytes())
-}
-
-fn fnv1a32(bytes: impl Iterator<Item = u8>) -> u32 {
-    bytes
-        .fold(0x811c_9dc5u32, |h, b| {
-            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-        })
-        .max(1)
 }
 
 /// [`hash`] of the value as [`values`] spells it (trimmed, ASCII lower

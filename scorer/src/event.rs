@@ -58,45 +58,7 @@ impl Signal {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Platform {
-    App = 0,
-    MiniProgram = 1,
-    Web = 2,
-    Server = 3,
-    Offline = 4,
-}
-
-impl Platform {
-    /// In bit order of [`crate::features::LeadState::platforms`].
-    pub const ALL: [Platform; 5] = [
-        Platform::App,
-        Platform::MiniProgram,
-        Platform::Web,
-        Platform::Server,
-        Platform::Offline,
-    ];
-
-    /// The tracking plan's name for the platform.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Platform::App => "app",
-            Platform::MiniProgram => "mini_program",
-            Platform::Web => "web",
-            Platform::Server => "server",
-            Platform::Offline => "offline",
-        }
-    }
-
-    /// The platform the tracking plan names `name`.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.as_str() == name)
-    }
-
-    pub fn from_index(i: u32) -> Option<Self> {
-        Self::ALL.get(usize::try_from(i).ok()?).copied()
-    }
-}
+pub use leadstream_schemas::Platform;
 
 /// What scoring needs from one event.
 #[derive(Debug, Clone, PartialEq)]

@@ -19,13 +19,8 @@ pub mod train;
 pub mod trees;
 pub mod window;
 
+pub use leadstream_schemas::hash::fnv1a64;
+
 pub const HOUR_MS: i64 = 3_600_000;
 
-/// FNV-1a (64 bit): a hash that is the same in every process and release,
-/// so ids derived from it survive restarts and replays.
-pub fn fnv1a64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
 pub const DAY_MS: i64 = 24 * HOUR_MS;

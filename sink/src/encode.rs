@@ -21,7 +21,7 @@ pub enum Format {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EncodeError {
+pub enum RowEncodeError {
     #[error("RowBinary cannot encode {0}")]
     Unsupported(&'static str),
     #[error("a sequence of unknown length cannot be encoded as a RowBinary array")]
@@ -37,9 +37,9 @@ pub enum EncodeError {
     Json(String),
 }
 
-impl ser::Error for EncodeError {
+impl ser::Error for RowEncodeError {
     fn custom<T: std::fmt::Display>(msg: T) -> Self {
-        EncodeError::Json(msg.to_string())
+        RowEncodeError::Json(msg.to_string())
     }
 }
 
@@ -47,26 +47,26 @@ impl ser::Error for EncodeError {
 /// in order) and the bytes, in one or more chunks (one per conversion
 /// thread; each holds whole rows).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Encoded {
+pub struct EncodedRows {
     pub columns: Vec<&'static str>,
     pub rows: usize,
     pub chunks: Vec<Bytes>,
 }
 
-impl Encoded {
+impl EncodedRows {
     pub fn is_empty(&self) -> bool {
         self.rows == 0
     }
 
     /// Appends another encoding of the same table's rows.
-    pub fn append(&mut self, other: Encoded) -> Result<(), EncodeError> {
+    pub fn append(&mut self, other: EncodedRows) -> Result<(), RowEncodeError> {
         if other.rows == 0 {
             return Ok(());
         }
         if self.rows == 0 {
             self.columns = other.columns;
         } else if self.columns != other.columns {
-            return Err(EncodeError::ColumnsDiffer {
+            return Err(RowEncodeError::ColumnsDiffer {
                 expected: self.columns.clone(),
                 found: other.columns,
             });
@@ -82,16 +82,16 @@ impl Encoded {
     }
 }
 
-/// Builds one [`Encoded`] chunk row by row.
+/// Builds one [`EncodedRows`] chunk row by row.
 #[derive(Debug)]
-pub struct Encoder {
+pub struct RowEncoder {
     format: Format,
     columns: Option<Vec<&'static str>>,
     rows: usize,
     out: Vec<u8>,
 }
 
-impl Encoder {
+impl RowEncoder {
     /// `capacity` is a guess of the bytes to come; reserving it up front
     /// spares copying a growing buffer (untouched pages cost nothing).
     pub fn new(format: Format, capacity: usize) -> Self {
@@ -110,7 +110,7 @@ impl Encoder {
     }
 
     /// Appends one row. A row that fails leaves nothing behind.
-    pub fn push<T: Serialize>(&mut self, row: &T) -> Result<(), EncodeError> {
+    pub fn push<T: Serialize>(&mut self, row: &T) -> Result<(), RowEncodeError> {
         let start = self.out.len();
         let result = self.encode(row);
         if result.is_err() {
@@ -119,7 +119,7 @@ impl Encoder {
         result
     }
 
-    fn encode<T: Serialize>(&mut self, row: &T) -> Result<(), EncodeError> {
+    fn encode<T: Serialize>(&mut self, row: &T) -> Result<(), RowEncodeError> {
         match self.format {
             Format::RowBinary => {
                 // The first row names the columns; later rows are not
@@ -133,14 +133,14 @@ impl Encoder {
                 })?;
                 if record {
                     if names.is_empty() {
-                        return Err(EncodeError::NotAStruct);
+                        return Err(RowEncodeError::NotAStruct);
                     }
                     self.columns = Some(names);
                 }
             }
             Format::JsonEachRow => {
                 serde_json::to_writer(&mut self.out, row)
-                    .map_err(|e| EncodeError::Json(e.to_string()))?;
+                    .map_err(|e| RowEncodeError::Json(e.to_string()))?;
                 self.out.push(b'\n');
                 if self.columns.is_none() {
                     self.columns = Some(Vec::new());
@@ -151,11 +151,11 @@ impl Encoder {
         Ok(())
     }
 
-    pub fn finish(self) -> Encoded {
+    pub fn finish(self) -> EncodedRows {
         if self.rows == 0 {
-            return Encoded::default();
+            return EncodedRows::default();
         }
-        Encoded {
+        EncodedRows {
             columns: self.columns.unwrap_or_default(),
             rows: self.rows,
             chunks: vec![Bytes::from(self.out)],
@@ -185,7 +185,7 @@ impl Buffers {
 
     /// Keeps the buffers of rows that were written (those no one else
     /// still holds).
-    pub fn give_back(&self, rows: Encoded) {
+    pub fn give_back(&self, rows: EncodedRows) {
         let mut spare = self.0.lock().expect("buffer pool poisoned");
         for chunk in rows.chunks {
             if spare.len() >= Self::KEEP {
@@ -204,8 +204,8 @@ impl Buffers {
 }
 
 /// `rows` encoded in `format`, one chunk.
-pub fn encode_all<T: Serialize>(format: Format, rows: &[T]) -> Result<Encoded, EncodeError> {
-    let mut e = Encoder::new(format, rows.len() * 256);
+pub fn encode_all<T: Serialize>(format: Format, rows: &[T]) -> Result<EncodedRows, RowEncodeError> {
+    let mut e = RowEncoder::new(format, rows.len() * 256);
     for row in rows {
         e.push(row)?;
     }
@@ -237,7 +237,7 @@ fn leb128(mut n: u64, out: &mut Vec<u8>) {
 /// Fixed-width numbers: their little-endian bytes.
 macro_rules! little_endian {
     ($($method:ident: $ty:ty),* $(,)?) => {$(
-        fn $method(self, v: $ty) -> Result<(), EncodeError> {
+        fn $method(self, v: $ty) -> Result<(), RowEncodeError> {
             self.out.extend_from_slice(&v.to_le_bytes());
             Ok(())
         }
@@ -246,16 +246,16 @@ macro_rules! little_endian {
 
 impl ser::Serializer for &mut RowBinary<'_> {
     type Ok = ();
-    type Error = EncodeError;
+    type Error = RowEncodeError;
     type SerializeSeq = Self;
     type SerializeTuple = Self;
     type SerializeTupleStruct = Self;
-    type SerializeTupleVariant = ser::Impossible<(), EncodeError>;
-    type SerializeMap = ser::Impossible<(), EncodeError>;
+    type SerializeTupleVariant = ser::Impossible<(), RowEncodeError>;
+    type SerializeMap = ser::Impossible<(), RowEncodeError>;
     type SerializeStruct = Self;
-    type SerializeStructVariant = ser::Impossible<(), EncodeError>;
+    type SerializeStructVariant = ser::Impossible<(), RowEncodeError>;
 
-    fn serialize_bool(self, v: bool) -> Result<(), EncodeError> {
+    fn serialize_bool(self, v: bool) -> Result<(), RowEncodeError> {
         self.out.push(u8::from(v));
         Ok(())
     }
@@ -264,29 +264,29 @@ impl ser::Serializer for &mut RowBinary<'_> {
         serialize_u8: u8, serialize_u16: u16, serialize_u32: u32, serialize_u64: u64,
         serialize_f32: f32, serialize_f64: f64,
     }
-    fn serialize_char(self, v: char) -> Result<(), EncodeError> {
+    fn serialize_char(self, v: char) -> Result<(), RowEncodeError> {
         self.serialize_str(v.encode_utf8(&mut [0; 4]))
     }
-    fn serialize_str(self, v: &str) -> Result<(), EncodeError> {
+    fn serialize_str(self, v: &str) -> Result<(), RowEncodeError> {
         self.serialize_bytes(v.as_bytes())
     }
-    fn serialize_bytes(self, v: &[u8]) -> Result<(), EncodeError> {
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), RowEncodeError> {
         leb128(v.len() as u64, self.out);
         self.out.extend_from_slice(v);
         Ok(())
     }
-    fn serialize_none(self) -> Result<(), EncodeError> {
+    fn serialize_none(self) -> Result<(), RowEncodeError> {
         self.out.push(1);
         Ok(())
     }
-    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<(), EncodeError> {
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<(), RowEncodeError> {
         self.out.push(0);
         value.serialize(self)
     }
-    fn serialize_unit(self) -> Result<(), EncodeError> {
+    fn serialize_unit(self) -> Result<(), RowEncodeError> {
         Ok(())
     }
-    fn serialize_unit_struct(self, _: &'static str) -> Result<(), EncodeError> {
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), RowEncodeError> {
         Ok(())
     }
     fn serialize_unit_variant(
@@ -294,14 +294,14 @@ impl ser::Serializer for &mut RowBinary<'_> {
         _: &'static str,
         _: u32,
         _: &'static str,
-    ) -> Result<(), EncodeError> {
-        Err(EncodeError::Unsupported("an enum"))
+    ) -> Result<(), RowEncodeError> {
+        Err(RowEncodeError::Unsupported("an enum"))
     }
     fn serialize_newtype_struct<T: ?Sized + Serialize>(
         self,
         _: &'static str,
         value: &T,
-    ) -> Result<(), EncodeError> {
+    ) -> Result<(), RowEncodeError> {
         value.serialize(self)
     }
     fn serialize_newtype_variant<T: ?Sized + Serialize>(
@@ -310,19 +310,19 @@ impl ser::Serializer for &mut RowBinary<'_> {
         _: u32,
         _: &'static str,
         _: &T,
-    ) -> Result<(), EncodeError> {
-        Err(EncodeError::Unsupported("an enum"))
+    ) -> Result<(), RowEncodeError> {
+        Err(RowEncodeError::Unsupported("an enum"))
     }
-    fn serialize_seq(self, len: Option<usize>) -> Result<Self, EncodeError> {
-        leb128(len.ok_or(EncodeError::UnknownLength)? as u64, self.out);
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self, RowEncodeError> {
+        leb128(len.ok_or(RowEncodeError::UnknownLength)? as u64, self.out);
         self.depth += 1;
         Ok(self)
     }
-    fn serialize_tuple(self, _: usize) -> Result<Self, EncodeError> {
+    fn serialize_tuple(self, _: usize) -> Result<Self, RowEncodeError> {
         self.depth += 1;
         Ok(self)
     }
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, EncodeError> {
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, RowEncodeError> {
         self.depth += 1;
         Ok(self)
     }
@@ -332,13 +332,13 @@ impl ser::Serializer for &mut RowBinary<'_> {
         _: u32,
         _: &'static str,
         _: usize,
-    ) -> Result<Self::SerializeTupleVariant, EncodeError> {
-        Err(EncodeError::Unsupported("an enum"))
+    ) -> Result<Self::SerializeTupleVariant, RowEncodeError> {
+        Err(RowEncodeError::Unsupported("an enum"))
     }
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, EncodeError> {
-        Err(EncodeError::Unsupported("a map"))
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, RowEncodeError> {
+        Err(RowEncodeError::Unsupported("a map"))
     }
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, EncodeError> {
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, RowEncodeError> {
         self.depth += 1;
         Ok(self)
     }
@@ -348,8 +348,8 @@ impl ser::Serializer for &mut RowBinary<'_> {
         _: u32,
         _: &'static str,
         _: usize,
-    ) -> Result<Self::SerializeStructVariant, EncodeError> {
-        Err(EncodeError::Unsupported("an enum"))
+    ) -> Result<Self::SerializeStructVariant, RowEncodeError> {
+        Err(RowEncodeError::Unsupported("an enum"))
     }
 }
 
@@ -359,11 +359,11 @@ macro_rules! elements {
     ($($trait:ident :: $method:ident),* $(,)?) => {$(
         impl ser::$trait for &mut RowBinary<'_> {
             type Ok = ();
-            type Error = EncodeError;
-            fn $method<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), EncodeError> {
+            type Error = RowEncodeError;
+            fn $method<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), RowEncodeError> {
                 value.serialize(&mut **self)
             }
-            fn end(self) -> Result<(), EncodeError> {
+            fn end(self) -> Result<(), RowEncodeError> {
                 self.depth -= 1;
                 Ok(())
             }
@@ -379,12 +379,12 @@ elements!(
 
 impl ser::SerializeStruct for &mut RowBinary<'_> {
     type Ok = ();
-    type Error = EncodeError;
+    type Error = RowEncodeError;
     fn serialize_field<T: ?Sized + Serialize>(
         &mut self,
         key: &'static str,
         value: &T,
-    ) -> Result<(), EncodeError> {
+    ) -> Result<(), RowEncodeError> {
         if self.depth == 1
             && let Some(names) = self.names.as_mut()
         {
@@ -392,7 +392,7 @@ impl ser::SerializeStruct for &mut RowBinary<'_> {
         }
         value.serialize(&mut **self)
     }
-    fn end(self) -> Result<(), EncodeError> {
+    fn end(self) -> Result<(), RowEncodeError> {
         self.depth -= 1;
         Ok(())
     }
@@ -433,7 +433,7 @@ mod tests {
 
     #[test]
     fn row_binary_is_clickhouses_layout_and_names_the_columns() {
-        let mut e = Encoder::new(Format::RowBinary, 0);
+        let mut e = RowEncoder::new(Format::RowBinary, 0);
         e.push(&row("m1")).unwrap();
         let enc = e.finish();
         assert_eq!(
@@ -461,7 +461,7 @@ mod tests {
         let mut out = Vec::new();
         leb128(300, &mut out);
         assert_eq!(out, [0xac, 0x02]);
-        let mut e = Encoder::new(Format::RowBinary, 0);
+        let mut e = RowEncoder::new(Format::RowBinary, 0);
         e.push(&row(&"x".repeat(300))).unwrap();
         assert_eq!(&e.finish().chunks[0][..3], &[0xac, 0x02, b'x']);
     }
@@ -481,26 +481,28 @@ mod tests {
 
     #[test]
     fn unencodable_rows_leave_nothing_behind_and_say_why() {
-        let mut e = Encoder::new(Format::RowBinary, 0);
+        let mut e = RowEncoder::new(Format::RowBinary, 0);
         e.push(&row("m1")).unwrap();
         let len = e.out.len();
         let mut map = std::collections::BTreeMap::new();
         map.insert("k", 1);
         assert_eq!(
             e.push(&(1u8, map)).unwrap_err(),
-            EncodeError::Unsupported("a map")
+            RowEncodeError::Unsupported("a map")
         );
         assert_eq!((e.out.len(), e.rows), (len, 1));
         assert_eq!(
-            Encoder::new(Format::RowBinary, 0).push(&7u32).unwrap_err(),
-            EncodeError::NotAStruct
+            RowEncoder::new(Format::RowBinary, 0)
+                .push(&7u32)
+                .unwrap_err(),
+            RowEncodeError::NotAStruct
         );
     }
 
     #[test]
     fn buffers_come_back_only_when_no_one_else_holds_them() {
         let pool = Buffers::default();
-        let mut e = Encoder::with_buffer(Format::RowBinary, pool.take(1 << 16));
+        let mut e = RowEncoder::with_buffer(Format::RowBinary, pool.take(1 << 16));
         e.push(&row("m1")).unwrap();
         let written = e.finish();
         let held = written.chunks[0].clone();
@@ -526,7 +528,7 @@ mod tests {
         let mut all = encode_all(Format::RowBinary, &[row("a")]).unwrap();
         all.append(encode_all(Format::RowBinary, &[row("b"), row("c")]).unwrap())
             .unwrap();
-        all.append(Encoded::default()).unwrap();
+        all.append(EncodedRows::default()).unwrap();
         assert_eq!((all.rows, all.chunks.len()), (3, 2));
         #[derive(Serialize)]
         struct Other {
@@ -535,6 +537,6 @@ mod tests {
         let err = all
             .append(encode_all(Format::RowBinary, &[Other { x: 1 }]).unwrap())
             .unwrap_err();
-        assert!(matches!(err, EncodeError::ColumnsDiffer { .. }), "{err}");
+        assert!(matches!(err, RowEncodeError::ColumnsDiffer { .. }), "{err}");
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     metrics::{DEAD_LETTERS, INSERT_RETRIES, INSERT_SECONDS, REJECTED_ROWS, ROWS},
     rejection::rejection,
     store::Store,
-    writer::{Batch, Kind, Record, dead_letter, now_secs, to_batch},
+    writer::{Batch, KafkaRecord, Kind, dead_letter, now_secs, to_batch},
 };
 
 /// How many times a batch is refused for its data before it is written in
@@ -107,7 +107,7 @@ pub async fn isolate(
     inserter: &Inserter,
     decoder: &Decoder,
     buffers: &Buffers,
-    records: &[Record<'_>],
+    records: &[KafkaRecord<'_>],
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<usize> {
     let format = inserter.store.format();

@@ -7,7 +7,7 @@ use clickhouse::Client;
 
 use crate::{
     config::ClickHouseArgs,
-    encode::{Encoded, Format},
+    encode::{EncodedRows, Format},
 };
 
 #[derive(Clone)]
@@ -50,7 +50,7 @@ impl Store {
     /// RowBinary` naming the row's columns, sent in pieces the size the
     /// `clickhouse` crate's own inserts use; or appended to the table's
     /// export file and fsync'd.
-    pub async fn insert(&self, table: &str, rows: &Encoded) -> anyhow::Result<()> {
+    pub async fn insert(&self, table: &str, rows: &EncodedRows) -> anyhow::Result<()> {
         if rows.is_empty() {
             return Ok(());
         }

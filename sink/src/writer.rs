@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::{
     config::SinkConfig,
-    encode::{Buffers, Encoded, Encoder, Format, encode_all},
+    encode::{Buffers, EncodedRows, Format, RowEncoder, encode_all},
     insert::{Inserted, Inserter, REJECTIONS_BEFORE_ISOLATING, isolate},
     metrics::BATCHES,
     rows::{
@@ -38,17 +38,17 @@ use crate::{
 /// Rows of one batch, encoded for the store, by table.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub events: Encoded,
+    pub events: EncodedRows,
     /// Written to both `lead_scores` and `lead_score_history`.
-    pub scores: Encoded,
-    pub violations: Encoded,
-    pub dead: Encoded,
-    pub metrics: Encoded,
+    pub scores: EncodedRows,
+    pub violations: EncodedRows,
+    pub dead: EncodedRows,
+    pub metrics: EncodedRows,
 }
 
 impl Batch {
     /// Each table and its rows, in the order they are written.
-    pub fn tables(&self) -> [(&'static str, &Encoded); 6] {
+    pub fn tables(&self) -> [(&'static str, &EncodedRows); 6] {
         [
             ("events", &self.events),
             ("lead_scores", &self.scores),
@@ -309,10 +309,10 @@ impl Writer {
 }
 
 /// The conversion's view of `messages`.
-fn records_of<'a>(messages: &'a [BorrowedMessage<'_>]) -> Vec<Record<'a>> {
+fn records_of<'a>(messages: &'a [BorrowedMessage<'_>]) -> Vec<KafkaRecord<'a>> {
     messages
         .iter()
-        .map(|m| Record {
+        .map(|m| KafkaRecord {
             topic: m.topic(),
             partition: m.partition(),
             offset: m.offset(),
@@ -323,7 +323,7 @@ fn records_of<'a>(messages: &'a [BorrowedMessage<'_>]) -> Vec<Record<'a>> {
 
 /// One Kafka record as the conversion sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct Record<'a> {
+pub struct KafkaRecord<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
@@ -337,7 +337,7 @@ pub struct Record<'a> {
 pub async fn to_batch(
     kind: Kind,
     decoder: &Decoder,
-    records: &[Record<'_>],
+    records: &[KafkaRecord<'_>],
     now_secs: u32,
     format: Format,
     pool: &Buffers,
@@ -372,7 +372,7 @@ pub async fn to_batch(
             failed
         }
         Kind::Violations | Kind::Metrics => {
-            let mut out = Encoder::new(format, 0);
+            let mut out = RowEncoder::new(format, 0);
             let mut failed = Vec::new();
             for (i, r) in records.iter().enumerate() {
                 if let Err(error) = json_row(kind, r, &mut out) {
@@ -401,7 +401,7 @@ pub async fn to_batch(
 }
 
 /// A record kept, raw, with why it could not be written.
-pub(crate) fn dead_letter(r: &Record<'_>, error: String, now_secs: u32) -> DeadLetterRow {
+pub(crate) fn dead_letter(r: &KafkaRecord<'_>, error: String, now_secs: u32) -> DeadLetterRow {
     DeadLetterRow {
         failed_at: now_secs,
         topic: r.topic.to_owned(),
@@ -415,7 +415,7 @@ pub(crate) fn dead_letter(r: &Record<'_>, error: String, now_secs: u32) -> DeadL
 /// What one conversion thread made of its chunk of records.
 #[derive(Default)]
 struct Converted {
-    rows: Encoded,
+    rows: EncodedRows,
     /// Records that failed, by index into the batch, with why.
     failed: Vec<(usize, String)>,
     /// Records whose writer schema is not fetched yet, by index.
@@ -429,11 +429,11 @@ struct Converted {
 /// failed, by index, with why.
 async fn decoded_rows<R: Default + serde::Serialize + Send>(
     decoder: &Decoder,
-    records: &[Record<'_>],
+    records: &[KafkaRecord<'_>],
     format: Format,
     pool: &Buffers,
     fill: impl Fn(&mut R, u32, &Datum<'_>, i32, i64) -> Result<(), RowError> + Sync,
-) -> (Encoded, Vec<(usize, String)>) {
+) -> (EncodedRows, Vec<(usize, String)>) {
     let chunks = parallel_chunks(records, |start, chunk| {
         let mut out = Converted::default();
         let mut row = R::default();
@@ -443,7 +443,7 @@ async fn decoded_rows<R: Default + serde::Serialize + Send>(
             .map(|r| r.payload.map_or(0, <[u8]>::len))
             .sum::<usize>()
             * 3;
-        let mut encoder = Encoder::with_buffer(format, pool.take(guess));
+        let mut encoder = RowEncoder::with_buffer(format, pool.take(guess));
         for (j, r) in chunk.iter().enumerate() {
             let Some(bytes) = r.payload else {
                 out.failed
@@ -463,7 +463,7 @@ async fn decoded_rows<R: Default + serde::Serialize + Send>(
         out.rows = encoder.finish();
         out
     });
-    let mut rows = Encoded::default();
+    let mut rows = EncodedRows::default();
     let mut failed = Vec::new();
     let mut uncached = Vec::new();
     for c in chunks {
@@ -472,7 +472,7 @@ async fn decoded_rows<R: Default + serde::Serialize + Send>(
         uncached.extend(c.uncached);
     }
     let mut row = R::default();
-    let mut encoder = Encoder::new(format, 0);
+    let mut encoder = RowEncoder::new(format, 0);
     for i in uncached {
         let r = records[i];
         let bytes = r.payload.unwrap_or_default();
@@ -487,18 +487,18 @@ async fn decoded_rows<R: Default + serde::Serialize + Send>(
     (rows, failed)
 }
 
-fn encode<R: serde::Serialize>(encoder: &mut Encoder, row: &R) -> Result<(), String> {
+fn encode<R: serde::Serialize>(encoder: &mut RowEncoder, row: &R) -> Result<(), String> {
     encoder.push(row).map_err(|e| e.to_string())
 }
 
 /// Chunks of one row type always have the same columns.
-fn append(all: &mut Encoded, more: Encoded) {
+fn append(all: &mut EncodedRows, more: EncodedRows) {
     all.append(more)
         .expect("every chunk of a table encodes the same row type");
 }
 
 /// DLQ and metric records are JSON.
-fn json_row(kind: Kind, r: &Record<'_>, out: &mut Encoder) -> Result<(), String> {
+fn json_row(kind: Kind, r: &KafkaRecord<'_>, out: &mut RowEncoder) -> Result<(), String> {
     let payload = r.payload.ok_or("record has no value")?;
     if kind == Kind::Metrics {
         encode(

@@ -3,9 +3,7 @@
 /// The partition a key lives on in topics a role partitions itself
 /// (co-partitioned internal topics): FNV-1a, stable across processes.
 pub fn partition_for(key: &str, partitions: i32) -> i32 {
-    let h = key.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
+    let h = leadstream_schemas::hash::fnv1a32(key.bytes());
     (h % partitions.max(1) as u32) as i32
 }
 

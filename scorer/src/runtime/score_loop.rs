@@ -101,14 +101,7 @@ impl BatchStage for ScoreLoop {
         for p in assigned {
             // Idle is measured from the assignment, not from the epoch.
             self.last_read.insert(p, Instant::now());
-            restore(
-                &mut self.processor,
-                &self.producer,
-                &self.bootstrap,
-                &self.topics.changelog,
-                p,
-            )
-            .await?;
+            self.restore(p).await?;
         }
         let t0 = std::time::Instant::now();
         let mut deliveries = Vec::new();
@@ -116,14 +109,7 @@ impl BatchStage for ScoreLoop {
         for m in batch {
             let p = m.partition();
             self.last_read.insert(p, read_at);
-            restore(
-                &mut self.processor,
-                &self.producer,
-                &self.bootstrap,
-                &self.topics.changelog,
-                p,
-            )
-            .await?;
+            self.restore(p).await?;
             let (Some(key), Some(payload)) = (m.key(), m.payload()) else {
                 metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
                 continue;
@@ -256,6 +242,18 @@ impl BatchStage for ScoreLoop {
 }
 
 impl ScoreLoop {
+    /// Partition `p`'s leads from the changelog, unless already held.
+    async fn restore(&mut self, p: i32) -> anyhow::Result<()> {
+        restore(
+            &mut self.processor,
+            &self.producer,
+            &self.bootstrap,
+            &self.topics.changelog,
+            p,
+        )
+        .await
+    }
+
     /// Queues one output of the processor on its topic.
     async fn produce(
         &self,

@@ -1,0 +1,80 @@
+//! Typed field views: what ingest hands the encoder instead of a JSON tree.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use apache_avro::schema::RecordSchema;
+use serde_json::Value as Json;
+
+/// One field of an event handed to the encoder as typed fields rather than
+/// a JSON tree ([`FieldView`]).
+#[derive(Clone, Copy)]
+pub enum Field<'a> {
+    Absent,
+    Null,
+    Text(&'a str),
+    Long(i64),
+    Bool(bool),
+    Json(&'a Json),
+    Record(&'a dyn FieldView),
+}
+
+/// A record whose fields the encoder reads by position: what ingest builds,
+/// so the envelope and context are never a map to fill and then search.
+/// Encoding a view gives the same bytes and errors as encoding the JSON
+/// object it stands for.
+pub trait FieldView {
+    /// Every name the view has a value (null included) for, as the keys of
+    /// the JSON object would be: a name the schema lacks is an additional
+    /// property. The same slice for every value of a type.
+    fn names(&self) -> &'static [&'static str];
+    /// The value of `names()[i]`.
+    fn field_at(&self, i: usize) -> Field<'_>;
+    /// The value of the field `name`, Absent when the view has none.
+    fn field(&self, name: &str) -> Field<'_> {
+        self.names()
+            .iter()
+            .position(|n| *n == name)
+            .map_or(Field::Absent, |i| self.field_at(i))
+    }
+}
+
+/// Which view position fills each field of a record schema, and the first
+/// view name the schema lacks: worked out once per (schema, view type)
+/// rather than by name for every event.
+pub(super) struct Layout {
+    pub(super) extra: Option<&'static str>,
+    pub(super) slots: Vec<Option<usize>>,
+}
+
+#[derive(Default)]
+pub(super) struct Layouts(RwLock<HashMap<(usize, usize), Arc<Layout>>>);
+
+impl Layouts {
+    pub(super) fn get(&self, record: &RecordSchema, names: &'static [&'static str]) -> Arc<Layout> {
+        // Schemas live in the encoder and names are 'static: their
+        // addresses identify them for the encoder's lifetime.
+        let key = (std::ptr::from_ref(record) as usize, names.as_ptr() as usize);
+        if let Some(l) = self.0.read().expect("lock poisoned").get(&key) {
+            return Arc::clone(l);
+        }
+        let layout = Arc::new(Layout {
+            extra: names
+                .iter()
+                .copied()
+                .find(|n| !record.lookup.contains_key(*n)),
+            slots: record
+                .fields
+                .iter()
+                .map(|f| names.iter().position(|n| *n == f.name))
+                .collect(),
+        });
+        self.0
+            .write()
+            .expect("lock poisoned")
+            .insert(key, Arc::clone(&layout));
+        layout
+    }
+}
