@@ -1,6 +1,7 @@
 //! `leadstream`: one binary, one subcommand per role.
 
 mod broker;
+mod live;
 mod quickstart;
 mod quickstart_model;
 mod schemas_cmd;
@@ -59,17 +60,32 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("LEADSTREAM_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,tansu_storage=warn,tansu_broker=warn,tansu_sans_io=warn")
+    });
+    // The quickstart's live view owns the terminal: whatever goes to
+    // stderr (logs, librdkafka, the embedded broker's spinners, which draw
+    // on a terminal) goes to a file meanwhile.
+    let diverted = match &cli.command {
+        Command::Quickstart(args) if quickstart::draws_in_terminal() => {
+            let path = args.log_file();
+            match StderrDiverted::to(&path) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    eprintln!("error: cannot write the log file {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("LEADSTREAM_LOG").unwrap_or_else(|_| {
-                EnvFilter::new("info,tansu_storage=warn,tansu_broker=warn,tansu_sans_io=warn")
-            }),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal: not in log files and collectors.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -101,12 +117,36 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
         }
     });
+    drop(diverted);
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Standard error pointed at a file until dropped, when it points back.
+struct StderrDiverted {
+    original: std::os::fd::OwnedFd,
+}
+
+impl StderrDiverted {
+    fn to(path: &std::path::Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::File::create(path)?;
+        let original = rustix::io::dup(std::io::stderr())?;
+        rustix::stdio::dup2_stderr(&file)?;
+        Ok(Self { original })
+    }
+}
+
+impl Drop for StderrDiverted {
+    fn drop(&mut self) {
+        let _ = rustix::stdio::dup2_stderr(&self.original);
     }
 }
 

@@ -5,7 +5,6 @@
 //! its own against real Kafka and ClickHouse.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -17,14 +16,9 @@ use anyhow::Context as _;
 use clap::Args;
 use leadstream_common::{
     args::{KafkaArgs, RegistryArgs, TopicArgs},
-    kafka::{TopicSpec, consumer_config, ensure_topics},
+    kafka::{TopicSpec, ensure_topics},
 };
-use leadstream_schemas::{Decoder, HttpResolver, Plan, codec::to_json};
-use rdkafka::{
-    Message,
-    consumer::{Consumer, StreamConsumer},
-};
-use serde_json::Value as Json;
+use leadstream_schemas::Plan;
 use tokio::sync::watch;
 
 use crate::simulate::{self, Progress};
@@ -408,23 +402,33 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     }
     println!("  Ctrl-C stops everything cleanly.\n");
 
-    let table_task = tokio::spawn({
-        let (kafka, registry, scores, truth, progress, stop) = (
-            kafka.clone(),
-            registry.clone(),
-            args.topics.scores.clone(),
-            Arc::clone(&live.truth),
-            progress_rx.clone(),
-            stop_rx.clone(),
-        );
-        async move { live_table(&kafka, &registry, &scores, truth, progress, stop).await }
-    });
-    match args.duration_secs {
-        Some(s) => tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(s)) => {}
-            _ = crate::shutdown_signal() => {}
-        },
-        None => crate::shutdown_signal().await,
+    let quit = Arc::new(tokio::sync::Notify::new());
+    let view_task = tokio::spawn(crate::live::run(crate::live::LiveInputs {
+        kafka: kafka.clone(),
+        registry: registry.clone(),
+        scores_topic: args.topics.scores.clone(),
+        truth: Arc::clone(&live.truth),
+        progress: progress_rx.clone(),
+        stop: stop_rx.clone(),
+        quit: Arc::clone(&quit),
+        urls: endpoints(
+            &args,
+            &registry,
+            clickhouse.as_deref(),
+            export_dir.as_deref(),
+        ),
+        terminal: draws_in_terminal(),
+    }));
+    let duration = async {
+        match args.duration_secs {
+            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = duration => {}
+        _ = crate::shutdown_signal() => {}
+        _ = quit.notified() => {}
     }
     println!("\nstopping: flushing ingest, committing scorer and sink…");
     let _ = stop_tx.send(true);
@@ -436,7 +440,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     ingest_task.await.context("ingest task")??;
     scorer_task.await.context("scorer task")??;
     sink_task.await.context("sink task")??;
-    let latest = table_task.await.context("table task")?;
+    let latest = view_task.await.context("live view task")?.into_latest();
     for t in tasks {
         let _ = t.await;
     }
@@ -472,133 +476,46 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Follows lead_scores and prints the top leads every few seconds; returns
-/// the latest score per current lead when stopped.
-async fn live_table(
-    kafka: &str,
+/// Whether the live view redraws in place: stdout is a terminal.
+pub fn draws_in_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdout())
+}
+
+impl QuickstartArgs {
+    /// Where logs go while the live view owns the terminal.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("quickstart.log")
+    }
+}
+
+/// Every endpoint the quickstart serves, for the live view.
+fn endpoints(
+    args: &QuickstartArgs,
     registry: &str,
-    scores_topic: &str,
-    truth: Arc<std::sync::Mutex<Vec<simulate::Truth>>>,
-    progress: watch::Receiver<Progress>,
-    stop: watch::Receiver<bool>,
-) -> HashMap<String, Json> {
-    let mut latest: HashMap<String, Json> = HashMap::new();
-    let Ok(resolver) = HttpResolver::new(registry) else {
-        return latest;
-    };
-    let decoder = Decoder::new(Arc::new(resolver));
-    let group = format!("leadstream-quickstart-table-{}", std::process::id());
-    let Ok(consumer) = consumer_config(kafka, &group).create::<StreamConsumer>() else {
-        return latest;
-    };
-    // The scorer creates the topic; wait for it.
-    while tokio::task::block_in_place(|| {
-        leadstream_common::kafka::partition_count(kafka, scores_topic)
-    })
-    .is_err()
-    {
-        if *stop.borrow() {
-            return latest;
+    clickhouse: Option<&str>,
+    export_dir: Option<&Path>,
+) -> Vec<(String, String)> {
+    let mut urls = vec![
+        (
+            "ingest (Segment API)".to_owned(),
+            format!("http://{}/v1/batch", args.ingest_listen),
+        ),
+        ("schema registry".to_owned(), format!("{registry}/subjects")),
+        (
+            "metrics".to_owned(),
+            format!(
+                "http://{}/metrics  http://{}/metrics  http://{}/metrics",
+                args.ingest_listen, args.scorer_listen, args.sink_listen
+            ),
+        ),
+    ];
+    match (clickhouse, export_dir) {
+        (Some(url), _) => urls.push(("ClickHouse".to_owned(), url.to_owned())),
+        (None, Some(dir)) => {
+            urls.push(("rows (JSONEachRow)".to_owned(), dir.display().to_string()))
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        (None, None) => {}
     }
-    if consumer.subscribe(&[scores_topic]).is_err() {
-        return latest;
-    }
-    // Lead id → persona, filled as people arrive.
-    let mut personas: HashMap<String, String> = HashMap::new();
-    let mut people_seen = 0;
-    let started = tokio::time::Instant::now();
-    let mut next_print = started + Duration::from_secs(3);
-    let mut scores_seen = 0u64;
-    while !*stop.borrow() {
-        if tokio::time::Instant::now() < next_print
-            && let Ok(Ok(m)) = tokio::time::timeout_at(next_print, consumer.recv()).await
-        {
-            if let Some(Ok(d)) = match m.payload() {
-                Some(p) => Some(decoder.decode(p).await),
-                None => None,
-            } {
-                scores_seen += 1;
-                let v = to_json(&d.value);
-                let lead = v["lead_id"].as_str().unwrap_or_default().to_owned();
-                if v["merged_into"].is_null() {
-                    latest.insert(lead, v);
-                } else {
-                    latest.remove(&lead);
-                }
-            }
-            continue;
-        }
-        next_print = tokio::time::Instant::now() + Duration::from_secs(3);
-        {
-            let t = truth.lock().expect("truth lock");
-            for person in t.iter().skip(people_seen) {
-                for lead in &person.lead_ids {
-                    personas.insert(lead.clone(), person.persona.as_str().to_owned());
-                }
-            }
-            people_seen = t.len();
-        }
-        let p = progress.borrow().clone();
-        let secs = started.elapsed().as_secs_f64().max(1.0);
-        let sim_day = chrono::DateTime::from_timestamp_millis(p.sim_ms)
-            .map_or_else(String::new, |d| d.format("%Y-%m-%d").to_string());
-        let mut stages: std::collections::BTreeMap<&str, usize> = Default::default();
-        for s in latest.values() {
-            *stages
-                .entry(s["stage"].as_str().unwrap_or("?"))
-                .or_default() += 1;
-        }
-        let stages: Vec<String> = stages.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!(
-            "── {:>5.0}s  simulated {sim_day}  events posted {} ({} rejected, {:.0}/s)  scores {} ({:.0}/s)  leads {} ({})",
-            secs,
-            p.posted,
-            p.rejected,
-            p.posted as f64 / secs,
-            scores_seen,
-            scores_seen as f64 / secs,
-            latest.len(),
-            stages.join(", ")
-        );
-        let mut top: Vec<&Json> = latest.values().collect();
-        top.sort_by(|a, b| {
-            b["score"]
-                .as_f64()
-                .unwrap_or(0.0)
-                .total_cmp(&a["score"].as_f64().unwrap_or(0.0))
-        });
-        println!(
-            "   {:<18} {:>5} {:<6} {:<9} {:<4} {:<28} {:<26} persona",
-            "lead", "score", "grade", "stage", "wake", "top reasons", "platforms"
-        );
-        for s in top.iter().take(10) {
-            let reasons: Vec<&str> = s["reasons"]
-                .as_array()
-                .map(|r| r.iter().filter_map(|x| x["code"].as_str()).collect())
-                .unwrap_or_default();
-            let platforms: Vec<&str> = s["platforms"]
-                .as_array()
-                .map(|r| r.iter().filter_map(Json::as_str).collect())
-                .unwrap_or_default();
-            let lead = s["lead_id"].as_str().unwrap_or_default();
-            println!(
-                "   {:<18} {:>5.1} {:<6} {:<9} {:<4} {:<28} {:<26} {}",
-                lead,
-                s["score"].as_f64().unwrap_or(0.0),
-                s["grade"].as_str().unwrap_or_default(),
-                s["stage"].as_str().unwrap_or_default(),
-                if s["reactivated"].as_bool() == Some(true) {
-                    "yes"
-                } else {
-                    ""
-                },
-                reasons.join(","),
-                platforms.join(","),
-                personas.get(lead).map_or("", String::as_str)
-            );
-        }
-    }
-    latest
+    urls.push(("logs".to_owned(), args.log_file().display().to_string()));
+    urls
 }

@@ -194,3 +194,131 @@ fn scrape(addr: &str) -> String {
     let _ = s.read_to_string(&mut body);
     body
 }
+
+/// In a terminal the live view redraws in place: a pseudo-terminal, read
+/// through a terminal emulator, shows scored leads in the list, Tab
+/// switches the list, and `q` stops everything cleanly (exit 0, the final
+/// check printed once the terminal is given back).
+#[test]
+fn in_a_terminal_the_live_view_redraws_and_q_quits() {
+    use expectrl::Session;
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leadstream"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "quickstart",
+            "--no-clickhouse",
+            "--leads",
+            "30",
+            "--rate",
+            "100",
+            "--speed",
+            "3",
+            // A backstop only: the test quits with `q` long before.
+            "--duration-secs",
+            "240",
+        ])
+        .args(["--dir", dir.path().to_str().unwrap()])
+        .args(["--broker-listen", &addr(free_port())])
+        .args(["--registry-listen", &addr(free_port())])
+        .args(["--ingest-listen", &addr(free_port())])
+        .args(["--scorer-listen", &addr(free_port())])
+        .args(["--sink-listen", &addr(free_port())])
+        .env("LEADSTREAM_LOG", "warn");
+    let (cols, rows) = (140, 40);
+    let mut session = Session::spawn(cmd).expect("spawn the quickstart in a pseudo-terminal");
+    session
+        .get_process_mut()
+        .set_window_size(cols, rows)
+        .unwrap();
+    let mut term = Screen {
+        parser: vt100::Parser::new(rows, cols, 0),
+        output: Vec::new(),
+    };
+    // Lead ids are `L` and 16 hex digits.
+    let lead_id = |s: &str| {
+        s.match_indices('L')
+            .any(|(i, _)| s[i + 1..].bytes().take_while(u8::is_ascii_hexdigit).count() >= 16)
+    };
+    let top = term.until(&mut session, "a scored lead in the top list", |s| {
+        s.contains("top by score ·") && lead_id(s)
+    });
+    assert!(top.contains("events in"), "{top}");
+    assert!(top.contains("endpoints"), "{top}");
+    session.send("\t").unwrap();
+    term.until(&mut session, "the dormant pool after Tab", |s| {
+        s.contains("dormant pool ·") && !s.contains("top by score ·")
+    });
+    session.send("q").unwrap();
+    // Keep reading while it stops, so its writes to the terminal never block.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        term.read(&mut session);
+        match session.get_process().status().unwrap() {
+            expectrl::WaitStatus::StillAlive => {}
+            exited => break exited,
+        }
+        assert!(Instant::now() < deadline, "still running 60 s after q");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    term.read(&mut session);
+    let printed = String::from_utf8_lossy(&term.output).into_owned();
+    assert_eq!(
+        status,
+        expectrl::WaitStatus::Exited(session.get_process().pid(), 0),
+        "q must stop the quickstart cleanly:\n{printed}"
+    );
+    assert!(
+        printed.contains("ranking check over"),
+        "the final check is printed after the view:\n{printed}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("quickstart.log")).unwrap_or_default();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines in the log:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// What a pseudo-terminal showed: the screen as a terminal draws it, and
+/// every byte written.
+struct Screen {
+    parser: vt100::Parser,
+    output: Vec<u8>,
+}
+
+impl Screen {
+    /// Reads what is there without waiting.
+    fn read(&mut self, session: &mut expectrl::Session) {
+        let mut buf = [0u8; 64 * 1024];
+        while let Ok(n) = session.try_read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            self.parser.process(&buf[..n]);
+            self.output.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// The screen's text once `done` holds, within two minutes.
+    fn until(
+        &mut self,
+        session: &mut expectrl::Session,
+        what: &str,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            self.read(session);
+            let text = self.parser.screen().contents();
+            if done(&text) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no {what} on screen:\n{text}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
