@@ -163,8 +163,8 @@ async fn main() {
     let mut cfg = IngestConfig::defaults(&bootstrap, "bench-pepper-of-enough-length");
     cfg.sources = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/config/sources.toml").into();
     cfg.spool_dir = spool.path().to_path_buf();
-    cfg.topics.events = events_topic.clone();
-    cfg.topics.dlq = dlq_topic;
+    cfg.shared.topics.events = events_topic.clone();
+    cfg.shared.topics.dlq = dlq_topic;
     cfg.produce_timeout_ms = 30_000;
     let publisher = Arc::new(KafkaPublisher::new(&cfg).unwrap());
     let state = build_state(&cfg, publisher).await.unwrap();

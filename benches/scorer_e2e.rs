@@ -52,8 +52,8 @@ async fn create_topic(bootstrap: &str, name: &str) {
 
 fn config(bootstrap: &str, run: &str) -> ScorerConfig {
     let mut cfg = ScorerConfig::defaults(bootstrap);
-    cfg.topics.events = format!("{run}.events");
-    cfg.topics.scores = format!("{run}.lead_scores");
+    cfg.shared.topics.events = format!("{run}.events");
+    cfg.shared.topics.scores = format!("{run}.lead_scores");
     cfg.topic_prefix = format!("{run}.scorer");
     cfg.group = format!("{run}-group");
     cfg.replication_factor = 1;
@@ -114,14 +114,14 @@ async fn main() {
     // Throughput: a backlog of events, then the scorer starts.
     let run1 = format!("sbench{}a", std::process::id());
     let cfg = config(&bootstrap, &run1);
-    create_topic(&bootstrap, &cfg.topics.events).await;
+    create_topic(&bootstrap, &cfg.shared.topics.events).await;
     let total = leads * per_lead;
     let mut pending = Vec::with_capacity(total);
     for k in 0..per_lead {
         for lead in 0..leads {
             let bytes = encoder.encode(&event(lead, k)).unwrap().bytes;
             let key = format!("anon-{lead}");
-            let record = FutureRecord::to(&cfg.topics.events)
+            let record = FutureRecord::to(&cfg.shared.topics.events)
                 .key(&key)
                 .payload(&bytes);
             pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
@@ -136,7 +136,7 @@ async fn main() {
         d.await.unwrap().unwrap();
     }
     let started = Instant::now();
-    let scores_topic = cfg.topics.scores.clone();
+    let scores_topic = cfg.shared.topics.scores.clone();
     tokio::spawn(run(cfg, std::future::pending()));
     let (mut first, mut last) = (i64::MAX, 0i64);
     read_scores(&bootstrap, &scores_topic, total, |_, _, ts| {
@@ -155,9 +155,9 @@ async fn main() {
     // Latency: scorer running and caught up, events at a steady rate.
     let run2 = format!("sbench{}b", std::process::id());
     let cfg = config(&bootstrap, &run2);
-    create_topic(&bootstrap, &cfg.topics.events).await;
-    let scores_topic = cfg.topics.scores.clone();
-    let events_topic = cfg.topics.events.clone();
+    create_topic(&bootstrap, &cfg.shared.topics.events).await;
+    let scores_topic = cfg.shared.topics.scores.clone();
+    let events_topic = cfg.shared.topics.events.clone();
     tokio::spawn(run(cfg, std::future::pending()));
     // Warm-up: one event per lead, wait for its score (group joined, caches warm).
     let produced: Arc<Mutex<HashMap<(String, i64), i64>>> = Arc::default();

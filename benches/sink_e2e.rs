@@ -187,9 +187,9 @@ async fn main() {
 
     let mut cfg = SinkConfig::defaults(&bootstrap);
     cfg.clickhouse = args;
-    cfg.topics.events = format!("{run}.events");
-    cfg.topics.scores = format!("{run}.lead_scores");
-    cfg.topics.dlq = format!("{run}.dlq");
+    cfg.shared.topics.events = format!("{run}.events");
+    cfg.shared.topics.scores = format!("{run}.lead_scores");
+    cfg.shared.topics.dlq = format!("{run}.dlq");
     cfg.pipeline_metrics.topic = String::new();
     cfg.group = format!("{run}-sink");
     cfg.listen = "127.0.0.1:0".parse().unwrap();
@@ -203,9 +203,9 @@ async fn main() {
     leadstream_common::kafka::ensure_topics(
         &bootstrap,
         &[
-            spec(&cfg.topics.events, 4),
-            spec(&cfg.topics.scores, 4),
-            spec(&cfg.topics.dlq, 1),
+            spec(&cfg.shared.topics.events, 4),
+            spec(&cfg.shared.topics.scores, 4),
+            spec(&cfg.shared.topics.dlq, 1),
         ],
     )
     .await
@@ -320,7 +320,7 @@ async fn main() {
         let cpu0 = harness::cpu();
         let bare = bare_insert(&db, &["bare_events"], &event_rows, cfg.batch_rows).await;
         let bare_cpu = harness::cpu().cores_since(&cpu0);
-        produce_all(&producer, &cfg.topics.events, &records).await;
+        produce_all(&producer, &cfg.shared.topics.events, &records).await;
         drop(records);
         let base = count(&db, "SELECT count() FROM events").await;
         quiesce(&db).await;
@@ -368,7 +368,7 @@ async fn main() {
     .await;
 
     // Scores: a backlog while the sink is stopped, then the same group resumes.
-    produce_all(&producer, &cfg.topics.scores, &scores).await;
+    produce_all(&producer, &cfg.shared.topics.scores, &scores).await;
     quiesce(&db).await;
     let started = Instant::now();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -399,7 +399,11 @@ async fn main() {
     let total = rate * seconds;
     let sent: Arc<std::sync::Mutex<Vec<i64>>> = Arc::default();
     let producing = {
-        let (producer, topic, sent) = (producer.clone(), cfg.topics.events.clone(), sent.clone());
+        let (producer, topic, sent) = (
+            producer.clone(),
+            cfg.shared.topics.events.clone(),
+            sent.clone(),
+        );
         tokio::spawn(async move {
             let tick = Duration::from_millis(10);
             let per_tick = (rate / 100).max(1);

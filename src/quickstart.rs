@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use leadstream_common::{
-    args::{KafkaArgs, RegistryArgs, TopicArgs},
+    args::SharedArgs,
     kafka::{TopicSpec, ensure_topics},
 };
 use leadstream_schemas::Plan;
@@ -26,14 +26,10 @@ use leadstream_scorer::clock::{Clock, ScaledClock};
 
 #[derive(Debug, Args)]
 pub struct QuickstartArgs {
-    /// Unset --kafka: an embedded in-memory broker.
+    /// Unset --kafka: an embedded in-memory broker; unset --registry:
+    /// schemas/ served over the Confluent API.
     #[command(flatten)]
-    kafka: KafkaArgs,
-    /// Unset --registry: schemas/ served over the Confluent API.
-    #[command(flatten)]
-    registry: RegistryArgs,
-    #[command(flatten)]
-    topics: TopicArgs,
+    shared: SharedArgs,
     /// Use this ClickHouse (HTTP URL); otherwise a local clickhouse-server
     /// is started under --dir when installed, else rows go to export files.
     #[arg(long, env = "LEADSTREAM_CLICKHOUSE_URL")]
@@ -189,7 +185,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let mut tasks = Vec::new();
 
     // Kafka: the embedded broker unless told otherwise.
-    let (kafka, replication, broker_task) = match &args.kafka.brokers {
+    let (kafka, replication, broker_task) = match &args.shared.kafka.brokers {
         Some(k) => (k.clone(), -1, None),
         None => {
             let task = crate::broker::start(
@@ -212,14 +208,14 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
         if ensure_topics(
             &kafka,
             &[
-                spec(&args.topics.events),
-                spec(&args.topics.dlq),
+                spec(&args.shared.topics.events),
+                spec(&args.shared.topics.dlq),
                 // Created here, as the scorer would (compacted, keyed by
                 // lead), so the sink and the live view that subscribe to
                 // it before the scorer is up find it.
                 TopicSpec {
                     compacted: true,
-                    ..spec(&args.topics.scores)
+                    ..spec(&args.shared.topics.scores)
                 },
             ],
         )
@@ -238,7 +234,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     );
 
     // Registry: schemas/ served over the Confluent API, used by every role.
-    let registry = match &args.registry.url {
+    let registry = match &args.shared.registry.url {
         Some(url) => url.clone(),
         None => {
             let listener = tokio::net::TcpListener::bind(args.registry_listen)
@@ -284,8 +280,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     // Ingest.
     let mut ingest =
         leadstream_ingest::IngestConfig::defaults(&kafka, "quickstart-pepper-not-a-secret");
-    ingest.registry.url = Some(registry.clone());
-    ingest.topics = args.topics.clone();
+    ingest.shared.registry.url = Some(registry.clone());
+    ingest.shared.topics = args.shared.topics.clone();
     ingest.spool_dir = args.dir.join("spool");
     ingest.listen = args.ingest_listen;
     if !ingest.sources.exists() {
@@ -316,9 +312,9 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
 
     // Scorer and sink.
     let mut scorer = leadstream_scorer::runtime::ScorerConfig::defaults(&kafka);
-    scorer.registry.url = Some(registry.clone());
-    scorer.topics = args.topics.clone();
-    scorer.kafka.session_timeout_ms = args.kafka.session_timeout_ms;
+    scorer.shared.registry.url = Some(registry.clone());
+    scorer.shared.topics = args.shared.topics.clone();
+    scorer.shared.kafka.session_timeout_ms = args.shared.kafka.session_timeout_ms;
     scorer.model = Some(model_path.clone());
     scorer.listen = args.scorer_listen;
     scorer.replication_factor = replication;
@@ -336,9 +332,9 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
         stopped(&stop_rx),
     ));
     let mut sink = leadstream_sink::SinkConfig::defaults(&kafka);
-    sink.registry.url = Some(registry.clone());
-    sink.topics = args.topics.clone();
-    sink.kafka.session_timeout_ms = args.kafka.session_timeout_ms;
+    sink.shared.registry.url = Some(registry.clone());
+    sink.shared.topics = args.shared.topics.clone();
+    sink.shared.kafka.session_timeout_ms = args.shared.kafka.session_timeout_ms;
     sink.clickhouse.url = clickhouse.clone();
     sink.clickhouse.database = database.clone();
     sink.export_dir = export_dir.clone();
@@ -406,7 +402,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let view_task = tokio::spawn(crate::live::run(crate::live::LiveInputs {
         kafka: kafka.clone(),
         registry: registry.clone(),
-        scores_topic: args.topics.scores.clone(),
+        scores_topic: args.shared.topics.scores.clone(),
         truth: Arc::clone(&live.truth),
         progress: progress_rx.clone(),
         stop: stop_rx.clone(),

@@ -26,8 +26,8 @@ const PEPPER: &str = "integration-test-pepper";
 fn config(kafka: &str, events: &str, dlq: &str, spool: &std::path::Path) -> IngestConfig {
     let mut c = IngestConfig::defaults(kafka, PEPPER);
     c.sources = SOURCES.into();
-    c.topics.events = events.into();
-    c.topics.dlq = dlq.into();
+    c.shared.topics.events = events.into();
+    c.shared.topics.dlq = dlq.into();
     c.spool_dir = spool.to_path_buf();
     c.produce_timeout_ms = 1500;
     c

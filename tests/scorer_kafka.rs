@@ -217,14 +217,14 @@ struct Setup {
 
 fn config(bootstrap: &str, events: &str, run: &str) -> ScorerConfig {
     let mut cfg = ScorerConfig::defaults(bootstrap);
-    cfg.topics.events = events.to_owned();
-    cfg.topics.scores = format!("{run}.lead_scores");
+    cfg.shared.topics.events = events.to_owned();
+    cfg.shared.topics.scores = format!("{run}.lead_scores");
     cfg.topic_prefix = format!("{run}.scorer");
     cfg.group = format!("{run}-group");
     cfg.replication_factor = 1;
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.batch_ms = 50;
-    cfg.kafka.session_timeout_ms = 6_000;
+    cfg.shared.kafka.session_timeout_ms = 6_000;
     // These tests compare runs: the wall clock driving idle partitions'
     // schedules would make the final scores depend on timing (the events
     // are weeks old). Stream time still drives them.
@@ -274,7 +274,7 @@ async fn ids_on_different_partitions_and_instances_merge_into_one_lead() {
     let b = spawn_scorer(cfg.clone());
     let latest = read_scores(
         &s.bootstrap,
-        &cfg.topics.scores,
+        &cfg.shared.topics.scores,
         Duration::from_secs(120),
         complete(&expected),
     )
@@ -319,11 +319,11 @@ fn spawn_binary(cfg: &ScorerConfig, log: &str) -> common::KilledOnDrop {
         .args([
             "scorer",
             "--kafka",
-            cfg.kafka.brokers().unwrap(),
+            cfg.shared.kafka.brokers().unwrap(),
             "--events-topic",
-            &cfg.topics.events,
+            &cfg.shared.topics.events,
             "--scores-topic",
-            &cfg.topics.scores,
+            &cfg.shared.topics.scores,
             "--topic-prefix",
             &cfg.topic_prefix,
             "--group",
@@ -392,7 +392,7 @@ async fn kill_9_and_a_rebalance_mid_stream_end_in_the_same_scores_as_an_uninterr
     // Let it get part of the way, then kill -9 mid-stream.
     read_scores(
         &s.bootstrap,
-        &cfg.topics.scores,
+        &cfg.shared.topics.scores,
         Duration::from_secs(120),
         |l| l.len() >= 10,
     )
@@ -405,7 +405,7 @@ async fn kill_9_and_a_rebalance_mid_stream_end_in_the_same_scores_as_an_uninterr
     produce(&s.bootstrap, &s.events.name, &second[second.len() / 2..]).await;
     let crashed = read_scores(
         &s.bootstrap,
-        &cfg.topics.scores,
+        &cfg.shared.topics.scores,
         Duration::from_secs(180),
         complete(&expected),
     )
@@ -417,7 +417,7 @@ async fn kill_9_and_a_rebalance_mid_stream_end_in_the_same_scores_as_an_uninterr
     let (tx, task) = spawn_scorer(clean_cfg.clone());
     let clean = read_scores(
         &s.bootstrap,
-        &clean_cfg.topics.scores,
+        &clean_cfg.shared.topics.scores,
         Duration::from_secs(120),
         complete(&expected),
     )
@@ -482,7 +482,7 @@ async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
     };
     let first = read_scores(
         &s.bootstrap,
-        &cfg.topics.scores,
+        &cfg.shared.topics.scores,
         Duration::from_secs(60),
         stage_is("new"),
     )
@@ -492,7 +492,7 @@ async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
     clock.set(T0 + 100 * DAY);
     let dormant = read_scores(
         &s.bootstrap,
-        &cfg.topics.scores,
+        &cfg.shared.topics.scores,
         Duration::from_secs(60),
         stage_is("dormant"),
     )
@@ -516,7 +516,7 @@ async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
     clock.set(T0 + 400 * DAY);
     let nurture = read_scores(
         &s.bootstrap,
-        &cfg.topics.scores,
+        &cfg.shared.topics.scores,
         Duration::from_secs(60),
         stage_is("nurture"),
     )
@@ -531,7 +531,7 @@ async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
         .unwrap();
 
     // Every record of the lead, in order: each transition exactly once.
-    let all = all_records(&s.bootstrap, &cfg.topics.scores, &lead).await;
+    let all = all_records(&s.bootstrap, &cfg.shared.topics.scores, &lead).await;
     let reasons: Vec<&str> = all
         .iter()
         .map(|v| v["change_reason"].as_str().unwrap())

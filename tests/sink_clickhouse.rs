@@ -153,15 +153,15 @@ fn config(bootstrap: &str, t: &Topics, clickhouse: &str, database: &str) -> Sink
         user: None,
         password: None,
     };
-    cfg.topics.events = t.events.name.clone();
-    cfg.topics.scores = t.scores.name.clone();
-    cfg.topics.dlq = t.dlq.name.clone();
+    cfg.shared.topics.events = t.events.name.clone();
+    cfg.shared.topics.scores = t.scores.name.clone();
+    cfg.shared.topics.dlq = t.dlq.name.clone();
     cfg.pipeline_metrics.topic = t.metrics.name.clone();
     cfg.group = common::unique("sink_group");
     cfg.batch_rows = 500;
     cfg.batch_ms = 200;
     cfg.max_backoff_ms = 500;
-    cfg.kafka.session_timeout_ms = 6_000;
+    cfg.shared.kafka.session_timeout_ms = 6_000;
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg
 }
@@ -490,17 +490,17 @@ fn spawn_sink(cfg: &SinkConfig, name: &str) -> common::KilledOnDrop {
         .args([
             "sink",
             "--kafka",
-            cfg.kafka.brokers().unwrap(),
+            cfg.shared.kafka.brokers().unwrap(),
             "--clickhouse",
             cfg.clickhouse.url.as_deref().unwrap(),
             "--clickhouse-database",
             &cfg.clickhouse.database,
             "--events-topic",
-            &cfg.topics.events,
+            &cfg.shared.topics.events,
             "--scores-topic",
-            &cfg.topics.scores,
+            &cfg.shared.topics.scores,
             "--dlq-topic",
-            &cfg.topics.dlq,
+            &cfg.shared.topics.dlq,
             "--pipeline-metrics-topic",
             &cfg.pipeline_metrics.topic,
             "--group",

@@ -10,6 +10,28 @@ use rdkafka::ClientConfig;
 
 use crate::kafka;
 
+/// What every role shares, flattened into each role's config as one field.
+#[derive(Debug, Clone, Args)]
+pub struct SharedArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+}
+
+impl SharedArgs {
+    /// Kafka at `brokers`, the embedded plan, the default topics.
+    pub fn new(brokers: &str) -> Self {
+        Self {
+            kafka: KafkaArgs::new(brokers),
+            registry: RegistryArgs::default(),
+            topics: TopicArgs::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers (host:port,...). Librdkafka properties come

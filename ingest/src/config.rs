@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Args;
-use leadstream_common::args::{KafkaArgs, RegistryArgs, TopicArgs, parse_defaults};
+use leadstream_common::args::{SharedArgs, parse_defaults};
 
 #[derive(Debug, Clone, Args)]
 pub struct IngestConfig {
@@ -14,12 +14,9 @@ pub struct IngestConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
+    /// Kafka, the registry and the topics every role shares.
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub registry: RegistryArgs,
-    #[command(flatten)]
-    pub topics: TopicArgs,
+    pub shared: SharedArgs,
     /// Sources file (write keys, platforms, tenants, policies).
     #[arg(
         long,
@@ -102,7 +99,7 @@ pub struct IngestConfig {
 impl IngestConfig {
     /// Rejects wiring that cannot work, naming the field.
     pub fn validate(&self) -> Result<(), String> {
-        self.kafka.brokers().map_err(|e| e.to_string())?;
+        self.shared.kafka.brokers().map_err(|e| e.to_string())?;
         if self.pii_pepper.len() < 16 {
             return Err(
                 "--pii-pepper / LEADSTREAM_PII_PEPPER must be at least 16 characters".into(),

@@ -41,7 +41,7 @@ pub async fn build_state(
 ) -> anyhow::Result<Arc<AppState>> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let plan = Plan::embedded()?;
-    let resolver = cfg.registry.resolver(&plan)?;
+    let resolver = cfg.shared.registry.resolver(&plan)?;
     let encoder = Encoder::build(&plan, resolver.as_ref())
         .await
         .context("looking up the tracking plan's schema ids in the registry")?;
@@ -88,7 +88,7 @@ pub async fn build_state(
         pipeline_metrics: cfg
             .pipeline_metrics
             .enabled()
-            .zip(cfg.kafka.brokers.clone())
+            .zip(cfg.shared.kafka.brokers.clone())
             .map(|(topic, brokers)| (brokers, topic.to_owned(), cfg.listen)),
     }))
 }
@@ -103,7 +103,7 @@ pub async fn run(
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding ingest to {}", cfg.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, kafka = %cfg.kafka.brokers()?, spool = %cfg.spool_dir.display(), "ingest serving");
+    tracing::info!(listen = %listener.local_addr()?, kafka = %cfg.shared.kafka.brokers()?, spool = %cfg.spool_dir.display(), "ingest serving");
     serve(state, listener, shutdown).await
 }
 

@@ -112,8 +112,11 @@ impl KafkaPublisher {
     /// reach Kafka twice; downstream dedupes by message id (the scorer's
     /// per-lead ids, the sink's ReplacingMergeTree on `message_id`).
     pub fn new(cfg: &IngestConfig) -> anyhow::Result<Self> {
-        let bootstrap = cfg.kafka.brokers()?;
-        let (events_topic, dlq_topic) = (cfg.topics.events.as_str(), cfg.topics.dlq.as_str());
+        let bootstrap = cfg.shared.kafka.brokers()?;
+        let (events_topic, dlq_topic) = (
+            cfg.shared.topics.events.as_str(),
+            cfg.shared.topics.dlq.as_str(),
+        );
         let mut config = leadstream_common::kafka::producer_config(bootstrap, cfg.kafka_linger_ms);
         config.set("message.timeout.ms", cfg.produce_timeout_ms.to_string());
         let producer: FutureProducer = config.create()?;

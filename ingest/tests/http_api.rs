@@ -77,9 +77,7 @@ fn config(dir: &std::path::Path, spool_max_bytes: u64) -> IngestConfig {
     .unwrap();
     IngestConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        kafka: leadstream_common::args::KafkaArgs::new("unused:9092"),
-        registry: Default::default(),
-        topics: Default::default(),
+        shared: leadstream_common::args::SharedArgs::new("unused:9092"),
         sources,
         pii_pepper: "a-test-pepper-of-some-length".into(),
         spool_dir: dir.join("spool"),

@@ -3,16 +3,13 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Args;
-use leadstream_common::args::{KafkaArgs, RegistryArgs, TopicArgs, parse_defaults};
+use leadstream_common::args::{SharedArgs, parse_defaults};
 
 #[derive(Debug, Clone, Args)]
 pub struct SinkConfig {
+    /// Kafka, the registry and the topics every role shares.
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub registry: RegistryArgs,
-    #[command(flatten)]
-    pub topics: TopicArgs,
+    pub shared: SharedArgs,
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
     /// Write JSONEachRow files here instead of ClickHouse (load them later

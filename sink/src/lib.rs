@@ -86,9 +86,9 @@ pub async fn run(
             "nowhere to write: pass --clickhouse URL (or LEADSTREAM_CLICKHOUSE_URL), or --export-dir DIR for JSONEachRow files"
         ),
     };
-    let kafka = cfg.kafka.brokers()?.to_owned();
+    let kafka = cfg.shared.kafka.brokers()?.to_owned();
     let plan = Plan::embedded()?;
-    let resolver = cfg.registry.resolver(&plan)?;
+    let resolver = cfg.shared.registry.resolver(&plan)?;
     let decoder = Arc::new(Decoder::new(resolver));
     metrics::register();
     let ready = Ready::default();
@@ -98,9 +98,9 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut loops = Vec::new();
     let mut streams = vec![
-        (Kind::Events, cfg.topics.events.as_str()),
-        (Kind::Scores, cfg.topics.scores.as_str()),
-        (Kind::Violations, cfg.topics.dlq.as_str()),
+        (Kind::Events, cfg.shared.topics.events.as_str()),
+        (Kind::Scores, cfg.shared.topics.scores.as_str()),
+        (Kind::Violations, cfg.shared.topics.dlq.as_str()),
     ];
     if let Some(topic) = cfg.pipeline_metrics.enabled() {
         streams.push((Kind::Metrics, topic));
@@ -114,6 +114,7 @@ pub async fn run(
     );
     for (kind, topic) in streams {
         let consumer: StreamConsumer = cfg
+            .shared
             .kafka
             .consumer_config(&format!("{}.{}", cfg.group, kind.label()))?
             .create()?;

@@ -121,13 +121,14 @@ pub fn person(seed: u64, person: usize, start_ms: i64) -> Person {
     let z = mean + spread * rng.normal();
     // How much of the research happens online: independent of intent.
     let online = 0.8 * rng.normal();
+    let who = Shopper { intent: z, online };
     let buys = rng.chance(order_probability(z));
     let mut j = JourneyBuilder::new(seed, person, &mut rng);
     let mut t = start_ms;
     let mut intent_shown = None;
     match persona {
         Persona::CasualBrowser | Persona::Researcher | Persona::HotBuyer => {
-            t = j.research(&mut rng, t, z, online, &mut None);
+            t = j.research(&mut rng, t, who, &mut None);
         }
         Persona::DormantWaker => {
             // An old lead: a look and a brochure form, then months of silence.
@@ -140,7 +141,7 @@ pub fn person(seed: u64, person: usize, start_ms: i64) -> Person {
                 "mini_program",
                 json!({"type": "identify", "traits": {"phone": j.phone}, "context": {}}),
             );
-            t = j.research(&mut rng, t, z, online, &mut intent_shown);
+            t = j.research(&mut rng, t, who, &mut intent_shown);
         }
         Persona::Owner => {
             let bought = start_ms - rng.days(24.0 * 30.0, 38.0 * 30.0);
@@ -151,7 +152,7 @@ pub fn person(seed: u64, person: usize, start_ms: i64) -> Person {
                     "purchase_date": bought, "union_id": j.union}, "context": {}}),
             );
             t += rng.days(0.5, 5.0);
-            t = j.owner(&mut rng, t, z, online, &mut intent_shown);
+            t = j.owner(&mut rng, t, who, &mut intent_shown);
         }
     }
     let order_ms = buys.then(|| t + rng.days(1.0, 14.0));
@@ -169,6 +170,14 @@ pub fn person(seed: u64, person: usize, start_ms: i64) -> Person {
         j.call_outcome(t + rng.days(1.0, 10.0), outcome);
     }
     j.finish(persona, z, order_ms, intent_shown)
+}
+
+/// What drives a shopper's sessions: purchase intent and how much of the
+/// research happens online.
+#[derive(Debug, Clone, Copy)]
+struct Shopper {
+    intent: f64,
+    online: f64,
 }
 
 /// Collects one person's calls.
@@ -276,10 +285,10 @@ impl JourneyBuilder {
         &mut self,
         rng: &mut Rng,
         mut t: i64,
-        z: f64,
-        online: f64,
+        who: Shopper,
         shown: &mut Option<i64>,
     ) -> i64 {
+        let Shopper { intent: z, online } = who;
         let sessions =
             1 + rng.below((2.0 + 2.0 * (z + online).max(-1.0)).max(1.0) as u64 + 1) as usize;
         let mut drive_booked = false;
@@ -356,14 +365,8 @@ impl JourneyBuilder {
 
     /// An owner's sessions in the app: service pages for most, upgrade
     /// shopping as intent allows.
-    fn owner(
-        &mut self,
-        rng: &mut Rng,
-        mut t: i64,
-        z: f64,
-        online: f64,
-        shown: &mut Option<i64>,
-    ) -> i64 {
+    fn owner(&mut self, rng: &mut Rng, mut t: i64, who: Shopper, shown: &mut Option<i64>) -> i64 {
+        let Shopper { intent: z, online } = who;
         for _ in 0..1 + rng.below(4) {
             self.page(
                 t,
@@ -386,7 +389,7 @@ impl JourneyBuilder {
             t += rng.days(5.0, 40.0);
         }
         if rng.chance(sigmoid(z + online + 0.5)) {
-            t = self.research(rng, t, z, online, shown);
+            t = self.research(rng, t, who, shown);
         }
         t
     }

@@ -3,16 +3,13 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Args;
-use leadstream_common::args::{KafkaArgs, RegistryArgs, TopicArgs, parse_defaults};
+use leadstream_common::args::{SharedArgs, parse_defaults};
 
 #[derive(Debug, Clone, Args)]
 pub struct ScorerConfig {
+    /// Kafka, the registry and the topics every role shares.
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub registry: RegistryArgs,
-    #[command(flatten)]
-    pub topics: TopicArgs,
+    pub shared: SharedArgs,
     /// Prefix of the scorer's own topics: `<prefix>.identity`,
     /// `<prefix>.by_lead`, `<prefix>.changelog`.
     #[arg(
@@ -59,9 +56,8 @@ pub struct ScorerConfig {
     /// How long a batch may wait to fill.
     #[arg(long, env = "LEADSTREAM_SCORER_BATCH_MS", default_value_t = 100)]
     pub batch_ms: u64,
-    /// Most records per produce batch of the scorer's producer. Tests against
-    /// Tansu 0.6 set 1: that broker cannot serve a fetch that starts inside a
-    /// record batch, which is where a consumer resumes after a rebalance.
+    /// Most records per produce batch of the scorer's producer: larger
+    /// batches, fewer produce requests.
     #[arg(
         long,
         env = "LEADSTREAM_KAFKA_BATCH_MESSAGES",

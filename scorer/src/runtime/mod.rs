@@ -71,7 +71,7 @@ pub async fn run_with_clock(
         None => ScoringConfig::parse(crate::rules::DEFAULT_TOML)?,
     };
     let plan = Plan::embedded()?;
-    let resolver = cfg.registry.resolver(&plan)?;
+    let resolver = cfg.shared.registry.resolver(&plan)?;
     let encoder = Arc::new(
         Encoder::build(&plan, resolver.as_ref())
             .await
@@ -79,15 +79,15 @@ pub async fn run_with_clock(
     );
     let decoder = Arc::new(Decoder::new(Arc::clone(&resolver)));
 
-    let kafka = cfg.kafka.brokers()?.to_owned();
+    let kafka = cfg.shared.kafka.brokers()?.to_owned();
     let events_partitions = {
-        let (k, t) = (kafka.clone(), cfg.topics.events.clone());
+        let (k, t) = (kafka.clone(), cfg.shared.topics.events.clone());
         tokio::task::spawn_blocking(move || partition_count(&k, &t)).await??
     };
     let partitions = cfg.partitions.unwrap_or(events_partitions);
     let topics = Topics {
-        events: cfg.topics.events.clone(),
-        scores: cfg.topics.scores.clone(),
+        events: cfg.shared.topics.events.clone(),
+        scores: cfg.shared.topics.scores.clone(),
         identity: cfg.identity_topic(),
         by_lead: cfg.by_lead_topic(),
         changelog: cfg.changelog_topic(),
@@ -143,8 +143,11 @@ pub async fn run_with_clock(
         max: cfg.batch_max,
         wait_ms: cfg.batch_ms,
     };
-    let stitch_consumer: StreamConsumer =
-        cfg.kafka.consumer_config(&stitch_group(&cfg))?.create()?;
+    let stitch_consumer: StreamConsumer = cfg
+        .shared
+        .kafka
+        .consumer_config(&stitch_group(&cfg))?
+        .create()?;
     stitch_consumer.subscribe(&[&topics.events])?;
     let stitcher = StageDriver::new(
         "stitch",
@@ -159,6 +162,7 @@ pub async fn run_with_clock(
         LagGauge::new(metrics::CONSUMER_LAG, ("stage", "stitch")),
     );
     let score_consumer: StreamConsumer<score_loop::RebalanceTracker> = cfg
+        .shared
         .kafka
         .consumer_config(&cfg.group)?
         .create_with_context(score_loop::RebalanceTracker::default())?;
@@ -244,7 +248,7 @@ mod tests {
     use super::*;
 
     /// `--session-timeout-ms` on the command line reaches both of the
-    /// scorer's consumer groups (it was once accepted but never applied).
+    /// scorer's consumer groups.
     #[test]
     fn the_session_timeout_reaches_the_consumers() {
         let cfg: ScorerConfig = leadstream_common::args::parse_defaults(&[
@@ -254,7 +258,7 @@ mod tests {
             "7000",
         ]);
         for group in [cfg.group.clone(), stitch_group(&cfg)] {
-            let consumer = cfg.kafka.consumer_config(&group).unwrap();
+            let consumer = cfg.shared.kafka.consumer_config(&group).unwrap();
             assert_eq!(consumer.get("session.timeout.ms"), Some("7000"), "{group}");
             assert_eq!(consumer.get("group.id"), Some(group.as_str()));
         }

@@ -1,0 +1,574 @@
+//! The scoring stage, pure: records of one `by_lead` partition in, score
+//! records and follow-up routed records out. The Kafka shell
+//! (`runtime::score_loop`) decodes, calls [`Processor::handle`], produces
+//! what it returns, then writes [`Processor::take_changelog`] and commits.
+//!
+//! Merges across partitions: a lead that the identity graph says has merged
+//! into another hands its state over (a `MergeState` routed to the survivor)
+//! and forwards every later record; a surviving lead asks each lead the
+//! graph says merged into it for its state (`MergeRequest`) once.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap},
+};
+
+use prost::Message;
+use serde_json::{Value as Json, json};
+
+use crate::{
+    event::{LeadEvent, Platform},
+    identity::IdentityGraph,
+    lead::{Lead, SnapshotError, message_hash},
+    proto::{self, Body, LeadSnapshot, MergeRequest, MergeState, Routed},
+    rules::ScoringConfig,
+    score::{ChangeReason, Grade, Model, next_change, score},
+};
+
+/// Changelog key holding a partition's stream time.
+pub const STREAM_TIME_KEY: &str = "\u{0}stream_time";
+
+/// One `by_lead` record, decoded by the shell.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// The framed event (forwarded as is) and what it means for scoring;
+    /// `None` when it does not map to a scorable event.
+    Event {
+        framed: Vec<u8>,
+        event: Option<LeadEvent>,
+    },
+    MergeRequest {
+        into: String,
+    },
+    MergeState {
+        from: String,
+        state: Option<LeadSnapshot>,
+    },
+}
+
+/// What processing one record produced, in the order it must be produced.
+// Outputs live for one record and are produced straight away.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// A `lead_score` record (tracking-plan JSON shape) keyed by lead id,
+    /// and why it was emitted (also in the record, for readers).
+    Score {
+        lead_id: String,
+        record: Json,
+        reason: ChangeReason,
+    },
+    /// A record for another lead's owner, keyed by `routed.lead_id`.
+    Route(Routed),
+}
+
+/// Why a record changed nothing; counted by the shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// Already applied before a restart (offset at or below the lead's).
+    Replayed,
+    /// A message id this lead already applied.
+    Duplicate,
+    /// Older than stream time minus grace: counted on the lead, not applied.
+    Late,
+    Bot,
+    Unscorable,
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub outputs: Vec<Output>,
+    pub skipped: Option<Skipped>,
+}
+
+#[derive(Debug, Default)]
+struct Partition {
+    stream_time_ms: i64,
+    /// The instant the schedule has run to: stream time minus grace, or
+    /// the idle wall clock minus grace. Lateness is judged on stream time
+    /// alone, so a backfill of old events after a quiet spell is applied,
+    /// not dropped.
+    watermark_ms: i64,
+    /// Boxed: the map's spare capacity then costs a pointer per slot, not a lead.
+    leads: HashMap<String, Box<Lead>>,
+    dirty: BTreeSet<String>,
+    stream_time_dirty: bool,
+    /// Leads by the next instant time alone may change their class. An
+    /// entry is live while it matches its lead's `scheduled_ms`; stale ones
+    /// are skipped when they surface, so an update pushes only when its due
+    /// time moved earlier and a sweep touches only leads that are due.
+    schedule: BinaryHeap<Reverse<(i64, String)>>,
+    /// Whether the schedule holds every lead, and whether it was built with
+    /// a model loaded (which adds re-checks): rebuilt when that changes.
+    schedule_built_with_model: Option<bool>,
+}
+
+impl Partition {
+    fn ensure_schedule(&mut self, cfg: &ScoringConfig, model_loaded: bool) {
+        if self.schedule_built_with_model == Some(model_loaded) {
+            return;
+        }
+        self.schedule.clear();
+        for (key, lead) in &mut self.leads {
+            lead.scheduled_ms = None;
+            schedule_lead(&mut self.schedule, key, lead, cfg, model_loaded);
+        }
+        self.schedule_built_with_model = Some(model_loaded);
+    }
+}
+
+/// Whether `lead` needs the model's periodic re-check: a model is loaded
+/// and the lead was last graded above low.
+fn recheck(lead: &Lead, model_loaded: bool) -> bool {
+    model_loaded && lead.emitted.is_some_and(|c| c.grade != Grade::Low)
+}
+
+/// Puts `lead` in `schedule` at its next possible change, unless a live
+/// entry is already due no later.
+fn schedule_lead(
+    schedule: &mut BinaryHeap<Reverse<(i64, String)>>,
+    key: &str,
+    lead: &mut Lead,
+    cfg: &ScoringConfig,
+    model_loaded: bool,
+) {
+    if lead.merged_into.is_some() {
+        return;
+    }
+    if let Some(due) = next_change(
+        &lead.state,
+        lead.evaluated_ms,
+        cfg,
+        recheck(lead, model_loaded),
+    ) && lead.scheduled_ms.is_none_or(|s| due < s)
+    {
+        schedule.push(Reverse((due, key.to_owned())));
+        lead.scheduled_ms = Some(due);
+    }
+}
+
+/// Re-scores `lead` at every instant up to `upto` where time alone may
+/// change its class, emitting a record (with the reason) for each change.
+/// Scoring at the boundary, not at whatever time the sweep runs, makes the
+/// records the same on replay. True when anything was emitted.
+fn catch_up(
+    key: &str,
+    lead: &mut Lead,
+    upto: i64,
+    cfg: &ScoringConfig,
+    model: Option<&dyn Model>,
+    outputs: &mut Vec<Output>,
+) -> bool {
+    if lead.merged_into.is_some() || !lead.has_events() {
+        return false;
+    }
+    let mut emitted = false;
+    while let Some(due) = next_change(
+        &lead.state,
+        lead.evaluated_ms,
+        cfg,
+        recheck(lead, model.is_some()),
+    )
+    .filter(|d| *d <= upto)
+    {
+        let scored = score(&lead.state, due, cfg, model);
+        let class = scored.class();
+        match lead.emitted {
+            Some(before) if before != class => {
+                let reason = ChangeReason::for_time(before, class);
+                outputs.push(score_output(key, lead, due, &scored, reason));
+                emitted = true;
+            }
+            Some(_) => lead.evaluated_ms = due,
+            // State from before emissions were tracked: adopt, do not emit.
+            None => {
+                lead.emitted = Some(class);
+                lead.evaluated_ms = due;
+            }
+        }
+    }
+    emitted
+}
+
+pub struct Processor {
+    cfg: ScoringConfig,
+    grace_ms: i64,
+    score_bots: bool,
+    partitions: HashMap<i32, Partition>,
+}
+
+impl Processor {
+    pub fn new(cfg: ScoringConfig, grace_ms: i64, score_bots: bool) -> Self {
+        Self {
+            cfg,
+            grace_ms,
+            score_bots,
+            partitions: HashMap::new(),
+        }
+    }
+
+    /// Restores one changelog record of `partition` (latest wins).
+    pub fn restore(&mut self, partition: i32, key: &str, value: &[u8]) -> Result<(), RestoreError> {
+        let part = self.partitions.entry(partition).or_default();
+        if key == STREAM_TIME_KEY {
+            let t = proto::StreamTime::decode(value)
+                .map_err(|e| RestoreError::Decode(e.to_string()))?;
+            part.stream_time_ms = part.stream_time_ms.max(t.ms);
+            part.watermark_ms = part.watermark_ms.max(t.watermark_ms);
+            return Ok(());
+        }
+        let snap = LeadSnapshot::decode(value).map_err(|e| RestoreError::Decode(e.to_string()))?;
+        part.leads
+            .insert(key.to_owned(), Box::new(Lead::from_snapshot(snap)?));
+        part.schedule_built_with_model = None;
+        Ok(())
+    }
+
+    /// Forgets a partition this instance no longer owns.
+    pub fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    /// The partitions this processor holds state for, in order.
+    pub fn partitions(&self) -> Vec<i32> {
+        let mut p: Vec<i32> = self.partitions.keys().copied().collect();
+        p.sort_unstable();
+        p
+    }
+
+    pub fn owns(&self, partition: i32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    /// Marks `partition` owned (even when its changelog was empty).
+    pub fn assign(&mut self, partition: i32) {
+        self.partitions.entry(partition).or_default();
+    }
+
+    pub fn leads(&self) -> usize {
+        self.partitions.values().map(|p| p.leads.len()).sum()
+    }
+
+    pub fn lead(&self, partition: i32, lead_id: &str) -> Option<&Lead> {
+        self.partitions
+            .get(&partition)?
+            .leads
+            .get(lead_id)
+            .map(|l| &**l)
+    }
+
+    /// Changelog records (key, encoded value) for what changed since the
+    /// last call, per partition.
+    pub fn take_changelog(&mut self) -> BTreeMap<i32, Vec<(String, Vec<u8>)>> {
+        let mut out = BTreeMap::new();
+        for (&p, part) in &mut self.partitions {
+            let mut records: Vec<(String, Vec<u8>)> = std::mem::take(&mut part.dirty)
+                .into_iter()
+                .filter_map(|k| {
+                    let lead = part.leads.get(&k)?;
+                    Some((k, lead.to_snapshot().encode_to_vec()))
+                })
+                .collect();
+            if std::mem::take(&mut part.stream_time_dirty) {
+                let t = proto::StreamTime {
+                    ms: part.stream_time_ms,
+                    watermark_ms: part.watermark_ms,
+                };
+                records.push((STREAM_TIME_KEY.to_owned(), t.encode_to_vec()));
+            }
+            if !records.is_empty() {
+                out.insert(p, records);
+            }
+        }
+        out
+    }
+
+    /// Handles one record keyed `key` at `offset` of `partition`. `graph`
+    /// must have applied the identity log at least to the record's
+    /// `graph_offset`; `graph_offset` is how far it has, stamped on
+    /// anything this produces.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: &str,
+        input: Input,
+        graph: &mut IdentityGraph,
+        graph_offset: u64,
+        model: Option<&dyn Model>,
+    ) -> Outcome {
+        let hl = self.cfg.half_life_ms();
+        let dormant = self.cfg.dormant_after_ms();
+        let cfg = &self.cfg;
+        let part = self.partitions.entry(partition).or_default();
+        part.ensure_schedule(cfg, model.is_some());
+        let mut out = Outcome::default();
+        if part
+            .leads
+            .get(key)
+            .is_some_and(|l| l.applied_offset >= offset)
+        {
+            out.skipped = Some(Skipped::Replayed);
+            return out;
+        }
+        let root = graph.current_lead(key);
+        if root != key {
+            // This lead merged away: hand its state over once, forward the rest.
+            if let Some(lead) = part.leads.get_mut(key) {
+                if lead.merged_into.is_none() {
+                    catch_up(key, lead, part.watermark_ms, cfg, model, &mut out.outputs);
+                    lead.merged_into = Some(root.as_str().into());
+                    let now = event_now(lead, part.stream_time_ms);
+                    let scored = score(&lead.state, now, cfg, model);
+                    out.outputs
+                        .push(score_output(key, lead, now, &scored, ChangeReason::Merged));
+                    out.outputs.push(Output::Route(Routed {
+                        lead_id: root.clone(),
+                        graph_offset,
+                        body: Some(Body::MergeState(MergeState {
+                            from: key.to_owned(),
+                            state: Some(lead.to_snapshot()),
+                        })),
+                    }));
+                }
+                lead.applied_offset = offset;
+                part.dirty.insert(key.to_owned());
+            }
+            let body = match input {
+                Input::Event { framed, .. } => Some(Body::Event(framed)),
+                Input::MergeState { from, state } => {
+                    Some(Body::MergeState(MergeState { from, state }))
+                }
+                Input::MergeRequest { .. } => None,
+            };
+            if let Some(body) = body {
+                out.outputs.push(Output::Route(Routed {
+                    lead_id: root,
+                    graph_offset,
+                    body: Some(body),
+                }));
+            }
+            return out;
+        }
+
+        let lead = part.leads.entry(key.to_owned()).or_default();
+        for merged in graph.absorbed_into(key) {
+            if !lead.has_absorbed(merged) && lead.request(merged) {
+                out.outputs.push(Output::Route(Routed {
+                    lead_id: merged.clone(),
+                    graph_offset,
+                    body: Some(Body::MergeRequest(MergeRequest {
+                        into: key.to_owned(),
+                    })),
+                }));
+            }
+        }
+        lead.applied_offset = offset;
+        part.dirty.insert(key.to_owned());
+        let input_kind = match &input {
+            Input::Event { .. } => InputKind::Event,
+            _ => InputKind::Merge,
+        };
+        let changed = match input {
+            Input::Event { event: None, .. } => {
+                out.skipped = Some(Skipped::Unscorable);
+                false
+            }
+            Input::Event { event: Some(e), .. } => {
+                let horizon = part.stream_time_ms - self.grace_ms;
+                lead.seen.forget_before(horizon);
+                let hash = message_hash(&e.message_id);
+                if e.is_bot && !self.score_bots {
+                    out.skipped = Some(Skipped::Bot);
+                    false
+                } else if lead.seen.contains(hash) {
+                    out.skipped = Some(Skipped::Duplicate);
+                    false
+                } else if e.ts_ms < horizon.max(lead.seen.floor_ms()) {
+                    lead.late_events = lead.late_events.saturating_add(1);
+                    out.skipped = Some(Skipped::Late);
+                    false
+                } else {
+                    lead.seen.insert(hash, e.ts_ms);
+                    // What time alone changed before this event, first.
+                    catch_up(key, lead, e.ts_ms, cfg, model, &mut out.outputs);
+                    if e.ts_ms > part.stream_time_ms {
+                        part.stream_time_ms = e.ts_ms;
+                        part.stream_time_dirty = true;
+                    }
+                    if !lead.has_events() {
+                        lead.state = crate::features::LeadState::new(e.ts_ms);
+                    }
+                    lead.state.apply(&e, hl, dormant);
+                    true
+                }
+            }
+            Input::MergeState { from, state } => {
+                if !lead.note_absorbed(from) {
+                    out.skipped = Some(Skipped::Duplicate);
+                    false
+                } else {
+                    catch_up(key, lead, part.watermark_ms, cfg, model, &mut out.outputs);
+                    match state.map(Lead::from_snapshot) {
+                        Some(Ok(other)) => {
+                            let had = other.has_events();
+                            lead.absorb(other, hl, dormant);
+                            had
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(lead = key, error = %e, "merged state unreadable; counted as lost");
+                            false
+                        }
+                        None => false,
+                    }
+                }
+            }
+            // Only a lead that merged away hands over; a request reaching a
+            // current lead is stale (the requester saw an older graph).
+            Input::MergeRequest { .. } => false,
+        };
+        if changed {
+            let now = event_now(lead, part.stream_time_ms);
+            let scored = score(&lead.state, now, cfg, model);
+            let reason = if matches!(input_kind, InputKind::Event) {
+                ChangeReason::Event
+            } else {
+                ChangeReason::Merged
+            };
+            out.outputs
+                .push(score_output(key, lead, now, &scored, reason));
+        }
+        schedule_lead(&mut part.schedule, key, lead, cfg, model.is_some());
+        out
+    }
+
+    /// Runs `partition`'s schedule to its watermark: stream time minus
+    /// grace, or, when the shell says the partition is idle, the wall clock
+    /// (`idle_now_ms`, from its injectable clock) minus grace. Emits a score
+    /// for each lead whose class time alone changed; touches only due leads.
+    pub fn advance(
+        &mut self,
+        partition: i32,
+        idle_now_ms: Option<i64>,
+        model: Option<&dyn Model>,
+    ) -> Vec<Output> {
+        let cfg = &self.cfg;
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return Vec::new();
+        };
+        part.ensure_schedule(cfg, model.is_some());
+        let mut w = part.stream_time_ms - self.grace_ms;
+        if let Some(now) = idle_now_ms {
+            w = w.max(now - self.grace_ms);
+        }
+        if w > part.watermark_ms {
+            part.watermark_ms = w;
+            part.stream_time_dirty = true;
+        }
+        let mut outputs = Vec::new();
+        while let Some(Reverse((due, _))) = part.schedule.peek()
+            && *due <= part.watermark_ms
+        {
+            let Some(Reverse((due, key))) = part.schedule.pop() else {
+                break;
+            };
+            let Some(lead) = part.leads.get_mut(&key) else {
+                continue;
+            };
+            if lead.scheduled_ms != Some(due) {
+                continue;
+            }
+            lead.scheduled_ms = None;
+            if catch_up(&key, lead, part.watermark_ms, cfg, model, &mut outputs) {
+                part.dirty.insert(key.clone());
+            }
+            schedule_lead(&mut part.schedule, &key, lead, cfg, model.is_some());
+        }
+        // Stale entries pile up only when due times keep moving earlier;
+        // rebuild once they outnumber the leads.
+        if part.schedule.len() > 2 * part.leads.len() + 1024 {
+            part.schedule_built_with_model = None;
+            part.ensure_schedule(cfg, model.is_some());
+        }
+        outputs
+    }
+
+    /// Leads due in `partition`'s schedule (live or stale entries), for metrics.
+    pub fn scheduled(&self) -> usize {
+        self.partitions.values().map(|p| p.schedule.len()).sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum InputKind {
+    Event,
+    Merge,
+}
+
+/// The instant an event-driven score refers to: the partition's stream
+/// time, never before the lead's newest event or its last emitted score.
+fn event_now(lead: &Lead, stream_time_ms: i64) -> i64 {
+    stream_time_ms
+        .max(lead.state.last_event_ms)
+        .max(lead.evaluated_ms)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("changelog record does not decode: {0}")]
+    Decode(String),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// The `lead_score` output for `lead` scored at `now`; bumps the lead's
+/// version and records what was emitted.
+fn score_output(
+    lead_id: &str,
+    lead: &mut Lead,
+    now: i64,
+    scored: &crate::score::Scored,
+    reason: ChangeReason,
+) -> Output {
+    let s = &lead.state;
+    lead.version += 1;
+    let previous_stage = lead.emitted.map(|c| c.stage.as_str());
+    let record = json!({
+        "lead_id": lead_id,
+        "score": round2(scored.score),
+        "rule_score": round2(scored.rule_score),
+        "probability": scored.probability,
+        "grade": scored.grade.as_str(),
+        "stage": scored.stage.as_str(),
+        "reasons": scored.reasons.iter().map(|(code, points)| json!({"code": code, "points": round2(*points)})).collect::<Vec<_>>(),
+        "reactivated": scored.reactivated,
+        "event_count": i64::from(s.events),
+        "platforms": s.platforms_used().map(Platform::as_str).collect::<Vec<_>>(),
+        "first_platform": s.first_platform.map(Platform::as_str),
+        "first_channel": s.first_channel.as_deref(),
+        "first_seen_at": s.first_seen_ms,
+        "last_event_at": s.last_event_ms,
+        "merged_into": lead.merged_into.as_deref(),
+        "version": lead.version as i64,
+        "updated_at": now,
+        "change_reason": reason.as_str(),
+        "previous_stage": previous_stage,
+        "churn_risk": scored.churn_risk,
+        "last_intent_at": s.last_high_intent_ms.get(),
+    });
+    lead.emitted = Some(scored.class());
+    lead.evaluated_ms = now;
+    Output::Score {
+        lead_id: lead_id.to_owned(),
+        record,
+        reason,
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests;
