@@ -168,6 +168,7 @@ async fn main() {
         database: database.clone(),
         user: None,
         password: None,
+        cluster: None,
     };
     leadstream_sink::migrate(&args).await.unwrap();
     let db = leadstream_common::clickhouse::connect(&clickhouse_url, Some(&database))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full test suite, from a fresh clone: install what is missing, build
-# once, start a real broker and ClickHouse on 127.0.0.1 (unless
-# LEADSTREAM_TEST_KAFKA / LEADSTREAM_TEST_CLICKHOUSE name running ones),
+# once, start a real broker, ClickHouse and a ClickHouse cluster on
+# 127.0.0.1 (unless LEADSTREAM_TEST_KAFKA / LEADSTREAM_TEST_CLICKHOUSE /
+# LEADSTREAM_TEST_CLUSTER(_URLS) name running ones),
 # run every test in one cargo invocation, stop the services.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,13 +14,24 @@ cd "$(dirname "$0")/.."
 cargo build --workspace --all-targets --locked
 bash deploy/scripts/install-test-deps.sh
 
+# What this script started, stopped on exit.
+started_services=()
+stop_services() { for s in "${started_services[@]}"; do bash "deploy/scripts/$s.sh" stop; done; }
+trap stop_services EXIT
 if [ -z "${LEADSTREAM_TEST_KAFKA:-}" ] || [ -z "${LEADSTREAM_TEST_CLICKHOUSE:-}" ]; then
-  trap 'bash deploy/scripts/services.sh stop' EXIT
+  started_services+=(services)
   exports=$(bash deploy/scripts/services.sh start "${CARGO_TARGET_DIR:-target}/debug/leadstream")
   eval "$exports"
   export LEADSTREAM_TEST_KAFKA LEADSTREAM_TEST_CLICKHOUSE
 fi
-echo "testing against Kafka at $LEADSTREAM_TEST_KAFKA and ClickHouse at $LEADSTREAM_TEST_CLICKHOUSE"
+if [ -z "${LEADSTREAM_TEST_CLUSTER:-}" ] || [ -z "${LEADSTREAM_TEST_CLUSTER_URLS:-}" ]; then
+  # A ClickHouse cluster of two shards of two replicas, with ZooKeeper.
+  started_services+=(cluster)
+  exports=$(bash deploy/scripts/cluster.sh start)
+  eval "$exports"
+  export LEADSTREAM_TEST_CLUSTER LEADSTREAM_TEST_CLUSTER_URLS
+fi
+echo "testing against Kafka at $LEADSTREAM_TEST_KAFKA, ClickHouse at $LEADSTREAM_TEST_CLICKHOUSE and cluster $LEADSTREAM_TEST_CLUSTER ($LEADSTREAM_TEST_CLUSTER_URLS)"
 
 # A crash inside a C library (librdkafka) kills a whole test binary with
 # no Rust backtrace: keep its core and print where every thread was.

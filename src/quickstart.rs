@@ -273,6 +273,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
             database: database.clone(),
             user: None,
             password: None,
+            cluster: None,
         })
         .await?;
     }

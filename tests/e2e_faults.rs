@@ -285,6 +285,7 @@ async fn the_pipeline_loses_and_doubles_nothing_under_kills_stalls_and_restarts(
         database: database.to_owned(),
         user: None,
         password: None,
+        cluster: None,
     })
     .await
     .unwrap();

@@ -152,6 +152,7 @@ fn config(bootstrap: &str, t: &Topics, clickhouse: &str, database: &str) -> Sink
         database: database.to_owned(),
         user: None,
         password: None,
+        cluster: None,
     };
     cfg.shared.topics.events = t.events.name.clone();
     cfg.shared.topics.scores = t.scores.name.clone();
@@ -402,6 +403,7 @@ async fn migrate(clickhouse: &str, database: &str) {
         database: database.to_owned(),
         user: None,
         password: None,
+        cluster: None,
     })
     .await
     .unwrap();

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, and nothing
-# when it is already there: ClickHouse server/client, the real Python clients (Confluent's registry
+# when it is already there: ClickHouse server/client, ZooKeeper (for the
+# local cluster), the real Python clients (Confluent's registry
 # client, Segment's SDK) used by the compatibility tests, and chDB (a current
 # ClickHouse release in-process) for the migrations and queries beside 18.16.
 set -euo pipefail
@@ -12,6 +13,8 @@ need_apt=()
 # so a build that starts needing a package fails CI.
 command -v clickhouse-server >/dev/null || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server)
 command -v clickhouse-client >/dev/null || need_apt+=(clickhouse-client)
+# The cluster tests' ZooKeeper (Java is part of the machine image).
+[ -f /usr/share/java/zookeeper.jar ] || need_apt+=(zookeeper)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   sudo_cmd=""

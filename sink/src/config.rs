@@ -67,6 +67,21 @@ pub struct ClickHouseArgs {
         hide_env_values = true
     )]
     pub password: Option<String>,
+    /// A cluster of the servers' `remote_servers`: migrations create
+    /// replicated tables on every shard behind `Distributed` tables, and
+    /// inserts wait until every shard has their rows.
+    #[arg(long = "cluster", env = "LEADSTREAM_CLICKHOUSE_CLUSTER")]
+    pub cluster: Option<String>,
+}
+
+impl ClickHouseArgs {
+    /// The cluster the migrations spread over, when one is named.
+    pub fn cluster(&self) -> Option<crate::cluster::Cluster<'_>> {
+        self.cluster.as_deref().map(|name| crate::cluster::Cluster {
+            name,
+            database: &self.database,
+        })
+    }
 }
 
 impl SinkConfig {

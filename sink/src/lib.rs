@@ -1,6 +1,7 @@
 //! leadstream sink: events, lead scores and schema violations from Kafka
 //! into ClickHouse (or JSONEachRow files), plus the migrations runner.
 
+pub mod cluster;
 pub mod config;
 pub mod encode;
 pub mod insert;
@@ -51,7 +52,7 @@ pub async fn migrate(args: &ClickHouseArgs) -> anyhow::Result<Store> {
         .context("no ClickHouse URL: pass --clickhouse or set LEADSTREAM_CLICKHOUSE_URL")?;
     let store = Store::clickhouse(args, url).await?;
     if let Store::ClickHouse(client) = &store {
-        let applied = migrate::migrate(client).await?;
+        let applied = migrate::migrate(client, args.cluster()).await?;
         tracing::info!(applied = applied.len(), "migrations up to date");
     }
     Ok(store)

@@ -6,6 +6,8 @@ use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::cluster::Cluster;
+
 /// The migrations built into the binary, in order.
 pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (
@@ -48,6 +50,8 @@ pub enum MigrateError {
     },
     #[error("ClickHouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 #[derive(Debug, Row, Serialize, Deserialize)]
@@ -90,15 +94,19 @@ pub fn checksum(sql: &str) -> String {
         .collect()
 }
 
-/// Applies what is missing; returns the names applied now.
-pub async fn migrate(client: &Client) -> Result<Vec<String>, MigrateError> {
-    client
-        .query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) \
-             ENGINE = MergeTree() ORDER BY version",
-        )
-        .execute()
-        .await?;
+/// Applies what is missing; returns the names applied now. On a cluster
+/// every statement runs in its cluster form ([`Cluster::rewrite`]).
+pub async fn migrate(
+    client: &Client,
+    cluster: Option<Cluster<'_>>,
+) -> Result<Vec<String>, MigrateError> {
+    let create = match cluster {
+        Some(c) => c.schema_migrations(),
+        None => "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) \
+             ENGINE = MergeTree() ORDER BY version"
+            .to_owned(),
+    };
+    client.query(&create).execute().await?;
     let applied: Vec<Applied> = client
         .query("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
         .fetch_all()
@@ -117,15 +125,21 @@ pub async fn migrate(client: &Client) -> Result<Vec<String>, MigrateError> {
             continue;
         }
         for (index, stmt) in statements(sql).iter().enumerate() {
-            client
-                .query(stmt)
-                .execute()
-                .await
-                .map_err(|source| MigrateError::Statement {
-                    name: (*name).to_owned(),
-                    index: index + 1,
-                    source,
-                })?;
+            let run = match cluster {
+                Some(c) => c.rewrite(stmt)?,
+                None => vec![stmt.clone()],
+            };
+            for stmt in run {
+                client
+                    .query(&stmt)
+                    .execute()
+                    .await
+                    .map_err(|source| MigrateError::Statement {
+                        name: (*name).to_owned(),
+                        index: index + 1,
+                        source,
+                    })?;
+            }
         }
         // `?` placeholders would be bound client-side; the values are ours.
         client

@@ -29,13 +29,21 @@ impl Store {
             }
             c
         };
-        with_auth(admin.client)
-            .query(&format!("CREATE DATABASE IF NOT EXISTS {}", args.database))
-            .execute()
-            .await?;
+        let create = match args.cluster() {
+            Some(cluster) => cluster.create_database(),
+            None => format!("CREATE DATABASE IF NOT EXISTS {}", args.database),
+        };
+        with_auth(admin.client).query(&create).execute().await?;
         let conn = leadstream_common::clickhouse::connect(url, Some(&args.database)).await?;
-        tracing::info!(version = %conn.version, database = %args.database, "connected to ClickHouse");
-        Ok(Self::ClickHouse(Box::new(with_auth(conn.client))))
+        tracing::info!(version = %conn.version, database = %args.database, cluster = ?args.cluster, "connected to ClickHouse");
+        let mut client = with_auth(conn.client);
+        if args.cluster.is_some() {
+            // An insert into a Distributed table returns once every shard
+            // has its rows, not once they are queued on this node: offsets
+            // are committed only after that.
+            client = client.with_setting("insert_distributed_sync", "1");
+        }
+        Ok(Self::ClickHouse(Box::new(client)))
     }
 
     /// The encoding [`Store::insert`] takes.

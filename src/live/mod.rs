@@ -24,7 +24,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 pub use board::Board;
 use board::{Counters, Rates};
-use screen::{Action, Screen};
+use screen::{KeyAction, Screen};
 
 use crate::simulate::{self, Progress};
 
@@ -91,7 +91,7 @@ pub async fn run(inputs: LiveInputs) -> Board {
             Some(key) = key => {
                 let Some(t) = terminal.as_mut() else { continue };
                 match screen::action(key) {
-                    Action::Quit => inputs.quit.notify_one(),
+                    KeyAction::Quit => inputs.quit.notify_one(),
                     a => {
                         t.screen.apply(a);
                         t.draw(&board, &last.0, &rates, &inputs.progress.borrow(), started);

@@ -15,7 +15,7 @@ use crate::simulate::Progress;
 
 /// What the user asked for with a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum KeyAction {
     Quit,
     Up,
     Down,
@@ -24,18 +24,18 @@ pub enum Action {
 }
 
 /// The action a key stands for.
-pub fn action(key: crossterm::event::KeyEvent) -> Action {
+pub fn action(key: crossterm::event::KeyEvent) -> KeyAction {
     use crossterm::event::{KeyCode, KeyEventKind, KeyModifiers};
     if key.kind == KeyEventKind::Release {
-        return Action::None;
+        return KeyAction::None;
     }
     match key.code {
-        KeyCode::Char('q') | KeyCode::Esc => Action::Quit,
-        KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => Action::Quit,
-        KeyCode::Up | KeyCode::Char('k') => Action::Up,
-        KeyCode::Down | KeyCode::Char('j') => Action::Down,
-        KeyCode::Tab | KeyCode::Char('v') => Action::NextView,
-        _ => Action::None,
+        KeyCode::Char('q') | KeyCode::Esc => KeyAction::Quit,
+        KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => KeyAction::Quit,
+        KeyCode::Up | KeyCode::Char('k') => KeyAction::Up,
+        KeyCode::Down | KeyCode::Char('j') => KeyAction::Down,
+        KeyCode::Tab | KeyCode::Char('v') => KeyAction::NextView,
+        _ => KeyAction::None,
     }
 }
 
@@ -57,15 +57,15 @@ impl Screen {
         }
     }
 
-    pub fn apply(&mut self, action: Action) {
+    pub fn apply(&mut self, action: KeyAction) {
         match action {
-            Action::Up => self.table.select_previous(),
-            Action::Down => self.table.select_next(),
-            Action::NextView => {
+            KeyAction::Up => self.table.select_previous(),
+            KeyAction::Down => self.table.select_next(),
+            KeyAction::NextView => {
                 self.view = self.view.next();
                 self.table.select(Some(0));
             }
-            Action::Quit | Action::None => {}
+            KeyAction::Quit | KeyAction::None => {}
         }
     }
 
@@ -246,14 +246,14 @@ mod tests {
 
     #[test]
     fn keys_map_to_actions() {
-        assert_eq!(action(key(KeyCode::Char('q'))), Action::Quit);
+        assert_eq!(action(key(KeyCode::Char('q'))), KeyAction::Quit);
         assert_eq!(
             action(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
-            Action::Quit
+            KeyAction::Quit
         );
-        assert_eq!(action(key(KeyCode::Char('c'))), Action::None);
-        assert_eq!(action(key(KeyCode::Down)), Action::Down);
-        assert_eq!(action(key(KeyCode::Tab)), Action::NextView);
+        assert_eq!(action(key(KeyCode::Char('c'))), KeyAction::None);
+        assert_eq!(action(key(KeyCode::Down)), KeyAction::Down);
+        assert_eq!(action(key(KeyCode::Tab)), KeyAction::NextView);
     }
 
     /// A frame shows the leads of the chosen list, the mix and the endpoints.
@@ -301,7 +301,7 @@ mod tests {
             top.contains("stages  dormant 1 · new 1 · retained 1"),
             "{top}"
         );
-        screen.apply(Action::NextView);
+        screen.apply(KeyAction::NextView);
         let dormant = text(&mut screen);
         assert!(dormant.contains("dormant pool · 1 leads"), "{dormant}");
         assert!(
