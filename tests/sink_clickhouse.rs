@@ -488,6 +488,11 @@ fn assert_sink_retried(cfg: &SinkConfig, name: &str) {
 
 fn spawn_sink(cfg: &SinkConfig, name: &str) -> common::KilledOnDrop {
     let log = std::fs::File::create(sink_log_path(cfg, name)).unwrap();
+    let cluster = cfg
+        .clickhouse
+        .cluster
+        .iter()
+        .flat_map(|c| ["--cluster", c.as_str()]);
     Command::new(env!("CARGO_BIN_EXE_leadstream"))
         .args([
             "sink",
@@ -516,6 +521,7 @@ fn spawn_sink(cfg: &SinkConfig, name: &str) -> common::KilledOnDrop {
             "--listen",
             "127.0.0.1:0",
         ])
+        .args(cluster)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -772,4 +778,87 @@ async fn migrations_rows_and_queries_work_on_current_clickhouse() {
         common::analyst_queries().len()
     );
     assert_eq!(answers["guide query 1"], 20, "the call list's top 20");
+}
+
+/// The sink on a ClickHouse cluster, through its `Distributed` tables,
+/// while a replica of the other shard is killed with -9 mid-load and
+/// started again: every event once across the cluster, the killed replica
+/// catches up, and the leads' scores equal what a single server holds for
+/// the same input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_cluster_a_replica_killed_mid_load_loses_and_doubles_nothing() {
+    let (cluster, urls) = common::cluster();
+    let bootstrap = common::kafka();
+    let t = topics(&bootstrap).await;
+    let database = common::unique("sink_cluster");
+    leadstream_sink::migrate(&ClickHouseArgs {
+        url: Some(urls[0].clone()),
+        database: database.clone(),
+        user: None,
+        password: None,
+        cluster: Some(cluster.clone()),
+    })
+    .await
+    .unwrap();
+    let on = |i: usize| {
+        let (url, database) = (urls[i].clone(), database.clone());
+        async move {
+            leadstream_common::clickhouse::connect(&url, Some(&database))
+                .await
+                .unwrap()
+                .client
+        }
+    };
+    produce(&bootstrap, &t, 0, 3000).await;
+    let mut cfg = config(&bootstrap, &t, &urls[0], &database);
+    cfg.clickhouse.cluster = Some(cluster);
+    let _sink = spawn_sink(&cfg, "cluster");
+    // The same input into one server, for the scores to compare.
+    let single_db = common::unique("sink_cluster_single");
+    migrate(&common::clickhouse(), &single_db).await;
+    let mut single_cfg = config(&bootstrap, &t, &common::clickhouse(), &single_db);
+    single_cfg.group = common::unique("sink_group_single");
+    let _single = spawn_sink(&single_cfg, "cluster-single");
+
+    let reader = on(1).await;
+    wait_for_events(&reader, 500, Duration::from_secs(60)).await;
+    tokio::task::spawn_blocking(|| common::cluster_server("kill-replica", 3))
+        .await
+        .unwrap();
+    produce(&bootstrap, &t, 3000, 6000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::spawn_blocking(|| common::cluster_server("start-replica", 3))
+        .await
+        .unwrap();
+    wait_for_every_stream(&reader).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_everything_once(&reader, 6000, 100, 60).await;
+
+    // The killed replica fetched what its shard took while it was down.
+    let shard2 = count(&on(2).await, "SELECT count() FROM events_local").await;
+    wait_for(
+        &on(3).await,
+        "SELECT count() FROM events_local",
+        shard2,
+        Duration::from_secs(60),
+    )
+    .await;
+    let shard1 = count(&on(0).await, "SELECT count() FROM events_local").await;
+    assert!(
+        shard1 > 0 && shard2 > 0,
+        "both shards hold events: {shard1} and {shard2}"
+    );
+
+    let single = client(&single_db).await;
+    wait_for_every_stream(&single).await;
+    let scores = "SELECT lead_id, score, grade, stage, version FROM current_leads ORDER BY lead_id";
+    let on_cluster: Vec<(String, f64, String, String, u64)> =
+        reader.query(scores).fetch_all().await.unwrap();
+    let on_one: Vec<(String, f64, String, String, u64)> =
+        single.query(scores).fetch_all().await.unwrap();
+    assert_eq!(on_cluster.len(), 60);
+    assert_eq!(
+        on_cluster, on_one,
+        "the cluster's leads differ from one server's"
+    );
 }

@@ -6,21 +6,6 @@ mod common;
 
 use leadstream_sink::{ClickHouseArgs, cluster::SHARDING, migrate::MIGRATIONS};
 
-/// The cluster's name and every server's HTTP URL.
-fn cluster() -> (String, Vec<String>) {
-    let how =
-        "run `bash deploy/test.sh`, or `deploy/scripts/cluster.sh start` and export what it prints";
-    let name = std::env::var("LEADSTREAM_TEST_CLUSTER")
-        .unwrap_or_else(|_| panic!("LEADSTREAM_TEST_CLUSTER is not set: {how}"));
-    let urls: Vec<String> = std::env::var("LEADSTREAM_TEST_CLUSTER_URLS")
-        .unwrap_or_else(|_| panic!("LEADSTREAM_TEST_CLUSTER_URLS is not set: {how}"))
-        .split(',')
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(urls.len(), 4, "two shards of two replicas: {urls:?}");
-    (name, urls)
-}
-
 async fn client(url: &str, database: &str) -> clickhouse::Client {
     leadstream_common::clickhouse::connect(url, Some(database))
         .await
@@ -34,7 +19,7 @@ async fn client(url: &str, database: &str) -> clickhouse::Client {
 /// answers through the `Distributed` tables on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_spread_over_the_cluster_once_and_every_query_answers() {
-    let (name, urls) = cluster();
+    let (name, urls) = common::cluster();
     let database = format!("cluster_migrate_{}", std::process::id());
     let args = ClickHouseArgs {
         url: Some(urls[0].clone()),
@@ -88,7 +73,7 @@ async fn migrations_spread_over_the_cluster_once_and_every_query_answers() {
 /// different nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leads_rows_sit_on_one_shard_and_duplicates_collapse() {
-    let (name, urls) = cluster();
+    let (name, urls) = common::cluster();
     let database = format!("cluster_shards_{}", std::process::id());
     let args = ClickHouseArgs {
         url: Some(urls[1].clone()),

@@ -229,3 +229,34 @@ impl OwnClickHouse {
         }
     }
 }
+
+/// The test ClickHouse cluster's name and every server's HTTP URL (two
+/// shards of two replicas: servers 0 and 1 are shard 1, 2 and 3 shard 2).
+#[allow(dead_code)]
+pub fn cluster() -> (String, Vec<String>) {
+    let how =
+        "run `bash deploy/test.sh`, or `deploy/scripts/cluster.sh start` and export what it prints";
+    let name = std::env::var("LEADSTREAM_TEST_CLUSTER")
+        .unwrap_or_else(|_| panic!("LEADSTREAM_TEST_CLUSTER is not set: {how}"));
+    let urls: Vec<String> = std::env::var("LEADSTREAM_TEST_CLUSTER_URLS")
+        .unwrap_or_else(|_| panic!("LEADSTREAM_TEST_CLUSTER_URLS is not set: {how}"))
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(urls.len(), 4, "two shards of two replicas: {urls:?}");
+    (name, urls)
+}
+
+/// `deploy/scripts/cluster.sh kill-replica N` or `start-replica N`.
+#[allow(dead_code)]
+pub fn cluster_server(action: &str, server: usize) {
+    let status = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/scripts/cluster.sh"
+        ))
+        .args([action, &server.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "cluster.sh {action} {server}: {status}");
+}
