@@ -117,6 +117,12 @@ stop_all() {
     rm -f "$dir/zookeeper.pid"
   fi
   pkill -f "QuorumPeerMain $dir/zookeeper/zoo.cfg" 2>/dev/null || true
+  # Gone before this returns (ports free, data removable); -9 after 15 s.
+  for _ in $(seq 75); do
+    pgrep -f "$dir/" >/dev/null || return 0
+    sleep 0.2
+  done
+  pkill -9 -f "$dir/" 2>/dev/null || true
 }
 
 case "${1:-}" in
