@@ -861,4 +861,61 @@ async fn on_a_cluster_a_replica_killed_mid_load_loses_and_doubles_nothing() {
         on_cluster, on_one,
         "the cluster's leads differ from one server's"
     );
+    // Every analyst query and panel answers the same on both. A trailing
+    // LIMIT is left out: rows tied in the ORDER BY may be cut differently.
+    for (label, sql) in common::analyst_queries() {
+        let sql = without_limit(&sql);
+        let (a, b) = (
+            answer(&reader, &sql, &label).await,
+            answer(&single, &sql, &label).await,
+        );
+        assert!(
+            same_rows(&a, &b),
+            "{label} differs on the cluster:\n{}\non one server:\n{}",
+            a.join("\n"),
+            b.join("\n")
+        );
+    }
+}
+
+/// `sql` without a trailing `LIMIT n`.
+fn without_limit(sql: &str) -> String {
+    let sql = sql.trim().trim_end_matches(';').trim_end();
+    match sql.rsplit_once("LIMIT") {
+        Some((head, n)) if n.trim().parse::<u64>().is_ok() => head.trim_end().to_owned(),
+        _ => sql.to_owned(),
+    }
+}
+
+/// The rows `sql` returns, as sorted tab-separated lines.
+async fn answer(db: &clickhouse::Client, sql: &str, label: &str) -> Vec<String> {
+    let bytes = db
+        .query(sql)
+        .fetch_bytes("TabSeparated")
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{label}: {e}\n{sql}"));
+    let mut lines: Vec<String> = String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Equal rows, numbers to a relative 1e-9: sums over shards add in
+/// another order.
+fn same_rows(a: &[String], b: &[String]) -> bool {
+    let same_field = |u: &str, v: &str| {
+        u == v
+            || matches!((u.parse::<f64>(), v.parse::<f64>()), (Ok(p), Ok(q))
+                if (p - q).abs() <= 1e-9 * p.abs().max(q.abs()))
+    };
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            let (xs, ys): (Vec<&str>, Vec<&str>) =
+                (x.split('\t').collect(), y.split('\t').collect());
+            xs.len() == ys.len() && xs.iter().zip(&ys).all(|(u, v)| same_field(u, v))
+        })
 }
