@@ -21,7 +21,6 @@ zk_port=$((base + 81))
 cluster=leadstream
 servers=4
 
-# shellcheck source=/dev/null
 services="$root/deploy/scripts/services.sh"
 
 http_port() { echo $((base + 10 * $1)); }
@@ -29,15 +28,8 @@ tcp_port() { echo $((base + 10 * $1 + 1)); }
 shard_of() { echo $(($1 / 2 + 1)); }
 replica_of() { echo "r$(($1 % 2 + 1))"; }
 
-wait_for() { # name, tries, command...
-  local name=$1 tries=$2; shift 2
-  for _ in $(seq "$tries"); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.2
-  done
-  echo "$name did not become ready; see $dir/*/log and $dir/zookeeper.log" >&2
-  return 1
-}
+# shellcheck source=deploy/scripts/common.sh
+source "$root/deploy/scripts/common.sh"
 
 zk_ok() { [ "$(exec 3<>"/dev/tcp/127.0.0.1/$zk_port"; echo ruok >&3; cat <&3)" = imok ]; }
 
@@ -92,16 +84,7 @@ write_config() { # server index
          -e "s#</yandex>#$sections</yandex>#" "$d/config.xml"
 }
 
-start_server() { # server index
-  local i=$1 d=$dir/ch$1
-  local run=()
-  if [ "$(id -u)" -eq 0 ] && id clickhouse >/dev/null 2>&1; then
-    chown -R clickhouse:clickhouse "$d"
-    run=(runuser -u clickhouse --)
-  fi
-  "${run[@]}" /usr/sbin/clickhouse-server --config-file="$d/config.xml" >"$d/log/stdout.log" 2>&1 &
-  echo $! > "$dir/ch$i.pid"
-}
+start_server() { start_clickhouse_in "$dir/ch$1" "$dir/ch$1.pid"; } # server index
 
 wait_server() { wait_for "ClickHouse $1" 300 curl -sf "http://127.0.0.1:$(http_port "$1")/?query=SELECT%201"; }
 

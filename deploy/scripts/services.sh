@@ -18,17 +18,8 @@ ch_http=${LEADSTREAM_TEST_CH_PORT:-18123}
 ch_tcp=$((ch_http + 1))
 kafka_port=${LEADSTREAM_TEST_KAFKA_PORT:-19092}
 
-wait_for() { # name, tries, command...
-  local name=$1 tries=$2; shift 2
-  for _ in $(seq "$tries"); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.2
-  done
-  echo "$name did not become ready; see $dir/*.log" >&2
-  return 1
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# shellcheck source=deploy/scripts/common.sh
+source "$root/deploy/scripts/common.sh"
 
 # Writes a ClickHouse config under DIR listening on 127.0.0.1 at the given
 # ports, every path inside DIR. Also used by tests that stop and restart a
@@ -56,13 +47,7 @@ start_clickhouse() {
   local d=$dir/clickhouse
   rm -rf "$d"
   clickhouse_config "$d" "$ch_http" "$ch_tcp" "$((ch_http + 2))"
-  local run=()
-  if [ "$(id -u)" -eq 0 ] && id clickhouse >/dev/null 2>&1; then
-    chown -R clickhouse:clickhouse "$d"
-    run=(runuser -u clickhouse --)
-  fi
-  "${run[@]}" /usr/sbin/clickhouse-server --config-file="$d/config.xml" >"$d/log/stdout.log" 2>&1 &
-  echo $! > "$dir/clickhouse.pid"
+  start_clickhouse_in "$d" "$dir/clickhouse.pid"
   wait_for ClickHouse 150 curl -sf "http://127.0.0.1:$ch_http/?query=SELECT%201"
 }
 
