@@ -13,7 +13,13 @@
 //! LEADSTREAM_BENCH_RATE (events/s in the freshness run, 10000),
 //! LEADSTREAM_BENCH_SECONDS (freshness run length, 20),
 //! LEADSTREAM_BENCH_ROUNDS (bare/sink rounds for events, 3),
-//! LEADSTREAM_BENCH_BATCH_MS (the sink's --batch-ms; its default otherwise).
+//! LEADSTREAM_BENCH_BATCH_MS (the sink's --batch-ms; its default otherwise),
+//! LEADSTREAM_BENCH_CLUSTER (a cluster of that server's `remote_servers`:
+//! both databases are migrated `--cluster`, and the sink and the bare
+//! inserts both write through `Distributed` tables, synchronously).
+//!
+//! The bare inserts go to a second database migrated like the sink's, so
+//! both sides write tables of the same engine, sharding and replication.
 
 mod harness;
 
@@ -168,26 +174,30 @@ async fn main() {
         database: database.clone(),
         user: None,
         password: None,
-        cluster: None,
+        cluster: std::env::var("LEADSTREAM_BENCH_CLUSTER").ok(),
     };
     leadstream_sink::migrate(&args).await.unwrap();
     let db = leadstream_common::clickhouse::connect(&clickhouse_url, Some(&database))
         .await
         .unwrap()
         .client;
-    for (bare, like) in [
-        ("bare_events", "events"),
-        ("bare_scores", "lead_scores"),
-        ("bare_history", "lead_score_history"),
-    ] {
-        db.query(&format!("CREATE TABLE {bare} AS {like}"))
-            .execute()
+    let bare_args = ClickHouseArgs {
+        database: format!("{run}bare"),
+        ..args.clone()
+    };
+    leadstream_sink::migrate(&bare_args).await.unwrap();
+    let mut bare_db =
+        leadstream_common::clickhouse::connect(&clickhouse_url, Some(&bare_args.database))
             .await
-            .unwrap();
+            .unwrap()
+            .client;
+    if args.cluster.is_some() {
+        // As the sink inserts: acknowledged once every shard has the rows.
+        bare_db = bare_db.with_setting("insert_distributed_sync", "1");
     }
 
     let mut cfg = SinkConfig::defaults(&bootstrap);
-    cfg.clickhouse = args;
+    cfg.clickhouse = args.clone();
     cfg.shared.topics.events = format!("{run}.events");
     cfg.shared.topics.scores = format!("{run}.lead_scores");
     cfg.shared.topics.dlq = format!("{run}.dlq");
@@ -307,6 +317,7 @@ async fn main() {
     // Merges make single rounds vary by a quarter; the median round is the
     // figure.
     let mut ratios = Vec::new();
+    let mut sink_rates = Vec::new();
     for round in 1..=rounds {
         quiesce(&db).await;
         // Both sides get the round's own rows, so both tables grow alike
@@ -319,7 +330,7 @@ async fn main() {
             records
         };
         let cpu0 = harness::cpu();
-        let bare = bare_insert(&db, &["bare_events"], &event_rows, cfg.batch_rows).await;
+        let bare = bare_insert(&bare_db, &["events"], &event_rows, cfg.batch_rows).await;
         let bare_cpu = harness::cpu().cores_since(&cpu0);
         produce_all(&producer, &cfg.shared.topics.events, &records).await;
         drop(records);
@@ -350,6 +361,7 @@ async fn main() {
         );
         println!("  bare insert {bare_cpu}\n  sink        {sink_cpu}");
         ratios.push(through_sink / bare);
+        sink_rates.push(through_sink);
     }
     ratios.sort_by(f64::total_cmp);
     println!(
@@ -361,8 +373,8 @@ async fn main() {
 
     quiesce(&db).await;
     let bare_scores = bare_insert(
-        &db,
-        &["bare_scores", "bare_history"],
+        &bare_db,
+        &["lead_scores", "lead_score_history"],
         &score_rows,
         cfg.batch_rows,
     )
@@ -445,6 +457,11 @@ async fn main() {
     }
     producing.await.unwrap();
     latencies.sort_by(f64::total_cmp);
+    let freshness = (
+        harness::percentile(&latencies, 0.5),
+        harness::percentile(&latencies, 0.99),
+        *latencies.last().unwrap(),
+    );
     println!(
         "freshness at {rate} events/s for {seconds} s ({total} events): produce → countable in ClickHouse \
          p50 {:.2} s, p99 {:.2} s, max {:.2} s (sink batch_ms {}, poll 50 ms)",
@@ -456,8 +473,25 @@ async fn main() {
 
     let _ = stop_tx.send(());
     sink.await.unwrap().unwrap();
-    db.query(&format!("DROP DATABASE {database}"))
-        .execute()
-        .await
-        .unwrap();
+    sink_rates.sort_by(f64::total_cmp);
+    println!(
+        "sink_e2e events_rows_per_s={:.0} events_ratio={:.2} scores_rows_per_s={sink_scores:.0} scores_ratio={:.2} freshness_p50_s={:.2} freshness_p99_s={:.2} freshness_max_s={:.2} cluster={}",
+        harness::percentile(&sink_rates, 0.5),
+        harness::percentile(&ratios, 0.5),
+        sink_scores / bare_scores,
+        freshness.0,
+        freshness.1,
+        freshness.2,
+        args.cluster.as_deref().unwrap_or("none")
+    );
+    let on_cluster = args
+        .cluster
+        .as_deref()
+        .map_or_else(String::new, |c| format!(" ON CLUSTER {c}"));
+    for drop in [&database, &bare_args.database] {
+        db.query(&format!("DROP DATABASE {drop}{on_cluster}"))
+            .execute()
+            .await
+            .unwrap();
+    }
 }
