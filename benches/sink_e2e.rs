@@ -488,7 +488,8 @@ async fn main() {
         .cluster
         .as_deref()
         .map_or_else(String::new, |c| format!(" ON CLUSTER {c}"));
-    for drop in [&database, &bare_args.database] {
+    // The bare database first: `db` itself is connected to the other.
+    for drop in [&bare_args.database, &database] {
         db.query(&format!("DROP DATABASE {drop}{on_cluster}"))
             .execute()
             .await
