@@ -22,13 +22,9 @@ pub struct SharedArgs {
 }
 
 impl SharedArgs {
-    /// Kafka at `brokers`, the embedded plan, the default topics.
+    /// Kafka at `brokers`, everything else at its documented default.
     pub fn new(brokers: &str) -> Self {
-        Self {
-            kafka: KafkaArgs::new(brokers),
-            registry: RegistryArgs::default(),
-            topics: TopicArgs::default(),
-        }
+        parse_defaults(&["--kafka", brokers])
     }
 }
 
@@ -54,13 +50,6 @@ pub struct KafkaArgs {
 pub struct NoBrokers;
 
 impl KafkaArgs {
-    pub fn new(brokers: &str) -> Self {
-        Self {
-            brokers: Some(brokers.to_owned()),
-            session_timeout_ms: 45_000,
-        }
-    }
-
     /// The bootstrap servers, or why there are none.
     pub fn brokers(&self) -> Result<&str, NoBrokers> {
         match self.brokers.as_deref().map(str::trim) {
@@ -78,7 +67,7 @@ impl KafkaArgs {
     }
 }
 
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
     /// Confluent-compatible schema registry URL; unset: the tracking plan
     /// built into the binary.
@@ -120,12 +109,6 @@ pub struct TopicArgs {
         default_value = "leadstream.events.dlq"
     )]
     pub dlq: String,
-}
-
-impl Default for TopicArgs {
-    fn default() -> Self {
-        parse_defaults(&[])
-    }
 }
 
 /// `T` with every flag at its documented default (environment variables

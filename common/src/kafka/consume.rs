@@ -62,19 +62,6 @@ pub fn next_offsets<'a>(
         .collect()
 }
 
-/// Commits, synchronously, the offset after the last record processed of
-/// each (topic, partition) in `processed`. The wait happens in
-/// `block_in_place` so the runtime's other tasks keep running meanwhile.
-pub fn commit_processed<'a, C>(
-    consumer: &rdkafka::consumer::StreamConsumer<C>,
-    processed: impl IntoIterator<Item = &'a rdkafka::message::BorrowedMessage<'a>>,
-) -> rdkafka::error::KafkaResult<()>
-where
-    C: rdkafka::consumer::ConsumerContext + 'static,
-{
-    commit_offsets(consumer, &next_offsets(processed))
-}
-
 /// Commits (topic, partition, next offset) entries synchronously, in
 /// `block_in_place`.
 pub fn commit_offsets<C>(

@@ -13,9 +13,7 @@ pub use config::{
     RDKAFKA_ENV_PREFIX, admin_config, consumer_config, producer_config, rdkafka_property,
     reader_config,
 };
-pub use consume::{
-    collect_batch, commit_offsets, commit_processed, next_offsets, rewind_to_committed,
-};
+pub use consume::{collect_batch, commit_offsets, next_offsets, rewind_to_committed};
 pub use lag::LagGauge;
 pub use produce::{DeliveryError, await_deliveries, partition_for, send};
 pub use stage::{BatchStage, Batching, Offsets, StageDriver};
