@@ -278,11 +278,16 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
         .await?;
     }
 
+    // What every role is given: the broker and registry in use, and the
+    // topics and session timeout asked for.
+    let mut shared = args.shared.clone();
+    shared.kafka.brokers = Some(kafka.clone());
+    shared.registry.url = Some(registry.clone());
+
     // Ingest.
     let mut ingest =
         leadstream_ingest::IngestConfig::defaults(&kafka, "quickstart-pepper-not-a-secret");
-    ingest.shared.registry.url = Some(registry.clone());
-    ingest.shared.topics = args.shared.topics.clone();
+    ingest.shared = shared.clone();
     ingest.spool_dir = args.dir.join("spool");
     ingest.listen = args.ingest_listen;
     if !ingest.sources.exists() {
@@ -313,9 +318,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
 
     // Scorer and sink.
     let mut scorer = leadstream_scorer::runtime::ScorerConfig::defaults(&kafka);
-    scorer.shared.registry.url = Some(registry.clone());
-    scorer.shared.topics = args.shared.topics.clone();
-    scorer.shared.kafka.session_timeout_ms = args.shared.kafka.session_timeout_ms;
+    scorer.shared = shared.clone();
     scorer.model = Some(model_path.clone());
     scorer.listen = args.scorer_listen;
     scorer.replication_factor = replication;
@@ -333,9 +336,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
         stopped(&stop_rx),
     ));
     let mut sink = leadstream_sink::SinkConfig::defaults(&kafka);
-    sink.shared.registry.url = Some(registry.clone());
-    sink.shared.topics = args.shared.topics.clone();
-    sink.shared.kafka.session_timeout_ms = args.shared.kafka.session_timeout_ms;
+    sink.shared = shared;
     sink.clickhouse.url = clickhouse.clone();
     sink.clickhouse.database = database.clone();
     sink.export_dir = export_dir.clone();

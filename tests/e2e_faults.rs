@@ -280,15 +280,9 @@ async fn the_pipeline_loses_and_doubles_nothing_under_kills_stalls_and_restarts(
     let events = common::TestTopic::create(&bootstrap, "e2e_events", 3).await;
     let dlq = common::TestTopic::create(&bootstrap, "e2e_dlq", 1).await;
     let scores = format!("{}.lead_scores", events.name);
-    leadstream_sink::migrate(&leadstream_sink::ClickHouseArgs {
-        url: Some(ch_url.clone()),
-        database: database.to_owned(),
-        user: None,
-        password: None,
-        cluster: None,
-    })
-    .await
-    .unwrap();
+    leadstream_sink::migrate(&common::clickhouse_args(&ch_url, database, None))
+        .await
+        .unwrap();
 
     let ingest_listen = format!("127.0.0.1:{}", free_port());
     let spool = work.path().join("spool");

@@ -17,7 +17,7 @@ use std::{
 
 use leadstream_schemas::{EmbeddedResolver, Encoder, Plan};
 use leadstream_sink::{
-    ClickHouseArgs, SinkConfig,
+    SinkConfig,
     encode::{Buffers, Format},
     insert::write_batch,
     writer::{KafkaRecord, Kind, to_batch},
@@ -147,13 +147,7 @@ async fn produce(bootstrap: &str, t: &Topics, from: usize, to: usize) {
 
 fn config(bootstrap: &str, t: &Topics, clickhouse: &str, database: &str) -> SinkConfig {
     let mut cfg = SinkConfig::defaults(bootstrap);
-    cfg.clickhouse = ClickHouseArgs {
-        url: Some(clickhouse.to_owned()),
-        database: database.to_owned(),
-        user: None,
-        password: None,
-        cluster: None,
-    };
+    cfg.clickhouse = common::clickhouse_args(clickhouse, database, None);
     cfg.shared.topics.events = t.events.name.clone();
     cfg.shared.topics.scores = t.scores.name.clone();
     cfg.shared.topics.dlq = t.dlq.name.clone();
@@ -398,15 +392,9 @@ async fn assert_everything_once(db: &clickhouse::Client, events: u64, violations
 }
 
 async fn migrate(clickhouse: &str, database: &str) {
-    leadstream_sink::migrate(&ClickHouseArgs {
-        url: Some(clickhouse.to_owned()),
-        database: database.to_owned(),
-        user: None,
-        password: None,
-        cluster: None,
-    })
-    .await
-    .unwrap();
+    leadstream_sink::migrate(&common::clickhouse_args(clickhouse, database, None))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -791,13 +779,11 @@ async fn on_a_cluster_a_replica_killed_mid_load_loses_and_doubles_nothing() {
     let bootstrap = common::kafka();
     let t = topics(&bootstrap).await;
     let database = common::unique("sink_cluster");
-    leadstream_sink::migrate(&ClickHouseArgs {
-        url: Some(urls[0].clone()),
-        database: database.clone(),
-        user: None,
-        password: None,
-        cluster: Some(cluster.clone()),
-    })
+    leadstream_sink::migrate(&common::clickhouse_args(
+        &urls[0],
+        &database,
+        Some(&cluster),
+    ))
     .await
     .unwrap();
     let on = |i: usize| {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use leadstream_sink::{ClickHouseArgs, cluster::SHARDING, migrate::MIGRATIONS};
+use leadstream_sink::{cluster::SHARDING, migrate::MIGRATIONS};
 
 async fn client(url: &str, database: &str) -> clickhouse::Client {
     leadstream_common::clickhouse::connect(url, Some(database))
@@ -21,13 +21,7 @@ async fn client(url: &str, database: &str) -> clickhouse::Client {
 async fn migrations_spread_over_the_cluster_once_and_every_query_answers() {
     let (name, urls) = common::cluster();
     let database = format!("cluster_migrate_{}", std::process::id());
-    let args = ClickHouseArgs {
-        url: Some(urls[0].clone()),
-        database: database.clone(),
-        user: None,
-        password: None,
-        cluster: Some(name.clone()),
-    };
+    let args = common::clickhouse_args(&urls[0], &database, Some(&name));
     leadstream_sink::migrate(&args)
         .await
         .expect("first migrate");
@@ -75,13 +69,7 @@ async fn migrations_spread_over_the_cluster_once_and_every_query_answers() {
 async fn a_leads_rows_sit_on_one_shard_and_duplicates_collapse() {
     let (name, urls) = common::cluster();
     let database = format!("cluster_shards_{}", std::process::id());
-    let args = ClickHouseArgs {
-        url: Some(urls[1].clone()),
-        database: database.clone(),
-        user: None,
-        password: None,
-        cluster: Some(name),
-    };
+    let args = common::clickhouse_args(&urls[1], &database, Some(&name));
     leadstream_sink::migrate(&args).await.unwrap();
     // The same history written twice, through two different nodes, as a
     // sink replaying after a crash would.

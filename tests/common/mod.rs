@@ -260,3 +260,20 @@ pub fn cluster_server(action: &str, server: usize) {
         .unwrap();
     assert!(status.success(), "cluster.sh {action} {server}: {status}");
 }
+
+/// ClickHouse at `url`, database `database`, no credentials, on `cluster`
+/// when one is named.
+#[allow(dead_code)]
+pub fn clickhouse_args(
+    url: &str,
+    database: &str,
+    cluster: Option<&str>,
+) -> leadstream_sink::ClickHouseArgs {
+    leadstream_sink::ClickHouseArgs {
+        url: Some(url.to_owned()),
+        database: database.to_owned(),
+        user: None,
+        password: None,
+        cluster: cluster.map(str::to_owned),
+    }
+}
