@@ -53,14 +53,15 @@ fn ids_on_different_partitions_merge_into_one_lead_with_all_history() {
     h.stitch(json!({"message_id": "i1", "event": "identify", "type": "identify", "timestamp": T0 + 31 * 60_000,
                     "user_id": "u-1", "phone_hash": "ph-1", "union_id": "wx-1", "platform": "server"}));
     // Later app traffic under the union id only.
-    h.stitch(ev(
+    let app_drive = ev(
         "a1",
         "app-1",
         json!({"platform": "app", "union_id": "wx-1"}),
         "test_drive_booked",
         "",
         40,
-    ));
+    );
+    h.stitch(app_drive.clone());
     h.drain();
 
     let survivor = h.graph.current_lead(&web_lead);
@@ -79,14 +80,7 @@ fn ids_on_different_partitions_merge_into_one_lead_with_all_history() {
         }
     }
     // Re-delivery of an applied event changes nothing.
-    h.stitch(ev(
-        "a1",
-        "app-1",
-        json!({"platform": "app", "union_id": "wx-1"}),
-        "test_drive_booked",
-        "",
-        40,
-    ));
+    h.stitch(app_drive);
     h.drain();
     assert_eq!(h.latest[&survivor]["event_count"], 13);
 }
