@@ -1,10 +1,16 @@
 //! End-to-end `leadstream scorer` against a real broker: throughput from a
-//! backlog of events to scores, and latency from an event's produce to its
-//! score's produce at a steady rate.
+//! backlog of events to scores, against a bare pass-through of the same
+//! backlog on the same broker (consume, produce one record per event,
+//! commit after the acks), and latency from an event's produce to its
+//! score's acknowledged produce at a steady rate.
 //!   LEADSTREAM_BENCH_KAFKA=127.0.0.1:19092 cargo bench --bench scorer_e2e
-//! Knobs: LEADSTREAM_BENCH_LEADS (2000), LEADSTREAM_BENCH_EVENTS_PER_LEAD (50),
+//! Knobs: LEADSTREAM_BENCH_LEADS (4000), LEADSTREAM_BENCH_EVENTS_PER_LEAD (50),
 //! LEADSTREAM_BENCH_RATE (events/s in the latency run, 2000),
-//! LEADSTREAM_BENCH_SECONDS (latency run length, 10).
+//! LEADSTREAM_BENCH_SECONDS (latency run length, 10),
+//! LEADSTREAM_BENCH_PRELOAD (events written to an unrelated topic first, to
+//! measure on a broker that holds a day of data; 0).
+//! Ends with `scorer_e2e events_per_s=… passthrough_per_s=… ratio=…
+//! p50_ms=… p99_ms=… max_ms=…`.
 
 mod harness;
 
@@ -14,11 +20,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use leadstream_common::kafka::{
+    BatchStage, Batching, LagGauge, Offsets, StageDriver, await_deliveries, next_offsets, send,
+};
 use leadstream_schemas::{EmbeddedResolver, Encoder, Plan, codec::Decoder, codec::to_json};
 use leadstream_scorer::runtime::{ScorerConfig, run};
 use rdkafka::{
     Message,
-    consumer::{Consumer, StreamConsumer},
+    consumer::{Consumer, DefaultConsumerContext, StreamConsumer},
+    message::BorrowedMessage,
     producer::{FutureProducer, FutureRecord},
 };
 use serde_json::json;
@@ -92,6 +102,103 @@ async fn read_scores(
     }
 }
 
+/// The bench's baseline: every record of the batch to another topic,
+/// acks awaited, then the batch's offsets committed.
+struct PassThrough {
+    producer: FutureProducer,
+    to: String,
+}
+
+impl BatchStage for PassThrough {
+    type Context = DefaultConsumerContext;
+
+    async fn process(
+        &mut self,
+        _consumer: &StreamConsumer,
+        batch: &[BorrowedMessage<'_>],
+    ) -> anyhow::Result<Offsets> {
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for m in batch {
+            let key = std::str::from_utf8(m.key().unwrap_or_default()).unwrap_or_default();
+            let value = m.payload().unwrap_or_default();
+            deliveries.push(send(&self.producer, &self.to, m.partition(), key, value).await);
+        }
+        await_deliveries(deliveries).await?;
+        Ok(next_offsets(batch))
+    }
+}
+
+/// A producer configured as the scorer's.
+fn scorer_like_producer(bootstrap: &str, cfg: &ScorerConfig) -> FutureProducer {
+    let mut c = leadstream_common::kafka::producer_config(bootstrap, 5);
+    c.set("batch.num.messages", cfg.kafka_batch_messages.to_string());
+    c.create().unwrap()
+}
+
+/// `leads` × `per_lead` events on `topic`, acked.
+async fn produce_backlog(
+    producer: &FutureProducer,
+    encoder: &Encoder,
+    topic: &str,
+    leads: usize,
+    per_lead: usize,
+) {
+    let mut pending = Vec::with_capacity(50_000);
+    for k in 0..per_lead {
+        for lead in 0..leads {
+            let bytes = encoder.encode(&event(lead, k)).unwrap().bytes;
+            let key = format!("anon-{lead}");
+            pending.push(send(producer, topic, -1, &key, &bytes).await);
+            if pending.len() >= 50_000 {
+                await_deliveries(std::mem::take(&mut pending))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    await_deliveries(pending).await.unwrap();
+}
+
+/// Reads `n` records of `topic`.
+async fn read_span(bootstrap: &str, topic: &str, n: usize) -> Span {
+    while leadstream_common::kafka::partition_count(bootstrap, topic).is_err() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let consumer: StreamConsumer =
+        leadstream_common::kafka::consumer_config(bootstrap, &format!("{topic}-reader"))
+            .create()
+            .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let (mut first, mut last) = (i64::MAX, 0i64);
+    let mut cpu_from = None;
+    for _ in 0..n {
+        let m = tokio::time::timeout(Duration::from_secs(120), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("records stopped arriving on {topic}"))
+            .unwrap();
+        cpu_from.get_or_insert_with(harness::cpu);
+        let ts = m.timestamp().to_millis().unwrap();
+        first = first.min(ts);
+        last = last.max(ts);
+    }
+    let cores = harness::cpu().cores_since(&cpu_from.expect("n > 0"));
+    Span { first, last, cores }
+}
+
+/// First and last produce time (ms) of the records read, and the cores
+/// used from the first record read to the last.
+struct Span {
+    first: i64,
+    last: i64,
+    cores: String,
+}
+
+impl Span {
+    fn seconds(&self) -> f64 {
+        (self.last - self.first) as f64 / 1000.0
+    }
+}
+
 #[tokio::main]
 async fn main() {
     if !harness::under_cargo_bench() {
@@ -99,7 +206,8 @@ async fn main() {
     }
     harness::init_tracing();
     let bootstrap = harness::kafka();
-    let leads: usize = harness::knob("LEADSTREAM_BENCH_LEADS", 2_000);
+    let leads: usize = harness::knob("LEADSTREAM_BENCH_LEADS", 4_000);
+    let preload: usize = harness::knob("LEADSTREAM_BENCH_PRELOAD", 0);
     let per_lead: usize = harness::knob("LEADSTREAM_BENCH_EVENTS_PER_LEAD", 50);
     let rate: u64 = harness::knob("LEADSTREAM_BENCH_RATE", 2_000);
     let seconds: u64 = harness::knob("LEADSTREAM_BENCH_SECONDS", 10);
@@ -111,45 +219,82 @@ async fn main() {
         .create()
         .unwrap();
 
-    // Throughput: a backlog of events, then the scorer starts.
+    if preload > 0 {
+        let topic = format!("sbench{}-preload", std::process::id());
+        create_topic(&bootstrap, &topic).await;
+        let t = Instant::now();
+        produce_backlog(
+            &producer,
+            &encoder,
+            &topic,
+            preload.div_ceil(per_lead),
+            per_lead,
+        )
+        .await;
+        println!(
+            "preload: {preload} events into {topic} in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    // Throughput: a backlog of events; the pass-through reads it, then the
+    // scorer does, one after the other on the same broker.
     let run1 = format!("sbench{}a", std::process::id());
     let cfg = config(&bootstrap, &run1);
     create_topic(&bootstrap, &cfg.shared.topics.events).await;
     let total = leads * per_lead;
-    let mut pending = Vec::with_capacity(total);
-    for k in 0..per_lead {
-        for lead in 0..leads {
-            let bytes = encoder.encode(&event(lead, k)).unwrap().bytes;
-            let key = format!("anon-{lead}");
-            let record = FutureRecord::to(&cfg.shared.topics.events)
-                .key(&key)
-                .payload(&bytes);
-            pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-            if pending.len() >= 50_000 {
-                for d in pending.drain(..) {
-                    d.await.unwrap().unwrap();
-                }
-            }
-        }
-    }
-    for d in pending.drain(..) {
-        d.await.unwrap().unwrap();
-    }
+    produce_backlog(
+        &producer,
+        &encoder,
+        &cfg.shared.topics.events,
+        leads,
+        per_lead,
+    )
+    .await;
+
+    let passthrough_topic = format!("{run1}.passthrough");
+    create_topic(&bootstrap, &passthrough_topic).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let consumer: StreamConsumer =
+        leadstream_common::kafka::consumer_config(&bootstrap, &format!("{run1}-passthrough"))
+            .create()
+            .unwrap();
+    consumer.subscribe(&[&cfg.shared.topics.events]).unwrap();
+    let driver = StageDriver::new(
+        "passthrough",
+        consumer,
+        PassThrough {
+            producer: scorer_like_producer(&bootstrap, &cfg),
+            to: passthrough_topic.clone(),
+        },
+        Batching {
+            max: cfg.batch_max,
+            wait_ms: cfg.batch_ms,
+        },
+        LagGauge::new("bench_lag", ("stage", "passthrough")),
+    );
+    let passing = tokio::spawn(driver.run_until(stop_rx));
+    let span = read_span(&bootstrap, &passthrough_topic, total).await;
+    let _ = stop_tx.send(true);
+    let _ = passing.await;
+    let passthrough_per_s = total as f64 / span.seconds();
+    println!(
+        "pass-through: {total} events, first to last produce {:.2} s = {passthrough_per_s:.0} events/s; {}",
+        span.seconds(),
+        span.cores
+    );
+
     let started = Instant::now();
     let scores_topic = cfg.shared.topics.scores.clone();
     tokio::spawn(run(cfg, std::future::pending()));
-    let (mut first, mut last) = (i64::MAX, 0i64);
-    read_scores(&bootstrap, &scores_topic, total, |_, _, ts| {
-        first = first.min(ts);
-        last = last.max(ts);
-    })
-    .await;
+    let span = read_span(&bootstrap, &scores_topic, total).await;
     let wall = started.elapsed().as_secs_f64();
-    let busy = (last - first) as f64 / 1000.0;
+    let events_per_s = total as f64 / span.seconds();
     println!(
         "throughput: {total} events ({leads} leads x {per_lead}) scored in {wall:.1} s from start \
-         (incl. group join); first to last score {busy:.2} s = {:.0} events/s",
-        total as f64 / busy
+         (incl. group join); first to last score {:.2} s = {events_per_s:.0} events/s; {}",
+        span.seconds(),
+        span.cores
     );
 
     // Latency: scorer running and caught up, events at a steady rate.
@@ -238,6 +383,13 @@ async fn main() {
     println!(
         "latency at {rate} events/s for {seconds} s ({} scores): produce -> score produce p50 {} ms, p99 {} ms, max {} ms",
         l.len(),
+        harness::percentile(&l, 0.5),
+        harness::percentile(&l, 0.99),
+        l.last().unwrap()
+    );
+    println!(
+        "scorer_e2e events_per_s={events_per_s:.0} passthrough_per_s={passthrough_per_s:.0} ratio={:.2} p50_ms={} p99_ms={} max_ms={} preload={preload}",
+        events_per_s / passthrough_per_s,
         harness::percentile(&l, 0.5),
         harness::percentile(&l, 0.99),
         l.last().unwrap()

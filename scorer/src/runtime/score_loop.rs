@@ -139,30 +139,13 @@ impl BatchStage for ScoreLoop {
                 );
                 self.identity.wait_for(routed.graph_offset).await;
             }
-            let input = match routed.body {
-                Some(Body::Event(framed)) => {
-                    let event = match self.decoder.decode(&framed).await {
-                        Ok(d) => from_plan(&to_json(&d.value)),
-                        Err(e) => {
-                            tracing::error!(partition = p, offset = m.offset(), error = %e, "undecodable event in by_lead");
-                            None
-                        }
-                    };
-                    Input::Event { framed, event }
-                }
-                Some(Body::MergeRequest(r)) => Input::MergeRequest { into: r.into },
-                Some(Body::MergeState(s)) => {
-                    metrics::counter!(MERGES).increment(1);
-                    Input::MergeState {
-                        from: s.from,
-                        state: s.state,
-                    }
-                }
-                None => {
-                    metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
-                    continue;
-                }
+            let Some(input) = input_of(&self.decoder, routed.body).await else {
+                metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
+                continue;
             };
+            if matches!(input, Input::MergeState { .. }) {
+                metrics::counter!(MERGES).increment(1);
+            }
             let model = self.model.read().expect("model lock").clone();
             let outcome = {
                 let mut graph = self.identity.graph.lock().expect("graph lock");
@@ -261,20 +244,10 @@ impl ScoreLoop {
         deliveries: &mut Vec<rdkafka::producer::DeliveryFuture>,
     ) -> anyhow::Result<()> {
         match o {
-            Output::Score {
-                lead_id, record, ..
-            } => {
-                let framed = self.encoder.encode_derived("lead_score", &record)?;
-                deliveries.push(
-                    send(
-                        &self.producer,
-                        &self.topics.scores,
-                        -1,
-                        &lead_id,
-                        &framed.bytes,
-                    )
-                    .await,
-                );
+            Output::Score { ref lead_id, .. } => {
+                let framed = encode_score(&self.encoder, &o)?;
+                deliveries
+                    .push(send(&self.producer, &self.topics.scores, -1, lead_id, &framed).await);
                 metrics::counter!(SCORES).increment(1);
             }
             Output::Route(r) => {
@@ -293,6 +266,37 @@ impl ScoreLoop {
             }
         }
         Ok(())
+    }
+}
+
+/// The processor's input for one `by_lead` body; None for an empty one.
+/// An event that does not decode, or does not map to a scorable event, is
+/// still an input (it advances the lead's offset).
+pub async fn input_of(decoder: &Decoder, body: Option<Body>) -> Option<Input> {
+    Some(match body? {
+        Body::Event(framed) => {
+            let event = match decoder.decode(&framed).await {
+                Ok(d) => from_plan(&to_json(&d.value)),
+                Err(e) => {
+                    tracing::error!(error = %e, "undecodable event in by_lead");
+                    None
+                }
+            };
+            Input::Event { framed, event }
+        }
+        Body::MergeRequest(r) => Input::MergeRequest { into: r.into },
+        Body::MergeState(s) => Input::MergeState {
+            from: s.from,
+            state: s.state,
+        },
+    })
+}
+
+/// The framed `lead_score` record of a score output (empty for a route).
+pub fn encode_score(encoder: &Encoder, o: &Output) -> anyhow::Result<Vec<u8>> {
+    match o {
+        Output::Score { record, .. } => Ok(encoder.encode_derived("lead_score", record)?.bytes),
+        Output::Route(_) => Ok(Vec::new()),
     }
 }
 

@@ -7,7 +7,10 @@ use std::{sync::Arc, time::Duration};
 use leadstream_common::kafka::{
     BatchStage, Offsets, await_deliveries, next_offsets, partition_for, send,
 };
-use leadstream_schemas::{Decoder, codec::to_json};
+use leadstream_schemas::{
+    Decoder,
+    codec::{DecodeError, to_json},
+};
 use prost::Message as _;
 use rdkafka::{
     Message,
@@ -48,8 +51,8 @@ impl BatchStage for Stitcher {
                 metrics::counter!(STITCH_SKIPPED, "reason" => "empty").increment(1);
                 continue;
             };
-            let event = match self.decoder.decode(payload).await {
-                Ok(d) => to_json(&d.value),
+            let Read { ids, body } = match read(&self.decoder, payload).await {
+                Ok(r) => r,
                 Err(e) => {
                     // Ingest validated it; a record that does not decode is
                     // not ours to fix. The sink keeps it in its dead letters.
@@ -58,7 +61,6 @@ impl BatchStage for Stitcher {
                     continue;
                 }
             };
-            let ids = identifiers(&event);
             if ids.is_empty() {
                 metrics::counter!(STITCH_SKIPPED, "reason" => "no_identity").increment(1);
                 continue;
@@ -80,7 +82,7 @@ impl BatchStage for Stitcher {
             let routed = Routed {
                 lead_id: lead.clone(),
                 graph_offset,
-                body: Some(Body::Event(payload.to_vec())),
+                body: Some(body),
             };
             deliveries.push(
                 send(
@@ -97,6 +99,22 @@ impl BatchStage for Stitcher {
         await_deliveries(deliveries).await?;
         Ok(next_offsets(batch))
     }
+}
+
+/// What the stitcher reads from one framed event: the identifiers it routes
+/// by and the body it forwards to the lead's owner.
+pub struct Read {
+    pub ids: Vec<String>,
+    pub body: Body,
+}
+
+/// Reads one framed event of the events topic.
+pub async fn read(decoder: &Decoder, framed: &[u8]) -> Result<Read, DecodeError> {
+    let event = to_json(&decoder.decode(framed).await?.value);
+    Ok(Read {
+        ids: identifiers(&event),
+        body: Body::Event(framed.to_vec()),
+    })
 }
 
 impl Stitcher {
