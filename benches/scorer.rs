@@ -83,7 +83,6 @@ fn processor_with(leads: u64) -> (Processor, usize, f64) {
     for i in 0..40 {
         for (key, events) in &inputs {
             let input = Input::Event {
-                framed: Vec::new(),
                 event: Some(events[i].clone()),
             };
             black_box(p.handle(0, offset, key, input, &mut graph, 0, None));

@@ -7,7 +7,7 @@
 
 use leadstream_schemas::hash::fnv1a32;
 
-use serde_json::Value as Json;
+use crate::event::PlanFields;
 
 /// Where a slot's value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,19 +65,14 @@ pub fn hash_normalised(value: &str) -> u32 {
     fnv1a32(v.bytes().map(|b| b.to_ascii_lowercase()))
 }
 
-fn text<'a>(v: &'a Json, path: &[&str]) -> Option<&'a str> {
-    path.iter()
-        .try_fold(v, |v, k| v.get(k))
-        .and_then(Json::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
+fn text<'a, E: PlanFields + ?Sized>(e: &'a E, path: &[&str]) -> Option<&'a str> {
+    e.str_at(path).map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// The category values one tracking-plan event carries, by slot. Channel
 /// is `lead_channel`, else `utm_source`; first and last channel come from
 /// the same value (the lead keeps the first and the newest).
-pub fn values(e: &Json) -> [Option<String>; CATEGORIES] {
-    let props = e.get("properties").unwrap_or(&Json::Null);
+pub fn values<E: PlanFields + ?Sized>(e: &E) -> [Option<String>; CATEGORIES] {
     let lower = |s: Option<&str>| s.map(str::to_ascii_lowercase);
     let channel = lower(
         text(e, &["context", "lead_channel"]).or_else(|| text(e, &["context", "utm_source"])),
@@ -86,15 +81,15 @@ pub fn values(e: &Json) -> [Option<String>; CATEGORIES] {
     [
         channel.clone(),
         lower(text(e, &["context", "utm_campaign"])),
-        lower(text(props, &["form_type"])),
-        lower(text(props, &["purchase_timeframe"])),
+        lower(text(e, &["properties", "form_type"])),
+        lower(text(e, &["properties", "purchase_timeframe"])),
         (event == Some("call_completed"))
-            .then(|| lower(text(props, &["outcome"])))
+            .then(|| lower(text(e, &["properties", "outcome"])))
             .flatten(),
         (event == Some("content_engaged"))
-            .then(|| lower(text(props, &["action"])))
+            .then(|| lower(text(e, &["properties", "action"])))
             .flatten(),
-        text(props, &["model_id"]).map(str::to_owned),
+        text(e, &["properties", "model_id"]).map(str::to_owned),
         text(e, &["context", "os"]).and_then(os_family),
         text(e, &["context", "user_agent"]).and_then(browser_family),
         lower(text(e, &["context", "locale"])),
@@ -116,7 +111,7 @@ pub fn month_hash(month: u32) -> u32 {
 }
 
 /// Hashes of [`values`].
-pub fn hashes(e: &Json) -> [u32; CATEGORIES] {
+pub fn hashes<E: PlanFields + ?Sized>(e: &E) -> [u32; CATEGORIES] {
     values(e).map(|v| v.as_deref().map_or(NONE, hash))
 }
 

@@ -1,5 +1,8 @@
 //! A tracking-plan event reduced to what scoring needs.
 
+use leadstream_schemas::datum::Datum;
+
+use crate::proto::EventFacts;
 use serde_json::Value as Json;
 
 /// Intent signals the windows count, in a fixed order (array index).
@@ -87,20 +90,76 @@ pub struct LeadEvent {
     pub categories: [u32; crate::context::CATEGORIES],
 }
 
-fn s(v: &Json, path: &[&str]) -> Option<String> {
-    path.iter()
-        .try_fold(v, |v, k| v.get(k))
-        .and_then(Json::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+/// A decoded tracking-plan event read by path. Training reads events as
+/// JSON (files, ClickHouse rows); the live scorer reads the borrowed Avro
+/// datum. Both answer alike (JSON in the plan's shape is what
+/// `leadstream_schemas::codec::to_json` makes of the datum), so one mapping
+/// serves training and serving and the two cannot drift apart.
+pub trait PlanFields {
+    fn str_at(&self, path: &[&str]) -> Option<&str>;
+    fn i64_at(&self, path: &[&str]) -> Option<i64>;
+    fn f64_at(&self, path: &[&str]) -> Option<f64>;
+    fn bool_at(&self, path: &[&str]) -> Option<bool>;
 }
 
-/// Maps a decoded tracking-plan event (as JSON) to its scoring meaning.
-pub fn from_plan(e: &Json) -> Option<LeadEvent> {
+fn json_at<'a>(v: &'a Json, path: &[&str]) -> Option<&'a Json> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+impl PlanFields for Json {
+    fn str_at(&self, path: &[&str]) -> Option<&str> {
+        json_at(self, path)?.as_str()
+    }
+    fn i64_at(&self, path: &[&str]) -> Option<i64> {
+        json_at(self, path)?.as_i64()
+    }
+    fn f64_at(&self, path: &[&str]) -> Option<f64> {
+        json_at(self, path)?.as_f64()
+    }
+    fn bool_at(&self, path: &[&str]) -> Option<bool> {
+        json_at(self, path)?.as_bool()
+    }
+}
+
+/// A record's field or a map's entry (unions are already unwrapped).
+fn datum_child<'d, 'a>(d: &'d Datum<'a>, key: &str) -> Option<&'d Datum<'a>> {
+    match d {
+        Datum::Record(..) => d.field(key),
+        Datum::Map(entries) => entries.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+fn datum_at<'d, 'a>(d: &'d Datum<'a>, path: &[&str]) -> Option<&'d Datum<'a>> {
+    path.iter().try_fold(d, |d, k| datum_child(d, k))
+}
+
+impl PlanFields for Datum<'_> {
+    fn str_at(&self, path: &[&str]) -> Option<&str> {
+        datum_at(self, path)?.as_str()
+    }
+    fn i64_at(&self, path: &[&str]) -> Option<i64> {
+        datum_at(self, path)?.as_i64()
+    }
+    fn f64_at(&self, path: &[&str]) -> Option<f64> {
+        datum_at(self, path)?.as_f64()
+    }
+    fn bool_at(&self, path: &[&str]) -> Option<bool> {
+        datum_at(self, path)?.as_bool()
+    }
+}
+
+/// A non-empty string at `path`.
+fn s<E: PlanFields + ?Sized>(e: &E, path: &[&str]) -> Option<String> {
+    e.str_at(path).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// Maps a decoded tracking-plan event to its scoring meaning.
+pub fn from_plan<E: PlanFields + ?Sized>(e: &E) -> Option<LeadEvent> {
     let event = s(e, &["event"])?;
-    let ts_ms = e.get("timestamp")?.as_i64()?;
-    let props = e.get("properties").cloned().unwrap_or(Json::Null);
-    let page_type = s(&props, &["page_type"]);
+    let ts_ms = e.i64_at(&["timestamp"])?;
+    let prop = |name: &'static str| [PROPERTIES, name];
+    let page_type = s(e, &prop("page_type"));
     let mut signals = Vec::with_capacity(2);
     match event.as_str() {
         "page_viewed" => {
@@ -120,17 +179,17 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
         "test_drive_booked" => signals.push(Signal::TestDrive),
         "lead_form_submitted" => signals.push(Signal::LeadForm),
         // A service visit keeps an owner engaged; it is not a showroom visit.
-        "store_visited" => signals.push(
-            if s(&props, &["visit_type"]).as_deref() == Some("service") {
+        "store_visited" => {
+            signals.push(if s(e, &prop("visit_type")).as_deref() == Some("service") {
                 Signal::Engagement
             } else {
                 Signal::StoreVisit
-            },
-        ),
+            })
+        }
         "content_engaged" | "coupon_claimed" => signals.push(Signal::Engagement),
         "call_completed" => {
             if matches!(
-                s(&props, &["outcome"]).as_deref(),
+                s(e, &prop("outcome")).as_deref(),
                 Some("interested" | "appointment_set" | "callback_requested")
             ) {
                 signals.push(Signal::Engagement);
@@ -140,7 +199,7 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
     }
     let lost = event == "call_completed"
         && matches!(
-            s(&props, &["outcome"]).as_deref(),
+            s(e, &prop("outcome")).as_deref(),
             Some("not_interested" | "already_bought")
         );
     let platform = s(e, &["platform"]).as_deref().and_then(Platform::parse);
@@ -149,22 +208,106 @@ pub fn from_plan(e: &Json) -> Option<LeadEvent> {
         ts_ms,
         platform,
         signals,
-        model_id: s(&props, &["model_id"]).or_else(|| s(&props, &["owned_model_id"])),
-        price: props.get("price").and_then(Json::as_f64),
+        model_id: s(e, &prop("model_id")).or_else(|| s(e, &prop("owned_model_id"))),
+        price: e.f64_at(&prop("price")),
         channel: s(e, &["context", "lead_channel"]).or_else(|| s(e, &["context", "utm_source"])),
         session_id: s(e, &["context", "session_id"]),
-        is_bot: e
-            .pointer("/context/is_bot")
-            .and_then(Json::as_bool)
-            .unwrap_or(false),
+        is_bot: e.bool_at(&["context", "is_bot"]).unwrap_or(false),
         order: event == "order_placed" || event == "vehicle_delivered",
         lost,
-        purchase_ms: props.get("purchase_date").and_then(Json::as_i64),
-        duration_ms: props.get("duration_ms").and_then(Json::as_i64),
-        page_value: props.get("page_value").and_then(Json::as_f64),
+        purchase_ms: e.i64_at(&prop("purchase_date")),
+        duration_ms: e.i64_at(&prop("duration_ms")),
+        page_value: e.f64_at(&prop("page_value")),
         categories: crate::context::hashes(e),
         event,
     })
+}
+
+const PROPERTIES: &str = "properties";
+
+/// The `by_lead` form of an event's scoring meaning; `None` is an event
+/// that maps to nothing scorable (still routed: it advances its lead).
+pub fn to_facts(event: Option<&LeadEvent>) -> EventFacts {
+    let Some(e) = event else {
+        return EventFacts {
+            unscorable: true,
+            ..EventFacts::default()
+        };
+    };
+    EventFacts {
+        unscorable: false,
+        message_id: e.message_id.clone(),
+        event: e.event.clone(),
+        ts_ms: e.ts_ms,
+        platform: e.platform.map(|p| p as u32),
+        signals: e.signals.iter().map(|s| s.index() as u32).collect(),
+        model_id: e.model_id.clone(),
+        price: e.price,
+        channel: e.channel.clone(),
+        session_id: e.session_id.clone(),
+        is_bot: e.is_bot,
+        order: e.order,
+        lost: e.lost,
+        purchase_ms: e.purchase_ms,
+        duration_ms: e.duration_ms,
+        page_value: e.page_value,
+        categories: e.categories.to_vec(),
+    }
+}
+
+/// Why `by_lead` facts were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FactsError {
+    #[error("signal index {0} is not a known signal")]
+    Signal(u32),
+    #[error("platform index {0} is not a known platform")]
+    Platform(u32),
+    #[error("{0} category hashes, expected {n}", n = crate::context::CATEGORIES)]
+    Categories(usize),
+}
+
+/// The event `facts` stand for (`None`: unscorable).
+pub fn from_facts(facts: EventFacts) -> Result<Option<LeadEvent>, FactsError> {
+    if facts.unscorable {
+        return Ok(None);
+    }
+    let signals = facts
+        .signals
+        .iter()
+        .map(|&i| {
+            Signal::ALL
+                .get(i as usize)
+                .copied()
+                .ok_or(FactsError::Signal(i))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let platform = facts
+        .platform
+        .map(|i| Platform::from_index(i).ok_or(FactsError::Platform(i)))
+        .transpose()?;
+    let n = facts.categories.len();
+    let categories = facts
+        .categories
+        .try_into()
+        .map_err(|_| FactsError::Categories(n))?;
+    Ok(Some(LeadEvent {
+        message_id: facts.message_id,
+        event: facts.event,
+        ts_ms: facts.ts_ms,
+        platform,
+        signals,
+        model_id: facts.model_id,
+        price: facts.price,
+        channel: facts.channel,
+        session_id: facts.session_id,
+        is_bot: facts.is_bot,
+        order: facts.order,
+        lost: facts.lost,
+        purchase_ms: facts.purchase_ms,
+        duration_ms: facts.duration_ms,
+        page_value: facts.page_value,
+        categories,
+    }))
 }
 
 #[cfg(test)]

@@ -6,24 +6,24 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value as Json;
+use crate::event::PlanFields;
 
 /// Identifiers an event carries, typed so ids from different namespaces
 /// never collide ("u:" user, "w:" WeChat union, "p:" phone hash, "a:" anonymous).
-pub fn identifiers(event: &Json) -> Vec<String> {
+pub fn identifiers<E: PlanFields + ?Sized>(event: &E) -> Vec<String> {
     let mut out = Vec::with_capacity(4);
-    let mut push = |prefix: &str, v: Option<&Json>| {
-        if let Some(s) = v.and_then(Json::as_str).filter(|s| !s.is_empty()) {
+    let mut push = |prefix: &str, v: Option<&str>| {
+        if let Some(s) = v.filter(|s| !s.is_empty()) {
             out.push(format!("{prefix}{s}"));
         }
     };
-    push("u:", event.get("user_id"));
-    push("w:", event.get("union_id"));
-    push("p:", event.get("phone_hash"));
-    push("a:", event.get("anonymous_id"));
-    if event.get("event").and_then(Json::as_str) == Some("alias") {
+    push("u:", event.str_at(&["user_id"]));
+    push("w:", event.str_at(&["union_id"]));
+    push("p:", event.str_at(&["phone_hash"]));
+    push("a:", event.str_at(&["anonymous_id"]));
+    if event.str_at(&["event"]) == Some("alias") {
         // The earlier id of an alias is usually an anonymous id.
-        push("a:", event.pointer("/properties/previous_id"));
+        push("a:", event.str_at(&["properties", "previous_id"]));
     }
     out
 }

@@ -14,7 +14,7 @@ pub struct Routed {
     pub lead_id: String,
     #[prost(uint64, tag = "2")]
     pub graph_offset: u64,
-    #[prost(oneof = "Body", tags = "3, 4, 5")]
+    #[prost(oneof = "Body", tags = "3, 4, 5, 6")]
     pub body: Option<Body>,
 }
 
@@ -29,6 +29,46 @@ pub enum Body {
     MergeRequest(MergeRequest),
     #[prost(message, tag = "5")]
     MergeState(MergeState),
+    #[prost(message, tag = "6")]
+    Facts(EventFacts),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EventFacts {
+    #[prost(bool, tag = "1")]
+    pub unscorable: bool,
+    #[prost(string, tag = "2")]
+    pub message_id: String,
+    #[prost(string, tag = "3")]
+    pub event: String,
+    #[prost(int64, tag = "4")]
+    pub ts_ms: i64,
+    #[prost(uint32, optional, tag = "5")]
+    pub platform: Option<u32>,
+    #[prost(uint32, repeated, tag = "6")]
+    pub signals: Vec<u32>,
+    #[prost(string, optional, tag = "7")]
+    pub model_id: Option<String>,
+    #[prost(double, optional, tag = "8")]
+    pub price: Option<f64>,
+    #[prost(string, optional, tag = "9")]
+    pub channel: Option<String>,
+    #[prost(string, optional, tag = "10")]
+    pub session_id: Option<String>,
+    #[prost(bool, tag = "11")]
+    pub is_bot: bool,
+    #[prost(bool, tag = "12")]
+    pub order: bool,
+    #[prost(bool, tag = "13")]
+    pub lost: bool,
+    #[prost(int64, optional, tag = "14")]
+    pub purchase_ms: Option<i64>,
+    #[prost(int64, optional, tag = "15")]
+    pub duration_ms: Option<i64>,
+    #[prost(double, optional, tag = "16")]
+    pub page_value: Option<f64>,
+    #[prost(fixed32, repeated, tag = "17")]
+    pub categories: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

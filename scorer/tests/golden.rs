@@ -201,3 +201,46 @@ async fn the_fixed_event_file_scores_exactly_as_recorded() {
     }
     assert!(run.scores.len() > 1_000, "the fixture exercises the scorer");
 }
+
+/// Training maps events from JSON, the live scorer from the Avro datum;
+/// for every fixture event both give the same identifiers and facts, and
+/// the facts survive the `by_lead` wire format. An event framed as the
+/// scorer wrote it before facts existed reads the same.
+#[tokio::test]
+async fn json_and_datum_map_every_fixture_event_alike() {
+    use leadstream_scorer::{
+        event::{from_facts, from_plan, to_facts},
+        identity::identifiers,
+        processor::Input,
+        proto::Body,
+    };
+    let plan = Plan::embedded().unwrap();
+    let resolver = Arc::new(EmbeddedResolver::new(&plan).unwrap());
+    let encoder = Encoder::build(&plan, resolver.as_ref()).await.unwrap();
+    let decoder = Decoder::new(resolver);
+    let text = std::fs::read_to_string(golden("events.ndjson")).unwrap();
+    let mut scorable = 0;
+    for line in text.lines() {
+        let json: Json = serde_json::from_str(line).unwrap();
+        let framed = encoder.encode(&json).unwrap().bytes;
+        // What training reads: the JSON the sink and ClickHouse give back.
+        let decoded = to_json(&decoder.decode(&framed).await.unwrap().value);
+        let (ids, event) = decoder
+            .visit(&framed, |_, d| (identifiers(d), from_plan(d)))
+            .await
+            .unwrap();
+        assert_eq!(ids, identifiers(&decoded), "{line}");
+        assert_eq!(event, from_plan(&decoded), "{line}");
+        let wire = to_facts(event.as_ref()).encode_to_vec();
+        let facts = leadstream_scorer::proto::EventFacts::decode(wire.as_slice()).unwrap();
+        assert_eq!(from_facts(facts).unwrap(), event);
+        let Some(Input::Event { event: old }) =
+            score_loop::input_of(&decoder, Some(Body::Event(framed))).await
+        else {
+            panic!("an old by_lead event is an event input");
+        };
+        assert_eq!(old, event);
+        scorable += usize::from(event.is_some());
+    }
+    assert!(scorable > 1_500, "{scorable} scorable fixture events");
+}

@@ -17,7 +17,7 @@ use prost::Message;
 use serde_json::{Value as Json, json};
 
 use crate::{
-    event::{LeadEvent, Platform},
+    event::{LeadEvent, Platform, to_facts},
     identity::IdentityGraph,
     lead::{Lead, SnapshotError, message_hash},
     proto::{self, Body, LeadSnapshot, MergeRequest, MergeState, Routed},
@@ -29,12 +29,14 @@ use crate::{
 pub const STREAM_TIME_KEY: &str = "\u{0}stream_time";
 
 /// One `by_lead` record, decoded by the shell.
+// Inputs live for one record and are handled straight away; boxing the
+// merge state would only add an allocation per merge.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// The framed event (forwarded as is) and what it means for scoring;
-    /// `None` when it does not map to a scorable event.
+    /// What an event means for scoring; `None` when it does not map to a
+    /// scorable event.
     Event {
-        framed: Vec<u8>,
         event: Option<LeadEvent>,
     },
     MergeRequest {
@@ -336,7 +338,7 @@ impl Processor {
                 part.dirty.insert(key.to_owned());
             }
             let body = match input {
-                Input::Event { framed, .. } => Some(Body::Event(framed)),
+                Input::Event { event } => Some(Body::Facts(to_facts(event.as_ref()))),
                 Input::MergeState { from, state } => {
                     Some(Body::MergeState(MergeState { from, state }))
                 }

@@ -14,7 +14,7 @@ use std::{
 use leadstream_common::kafka::{
     BatchStage, Offsets, await_deliveries, next_offsets, partition_for, send,
 };
-use leadstream_schemas::{Decoder, Encoder, codec::to_json};
+use leadstream_schemas::{Decoder, Encoder};
 use prost::Message as _;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     clock::Clock,
-    event::from_plan,
+    event::{from_facts, from_plan},
     processor::{Input, Output, Processor, Skipped},
     proto::{Body, Routed},
     train::TrainedModel,
@@ -274,16 +274,22 @@ impl ScoreLoop {
 /// still an input (it advances the lead's offset).
 pub async fn input_of(decoder: &Decoder, body: Option<Body>) -> Option<Input> {
     Some(match body? {
-        Body::Event(framed) => {
-            let event = match decoder.decode(&framed).await {
-                Ok(d) => from_plan(&to_json(&d.value)),
-                Err(e) => {
+        Body::Facts(facts) => Input::Event {
+            event: from_facts(facts).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "unreadable event facts in by_lead");
+                None
+            }),
+        },
+        // Written by scorers before 2026-12-05: the framed event itself.
+        Body::Event(framed) => Input::Event {
+            event: decoder
+                .visit(&framed, |_, datum| from_plan(datum))
+                .await
+                .unwrap_or_else(|e| {
                     tracing::error!(error = %e, "undecodable event in by_lead");
                     None
-                }
-            };
-            Input::Event { framed, event }
-        }
+                }),
+        },
         Body::MergeRequest(r) => Input::MergeRequest { into: r.into },
         Body::MergeState(s) => Input::MergeState {
             from: s.from,

@@ -7,10 +7,7 @@ use std::{sync::Arc, time::Duration};
 use leadstream_common::kafka::{
     BatchStage, Offsets, await_deliveries, next_offsets, partition_for, send,
 };
-use leadstream_schemas::{
-    Decoder,
-    codec::{DecodeError, to_json},
-};
+use leadstream_schemas::{Decoder, codec::DecodeError};
 use prost::Message as _;
 use rdkafka::{
     Message,
@@ -25,6 +22,7 @@ use super::{
     metrics::{EVENTS_ROUTED, LINKS_WRITTEN, STITCH_SKIPPED},
 };
 use crate::{
+    event::{from_plan, to_facts},
     identity::identifiers,
     proto::{Body, Link, Routed},
 };
@@ -108,13 +106,19 @@ pub struct Read {
     pub body: Body,
 }
 
-/// Reads one framed event of the events topic.
+/// Reads one framed event of the events topic, once: the borrowed datum
+/// gives the identifiers and the facts scoring needs, and only the facts
+/// travel on.
 pub async fn read(decoder: &Decoder, framed: &[u8]) -> Result<Read, DecodeError> {
-    let event = to_json(&decoder.decode(framed).await?.value);
-    Ok(Read {
-        ids: identifiers(&event),
-        body: Body::Event(framed.to_vec()),
-    })
+    decoder
+        .visit(framed, |_, datum| {
+            let event = from_plan(datum);
+            Read {
+                ids: identifiers(datum),
+                body: Body::Facts(to_facts(event.as_ref())),
+            }
+        })
+        .await
 }
 
 impl Stitcher {

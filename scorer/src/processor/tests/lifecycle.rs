@@ -61,7 +61,6 @@ fn run_steps(steps: &[Step], crash_at: Option<usize>) -> Vec<Json> {
                 let lead = g.resolve(&identifiers(e));
                 let input = Input::Event {
                     event: from_plan(e),
-                    framed: vec![],
                 };
                 outputs.extend(p.handle(0, k as i64, &lead, input, &mut g, 0, None).outputs);
             }

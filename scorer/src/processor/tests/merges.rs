@@ -94,7 +94,6 @@ fn late_events_beyond_grace_are_counted_not_applied_and_replays_are_skipped() {
         let e = ev(id, "x", json!({}), "page_viewed", "home", minutes);
         Input::Event {
             event: from_plan(&e),
-            framed: vec![],
         }
     };
     let lead = crate::identity::lead_id_of("a:x");
@@ -169,7 +168,6 @@ fn a_replay_of_a_thousand_events_counts_each_once() {
         e["timestamp"] = json!(T0 + i * 10_000);
         Input::Event {
             event: from_plan(&e),
-            framed: vec![],
         }
     };
     let mut offset = 0;

@@ -53,13 +53,7 @@ impl Harness {
         }
         let lead = self.graph.resolve(&ids);
         let event = from_plan(&e);
-        self.push(
-            lead,
-            Input::Event {
-                framed: e.to_string().into_bytes(),
-                event,
-            },
-        );
+        self.push(lead, Input::Event { event });
     }
 
     fn drain(&mut self) {
@@ -76,13 +70,10 @@ impl Harness {
                     }
                     Output::Route(r) => {
                         let input = match r.body.unwrap() {
-                            Body::Event(framed) => {
-                                let e: Json = serde_json::from_slice(&framed).unwrap();
-                                Input::Event {
-                                    event: from_plan(&e),
-                                    framed,
-                                }
-                            }
+                            Body::Facts(f) => Input::Event {
+                                event: crate::event::from_facts(f).unwrap(),
+                            },
+                            Body::Event(_) => unreachable!("the processor forwards facts"),
                             Body::MergeRequest(m) => Input::MergeRequest { into: m.into },
                             Body::MergeState(m) => Input::MergeState {
                                 from: m.from,
