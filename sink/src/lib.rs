@@ -131,9 +131,12 @@ pub async fn run(
             format!("sink.{}", kind.label()),
             consumer,
             writer,
+            // The window, not the queue, closes a batch: ClickHouse wants
+            // fewer, larger inserts.
             Batching {
                 max: cfg.batch_rows,
                 wait_ms: cfg.batch_ms,
+                close_when_drained: false,
             },
             LagGauge::new(metrics::CONSUMER_LAG, ("stream", kind.label())),
         );

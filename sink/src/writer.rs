@@ -605,6 +605,7 @@ mod tests {
         let batching = Batching {
             max: 40,
             wait_ms: 200,
+            close_when_drained: false,
         };
         let lag = LagGauge::new("test_lag", ("stream", "test"));
         let mut driver = StageDriver::new("sink.test", consumer, writer, batching, lag);

@@ -1,12 +1,16 @@
 //! Consuming in batches: collect, commit what was processed, rewind.
 
 /// Reads up to `max` records from `consumer`, waiting at most `wait_ms` in
-/// all. An error ends the batch early; it is returned only when nothing was
-/// read, so records already in hand are processed first.
+/// all. With `close_when_drained`, a batch that holds records also closes
+/// as soon as nothing more is fetched already: at low load a record waits
+/// for no window, at high load the queue never drains and batches fill to
+/// `max`. An error ends the batch early; it is returned only when nothing
+/// was read, so records already in hand are processed first.
 pub async fn collect_batch<'a, C>(
     consumer: &'a rdkafka::consumer::StreamConsumer<C>,
     max: usize,
     wait_ms: u64,
+    close_when_drained: bool,
 ) -> rdkafka::error::KafkaResult<Vec<rdkafka::message::BorrowedMessage<'a>>>
 where
     C: rdkafka::consumer::ConsumerContext + 'static,
@@ -25,6 +29,9 @@ where
                 Err(e) if batch.is_empty() => return Err(e),
                 Err(_) => break,
             }
+        }
+        if close_when_drained && !batch.is_empty() {
+            break;
         }
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(Ok(m)) => batch.push(m),

@@ -43,11 +43,15 @@ pub trait BatchStage: Send {
     }
 }
 
-/// How a batch closes: at `max` records or after `wait_ms`.
+/// How a batch closes: at `max` records or after `wait_ms`, and with
+/// `close_when_drained` also once it holds records and nothing more is
+/// fetched (latency-bound stages; a sink writing to ClickHouse wants the
+/// window, for fewer, larger inserts).
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
     pub max: usize,
     pub wait_ms: u64,
+    pub close_when_drained: bool,
 }
 
 /// Runs a [`BatchStage`] on its consumer.
@@ -83,7 +87,12 @@ impl<S: BatchStage> StageDriver<S> {
     /// One batch: read, process, commit what is durable. Returns the
     /// records read.
     pub async fn step(&mut self) -> anyhow::Result<usize> {
-        let batch = collect_batch(&self.consumer, self.batching.max, self.batching.wait_ms)
+        let Batching {
+            max,
+            wait_ms,
+            close_when_drained,
+        } = self.batching;
+        let batch = collect_batch(&self.consumer, max, wait_ms, close_when_drained)
             .await
             .context("reading from Kafka")?;
         self.lag.maybe_record(&self.consumer);

@@ -53,9 +53,21 @@ pub struct ScorerConfig {
     /// Records per batch; offsets are committed once per batch.
     #[arg(long, env = "LEADSTREAM_SCORER_BATCH", default_value_t = 1000)]
     pub batch_max: usize,
-    /// How long a batch may wait to fill.
+    /// The longest a batch waits for records. A batch closes as soon as the
+    /// records already fetched are taken (a few milliseconds at low load,
+    /// `--batch-max` records under a backlog) unless `--batch-fill`.
     #[arg(long, env = "LEADSTREAM_SCORER_BATCH_MS", default_value_t = 100)]
     pub batch_ms: u64,
+    /// The longest a fetch waits at the broker for records. Kafka answers a
+    /// fetch as soon as records arrive; a broker that answers only at this
+    /// deadline (Tansu) adds it to every hop. Lower costs only idle fetch
+    /// requests.
+    #[arg(long, env = "LEADSTREAM_SCORER_FETCH_WAIT_MS", default_value_t = 10)]
+    pub fetch_wait_ms: u64,
+    /// Wait out `--batch-ms` to fill each batch: fewer commits and changelog
+    /// writes at moderate load, for a higher score latency.
+    #[arg(long, env = "LEADSTREAM_SCORER_BATCH_FILL")]
+    pub batch_fill: bool,
     /// Most records per produce batch of the scorer's producer: larger
     /// batches, fewer produce requests.
     #[arg(

@@ -142,12 +142,9 @@ pub async fn run_with_clock(
     let batching = Batching {
         max: cfg.batch_max,
         wait_ms: cfg.batch_ms,
+        close_when_drained: !cfg.batch_fill,
     };
-    let stitch_consumer: StreamConsumer = cfg
-        .shared
-        .kafka
-        .consumer_config(&stitch_group(&cfg))?
-        .create()?;
+    let stitch_consumer: StreamConsumer = consumer_config(&cfg, &stitch_group(&cfg))?.create()?;
     stitch_consumer.subscribe(&[&topics.events])?;
     let stitcher = StageDriver::new(
         "stitch",
@@ -161,11 +158,9 @@ pub async fn run_with_clock(
         batching,
         LagGauge::new(metrics::CONSUMER_LAG, ("stage", "stitch")),
     );
-    let score_consumer: StreamConsumer<score_loop::RebalanceTracker> = cfg
-        .shared
-        .kafka
-        .consumer_config(&cfg.group)?
-        .create_with_context(score_loop::RebalanceTracker::default())?;
+    let score_consumer: StreamConsumer<score_loop::RebalanceTracker> =
+        consumer_config(&cfg, &cfg.group)?
+            .create_with_context(score_loop::RebalanceTracker::default())?;
     score_consumer.subscribe(&[&topics.by_lead])?;
     let scorer = StageDriver::new(
         "score",
@@ -212,6 +207,17 @@ pub async fn run_with_clock(
     Ok(())
 }
 
+/// The settings of one of the scorer's consumer groups: the shared ones
+/// (session timeout included) and the scorer's fetch wait.
+fn consumer_config(cfg: &ScorerConfig, group: &str) -> anyhow::Result<rdkafka::ClientConfig> {
+    let mut c = cfg.shared.kafka.consumer_config(group)?;
+    // A LEADSTREAM_RDKAFKA_* override still wins, as everywhere.
+    if std::env::var("LEADSTREAM_RDKAFKA_FETCH_WAIT_MAX_MS").is_err() {
+        c.set("fetch.wait.max.ms", cfg.fetch_wait_ms.to_string());
+    }
+    Ok(c)
+}
+
 /// The stitching stage's consumer group.
 fn stitch_group(cfg: &ScorerConfig) -> String {
     format!("{}-stitch", cfg.group)
@@ -247,8 +253,8 @@ async fn watch_model(path: PathBuf, slot: Arc<RwLock<Option<Arc<TrainedModel>>>>
 mod tests {
     use super::*;
 
-    /// `--session-timeout-ms` on the command line reaches both of the
-    /// scorer's consumer groups.
+    /// `--session-timeout-ms` and `--fetch-wait-ms` on the command line
+    /// reach both of the scorer's consumer groups.
     #[test]
     fn the_session_timeout_reaches_the_consumers() {
         let cfg: ScorerConfig = leadstream_common::args::parse_defaults(&[
@@ -256,11 +262,14 @@ mod tests {
             "127.0.0.1:9",
             "--session-timeout-ms",
             "7000",
+            "--fetch-wait-ms",
+            "5",
         ]);
         for group in [cfg.group.clone(), stitch_group(&cfg)] {
-            let consumer = cfg.shared.kafka.consumer_config(&group).unwrap();
+            let consumer = consumer_config(&cfg, &group).unwrap();
             assert_eq!(consumer.get("session.timeout.ms"), Some("7000"), "{group}");
             assert_eq!(consumer.get("group.id"), Some(group.as_str()));
+            assert_eq!(consumer.get("fetch.wait.max.ms"), Some("5"), "{group}");
         }
     }
 }
