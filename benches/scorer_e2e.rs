@@ -71,12 +71,15 @@ fn config(bootstrap: &str, run: &str) -> ScorerConfig {
     cfg
 }
 
-/// Reads scores, calling `seen(lead, version, score produce time ms)`.
+/// Reads scores, calling `seen(lead, version, score produce time ms, read
+/// time ms)`. A score can be read only once Kafka acked it, so the read
+/// time bounds its acknowledged produce from above; the reader's fetch
+/// waits 1 ms at most, to add little to that bound.
 async fn read_scores(
     bootstrap: &str,
     topic: &str,
     n: usize,
-    mut seen: impl FnMut(String, i64, i64),
+    mut seen: impl FnMut(String, i64, i64, i64),
 ) {
     while leadstream_common::kafka::partition_count(bootstrap, topic).is_err() {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -85,6 +88,7 @@ async fn read_scores(
     let decoder = Decoder::new(Arc::new(EmbeddedResolver::new(&plan).unwrap()));
     let consumer: StreamConsumer =
         leadstream_common::kafka::consumer_config(bootstrap, &format!("{topic}-reader"))
+            .set("fetch.wait.max.ms", "1")
             .create()
             .unwrap();
     consumer.subscribe(&[topic]).unwrap();
@@ -93,11 +97,13 @@ async fn read_scores(
             .await
             .expect("scores stopped arriving")
             .unwrap();
+        let read_ms = harness::now_ms();
         let v = to_json(&decoder.decode(m.payload().unwrap()).await.unwrap().value);
         seen(
             v["lead_id"].as_str().unwrap().to_owned(),
             v["version"].as_i64().unwrap(),
             m.timestamp().to_millis().unwrap(),
+            read_ms,
         );
     }
 }
@@ -270,6 +276,7 @@ async fn main() {
         Batching {
             max: cfg.batch_max,
             wait_ms: cfg.batch_ms,
+            close_when_drained: !cfg.batch_fill,
         },
         LagGauge::new("bench_lag", ("stage", "passthrough")),
     );
@@ -323,7 +330,8 @@ async fn main() {
     let lead_ids: Vec<String> = (0..lat_leads)
         .map(|l| leadstream_scorer::identity::lead_id_of(&format!("a:anon-{l}")))
         .collect();
-    let latencies: Arc<Mutex<Vec<i64>>> = Arc::default();
+    // (to the score's produce, to the score read back after its ack)
+    let latencies: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
     let reader = {
         let (produced, latencies, bootstrap, scores_topic) = (
             Arc::clone(&produced),
@@ -336,9 +344,9 @@ async fn main() {
                 &bootstrap,
                 &scores_topic,
                 lat_leads + n,
-                |lead, version, ts| {
+                |lead, version, ts, read| {
                     if let Some(sent) = produced.lock().unwrap().remove(&(lead, version)) {
-                        latencies.lock().unwrap().push(ts - sent);
+                        latencies.lock().unwrap().push((ts - sent, read - sent));
                     }
                 },
             )
@@ -378,20 +386,27 @@ async fn main() {
         .await
         .expect("scores caught up")
         .unwrap();
-    let mut l = latencies.lock().unwrap().clone();
-    l.sort_unstable();
+    let (mut produced_at, mut read_at): (Vec<i64>, Vec<i64>) =
+        latencies.lock().unwrap().iter().copied().unzip();
+    produced_at.sort_unstable();
+    read_at.sort_unstable();
+    let p = |l: &[i64], q: f64| harness::percentile(l, q);
     println!(
-        "latency at {rate} events/s for {seconds} s ({} scores): produce -> score produce p50 {} ms, p99 {} ms, max {} ms",
-        l.len(),
-        harness::percentile(&l, 0.5),
-        harness::percentile(&l, 0.99),
-        l.last().unwrap()
+        "latency at {rate} events/s for {seconds} s ({} scores): event produce -> score produce p50 {} ms, p99 {} ms, max {} ms; \
+         -> score read back (acked) p50 {} ms, p99 {} ms, max {} ms",
+        read_at.len(),
+        p(&produced_at, 0.5),
+        p(&produced_at, 0.99),
+        produced_at.last().unwrap(),
+        p(&read_at, 0.5),
+        p(&read_at, 0.99),
+        read_at.last().unwrap(),
     );
     println!(
         "scorer_e2e events_per_s={events_per_s:.0} passthrough_per_s={passthrough_per_s:.0} ratio={:.2} p50_ms={} p99_ms={} max_ms={} preload={preload}",
         events_per_s / passthrough_per_s,
-        harness::percentile(&l, 0.5),
-        harness::percentile(&l, 0.99),
-        l.last().unwrap()
+        p(&read_at, 0.5),
+        p(&read_at, 0.99),
+        read_at.last().unwrap()
     );
 }

@@ -50,8 +50,11 @@ pub struct ScorerConfig {
     /// Score events that ingest marked as bots (ignored by default).
     #[arg(long, env = "LEADSTREAM_SCORE_BOTS")]
     pub score_bots: bool,
-    /// Records per batch; offsets are committed once per batch.
-    #[arg(long, env = "LEADSTREAM_SCORER_BATCH", default_value_t = 1000)]
+    /// Most records per batch; offsets are committed once per batch. A
+    /// backlog is read in batches this large (each pays two round trips to
+    /// the broker: outputs, then the changelog); at low load a batch is
+    /// whatever was fetched.
+    #[arg(long, env = "LEADSTREAM_SCORER_BATCH", default_value_t = 10_000)]
     pub batch_max: usize,
     /// The longest a batch waits for records. A batch closes as soon as the
     /// records already fetched are taken (a few milliseconds at low load,

@@ -209,7 +209,7 @@ pub async fn run_with_clock(
 
 /// The settings of one of the scorer's consumer groups: the shared ones
 /// (session timeout included) and the scorer's fetch wait.
-fn consumer_config(cfg: &ScorerConfig, group: &str) -> anyhow::Result<rdkafka::ClientConfig> {
+pub fn consumer_config(cfg: &ScorerConfig, group: &str) -> anyhow::Result<rdkafka::ClientConfig> {
     let mut c = cfg.shared.kafka.consumer_config(group)?;
     // A LEADSTREAM_RDKAFKA_* override still wins, as everywhere.
     if std::env::var("LEADSTREAM_RDKAFKA_FETCH_WAIT_MAX_MS").is_err() {
