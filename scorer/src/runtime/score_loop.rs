@@ -91,10 +91,24 @@ impl BatchStage for ScoreLoop {
     ) -> anyhow::Result<Offsets> {
         let revoked: Vec<i32> =
             std::mem::take(&mut *consumer.context().revoked.lock().expect("revoked lock"));
-        for p in revoked {
+        for &p in &revoked {
             tracing::info!(partition = p, "partition revoked; state dropped");
             self.processor.revoke(p);
             self.last_read.remove(&p);
+        }
+        // Records of a partition revoked while this batch was read belong
+        // to its next owner, which reads them from the committed offset
+        // (this instance too, when the partition came straight back).
+        // Applying them here would race that owner's restore with this
+        // instance's changelog writes and commit, and could lose them.
+        let stale = |m: &BorrowedMessage<'_>| revoked.contains(&m.partition());
+        if batch.iter().any(stale) {
+            let n = batch.iter().filter(|m| stale(m)).count();
+            tracing::info!(
+                records = n,
+                ?revoked,
+                "records of revoked partitions left to their next owner"
+            );
         }
         let assigned: Vec<i32> =
             std::mem::take(&mut *consumer.context().assigned.lock().expect("assigned lock"));
@@ -106,7 +120,7 @@ impl BatchStage for ScoreLoop {
         let t0 = std::time::Instant::now();
         let mut deliveries = Vec::new();
         let read_at = Instant::now();
-        for m in batch {
+        for m in batch.iter().filter(|m| !stale(m)) {
             let p = m.partition();
             self.last_read.insert(p, read_at);
             self.restore(p).await?;
@@ -201,7 +215,7 @@ impl BatchStage for ScoreLoop {
         tracing::debug!(records = batch.len(), n_state, ?t_process, ?t_outputs, total = ?t0.elapsed(), "score batch");
         // After a rebalance the new owner replays from the last commit;
         // leads restored from a newer changelog skip what they applied.
-        Ok(next_offsets(batch))
+        Ok(next_offsets(batch.iter().filter(|m| !stale(m))))
     }
 
     /// After a failed batch: forget in-memory state (it may hold part of the
