@@ -7,7 +7,7 @@ use std::{alloc::System, hint::black_box, time::Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use leadstream_scorer::{
     DAY_MS,
-    event::{LeadEvent, Platform, Signal},
+    event::LeadEvent,
     features::LeadState,
     identity::IdentityGraph,
     processor::{Input, Output, Processor},
@@ -18,53 +18,14 @@ use leadstream_scorer::{
 };
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
+mod harness;
+
 // Counts every allocation, so per-lead memory is what the processor really
 // holds (maps, the schedule, dedupe ids), not a size_of estimate.
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-const T0: i64 = 1_795_305_600_000;
-
-fn event(i: i64) -> LeadEvent {
-    LeadEvent {
-        message_id: String::new(),
-        event: "page_viewed".into(),
-        ts_ms: T0 + i * 90_000,
-        platform: Some(if i % 3 == 0 {
-            Platform::MiniProgram
-        } else {
-            Platform::Web
-        }),
-        signals: vec![Signal::PageView, Signal::ALL[(i % 8) as usize]],
-        model_id: Some(["x3", "x5", "i4", "ix"][(i % 4) as usize].into()),
-        price: None,
-        channel: Some("autohome".into()),
-        session_id: None,
-        is_bot: false,
-        order: false,
-        lost: false,
-        purchase_ms: None,
-        duration_ms: Some(30_000),
-        page_value: None,
-        categories: leadstream_scorer::context::hashes(&serde_json::json!({
-            "event": "page_viewed", "platform": "web",
-            "context": {"utm_source": "autohome", "utm_campaign": "ev-launch", "os": "iOS 17", "user_agent": "Safari", "locale": "zh-CN"},
-            "properties": {"model_id": "x5"}})),
-    }
-}
-
-/// A typical lead's events: 40 over a month from the first (`lead` varies
-/// the signals), as the processor gets them.
-fn typical_events(lead: u64) -> Vec<LeadEvent> {
-    (0..40)
-        .map(|i| {
-            let mut e = event(i + lead as i64);
-            e.ts_ms = T0 + (lead as i64 % 1000) * 60_000 + i * (30 * DAY_MS / 40);
-            e.message_id = format!("m-{lead}-{i}");
-            e
-        })
-        .collect()
-}
+use harness::{T0, event, typical_events};
 
 /// Feeds `leads` typical leads through one partition's processor; returns
 /// it, the net bytes allocated, and the nanoseconds per event.

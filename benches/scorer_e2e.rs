@@ -31,22 +31,12 @@ use rdkafka::{
     message::BorrowedMessage,
     producer::{FutureProducer, FutureRecord},
 };
-use serde_json::json;
 
 // Same allocator as the `leadstream` binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const T0: i64 = 1_795_305_600_000;
-
-fn event(lead: usize, k: usize) -> serde_json::Value {
-    let page_type = ["home", "model_detail", "configurator", "price", "article"][k % 5];
-    json!({"message_id": format!("l{lead}-{k}"), "event": "page_viewed", "type": "page", "platform": "web",
-           "source_id": "web-main", "tenant": "brand-a", "anonymous_id": format!("anon-{lead}"),
-           "timestamp": T0 + (k as i64) * 60_000 + lead as i64, "received_at": T0,
-           "context": {"page_path": "/models/x5", "utm_source": "autohome"},
-           "properties": {"page_type": page_type, "model_id": "x5", "duration_ms": 30_000}})
-}
+use harness::page_view_json as event;
 
 async fn create_topic(bootstrap: &str, name: &str) {
     let spec = leadstream_common::kafka::TopicSpec {

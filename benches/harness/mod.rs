@@ -148,3 +148,76 @@ impl Cpu {
         )
     }
 }
+
+/// Benchmark time zero (2026-11-22).
+pub const T0: i64 = 1_795_305_600_000;
+
+/// Events of a typical lead, over its first month.
+pub const TYPICAL_EVENTS: i64 = 40;
+
+use leadstream_scorer::{
+    DAY_MS,
+    event::{LeadEvent, Platform, Signal},
+};
+
+static CATEGORIES: std::sync::LazyLock<[u32; leadstream_scorer::context::CATEGORIES]> =
+    std::sync::LazyLock::new(|| {
+        leadstream_scorer::context::hashes(&serde_json::json!({
+            "event": "page_viewed", "platform": "web",
+            "context": {"utm_source": "autohome", "utm_campaign": "ev-launch", "os": "iOS 17", "user_agent": "Safari", "locale": "zh-CN"},
+            "properties": {"model_id": "x5"}}))
+    });
+
+/// The `i`-th of a stream of page views whose signals, platform and model
+/// vary with `i`.
+pub fn event(i: i64) -> LeadEvent {
+    LeadEvent {
+        message_id: String::new(),
+        event: "page_viewed".into(),
+        ts_ms: T0 + i * 90_000,
+        platform: Some(if i % 3 == 0 {
+            Platform::MiniProgram
+        } else {
+            Platform::Web
+        }),
+        signals: vec![Signal::PageView, Signal::ALL[(i % 8) as usize]],
+        model_id: Some(["x3", "x5", "i4", "ix"][(i % 4) as usize].into()),
+        price: None,
+        channel: Some("autohome".into()),
+        session_id: None,
+        is_bot: false,
+        order: false,
+        lost: false,
+        purchase_ms: None,
+        duration_ms: Some(30_000),
+        page_value: None,
+        categories: *CATEGORIES,
+    }
+}
+
+/// A typical lead's events: 40 over a month from the first (`lead` varies
+/// the signals), as the processor gets them.
+pub fn typical_events(lead: u64) -> Vec<LeadEvent> {
+    (0..TYPICAL_EVENTS)
+        .map(|i| typical_event(lead, i))
+        .collect()
+}
+
+/// Event `i` of [`typical_events`]`(lead)`.
+pub fn typical_event(lead: u64, i: i64) -> LeadEvent {
+    let mut e = event(i + lead as i64);
+    e.ts_ms = T0 + (lead as i64 % 1000) * 60_000 + i * (30 * DAY_MS / TYPICAL_EVENTS);
+    e.message_id = format!("m-{lead}-{i}");
+    e
+}
+
+/// A tracking-plan `page_viewed` JSON event, event `k` of visitor `lead`
+/// (`anon-<lead>`), a minute apart.
+pub fn page_view_json(lead: usize, k: usize) -> serde_json::Value {
+    let page_type = ["home", "model_detail", "configurator", "price", "article"][k % 5];
+    serde_json::json!({"message_id": format!("l{lead}-{k}"), "event": "page_viewed", "type": "page", "platform": "web",
+           "source_id": "web-main", "tenant": "brand-a", "anonymous_id": format!("anon-{lead}"),
+           "timestamp": T0 + (k as i64) * 60_000 + lead as i64, "received_at": T0,
+           "context": {"page_path": "/models/x5", "utm_source": "autohome"},
+           "properties": {"page_type": page_type, "model_id": "x5", "duration_ms": 30_000}})
+}

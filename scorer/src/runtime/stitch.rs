@@ -2,7 +2,7 @@
 //! `<prefix>.by_lead` (keyed by lead id). Links new id combinations through
 //! the identity log first, so every instance routes with the same graph.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use leadstream_common::kafka::{
     BatchStage, Offsets, await_deliveries, next_offsets, partition_for, send,
@@ -13,7 +13,7 @@ use rdkafka::{
     Message,
     consumer::{DefaultConsumerContext, StreamConsumer},
     message::BorrowedMessage,
-    producer::{FutureProducer, FutureRecord},
+    producer::FutureProducer,
 };
 
 use super::{
@@ -37,32 +37,42 @@ pub struct Stitcher {
 impl BatchStage for Stitcher {
     type Context = DefaultConsumerContext;
 
-    /// Routes every event of the batch and waits for Kafka's acks.
+    /// Reads the batch's events, then routes them in order. An event with
+    /// identifiers the graph does not link yet appends a `Link` and applies
+    /// it to the local graph at once (linking is idempotent and
+    /// order-independent, so the log's copy changes nothing), so later
+    /// events route as if it had been waited for; every link's ack is
+    /// awaited once for the batch, and each route is stamped with the log
+    /// position its owner must reach. One round trip per batch, not per
+    /// new link, and the same routes as linking one event at a time.
     async fn process(
         &mut self,
         _consumer: &StreamConsumer,
         batch: &[BorrowedMessage<'_>],
     ) -> anyhow::Result<Offsets> {
-        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut reads = Vec::with_capacity(batch.len());
         for m in batch {
             let Some(payload) = m.payload() else {
                 metrics::counter!(STITCH_SKIPPED, "reason" => "empty").increment(1);
                 continue;
             };
-            let Read { ids, body } = match read(&self.decoder, payload).await {
-                Ok(r) => r,
+            match read(&self.decoder, payload).await {
+                Ok(r) if r.ids.is_empty() => {
+                    metrics::counter!(STITCH_SKIPPED, "reason" => "no_identity").increment(1);
+                }
+                Ok(r) => reads.push(r),
                 Err(e) => {
                     // Ingest validated it; a record that does not decode is
                     // not ours to fix. The sink keeps it in its dead letters.
                     tracing::error!(partition = m.partition(), offset = m.offset(), error = %e, "undecodable event skipped by the scorer");
                     metrics::counter!(STITCH_SKIPPED, "reason" => "undecodable").increment(1);
-                    continue;
                 }
-            };
-            if ids.is_empty() {
-                metrics::counter!(STITCH_SKIPPED, "reason" => "no_identity").increment(1);
-                continue;
             }
+        }
+        // (lead, body, links appended before it, log position applied then)
+        let mut routes = Vec::with_capacity(reads.len());
+        let mut links = Vec::new();
+        for Read { ids, body } in reads {
             let needs_link = ids.len() > 1
                 && !self
                     .identity
@@ -71,15 +81,32 @@ impl BatchStage for Stitcher {
                     .expect("graph lock")
                     .already_linked(&ids);
             if needs_link {
-                self.link(&ids).await?;
+                links.push(self.append_link(&ids).await);
             }
-            let (lead, graph_offset) = {
-                let mut g = self.identity.graph.lock().expect("graph lock");
-                (g.resolve(&ids), self.identity.applied())
-            };
+            let mut g = self.identity.graph.lock().expect("graph lock");
+            if needs_link {
+                g.link(&ids);
+            }
+            routes.push((g.resolve(&ids), body, links.len(), self.identity.applied()));
+        }
+        // The log position just past each link (and every earlier one).
+        let mut past = Vec::with_capacity(links.len());
+        for d in links {
+            let delivery = d
+                .await
+                .map_err(|_| anyhow::anyhow!("the producer dropped an identity link"))?
+                .map_err(|(e, _)| anyhow::anyhow!("appending to the identity log: {e}"))?;
+            metrics::counter!(LINKS_WRITTEN).increment(1);
+            let end = delivery.offset as u64 + 1;
+            past.push(past.last().map_or(end, |p: &u64| end.max(*p)));
+        }
+        let mut deliveries = Vec::with_capacity(routes.len());
+        for (lead, body, n_links, applied) in routes {
             let routed = Routed {
                 lead_id: lead.clone(),
-                graph_offset,
+                graph_offset: n_links
+                    .checked_sub(1)
+                    .map_or(applied, |i| applied.max(past[i])),
                 body: Some(body),
             };
             deliveries.push(
@@ -122,25 +149,12 @@ pub async fn read(decoder: &Decoder, framed: &[u8]) -> Result<Read, DecodeError>
 }
 
 impl Stitcher {
-    /// Appends a link and waits until the local graph has applied it.
-    async fn link(&self, ids: &[String]) -> anyhow::Result<()> {
+    /// Queues a link of `ids` on the identity log.
+    async fn append_link(&self, ids: &[String]) -> rdkafka::producer::DeliveryFuture {
         let mut sorted = ids.to_vec();
         sorted.sort();
         let key = sorted.join("|");
         let value = Link { ids: ids.to_vec() }.encode_to_vec();
-        let delivery = self
-            .producer
-            .send(
-                FutureRecord::to(&self.topics.identity)
-                    .partition(0)
-                    .key(&key)
-                    .payload(&value),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("appending to the identity log: {e}"))?;
-        metrics::counter!(LINKS_WRITTEN).increment(1);
-        self.identity.wait_for(delivery.offset as u64 + 1).await;
-        Ok(())
+        send(&self.producer, &self.topics.identity, 0, &key, &value).await
     }
 }
