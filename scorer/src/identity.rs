@@ -190,6 +190,23 @@ mod tests {
         assert_eq!(ids_fwd[4], final_fwd);
     }
 
+    /// The graph holds only identifiers that were linked: the anonymous id
+    /// of a visitor who never logs in, fills a form or opens the
+    /// mini-program costs it nothing, however many such visitors come.
+    #[test]
+    fn an_identifier_never_linked_takes_no_place_in_the_graph() {
+        let mut g = IdentityGraph::default();
+        for i in 0..1000 {
+            let ids = identifiers(&json!({"anonymous_id": format!("web-{i}")}));
+            assert_eq!(g.resolve(&ids), lead_id_of(&format!("a:web-{i}")));
+        }
+        assert!(g.is_empty());
+        g.link(&identifiers(
+            &json!({"anonymous_id": "web-1", "union_id": "wx-1"}),
+        ));
+        assert_eq!(g.len(), 2);
+    }
+
     #[test]
     fn merges_report_the_lead_that_disappeared() {
         let mut g = IdentityGraph::default();
