@@ -227,7 +227,7 @@ const PROPERTIES: &str = "properties";
 
 /// The `by_lead` form of an event's scoring meaning; `None` is an event
 /// that maps to nothing scorable (still routed: it advances its lead).
-pub fn to_facts(event: Option<&LeadEvent>) -> EventFacts {
+pub fn to_facts(event: Option<LeadEvent>) -> EventFacts {
     let Some(e) = event else {
         return EventFacts {
             unscorable: true,
@@ -236,15 +236,15 @@ pub fn to_facts(event: Option<&LeadEvent>) -> EventFacts {
     };
     EventFacts {
         unscorable: false,
-        message_id: e.message_id.clone(),
-        event: e.event.clone(),
+        message_id: e.message_id,
+        event: e.event,
         ts_ms: e.ts_ms,
         platform: e.platform.map(|p| p as u32),
         signals: e.signals.iter().map(|s| s.index() as u32).collect(),
-        model_id: e.model_id.clone(),
+        model_id: e.model_id,
         price: e.price,
-        channel: e.channel.clone(),
-        session_id: e.session_id.clone(),
+        channel: e.channel,
+        session_id: e.session_id,
         is_bot: e.is_bot,
         order: e.order,
         lost: e.lost,

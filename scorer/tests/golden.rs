@@ -97,8 +97,8 @@ impl Run {
     async fn emit(&mut self, outputs: Vec<Output>) {
         for o in outputs {
             match &o {
-                Output::Score { .. } => {
-                    let framed = score_loop::encode_score(&self.encoder, &o).unwrap();
+                Output::Score { record, .. } => {
+                    let framed = score_loop::encode_score(&self.encoder, record).unwrap();
                     let decoded = self.decoder.decode(&framed).await.expect("score decodes");
                     self.scores
                         .push(serde_json::to_string(&to_json(&decoded.value)).unwrap());
@@ -122,6 +122,11 @@ impl Run {
         }
         self.processor = processor;
     }
+}
+
+/// The processor as the scorer builds it by default (shipped rules, no bots).
+fn processor() -> Processor {
+    Processor::new(ScoringConfig::parse(DEFAULT_TOML).unwrap(), GRACE_MS, false)
 }
 
 fn golden(name: &str) -> std::path::PathBuf {
@@ -231,7 +236,7 @@ async fn json_and_datum_map_every_fixture_event_alike() {
             .unwrap();
         assert_eq!(ids, identifiers(&decoded), "{line}");
         assert_eq!(event, from_plan(&decoded), "{line}");
-        let wire = to_facts(event.as_ref()).encode_to_vec();
+        let wire = to_facts(event.clone()).encode_to_vec();
         let facts = leadstream_scorer::proto::EventFacts::decode(wire.as_slice()).unwrap();
         assert_eq!(from_facts(facts).unwrap(), event);
         let Some(Input::Event { event: old }) =

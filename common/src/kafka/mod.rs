@@ -15,5 +15,5 @@ pub use config::{
 };
 pub use consume::{collect_batch, commit_offsets, next_offsets, rewind_to_committed};
 pub use lag::LagGauge;
-pub use produce::{DeliveryError, await_deliveries, partition_for, send};
+pub use produce::{DeliveryError, await_deliveries, delivered_offsets, partition_for, send};
 pub use stage::{BatchStage, Batching, Offsets, StageDriver};

@@ -48,12 +48,20 @@ pub enum DeliveryError {
 pub async fn await_deliveries(
     deliveries: Vec<rdkafka::producer::DeliveryFuture>,
 ) -> Result<(), DeliveryError> {
+    delivered_offsets(deliveries).await.map(drop)
+}
+
+/// [`await_deliveries`], returning the offset each record was written at.
+pub async fn delivered_offsets(
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+) -> Result<Vec<i64>, DeliveryError> {
+    let mut offsets = Vec::with_capacity(deliveries.len());
     for d in deliveries {
         match d.await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(delivery)) => offsets.push(delivery.offset),
             Ok(Err((e, _))) => return Err(DeliveryError::Refused(e)),
             Err(_) => return Err(DeliveryError::Dropped),
         }
     }
-    Ok(())
+    Ok(offsets)
 }

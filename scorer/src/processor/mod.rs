@@ -338,7 +338,7 @@ impl Processor {
                 part.dirty.insert(key.to_owned());
             }
             let body = match input {
-                Input::Event { event } => Some(Body::Facts(to_facts(event.as_ref()))),
+                Input::Event { event } => Some(Body::Facts(to_facts(event))),
                 Input::MergeState { from, state } => {
                     Some(Body::MergeState(MergeState { from, state }))
                 }

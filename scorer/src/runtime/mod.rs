@@ -133,11 +133,7 @@ pub async fn run_with_clock(
         tokio::spawn(watch_model(path.clone(), Arc::clone(&model)));
     }
 
-    let mut producer_cfg = producer_config(&kafka, 5);
-    // Java clients' partitioner, so keyed scores land where any consumer expects.
-    producer_cfg.set("partitioner", "murmur2_random");
-    producer_cfg.set("batch.num.messages", cfg.kafka_batch_messages.to_string());
-    let producer: FutureProducer = producer_cfg.create()?;
+    let producer: FutureProducer = scorer_producer_config(&cfg, &kafka).create()?;
 
     let batching = Batching {
         max: cfg.batch_max,
@@ -216,6 +212,16 @@ pub fn consumer_config(cfg: &ScorerConfig, group: &str) -> anyhow::Result<rdkafk
         c.set("fetch.wait.max.ms", cfg.fetch_wait_ms.to_string());
     }
     Ok(c)
+}
+
+/// The settings of the scorer's producer (both stages' outputs, links and
+/// the changelog).
+pub fn scorer_producer_config(cfg: &ScorerConfig, kafka: &str) -> rdkafka::ClientConfig {
+    let mut c = producer_config(kafka, 5);
+    // Java clients' partitioner, so keyed scores land where any consumer expects.
+    c.set("partitioner", "murmur2_random");
+    c.set("batch.num.messages", cfg.kafka_batch_messages.to_string());
+    c
 }
 
 /// The stitching stage's consumer group.

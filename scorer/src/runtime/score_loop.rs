@@ -22,6 +22,7 @@ use rdkafka::{
     message::BorrowedMessage,
     producer::FutureProducer,
 };
+use serde_json::Value as Json;
 
 use super::{
     Topics,
@@ -258,10 +259,12 @@ impl ScoreLoop {
         deliveries: &mut Vec<rdkafka::producer::DeliveryFuture>,
     ) -> anyhow::Result<()> {
         match o {
-            Output::Score { ref lead_id, .. } => {
-                let framed = encode_score(&self.encoder, &o)?;
+            Output::Score {
+                lead_id, record, ..
+            } => {
+                let framed = encode_score(&self.encoder, &record)?;
                 deliveries
-                    .push(send(&self.producer, &self.topics.scores, -1, lead_id, &framed).await);
+                    .push(send(&self.producer, &self.topics.scores, -1, &lead_id, &framed).await);
                 metrics::counter!(SCORES).increment(1);
             }
             Output::Route(r) => {
@@ -312,12 +315,9 @@ pub async fn input_of(decoder: &Decoder, body: Option<Body>) -> Option<Input> {
     })
 }
 
-/// The framed `lead_score` record of a score output (empty for a route).
-pub fn encode_score(encoder: &Encoder, o: &Output) -> anyhow::Result<Vec<u8>> {
-    match o {
-        Output::Score { record, .. } => Ok(encoder.encode_derived("lead_score", record)?.bytes),
-        Output::Route(_) => Ok(Vec::new()),
-    }
+/// A score output's `lead_score` record, framed for Kafka.
+pub fn encode_score(encoder: &Encoder, record: &Json) -> anyhow::Result<Vec<u8>> {
+    Ok(encoder.encode_derived("lead_score", record)?.bytes)
 }
 
 /// Reads partition `p` of the changelog from the start into the processor,

@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use leadstream_common::kafka::{
-    BatchStage, Offsets, await_deliveries, next_offsets, partition_for, send,
+    BatchStage, Offsets, await_deliveries, delivered_offsets, next_offsets, partition_for, send,
 };
 use leadstream_schemas::{Decoder, codec::DecodeError};
 use prost::Message as _;
@@ -89,17 +90,18 @@ impl BatchStage for Stitcher {
             }
             routes.push((g.resolve(&ids), body, links.len(), self.identity.applied()));
         }
+        let offsets = delivered_offsets(links)
+            .await
+            .context("appending to the identity log")?;
+        metrics::counter!(LINKS_WRITTEN).increment(offsets.len() as u64);
         // The log position just past each link (and every earlier one).
-        let mut past = Vec::with_capacity(links.len());
-        for d in links {
-            let delivery = d
-                .await
-                .map_err(|_| anyhow::anyhow!("the producer dropped an identity link"))?
-                .map_err(|(e, _)| anyhow::anyhow!("appending to the identity log: {e}"))?;
-            metrics::counter!(LINKS_WRITTEN).increment(1);
-            let end = delivery.offset as u64 + 1;
-            past.push(past.last().map_or(end, |p: &u64| end.max(*p)));
-        }
+        let past: Vec<u64> = offsets
+            .iter()
+            .scan(0, |end, &o| {
+                *end = (*end).max(o as u64 + 1);
+                Some(*end)
+            })
+            .collect();
         let mut deliveries = Vec::with_capacity(routes.len());
         for (lead, body, n_links, applied) in routes {
             let routed = Routed {
@@ -138,12 +140,9 @@ pub struct Read {
 /// travel on.
 pub async fn read(decoder: &Decoder, framed: &[u8]) -> Result<Read, DecodeError> {
     decoder
-        .visit(framed, |_, datum| {
-            let event = from_plan(datum);
-            Read {
-                ids: identifiers(datum),
-                body: Body::Facts(to_facts(event.as_ref())),
-            }
+        .visit(framed, |_, datum| Read {
+            ids: identifiers(datum),
+            body: Body::Facts(to_facts(from_plan(datum))),
         })
         .await
 }
