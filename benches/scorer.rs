@@ -16,7 +16,7 @@ use leadstream_scorer::{
     train::{LogisticModel, Snapshot, Thresholds, TrainedModel},
     trees::{self, TreeParams},
 };
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 mod harness;
 
@@ -36,27 +36,25 @@ fn processor_with(leads: u64) -> (Processor, usize, f64) {
         .map(|l| (format!("L{:016x}", l * 0x9e37_79b9), typical_events(l)))
         .collect();
     // Interleave leads as a partition would see them: event i of every lead, then i + 1.
-    let region = Region::new(GLOBAL);
-    let mut p = Processor::new(cfg, 6 * 3_600_000, false);
-    p.assign(0);
-    let started = Instant::now();
-    let mut offset = 0;
-    for i in 0..40 {
-        for (key, events) in &inputs {
-            let input = Input::Event {
-                event: Some(events[i].clone()),
-            };
-            black_box(p.handle(0, offset, key, input, &mut graph, 0, None));
-            offset += 1;
+    let ((p, ns), net) = harness::live_bytes_after(GLOBAL, || {
+        let mut p = Processor::new(cfg, 6 * 3_600_000, false);
+        p.assign(0);
+        let started = Instant::now();
+        let mut offset = 0;
+        for i in 0..40 {
+            for (key, events) in &inputs {
+                let input = Input::Event {
+                    event: Some(events[i].clone()),
+                };
+                black_box(p.handle(0, offset, key, input, &mut graph, 0, None));
+                offset += 1;
+            }
         }
-    }
-    let ns = started.elapsed().as_nanos() as f64 / offset as f64;
-    // The changelog is taken every batch; leaving it would count its records.
-    drop(p.take_changelog());
-    // stats_alloc books a realloc's growth in bytes_allocated (and its
-    // shrinking in bytes_deallocated), so the difference is what is live.
-    let stats = region.change();
-    let net = stats.bytes_allocated - stats.bytes_deallocated;
+        let ns = started.elapsed().as_nanos() as f64 / offset as f64;
+        // The changelog is taken every batch; leaving it would count its records.
+        drop(p.take_changelog());
+        (p, ns)
+    });
     (p, net, ns)
 }
 

@@ -23,7 +23,7 @@ use std::{
 use leadstream_common::kafka::{
     BatchStage, Batching, LagGauge, Offsets, StageDriver, await_deliveries, next_offsets, send,
 };
-use leadstream_schemas::{EmbeddedResolver, Encoder, Plan, codec::Decoder, codec::to_json};
+use leadstream_schemas::{EmbeddedResolver, Plan, codec::Decoder, codec::to_json};
 use leadstream_scorer::runtime::{ScorerConfig, run};
 use rdkafka::{
     Message,
@@ -38,16 +38,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use harness::page_view_json as event;
 
-async fn create_topic(bootstrap: &str, name: &str) {
-    let spec = leadstream_common::kafka::TopicSpec {
-        name: name.to_owned(),
-        partitions: 4,
-        replication: 1,
-        compacted: false,
-    };
-    leadstream_common::kafka::ensure_topics(bootstrap, &[spec])
-        .await
-        .expect("topic created");
+/// Partitions of the bench's topics.
+const PARTITIONS: i32 = 4;
+
+/// Events of a backlog: event k of every lead, then event k + 1.
+fn backlog(leads: usize, per_lead: usize) -> impl Iterator<Item = (String, serde_json::Value)> {
+    (0..per_lead)
+        .flat_map(move |k| (0..leads).map(move |lead| (format!("anon-{lead}"), event(lead, k))))
 }
 
 fn config(bootstrap: &str, run: &str) -> ScorerConfig {
@@ -71,17 +68,15 @@ async fn read_scores(
     n: usize,
     mut seen: impl FnMut(String, i64, i64, i64),
 ) {
-    while leadstream_common::kafka::partition_count(bootstrap, topic).is_err() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let plan = Plan::embedded().unwrap();
     let decoder = Decoder::new(Arc::new(EmbeddedResolver::new(&plan).unwrap()));
-    let consumer: StreamConsumer =
-        leadstream_common::kafka::consumer_config(bootstrap, &format!("{topic}-reader"))
-            .set("fetch.wait.max.ms", "1")
-            .create()
-            .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = harness::subscribed(
+        bootstrap,
+        topic,
+        &format!("{topic}-reader"),
+        &[("fetch.wait.max.ms", "1")],
+    )
+    .await;
     for _ in 0..n {
         let m = tokio::time::timeout(Duration::from_secs(120), consumer.recv())
             .await
@@ -124,47 +119,9 @@ impl BatchStage for PassThrough {
     }
 }
 
-/// A producer configured as the scorer's.
-fn scorer_like_producer(bootstrap: &str, cfg: &ScorerConfig) -> FutureProducer {
-    let mut c = leadstream_common::kafka::producer_config(bootstrap, 5);
-    c.set("batch.num.messages", cfg.kafka_batch_messages.to_string());
-    c.create().unwrap()
-}
-
-/// `leads` × `per_lead` events on `topic`, acked.
-async fn produce_backlog(
-    producer: &FutureProducer,
-    encoder: &Encoder,
-    topic: &str,
-    leads: usize,
-    per_lead: usize,
-) {
-    let mut pending = Vec::with_capacity(50_000);
-    for k in 0..per_lead {
-        for lead in 0..leads {
-            let bytes = encoder.encode(&event(lead, k)).unwrap().bytes;
-            let key = format!("anon-{lead}");
-            pending.push(send(producer, topic, -1, &key, &bytes).await);
-            if pending.len() >= 50_000 {
-                await_deliveries(std::mem::take(&mut pending))
-                    .await
-                    .unwrap();
-            }
-        }
-    }
-    await_deliveries(pending).await.unwrap();
-}
-
 /// Reads `n` records of `topic`.
 async fn read_span(bootstrap: &str, topic: &str, n: usize) -> Span {
-    while leadstream_common::kafka::partition_count(bootstrap, topic).is_err() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let consumer: StreamConsumer =
-        leadstream_common::kafka::consumer_config(bootstrap, &format!("{topic}-reader"))
-            .create()
-            .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = harness::subscribed(bootstrap, topic, &format!("{topic}-reader"), &[]).await;
     let (mut first, mut last) = (i64::MAX, 0i64);
     let mut cpu_from = None;
     for _ in 0..n {
@@ -207,24 +164,21 @@ async fn main() {
     let per_lead: usize = harness::knob("LEADSTREAM_BENCH_EVENTS_PER_LEAD", 50);
     let rate: u64 = harness::knob("LEADSTREAM_BENCH_RATE", 2_000);
     let seconds: u64 = harness::knob("LEADSTREAM_BENCH_SECONDS", 10);
-    let plan = Plan::embedded().unwrap();
-    let encoder = Encoder::build(&plan, &EmbeddedResolver::new(&plan).unwrap())
-        .await
-        .unwrap();
+    let encoder = harness::plan_encoder().await;
     let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap, 5)
         .create()
         .unwrap();
 
     if preload > 0 {
         let topic = format!("sbench{}-preload", std::process::id());
-        create_topic(&bootstrap, &topic).await;
+        harness::create_topic(&bootstrap, &topic, PARTITIONS).await;
         let t = Instant::now();
-        produce_backlog(
+        let preload_leads = preload.div_ceil(per_lead);
+        harness::produce_events(
             &producer,
             &encoder,
             &topic,
-            preload.div_ceil(per_lead),
-            per_lead,
+            backlog(preload_leads, per_lead),
         )
         .await;
         println!(
@@ -237,19 +191,13 @@ async fn main() {
     // scorer does, one after the other on the same broker.
     let run1 = format!("sbench{}a", std::process::id());
     let cfg = config(&bootstrap, &run1);
-    create_topic(&bootstrap, &cfg.shared.topics.events).await;
+    harness::create_topic(&bootstrap, &cfg.shared.topics.events, PARTITIONS).await;
     let total = leads * per_lead;
-    produce_backlog(
-        &producer,
-        &encoder,
-        &cfg.shared.topics.events,
-        leads,
-        per_lead,
-    )
-    .await;
+    let events = &cfg.shared.topics.events;
+    harness::produce_events(&producer, &encoder, events, backlog(leads, per_lead)).await;
 
     let passthrough_topic = format!("{run1}.passthrough");
-    create_topic(&bootstrap, &passthrough_topic).await;
+    harness::create_topic(&bootstrap, &passthrough_topic, PARTITIONS).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let consumer: StreamConsumer =
         leadstream_common::kafka::consumer_config(&bootstrap, &format!("{run1}-passthrough"))
@@ -260,7 +208,9 @@ async fn main() {
         "passthrough",
         consumer,
         PassThrough {
-            producer: scorer_like_producer(&bootstrap, &cfg),
+            producer: leadstream_scorer::runtime::scorer_producer_config(&cfg, &bootstrap)
+                .create()
+                .unwrap(),
             to: passthrough_topic.clone(),
         },
         Batching {
@@ -297,7 +247,7 @@ async fn main() {
     // Latency: scorer running and caught up, events at a steady rate.
     let run2 = format!("sbench{}b", std::process::id());
     let cfg = config(&bootstrap, &run2);
-    create_topic(&bootstrap, &cfg.shared.topics.events).await;
+    harness::create_topic(&bootstrap, &cfg.shared.topics.events, PARTITIONS).await;
     let scores_topic = cfg.shared.topics.scores.clone();
     let events_topic = cfg.shared.topics.events.clone();
     tokio::spawn(run(cfg, std::future::pending()));

@@ -16,38 +16,21 @@ use std::{
     hint::black_box,
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use leadstream_common::kafka::{TopicSpec, await_deliveries, ensure_topics, send};
-use leadstream_schemas::{EmbeddedResolver, Encoder, Plan};
 use leadstream_scorer::{
     identity::{IdentityGraph, lead_id_of},
     processor::{Input, Processor},
     rules::{DEFAULT_TOML, ScoringConfig},
 };
-use rdkafka::{
-    Message,
-    consumer::{Consumer, StreamConsumer},
-    producer::FutureProducer,
-};
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use rdkafka::{Message, producer::FutureProducer};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 // Counts every allocation of this process: the pure measurements below.
 // The Kafka part runs the `leadstream` binary, which has its own allocator.
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-/// Net bytes live after `f`, by allocation.
-fn live_bytes_after<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let region = Region::new(GLOBAL);
-    let out = f();
-    // stats_alloc books a realloc's growth in bytes_allocated and its
-    // shrinking in bytes_deallocated: the difference is what is live.
-    let s = region.change();
-    (out, s.bytes_allocated.saturating_sub(s.bytes_deallocated))
-}
 
 /// One processor holding `leads` typical leads, as a partition would see
 /// their events (event i of every lead, then i + 1).
@@ -56,7 +39,7 @@ fn processor_bytes_per_lead(leads: u64, events: i64) -> f64 {
         .map(|l| format!("L{:016x}", l * 0x9e37_79b9))
         .collect();
     let mut graph = IdentityGraph::default();
-    let (p, bytes) = live_bytes_after(|| {
+    let (p, bytes) = harness::live_bytes_after(GLOBAL, || {
         let mut p = Processor::new(
             ScoringConfig::parse(DEFAULT_TOML).unwrap(),
             6 * 3_600_000,
@@ -85,7 +68,7 @@ fn processor_bytes_per_lead(leads: u64, events: i64) -> f64 {
 /// and mini-program anonymous ids and a WeChat union id), as the stitcher
 /// links them; per linked identifier.
 fn graph_bytes_per_identifier(people: u64) -> f64 {
-    let (g, bytes) = live_bytes_after(|| {
+    let (g, bytes) = harness::live_bytes_after(GLOBAL, || {
         let mut g = IdentityGraph::default();
         for p in 0..people {
             g.link(&[format!("a:web-{p}"), format!("w:wx-{p}")]);
@@ -179,13 +162,7 @@ async fn read_until(
     group: &str,
     mut done: impl FnMut(usize, &rdkafka::message::BorrowedMessage<'_>) -> bool,
 ) {
-    while leadstream_common::kafka::partition_count(bootstrap, topic).is_err() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let consumer: StreamConsumer = leadstream_common::kafka::consumer_config(bootstrap, group)
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = harness::subscribed(bootstrap, topic, group, &[]).await;
     let mut n = 0;
     loop {
         let m = tokio::time::timeout(Duration::from_secs(300), consumer.recv())
@@ -225,41 +202,20 @@ async fn main() {
     // third visitor's event also carries a WeChat union id (a link).
     let bootstrap = harness::kafka();
     let run = format!("sscale{}", std::process::id());
-    ensure_topics(
-        &bootstrap,
-        &[TopicSpec {
-            name: format!("{run}.events"),
-            partitions,
-            replication: 1,
-            compacted: false,
-        }],
-    )
-    .await
-    .unwrap();
-    let plan = Plan::embedded().unwrap();
-    let encoder = Encoder::build(&plan, &EmbeddedResolver::new(&plan).unwrap())
-        .await
-        .unwrap();
+    harness::create_topic(&bootstrap, &format!("{run}.events"), partitions).await;
+    let encoder = harness::plan_encoder().await;
     let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap, 5)
         .create()
         .unwrap();
     let t = Instant::now();
-    let mut pending = Vec::with_capacity(50_000);
-    for lead in 0..leads {
+    let backlog = (0..leads).map(|lead| {
         let mut e = harness::page_view_json(lead, 0);
         if lead % 3 == 0 {
             e["union_id"] = format!("wx-{lead}").into();
         }
-        let bytes = encoder.encode(&e).unwrap().bytes;
-        let key = format!("anon-{lead}");
-        pending.push(send(&producer, &format!("{run}.events"), -1, &key, &bytes).await);
-        if pending.len() == 50_000 {
-            await_deliveries(std::mem::take(&mut pending))
-                .await
-                .unwrap();
-        }
-    }
-    await_deliveries(pending).await.unwrap();
+        (format!("anon-{lead}"), e)
+    });
+    harness::produce_events(&producer, &encoder, &format!("{run}.events"), backlog).await;
     println!(
         "backlog: {leads} events produced in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -289,21 +245,9 @@ async fn main() {
     let second = Scorer::start(&bootstrap, &run, dir.join(format!("{run}-b.log")));
     let restarted = Instant::now();
     let probe = leads + 1;
-    let bytes = encoder
-        .encode(&harness::page_view_json(probe, 0))
-        .unwrap()
-        .bytes;
+    let probe_event = (format!("anon-{probe}"), harness::page_view_json(probe, 0));
+    harness::produce_events(&producer, &encoder, &format!("{run}.events"), [probe_event]).await;
     let probe_lead = lead_id_of(&format!("a:anon-{probe}"));
-    let d = send(
-        &producer,
-        &format!("{run}.events"),
-        -1,
-        &format!("anon-{probe}"),
-        &bytes,
-    )
-    .await;
-    await_deliveries(vec![d]).await.unwrap();
-    let probe_lead = Arc::new(probe_lead);
     read_until(
         &bootstrap,
         &format!("{run}.lead_scores"),

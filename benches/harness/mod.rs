@@ -149,6 +149,85 @@ impl Cpu {
     }
 }
 
+/// Creates `name` (replication 1) unless it exists.
+pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let spec = leadstream_common::kafka::TopicSpec {
+        name: name.to_owned(),
+        partitions,
+        replication: 1,
+        compacted: false,
+    };
+    leadstream_common::kafka::ensure_topics(bootstrap, &[spec])
+        .await
+        .expect("topic created");
+}
+
+/// The encoder of the embedded tracking plan.
+pub async fn plan_encoder() -> leadstream_schemas::Encoder {
+    let plan = leadstream_schemas::Plan::embedded().unwrap();
+    let resolver = leadstream_schemas::EmbeddedResolver::new(&plan).unwrap();
+    leadstream_schemas::Encoder::build(&plan, &resolver)
+        .await
+        .unwrap()
+}
+
+/// Encodes and produces every (key, event) to `topic`, at most 50,000
+/// unacknowledged at a time; all are acked on return.
+pub async fn produce_events(
+    producer: &rdkafka::producer::FutureProducer,
+    encoder: &leadstream_schemas::Encoder,
+    topic: &str,
+    events: impl IntoIterator<Item = (String, serde_json::Value)>,
+) {
+    use leadstream_common::kafka::{await_deliveries, send};
+    let mut pending = Vec::with_capacity(50_000);
+    for (key, event) in events {
+        let bytes = encoder.encode(&event).unwrap().bytes;
+        pending.push(send(producer, topic, -1, &key, &bytes).await);
+        if pending.len() == 50_000 {
+            await_deliveries(std::mem::take(&mut pending))
+                .await
+                .unwrap();
+        }
+    }
+    await_deliveries(pending).await.unwrap();
+}
+
+/// A consumer of `topic` in group `group` (with `settings` on top of the
+/// defaults), once the topic exists.
+pub async fn subscribed(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    settings: &[(&str, &str)],
+) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer as _;
+    while leadstream_common::kafka::partition_count(bootstrap, topic).is_err() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut config = leadstream_common::kafka::consumer_config(bootstrap, group);
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let consumer: rdkafka::consumer::StreamConsumer = config.create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
+/// What `f` leaves allocated, in bytes, counted by `alloc` (the bench's
+/// global allocator), with what `f` returns.
+pub fn live_bytes_after<T>(
+    alloc: &stats_alloc::StatsAlloc<std::alloc::System>,
+    f: impl FnOnce() -> T,
+) -> (T, usize) {
+    let region = stats_alloc::Region::new(alloc);
+    let out = f();
+    // stats_alloc books a realloc's growth in bytes_allocated and its
+    // shrinking in bytes_deallocated: the difference is what is live.
+    let s = region.change();
+    (out, s.bytes_allocated.saturating_sub(s.bytes_deallocated))
+}
+
 /// Benchmark time zero (2026-11-22).
 pub const T0: i64 = 1_795_305_600_000;
 
