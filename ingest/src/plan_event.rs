@@ -109,7 +109,7 @@ impl<'a> PlanEvent<'a> {
     pub fn to_json(&self) -> Json {
         let mut out = Map::new();
         for name in ENVELOPE {
-            out.insert(name.to_owned(), field_json(self.field(name)));
+            out.insert(name.to_owned(), self.field(name).to_json());
         }
         Json::Object(out)
     }
@@ -178,21 +178,4 @@ fn opt_text<'v>(v: &'v Option<Cow<'_, str>>) -> Field<'v> {
 
 fn opt_long(v: Option<i64>) -> Field<'static> {
     v.map_or(Field::Null, Field::Long)
-}
-
-/// A view field as the JSON value it stands for.
-pub(crate) fn field_json(f: Field<'_>) -> Json {
-    match f {
-        Field::Absent | Field::Null => Json::Null,
-        Field::Text(t) => Json::String(t.to_owned()),
-        Field::Long(n) => Json::from(n),
-        Field::Bool(b) => Json::Bool(b),
-        Field::Json(j) => j.clone(),
-        Field::Record(r) => Json::Object(
-            r.names()
-                .iter()
-                .map(|n| ((*n).to_owned(), field_json(r.field(n))))
-                .collect(),
-        ),
-    }
 }

@@ -383,7 +383,6 @@ fn identify_traits(traits: &Map<String, Json>) -> Map<String, Json> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::plan_event::field_json;
     use crate::sources::{Platform, Source, UnplannedPolicy};
     use leadstream_schemas::codec::{Field, FieldView};
 
@@ -425,24 +424,16 @@ pub(crate) mod tests {
         e.phone_hash = Some("ph".into());
         e.context.is_bot = true;
         for (i, name) in e.names().iter().enumerate() {
-            assert_eq!(
-                field_json(e.field_at(i)),
-                field_json(e.field(name)),
-                "{name}"
-            );
+            assert_eq!(e.field_at(i).to_json(), e.field(name).to_json(), "{name}");
         }
         for (i, name) in e.context.names().iter().enumerate() {
             let c = &e.context;
             assert_eq!(
-                field_json(c.field_at(i)),
-                field_json(c.field(name)),
+                c.field_at(i).to_json(),
+                c.field(name).to_json(),
                 "context.{name}"
             );
-            assert_ne!(
-                field_json(c.field(name)),
-                Json::Null,
-                "context.{name} is set"
-            );
+            assert_ne!(c.field(name).to_json(), Json::Null, "context.{name} is set");
         }
         assert!(matches!(e.field("nope"), Field::Absent));
     }

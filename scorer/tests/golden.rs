@@ -99,6 +99,12 @@ impl Run {
             match &o {
                 Output::Score { record, .. } => {
                     let framed = score_loop::encode_score(&self.encoder, record).unwrap();
+                    // The typed fields encode as the JSON object they stand for.
+                    let by_json = self
+                        .encoder
+                        .encode_derived("lead_score", &record.to_json())
+                        .unwrap();
+                    assert_eq!(framed, by_json.bytes, "{}", record.to_json());
                     let decoded = self.decoder.decode(&framed).await.expect("score decodes");
                     self.scores
                         .push(serde_json::to_string(&to_json(&decoded.value)).unwrap());
@@ -110,8 +116,7 @@ impl Run {
 
     /// A restart: a new processor holding only what the changelog restores.
     fn restart(&mut self) {
-        let mut processor =
-            Processor::new(ScoringConfig::parse(DEFAULT_TOML).unwrap(), GRACE_MS, false);
+        let mut processor = processor();
         for p in 0..PARTITIONS {
             processor.assign(p);
         }
@@ -143,7 +148,7 @@ async fn the_fixed_event_file_scores_exactly_as_recorded() {
         decoder: Decoder::new(resolver.clone()),
         encoder: Encoder::build(&plan, resolver.as_ref()).await.unwrap(),
         graph: IdentityGraph::default(),
-        processor: Processor::new(ScoringConfig::parse(DEFAULT_TOML).unwrap(), GRACE_MS, false),
+        processor: processor(),
         by_lead: (0..PARTITIONS).map(|_| VecDeque::new()).collect(),
         next_offset: vec![0; PARTITIONS as usize],
         changelog: BTreeMap::new(),

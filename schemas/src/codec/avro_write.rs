@@ -253,14 +253,91 @@ pub(super) fn write_record_view(
         match slot.map_or(Field::Absent, |i| view.field_at(i)) {
             Field::Absent => write_field(field, None, &field_path, out)?,
             Field::Null => write_field(field, Some(&Json::Null), &field_path, out)?,
-            Field::Json(j) => write_field(field, Some(j), &field_path, out)?,
-            Field::Long(n) => write_field(field, Some(&Json::from(n)), &field_path, out)?,
-            Field::Bool(b) => write_field(field, Some(&Json::Bool(b)), &field_path, out)?,
-            Field::Text(t) => write_text(&field.schema, t, &field_path, out)?,
-            Field::Record(r) => write_view_as(layouts, &field.schema, r, &field_path, out)?,
+            given => write_value(layouts, &field.schema, given, &field_path, out)?,
         }
     }
     Ok(())
+}
+
+/// One value of a view where `schema` expects it: the bytes and errors of
+/// the JSON value it stands for. A record field's default applies only to
+/// Absent and Null, which [`write_record_view`] handles before this.
+fn write_value(
+    layouts: &Layouts,
+    schema: &Schema,
+    value: Field<'_>,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    match value {
+        Field::Absent => Err(EncodeError::MissingRequired {
+            field: path.to_string(),
+        }),
+        Field::Null => write_avro(schema, Some(&Json::Null), path, out),
+        Field::Json(j) => write_avro(schema, Some(j), path, out),
+        Field::Long(n) => write_avro(schema, Some(&Json::from(n)), path, out),
+        Field::Bool(b) => write_avro(schema, Some(&Json::Bool(b)), path, out),
+        Field::Double(x) => write_double(schema, x, path, out),
+        Field::Text(t) => write_text(schema, t, path, out),
+        Field::Record(r) => write_view_as(layouts, schema, r, path, out),
+        Field::List(l) => write_list(layouts, schema, l, path, out),
+    }
+}
+
+/// A float where `schema` expects one (a double, a float, or a union
+/// holding one); anything else goes the JSON way for the same error.
+fn write_double(
+    schema: &Schema,
+    x: f64,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    match schema {
+        Schema::Double => {
+            out.extend_from_slice(&x.to_le_bytes());
+            Ok(())
+        }
+        Schema::Float => {
+            out.extend_from_slice(&(x as f32).to_le_bytes());
+            Ok(())
+        }
+        Schema::Union(union) => write_branch(
+            union,
+            out,
+            |variant, out| write_double(variant, x, path, out),
+            || mismatch(path, "null", &Json::from(x)),
+        ),
+        other => write_avro(other, Some(&Json::from(x)), path, out),
+    }
+}
+
+/// A list where `schema` expects an array (or a union holding one).
+fn write_list(
+    layouts: &Layouts,
+    schema: &Schema,
+    list: &dyn ListView,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    match schema {
+        Schema::Array(a) => {
+            if !list.is_empty() {
+                write_long(list.len() as i64, out);
+                for i in 0..list.len() {
+                    write_value(layouts, &a.items, list.item(i), &Path::Index(path, i), out)?;
+                }
+            }
+            out.push(0);
+            Ok(())
+        }
+        Schema::Union(union) => write_branch(
+            union,
+            out,
+            |variant, out| write_list(layouts, variant, list, path, out),
+            || mismatch(path, "null", &Json::Array(Vec::new())),
+        ),
+        other => write_avro(other, Some(&Json::Array(Vec::new())), path, out),
+    }
 }
 
 /// A string where `schema` expects one: strings, enum symbols and the

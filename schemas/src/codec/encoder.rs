@@ -64,6 +64,24 @@ impl Encoder {
         frame(writer, record)
     }
 
+    /// [`Encoder::encode_derived`] for a record given as a [`FieldView`]:
+    /// the same bytes and errors as for the JSON object it stands for.
+    pub fn encode_derived_view(
+        &self,
+        name: &str,
+        record: &dyn FieldView,
+    ) -> Result<Encoded, EncodeError> {
+        let writer = self
+            .derived
+            .get(name)
+            .ok_or_else(|| EncodeError::UnplannedEvent {
+                event: name.to_owned(),
+            })?;
+        frame_with(writer, |out| {
+            write_view_as(&self.layouts, &writer.schema, record, &Path::Root, out)
+        })
+    }
+
     /// Validates and frames the event `name` given as a [`FieldView`].
     pub fn encode_view(&self, name: &str, event: &dyn FieldView) -> Result<Encoded, EncodeError> {
         let writer = self

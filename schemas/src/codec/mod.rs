@@ -17,7 +17,7 @@ pub use error::{DecodeError, EncodeError, FrameError};
 pub use frame::split_frame;
 pub use json::to_json;
 pub(crate) use json::write_str;
-pub use view::{Field, FieldView};
+pub use view::{Field, FieldView, ListView};
 
 use avro_write::*;
 use encoder::*;

@@ -82,6 +82,7 @@ impl FieldView for JsonView {
             Some(Json::String(s)) => Field::Text(s),
             Some(Json::Bool(b)) => Field::Bool(*b),
             Some(j) if j.is_i64() => Field::Long(j.as_i64().unwrap()),
+            Some(j) if j.is_f64() => Field::Double(j.as_f64().unwrap()),
             Some(j) => Field::Json(j),
         }
     }
@@ -101,7 +102,19 @@ async fn a_view_encodes_as_its_json_object_does() {
     bad_ts["timestamp"] = json!("soon");
     let mut wrong_type = page_view();
     wrong_type["properties"]["duration_ms"] = json!("long");
-    for e in [page_view(), bad_enum, extra, bad_ts, wrong_type] {
+    let mut float_for_long = page_view();
+    float_for_long["properties"]["duration_ms"] = json!(1.5);
+    let mut float_for_text = page_view();
+    float_for_text["properties"]["model_id"] = json!(2.5);
+    for e in [
+        page_view(),
+        bad_enum,
+        extra,
+        bad_ts,
+        wrong_type,
+        float_for_long,
+        float_for_text,
+    ] {
         let by_json = encoder.encode(&e).map(|x| x.bytes);
         let by_view = encoder
             .encode_view(e["event"].as_str().unwrap(), &JsonView::new(&e))

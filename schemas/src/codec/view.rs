@@ -16,9 +16,62 @@ pub enum Field<'a> {
     Null,
     Text(&'a str),
     Long(i64),
+    Double(f64),
     Bool(bool),
     Json(&'a Json),
     Record(&'a dyn FieldView),
+    List(&'a dyn ListView),
+}
+
+impl Field<'_> {
+    /// The JSON value this field stands for (Absent as null).
+    pub fn to_json(self) -> Json {
+        match self {
+            Field::Absent | Field::Null => Json::Null,
+            Field::Text(t) => Json::String(t.to_owned()),
+            Field::Long(n) => Json::from(n),
+            Field::Double(x) => Json::from(x),
+            Field::Bool(b) => Json::Bool(b),
+            Field::Json(j) => j.clone(),
+            Field::Record(r) => Json::Object(
+                r.names()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| ((*n).to_owned(), r.field_at(i).to_json()))
+                    .collect(),
+            ),
+            Field::List(l) => Json::Array((0..l.len()).map(|i| l.item(i).to_json()).collect()),
+        }
+    }
+}
+
+/// An array field handed to the encoder item by item, as a JSON array of
+/// the same items would be.
+pub trait ListView {
+    fn len(&self) -> usize;
+    /// Item `i` (< `len()`); Absent is refused as a missing value.
+    fn item(&self, i: usize) -> Field<'_>;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ListView for Vec<&str> {
+    fn len(&self) -> usize {
+        <[&str]>::len(self)
+    }
+    fn item(&self, i: usize) -> Field<'_> {
+        Field::Text(self[i])
+    }
+}
+
+impl<T: FieldView> ListView for Vec<T> {
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+    fn item(&self, i: usize) -> Field<'_> {
+        Field::Record(&self[i])
+    }
 }
 
 /// A record whose fields the encoder reads by position: what ingest builds,

@@ -14,7 +14,9 @@ use std::{
 };
 
 use prost::Message;
-use serde_json::{Value as Json, json};
+
+mod record;
+pub use record::{Reason, ScoreRecord};
 
 use crate::{
     event::{LeadEvent, Platform, to_facts},
@@ -53,11 +55,10 @@ pub enum Input {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// A `lead_score` record (tracking-plan JSON shape) keyed by lead id,
-    /// and why it was emitted (also in the record, for readers).
+    /// A `lead_score` record, keyed by its lead id, and why it was
+    /// emitted (also in the record, for readers).
     Score {
-        lead_id: String,
-        record: Json,
+        record: ScoreRecord,
         reason: ChangeReason,
     },
     /// A record for another lead's owner, keyed by `routed.lead_id`.
@@ -536,36 +537,39 @@ fn score_output(
     let s = &lead.state;
     lead.version += 1;
     let previous_stage = lead.emitted.map(|c| c.stage.as_str());
-    let record = json!({
-        "lead_id": lead_id,
-        "score": round2(scored.score),
-        "rule_score": round2(scored.rule_score),
-        "probability": scored.probability,
-        "grade": scored.grade.as_str(),
-        "stage": scored.stage.as_str(),
-        "reasons": scored.reasons.iter().map(|(code, points)| json!({"code": code, "points": round2(*points)})).collect::<Vec<_>>(),
-        "reactivated": scored.reactivated,
-        "event_count": i64::from(s.events),
-        "platforms": s.platforms_used().map(Platform::as_str).collect::<Vec<_>>(),
-        "first_platform": s.first_platform.map(Platform::as_str),
-        "first_channel": s.first_channel.as_deref(),
-        "first_seen_at": s.first_seen_ms,
-        "last_event_at": s.last_event_ms,
-        "merged_into": lead.merged_into.as_deref(),
-        "version": lead.version as i64,
-        "updated_at": now,
-        "change_reason": reason.as_str(),
-        "previous_stage": previous_stage,
-        "churn_risk": scored.churn_risk,
-        "last_intent_at": s.last_high_intent_ms.get(),
-    });
+    let record = ScoreRecord {
+        lead_id: lead_id.to_owned(),
+        score: round2(scored.score),
+        rule_score: round2(scored.rule_score),
+        probability: scored.probability,
+        grade: scored.grade.as_str(),
+        stage: scored.stage.as_str(),
+        reasons: scored
+            .reasons
+            .iter()
+            .map(|&(code, points)| Reason {
+                code,
+                points: round2(points),
+            })
+            .collect(),
+        reactivated: scored.reactivated,
+        event_count: i64::from(s.events),
+        platforms: s.platforms_used().map(Platform::as_str).collect(),
+        first_platform: s.first_platform.map(Platform::as_str),
+        first_channel: s.first_channel.clone(),
+        first_seen_at: s.first_seen_ms,
+        last_event_at: s.last_event_ms,
+        merged_into: lead.merged_into.clone(),
+        version: lead.version as i64,
+        updated_at: now,
+        change_reason: reason.as_str(),
+        previous_stage,
+        churn_risk: scored.churn_risk,
+        last_intent_at: s.last_high_intent_ms.get(),
+    };
     lead.emitted = Some(scored.class());
     lead.evaluated_ms = now;
-    Output::Score {
-        lead_id: lead_id.to_owned(),
-        record,
-        reason,
-    }
+    Output::Score { record, reason }
 }
 
 fn round2(x: f64) -> f64 {

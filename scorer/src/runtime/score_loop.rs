@@ -22,7 +22,6 @@ use rdkafka::{
     message::BorrowedMessage,
     producer::FutureProducer,
 };
-use serde_json::Value as Json;
 
 use super::{
     Topics,
@@ -32,7 +31,7 @@ use super::{
 use crate::{
     clock::Clock,
     event::{from_facts, from_plan},
-    processor::{Input, Output, Processor, Skipped},
+    processor::{Input, Output, Processor, ScoreRecord, Skipped},
     proto::{Body, Routed},
     train::TrainedModel,
 };
@@ -121,6 +120,9 @@ impl BatchStage for ScoreLoop {
         let t0 = std::time::Instant::now();
         let mut deliveries = Vec::new();
         let read_at = Instant::now();
+        let model = self.model.read().expect("model lock").clone();
+        let model = model.as_deref().map(|m| m as &dyn crate::score::Model);
+        let mut records = 0u64;
         for m in batch.iter().filter(|m| !stale(m)) {
             let p = m.partition();
             self.last_read.insert(p, read_at);
@@ -129,7 +131,7 @@ impl BatchStage for ScoreLoop {
                 metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
                 continue;
             };
-            let key = String::from_utf8_lossy(key).into_owned();
+            let key = String::from_utf8_lossy(key);
             let routed = match Routed::decode(payload) {
                 Ok(r) => r,
                 Err(e) => {
@@ -138,12 +140,13 @@ impl BatchStage for ScoreLoop {
                     continue;
                 }
             };
-            if tokio::time::timeout(
-                Duration::from_secs(2),
-                self.identity.wait_for(routed.graph_offset),
-            )
-            .await
-            .is_err()
+            if self.identity.applied() < routed.graph_offset
+                && tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.identity.wait_for(routed.graph_offset),
+                )
+                .await
+                .is_err()
             {
                 tracing::warn!(
                     partition = p,
@@ -161,21 +164,13 @@ impl BatchStage for ScoreLoop {
             if matches!(input, Input::MergeState { .. }) {
                 metrics::counter!(MERGES).increment(1);
             }
-            let model = self.model.read().expect("model lock").clone();
             let outcome = {
                 let mut graph = self.identity.graph.lock().expect("graph lock");
                 let graph_offset = self.identity.applied();
-                self.processor.handle(
-                    p,
-                    m.offset(),
-                    &key,
-                    input,
-                    &mut graph,
-                    graph_offset,
-                    model.as_deref().map(|m| m as &dyn crate::score::Model),
-                )
+                self.processor
+                    .handle(p, m.offset(), &key, input, &mut graph, graph_offset, model)
             };
-            metrics::counter!(RECORDS).increment(1);
+            records += 1;
             tracing::debug!(partition = p, offset = m.offset(), lead = %key, skipped = ?outcome.skipped, outputs = outcome.outputs.len(), "record");
             if let Some(s) = outcome.skipped {
                 metrics::counter!(SKIPPED, "reason" => skipped_label(s)).increment(1);
@@ -184,10 +179,9 @@ impl BatchStage for ScoreLoop {
                 self.produce(o, &mut deliveries).await?;
             }
         }
+        metrics::counter!(RECORDS).increment(records);
         // Time: leads whose grade or stage changed with no event. An idle
         // partition's schedule runs on the clock; a busy one on stream time.
-        let model = self.model.read().expect("model lock").clone();
-        let model = model.as_deref().map(|m| m as &dyn crate::score::Model);
         for p in self.processor.partitions() {
             let since = *self.last_read.entry(p).or_insert(read_at);
             let idle = read_at.duration_since(since) >= self.idle;
@@ -259,12 +253,18 @@ impl ScoreLoop {
         deliveries: &mut Vec<rdkafka::producer::DeliveryFuture>,
     ) -> anyhow::Result<()> {
         match o {
-            Output::Score {
-                lead_id, record, ..
-            } => {
+            Output::Score { record, .. } => {
                 let framed = encode_score(&self.encoder, &record)?;
-                deliveries
-                    .push(send(&self.producer, &self.topics.scores, -1, &lead_id, &framed).await);
+                deliveries.push(
+                    send(
+                        &self.producer,
+                        &self.topics.scores,
+                        -1,
+                        &record.lead_id,
+                        &framed,
+                    )
+                    .await,
+                );
                 metrics::counter!(SCORES).increment(1);
             }
             Output::Route(r) => {
@@ -316,8 +316,8 @@ pub async fn input_of(decoder: &Decoder, body: Option<Body>) -> Option<Input> {
 }
 
 /// A score output's `lead_score` record, framed for Kafka.
-pub fn encode_score(encoder: &Encoder, record: &Json) -> anyhow::Result<Vec<u8>> {
-    Ok(encoder.encode_derived("lead_score", record)?.bytes)
+pub fn encode_score(encoder: &Encoder, record: &ScoreRecord) -> anyhow::Result<Vec<u8>> {
+    Ok(encoder.encode_derived_view("lead_score", record)?.bytes)
 }
 
 /// Reads partition `p` of the changelog from the start into the processor,

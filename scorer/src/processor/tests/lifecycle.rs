@@ -71,7 +71,7 @@ fn run_steps(steps: &[Step], crash_at: Option<usize>) -> Vec<Json> {
         }
         for o in outputs {
             if let Output::Score { record, .. } = o {
-                produced.push(record);
+                produced.push(record.to_json());
             }
         }
         if crash_at == Some(k) && !crashed {

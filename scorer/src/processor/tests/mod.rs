@@ -1,5 +1,7 @@
 use std::collections::VecDeque;
 
+use serde_json::{Value as Json, json};
+
 use super::*;
 use crate::{event::from_plan, identity::identifiers, rules::DEFAULT_TOML};
 
@@ -63,10 +65,8 @@ impl Harness {
                 self.processors[p].handle(p as i32, offset, &key, input, &mut self.graph, 0, None);
             for o in outcome.outputs {
                 match o {
-                    Output::Score {
-                        lead_id, record, ..
-                    } => {
-                        self.latest.insert(lead_id, record);
+                    Output::Score { record, .. } => {
+                        self.latest.insert(record.lead_id.clone(), record.to_json());
                     }
                     Output::Route(r) => {
                         let input = match r.body.unwrap() {
