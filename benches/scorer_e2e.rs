@@ -4,9 +4,11 @@
 //! commit after the acks), and latency from an event's produce to its
 //! score's acknowledged produce at a steady rate.
 //!   LEADSTREAM_BENCH_KAFKA=127.0.0.1:19092 cargo bench --bench scorer_e2e
-//! Knobs: LEADSTREAM_BENCH_LEADS (4000), LEADSTREAM_BENCH_EVENTS_PER_LEAD (50),
+//! Knobs: LEADSTREAM_BENCH_LEADS (20000; × 50 events: a backlog long enough
+//! for a stable pass-through rate), LEADSTREAM_BENCH_EVENTS_PER_LEAD (50),
 //! LEADSTREAM_BENCH_RATE (events/s in the latency run, 2000),
 //! LEADSTREAM_BENCH_SECONDS (latency run length, 10),
+//! LEADSTREAM_BENCH_THREADS (the scorer's `--threads`, 2),
 //! LEADSTREAM_BENCH_PRELOAD (events written to an unrelated topic first, to
 //! measure on a broker that holds a day of data; 0).
 //! Ends with `scorer_e2e events_per_s=… passthrough_per_s=… ratio=…
@@ -16,7 +18,10 @@ mod harness;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -55,6 +60,7 @@ fn config(bootstrap: &str, run: &str) -> ScorerConfig {
     cfg.group = format!("{run}-group");
     cfg.replication_factor = 1;
     cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.threads = harness::knob("LEADSTREAM_BENCH_THREADS", 2);
     cfg
 }
 
@@ -159,7 +165,7 @@ async fn main() {
     }
     harness::init_tracing();
     let bootstrap = harness::kafka();
-    let leads: usize = harness::knob("LEADSTREAM_BENCH_LEADS", 4_000);
+    let leads: usize = harness::knob("LEADSTREAM_BENCH_LEADS", 20_000);
     let preload: usize = harness::knob("LEADSTREAM_BENCH_PRELOAD", 0);
     let per_lead: usize = harness::knob("LEADSTREAM_BENCH_EVENTS_PER_LEAD", 50);
     let rate: u64 = harness::knob("LEADSTREAM_BENCH_RATE", 2_000);
@@ -272,10 +278,12 @@ async fn main() {
         .collect();
     // (to the score's produce, to the score read back after its ack)
     let latencies: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
+    let read = Arc::new(AtomicUsize::new(0));
     let reader = {
-        let (produced, latencies, bootstrap, scores_topic) = (
+        let (produced, latencies, read, bootstrap, scores_topic) = (
             Arc::clone(&produced),
             Arc::clone(&latencies),
+            Arc::clone(&read),
             bootstrap.clone(),
             scores_topic.clone(),
         );
@@ -284,21 +292,25 @@ async fn main() {
                 &bootstrap,
                 &scores_topic,
                 lat_leads + n,
-                |lead, version, ts, read| {
+                |lead, version, ts, read_ms| {
+                    read.fetch_add(1, Ordering::Relaxed);
                     if let Some(sent) = produced.lock().unwrap().remove(&(lead, version)) {
-                        latencies.lock().unwrap().push((ts - sent, read - sent));
+                        latencies.lock().unwrap().push((ts - sent, read_ms - sent));
                     }
                 },
             )
             .await;
         })
     };
-    // Wait for the warm-up scores before the clock starts.
-    while latencies.lock().unwrap().is_empty() && warm.elapsed() < Duration::from_secs(120) {
-        let probe = (lead_ids[0].clone(), 1);
-        produced.lock().unwrap().insert(probe, harness::now_ms());
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait for every warm-up score before the clock starts: all stream
+    // threads have joined and the group has settled.
+    while read.load(Ordering::Relaxed) < lat_leads && warm.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        read.load(Ordering::Relaxed) >= lat_leads,
+        "warm-up scores did not arrive"
+    );
     latencies.lock().unwrap().clear();
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = tokio::time::Instant::now();

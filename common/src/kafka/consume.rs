@@ -100,21 +100,43 @@ pub fn rewind_to_committed<C>(
 where
     C: rdkafka::consumer::ConsumerContext + 'static,
 {
-    use rdkafka::{Offset, consumer::Consumer};
+    rewind_partitions_to_committed(consumer, |_, _| true).map(drop)
+}
+
+/// [`rewind_to_committed`] for the assigned partitions `which` picks;
+/// returns those it moved.
+pub fn rewind_partitions_to_committed<C>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    which: impl Fn(&str, i32) -> bool,
+) -> rdkafka::error::KafkaResult<Vec<i32>>
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    use rdkafka::{Offset, TopicPartitionList, consumer::Consumer};
     let timeout = std::time::Duration::from_secs(10);
     tokio::task::block_in_place(|| {
-        consumer.committed(timeout).and_then(|mut tpl| {
-            let unset: Vec<(String, i32)> = tpl
-                .elements()
-                .iter()
-                .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
-                .map(|e| (e.topic().to_owned(), e.partition()))
-                .collect();
-            for (t, p) in unset {
-                // Nothing committed yet: start where a new member would.
-                tpl.set_partition_offset(&t, p, Offset::Beginning)?;
+        let mut picked = TopicPartitionList::new();
+        for e in consumer.assignment()?.elements() {
+            if which(e.topic(), e.partition()) {
+                picked.add_partition(e.topic(), e.partition());
             }
-            consumer.seek_partitions(tpl, timeout).map(|_| ())
-        })
+        }
+        if picked.count() == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tpl = consumer.committed_offsets(picked, timeout)?;
+        let unset: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        for (t, p) in unset {
+            // Nothing committed yet: start where a new member would.
+            tpl.set_partition_offset(&t, p, Offset::Beginning)?;
+        }
+        let moved = tpl.elements().iter().map(|e| e.partition()).collect();
+        consumer.seek_partitions(tpl, timeout)?;
+        Ok(moved)
     })
 }

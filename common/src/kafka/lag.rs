@@ -2,12 +2,14 @@
 
 /// Records the consumer's lag (records on its assigned partitions not yet
 /// consumed) as a gauge, at most once per `every`: it asks the broker for
-/// each partition's high watermark, so it is not for every batch.
+/// each partition's high watermark, so it is not for every batch. Several
+/// consumers of one stage in a process (stream threads) share the series:
+/// each adds the change since its own last report, so the gauge is their sum.
 pub struct LagGauge {
     name: &'static str,
     label: (&'static str, &'static str),
     every: std::time::Duration,
-    next: std::sync::Mutex<std::time::Instant>,
+    next: std::sync::Mutex<(std::time::Instant, f64)>,
 }
 
 impl LagGauge {
@@ -16,7 +18,7 @@ impl LagGauge {
             name,
             label,
             every: std::time::Duration::from_secs(10),
-            next: std::sync::Mutex::new(std::time::Instant::now()),
+            next: std::sync::Mutex::new((std::time::Instant::now(), 0.0)),
         }
     }
 
@@ -25,15 +27,18 @@ impl LagGauge {
         C: rdkafka::consumer::ConsumerContext + 'static,
     {
         {
-            let mut next = self.next.lock().expect("lag gauge lock");
-            let now = std::time::Instant::now();
-            if now < *next {
+            let next = self.next.lock().expect("lag gauge lock");
+            if std::time::Instant::now() < next.0 {
                 return;
             }
-            *next = now + self.every;
         }
-        if let Some(lag) = tokio::task::block_in_place(|| consumer_lag(consumer)) {
-            metrics::gauge!(self.name, self.label.0 => self.label.1).set(lag as f64);
+        let lag = tokio::task::block_in_place(|| consumer_lag(consumer));
+        let mut next = self.next.lock().expect("lag gauge lock");
+        next.0 = std::time::Instant::now() + self.every;
+        if let Some(lag) = lag {
+            let lag = lag as f64;
+            metrics::gauge!(self.name, self.label.0 => self.label.1).increment(lag - next.1);
+            next.1 = lag;
         }
     }
 }

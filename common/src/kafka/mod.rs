@@ -13,7 +13,10 @@ pub use config::{
     RDKAFKA_ENV_PREFIX, admin_config, consumer_config, producer_config, rdkafka_property,
     reader_config,
 };
-pub use consume::{collect_batch, commit_offsets, next_offsets, rewind_to_committed};
+pub use consume::{
+    collect_batch, commit_offsets, next_offsets, rewind_partitions_to_committed,
+    rewind_to_committed,
+};
 pub use lag::LagGauge;
 pub use produce::{DeliveryError, await_deliveries, delivered_offsets, partition_for, send};
 pub use stage::{BatchStage, Batching, Offsets, StageDriver};

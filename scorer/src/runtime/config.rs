@@ -71,6 +71,12 @@ pub struct ScorerConfig {
     /// writes at moderate load, for a higher score latency.
     #[arg(long, env = "LEADSTREAM_SCORER_BATCH_FILL")]
     pub batch_fill: bool,
+    /// Stream threads. Each runs both stages on consumers of its own
+    /// (as Kafka Streams' `num.stream.threads`), so the partitions of this
+    /// instance are scored on that many cores. Threads beyond the partition
+    /// count (over all instances) sit idle.
+    #[arg(long, env = "LEADSTREAM_SCORER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
     /// Most records per produce batch of the scorer's producer: larger
     /// batches, fewer produce requests.
     #[arg(

@@ -140,44 +140,57 @@ pub async fn run_with_clock(
         wait_ms: cfg.batch_ms,
         close_when_drained: !cfg.batch_fill,
     };
-    let stitch_consumer: StreamConsumer = consumer_config(&cfg, &stitch_group(&cfg))?.create()?;
-    stitch_consumer.subscribe(&[&topics.events])?;
-    let stitcher = StageDriver::new(
-        "stitch",
-        stitch_consumer,
-        stitch::Stitcher {
-            producer: producer.clone(),
-            decoder: Arc::clone(&decoder),
-            identity: identity.clone(),
-            topics: topics.clone(),
-        },
-        batching,
-        LagGauge::new(metrics::CONSUMER_LAG, ("stage", "stitch")),
-    );
-    let score_consumer: StreamConsumer<score_loop::RebalanceTracker> =
-        consumer_config(&cfg, &cfg.group)?
-            .create_with_context(score_loop::RebalanceTracker::default())?;
-    score_consumer.subscribe(&[&topics.by_lead])?;
-    let scorer = StageDriver::new(
-        "score",
-        score_consumer,
-        score_loop::ScoreLoop {
-            producer,
-            decoder,
-            encoder,
-            identity,
-            processor: Processor::new(scoring, cfg.grace_minutes as i64 * 60_000, cfg.score_bots),
-            model,
-            topics: topics.clone(),
-            bootstrap: kafka.clone(),
-            clock,
-            idle: Duration::from_millis(cfg.idle_ms),
-            last_read: Default::default(),
-        },
-        batching,
-        LagGauge::new(metrics::CONSUMER_LAG, ("stage", "score")),
-    );
-    tracing::info!(%addr, kafka = %kafka, events = %topics.events, scores = %topics.scores, partitions, "scorer running");
+    // Each thread: a stitcher and a score loop on consumers of their own
+    // (members of the two groups), with its own processor. The identity
+    // graph, producer and model are shared.
+    let mut stitchers = Vec::new();
+    let mut scorers = Vec::new();
+    for _ in 0..cfg.threads {
+        let stitch_consumer: StreamConsumer =
+            consumer_config(&cfg, &stitch_group(&cfg))?.create()?;
+        stitch_consumer.subscribe(&[&topics.events])?;
+        stitchers.push(StageDriver::new(
+            "stitch",
+            stitch_consumer,
+            stitch::Stitcher {
+                producer: producer.clone(),
+                decoder: Arc::clone(&decoder),
+                identity: identity.clone(),
+                topics: topics.clone(),
+            },
+            batching,
+            LagGauge::new(metrics::CONSUMER_LAG, ("stage", "stitch")),
+        ));
+        let score_consumer: StreamConsumer<score_loop::RebalanceTracker> =
+            consumer_config(&cfg, &cfg.group)?
+                .create_with_context(score_loop::RebalanceTracker::default())?;
+        score_consumer.subscribe(&[&topics.by_lead])?;
+        scorers.push(StageDriver::new(
+            "score",
+            score_consumer,
+            score_loop::ScoreLoop {
+                producer: producer.clone(),
+                decoder: Arc::clone(&decoder),
+                encoder: Arc::clone(&encoder),
+                identity: identity.clone(),
+                processor: Processor::new(
+                    scoring.clone(),
+                    cfg.grace_minutes as i64 * 60_000,
+                    cfg.score_bots,
+                ),
+                model: Arc::clone(&model),
+                topics: topics.clone(),
+                bootstrap: kafka.clone(),
+                clock: Arc::clone(&clock),
+                idle: Duration::from_millis(cfg.idle_ms),
+                last_read: Default::default(),
+                reported: Default::default(),
+            },
+            batching,
+            LagGauge::new(metrics::CONSUMER_LAG, ("stage", "score")),
+        ));
+    }
+    tracing::info!(%addr, kafka = %kafka, events = %topics.events, scores = %topics.scores, partitions, threads = cfg.threads, "scorer running");
     ready.set(true);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -192,11 +205,24 @@ pub async fn run_with_clock(
         addr,
         stop_rx.clone(),
     );
-    let stitch_task = tokio::spawn(stitcher.run_until(stop_rx.clone()));
-    let score_task = tokio::spawn(scorer.run_until(stop_rx));
-    let (a, b) = tokio::join!(stitch_task, score_task);
-    a.context("stitching task")?;
-    b.context("scoring task")?;
+    let mut tasks = Vec::new();
+    for d in stitchers {
+        let stop = stop_rx.clone();
+        tasks.push((
+            "stitching",
+            tokio::spawn(async move { drop(d.run_until(stop).await) }),
+        ));
+    }
+    for d in scorers {
+        let stop = stop_rx.clone();
+        tasks.push((
+            "scoring",
+            tokio::spawn(async move { drop(d.run_until(stop).await) }),
+        ));
+    }
+    for (what, task) in tasks {
+        task.await.with_context(|| format!("{what} task"))?;
+    }
     pipeline_metrics::finish(reporter).await;
     ready.set(false);
     tracing::info!("scorer stopped");

@@ -12,7 +12,8 @@ use std::{
 };
 
 use leadstream_common::kafka::{
-    BatchStage, Offsets, await_deliveries, next_offsets, partition_for, send,
+    BatchStage, Offsets, await_deliveries, next_offsets, partition_for,
+    rewind_partitions_to_committed, send,
 };
 use leadstream_schemas::{Decoder, Encoder};
 use prost::Message as _;
@@ -77,6 +78,25 @@ pub struct ScoreLoop {
     pub idle: Duration,
     /// When each owned partition last delivered a record (or was restored).
     pub last_read: HashMap<i32, Instant>,
+    /// What this loop last added to the process-wide gauges.
+    pub reported: Reported,
+}
+
+/// A score loop's share of the leads and schedule gauges, which sum the
+/// process's loops: each adds the change since its last report.
+#[derive(Default)]
+pub struct Reported {
+    leads: f64,
+    scheduled: f64,
+}
+
+impl Reported {
+    fn report(&mut self, leads: usize, scheduled: usize) {
+        let (leads, scheduled) = (leads as f64, scheduled as f64);
+        metrics::gauge!(LEADS).increment(leads - self.leads);
+        metrics::gauge!(SCHEDULED).increment(scheduled - self.scheduled);
+        (self.leads, self.scheduled) = (leads, scheduled);
+    }
 }
 
 impl BatchStage for ScoreLoop {
@@ -97,10 +117,9 @@ impl BatchStage for ScoreLoop {
             self.last_read.remove(&p);
         }
         // Records of a partition revoked while this batch was read belong
-        // to its next owner, which reads them from the committed offset
-        // (this instance too, when the partition came straight back).
+        // to its next owner, which reads them from the committed offset.
         // Applying them here would race that owner's restore with this
-        // instance's changelog writes and commit, and could lose them.
+        // loop's changelog writes and commit, and could lose them.
         let stale = |m: &BorrowedMessage<'_>| revoked.contains(&m.partition());
         if batch.iter().any(stale) {
             let n = batch.iter().filter(|m| stale(m)).count();
@@ -109,6 +128,15 @@ impl BatchStage for ScoreLoop {
                 ?revoked,
                 "records of revoked partitions left to their next owner"
             );
+            // A partition that came straight back to this loop has its next
+            // owner here, already reading past the skipped records (some
+            // may even be from after the new assignment): it goes back to
+            // the committed offset, or they would never be applied.
+            let back = rewind_partitions_to_committed(consumer, |_, p| revoked.contains(&p))
+                .context("rewinding partitions revoked and assigned back during a batch")?;
+            if !back.is_empty() {
+                tracing::info!(partitions = ?back, "partitions assigned back to this loop read again from their committed offsets");
+            }
         }
         let assigned: Vec<i32> =
             std::mem::take(&mut *consumer.context().assigned.lock().expect("assigned lock"));
@@ -193,7 +221,6 @@ impl BatchStage for ScoreLoop {
                 self.produce(o, &mut deliveries).await?;
             }
         }
-        metrics::gauge!(SCHEDULED).set(self.processor.scheduled() as f64);
         // Outputs first, then state: a changelog entry implies its outputs landed.
         let t_process = t0.elapsed();
         await_deliveries(deliveries).await?;
@@ -206,7 +233,8 @@ impl BatchStage for ScoreLoop {
         }
         let n_state = state_writes.len();
         await_deliveries(state_writes).await?;
-        metrics::gauge!(LEADS).set(self.processor.leads() as f64);
+        self.reported
+            .report(self.processor.leads(), self.processor.scheduled());
         tracing::debug!(records = batch.len(), n_state, ?t_process, ?t_outputs, total = ?t0.elapsed(), "score batch");
         // After a rebalance the new owner replays from the last commit;
         // leads restored from a newer changelog skip what they applied.
