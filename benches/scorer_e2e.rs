@@ -125,6 +125,36 @@ impl BatchStage for PassThrough {
     }
 }
 
+/// Waits until every group in `groups` is stable with `members` members.
+async fn wait_for_stable_groups(bootstrap: &str, groups: &[String], members: usize) {
+    let admin: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let stable = groups.iter().all(|g| {
+            admin
+                .fetch_group_list(Some(g), Duration::from_secs(5))
+                .ok()
+                .and_then(|l| {
+                    l.groups()
+                        .first()
+                        .map(|g| g.state() == "Stable" && g.members().len() == members)
+                })
+                .unwrap_or(false)
+        });
+        if stable {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "consumer groups {groups:?} not stable with {members} members"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Reads `n` records of `topic`.
 async fn read_span(bootstrap: &str, topic: &str, n: usize) -> Span {
     let consumer = harness::subscribed(bootstrap, topic, &format!("{topic}-reader"), &[]).await;
@@ -170,6 +200,7 @@ async fn main() {
     let per_lead: usize = harness::knob("LEADSTREAM_BENCH_EVENTS_PER_LEAD", 50);
     let rate: u64 = harness::knob("LEADSTREAM_BENCH_RATE", 2_000);
     let seconds: u64 = harness::knob("LEADSTREAM_BENCH_SECONDS", 10);
+    let threads: usize = harness::knob("LEADSTREAM_BENCH_THREADS", 2);
     let encoder = harness::plan_encoder().await;
     let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap, 5)
         .create()
@@ -257,21 +288,27 @@ async fn main() {
     let scores_topic = cfg.shared.topics.scores.clone();
     let events_topic = cfg.shared.topics.events.clone();
     tokio::spawn(run(cfg, std::future::pending()));
-    // Warm-up: one event per lead, wait for its score (group joined, caches warm).
+    // Warm-up: rounds of one event per lead, each waited for (groups
+    // joined, caches warm).
     let produced: Arc<Mutex<HashMap<(String, i64), i64>>> = Arc::default();
     let lat_leads = 500usize;
-    let warm = Instant::now();
-    for lead in 0..lat_leads {
-        let bytes = encoder.encode(&event(lead, 0)).unwrap().bytes;
-        let key = format!("anon-{lead}");
-        producer
-            .send(
-                FutureRecord::to(&events_topic).key(&key).payload(&bytes),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
+    const WARM_ROUNDS: usize = 2;
+    let warm_round = |k: usize| {
+        let (producer, encoder, events_topic) = (&producer, &encoder, &events_topic);
+        async move {
+            for lead in 0..lat_leads {
+                let bytes = encoder.encode(&event(lead, k)).unwrap().bytes;
+                let key = format!("anon-{lead}");
+                producer
+                    .send(
+                        FutureRecord::to(events_topic).key(&key).payload(&bytes),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
     let n = (rate * seconds) as usize;
     let lead_ids: Vec<String> = (0..lat_leads)
         .map(|l| leadstream_scorer::identity::lead_id_of(&format!("a:anon-{l}")))
@@ -291,7 +328,7 @@ async fn main() {
             read_scores(
                 &bootstrap,
                 &scores_topic,
-                lat_leads + n,
+                WARM_ROUNDS * lat_leads + n,
                 |lead, version, ts, read_ms| {
                     read.fetch_add(1, Ordering::Relaxed);
                     if let Some(sent) = produced.lock().unwrap().remove(&(lead, version)) {
@@ -302,19 +339,38 @@ async fn main() {
             .await;
         })
     };
-    // Wait for every warm-up score before the clock starts: all stream
-    // threads have joined and the group has settled.
-    while read.load(Ordering::Relaxed) < lat_leads && warm.elapsed() < Duration::from_secs(120) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        read.load(Ordering::Relaxed) >= lat_leads,
-        "warm-up scores did not arrive"
-    );
+    let warmed = |rounds: usize| {
+        let read = Arc::clone(&read);
+        async move {
+            let started = Instant::now();
+            while read.load(Ordering::Relaxed) < rounds * lat_leads {
+                assert!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "warm-up scores did not arrive"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    warm_round(0).await;
+    warmed(1).await;
+    // The clock starts once both groups hold a member per stream thread
+    // and have settled: the broker does not delay the first rebalance, so
+    // a thread that joins late rebalances the group, and a member learns
+    // of that only at its next heartbeat (3 s). Then one more round.
+    wait_for_stable_groups(
+        &bootstrap,
+        &[format!("{run2}-group"), format!("{run2}-group-stitch")],
+        threads,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    warm_round(1).await;
+    warmed(2).await;
     latencies.lock().unwrap().clear();
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = tokio::time::Instant::now();
-    let mut next_k = vec![1usize; lat_leads];
+    let mut next_k = vec![WARM_ROUNDS; lat_leads];
     for i in 0..n {
         tokio::time::sleep_until(start + interval * i as u32).await;
         let lead = i % lat_leads;

@@ -92,14 +92,18 @@ impl<S: BatchStage> StageDriver<S> {
             wait_ms,
             close_when_drained,
         } = self.batching;
+        let started = std::time::Instant::now();
         let batch = collect_batch(&self.consumer, max, wait_ms, close_when_drained)
             .await
             .context("reading from Kafka")?;
+        let collected = started.elapsed();
         self.lag.maybe_record(&self.consumer);
         let durable = self.stage.process(&self.consumer, &batch).await?;
+        let processed = started.elapsed();
         let read = batch.len();
         drop(batch);
         self.commit(&durable);
+        tracing::debug!(stage = %self.name, records = read, ?collected, ?processed, total = ?started.elapsed(), "batch");
         Ok(read)
     }
 

@@ -50,6 +50,23 @@ pub enum Input {
     },
 }
 
+/// Where the identity graph puts a lead id: the lead it belongs to now, and
+/// the leads that merged into it (when it is that lead).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Place {
+    pub root: String,
+    pub absorbed: Vec<String>,
+}
+
+impl Place {
+    pub fn of(graph: &mut IdentityGraph, lead_id: &str) -> Self {
+        Self {
+            root: graph.current_lead(lead_id),
+            absorbed: graph.absorbed_into(lead_id).to_vec(),
+        }
+    }
+}
+
 /// What processing one record produced, in the order it must be produced.
 // Outputs live for one record and are produced straight away.
 #[allow(clippy::large_enum_variant)]
@@ -301,6 +318,24 @@ impl Processor {
         graph_offset: u64,
         model: Option<&dyn Model>,
     ) -> Outcome {
+        let place = Place::of(graph, key);
+        self.handle_placed(partition, offset, key, input, place, graph_offset, model)
+    }
+
+    /// [`Processor::handle`] with the graph's answer for `key` looked up
+    /// already: the shell holds the shared graph only for that lookup, so
+    /// stream threads score in parallel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_placed(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: &str,
+        input: Input,
+        place: Place,
+        graph_offset: u64,
+        model: Option<&dyn Model>,
+    ) -> Outcome {
         let hl = self.cfg.half_life_ms();
         let dormant = self.cfg.dormant_after_ms();
         let cfg = &self.cfg;
@@ -315,7 +350,7 @@ impl Processor {
             out.skipped = Some(Skipped::Replayed);
             return out;
         }
-        let root = graph.current_lead(key);
+        let Place { root, absorbed } = place;
         if root != key {
             // This lead merged away: hand its state over once, forward the rest.
             if let Some(lead) = part.leads.get_mut(key) {
@@ -356,7 +391,7 @@ impl Processor {
         }
 
         let lead = part.leads.entry(key.to_owned()).or_default();
-        for merged in graph.absorbed_into(key) {
+        for merged in &absorbed {
             if !lead.has_absorbed(merged) && lead.request(merged) {
                 out.outputs.push(Output::Route(Routed {
                     lead_id: merged.clone(),

@@ -145,12 +145,12 @@ pub async fn run_with_clock(
     // graph, producer and model are shared.
     let mut stitchers = Vec::new();
     let mut scorers = Vec::new();
-    for _ in 0..cfg.threads {
+    for thread in 0..cfg.threads {
         let stitch_consumer: StreamConsumer =
             consumer_config(&cfg, &stitch_group(&cfg))?.create()?;
         stitch_consumer.subscribe(&[&topics.events])?;
         stitchers.push(StageDriver::new(
-            "stitch",
+            format!("stitch-{thread}"),
             stitch_consumer,
             stitch::Stitcher {
                 producer: producer.clone(),
@@ -166,7 +166,7 @@ pub async fn run_with_clock(
                 .create_with_context(score_loop::RebalanceTracker::default())?;
         score_consumer.subscribe(&[&topics.by_lead])?;
         scorers.push(StageDriver::new(
-            "score",
+            format!("score-{thread}"),
             score_consumer,
             score_loop::ScoreLoop {
                 producer: producer.clone(),

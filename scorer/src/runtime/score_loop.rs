@@ -32,7 +32,7 @@ use super::{
 use crate::{
     clock::Clock,
     event::{from_facts, from_plan},
-    processor::{Input, Output, Processor, ScoreRecord, Skipped},
+    processor::{Input, Output, Place, Processor, ScoreRecord, Skipped},
     proto::{Body, Routed},
     train::TrainedModel,
 };
@@ -192,12 +192,19 @@ impl BatchStage for ScoreLoop {
             if matches!(input, Input::MergeState { .. }) {
                 metrics::counter!(MERGES).increment(1);
             }
-            let outcome = {
+            let (place, graph_offset) = {
                 let mut graph = self.identity.graph.lock().expect("graph lock");
-                let graph_offset = self.identity.applied();
-                self.processor
-                    .handle(p, m.offset(), &key, input, &mut graph, graph_offset, model)
+                (Place::of(&mut graph, &key), self.identity.applied())
             };
+            let outcome = self.processor.handle_placed(
+                p,
+                m.offset(),
+                &key,
+                input,
+                place,
+                graph_offset,
+                model,
+            );
             records += 1;
             tracing::debug!(partition = p, offset = m.offset(), lead = %key, skipped = ?outcome.skipped, outputs = outcome.outputs.len(), "record");
             if let Some(s) = outcome.skipped {
@@ -377,6 +384,13 @@ async fn restore(
     let consumer: StreamConsumer =
         leadstream_common::kafka::reader_config(bootstrap, &format!("{changelog}.restore"))
             .create()?;
+    // Metadata first: librdkafka postpones the offset lookup of a partition
+    // whose leader it does not know yet by 500 ms, which every restore of
+    // a freshly created reader paid.
+    tokio::task::block_in_place(|| {
+        consumer.fetch_metadata(Some(changelog), Duration::from_secs(10))
+    })
+    .with_context(|| format!("reading the metadata of {changelog}"))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(changelog, p, Offset::Beginning)?;
     consumer.assign(&tpl)?;
