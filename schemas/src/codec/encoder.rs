@@ -55,13 +55,7 @@ impl Encoder {
 
     /// Validates and frames a record the pipeline produces, e.g. `lead_score`.
     pub fn encode_derived(&self, name: &str, record: &Json) -> Result<Encoded, EncodeError> {
-        let writer = self
-            .derived
-            .get(name)
-            .ok_or_else(|| EncodeError::UnplannedEvent {
-                event: name.to_owned(),
-            })?;
-        frame(writer, record)
+        frame(writer_of(&self.derived, name)?, record)
     }
 
     /// [`Encoder::encode_derived`] for a record given as a [`FieldView`]:
@@ -71,27 +65,21 @@ impl Encoder {
         name: &str,
         record: &dyn FieldView,
     ) -> Result<Encoded, EncodeError> {
-        let writer = self
-            .derived
-            .get(name)
-            .ok_or_else(|| EncodeError::UnplannedEvent {
-                event: name.to_owned(),
-            })?;
-        frame_with(writer, |out| {
-            write_view_as(&self.layouts, &writer.schema, record, &Path::Root, out)
-        })
+        self.frame_view(writer_of(&self.derived, name)?, record)
     }
 
     /// Validates and frames the event `name` given as a [`FieldView`].
     pub fn encode_view(&self, name: &str, event: &dyn FieldView) -> Result<Encoded, EncodeError> {
-        let writer = self
-            .writers
-            .get(name)
-            .ok_or_else(|| EncodeError::UnplannedEvent {
-                event: name.to_owned(),
-            })?;
+        self.frame_view(writer_of(&self.writers, name)?, event)
+    }
+
+    fn frame_view(
+        &self,
+        writer: &WriterSchema,
+        view: &dyn FieldView,
+    ) -> Result<Encoded, EncodeError> {
         frame_with(writer, |out| {
-            write_view_as(&self.layouts, &writer.schema, event, &Path::Root, out)
+            write_view_as(&self.layouts, &writer.schema, view, &Path::Root, out)
         })
     }
 
@@ -118,14 +106,20 @@ impl Encoder {
                 });
             }
         };
-        let writer =
-            self.writers
-                .get(name.as_str())
-                .ok_or_else(|| EncodeError::UnplannedEvent {
-                    event: name.clone(),
-                })?;
-        frame(writer, event)
+        frame(writer_of(&self.writers, name)?, event)
     }
+}
+
+/// The writer schema of `name`, or the error for a name the plan lacks.
+fn writer_of<'a>(
+    writers: &'a HashMap<String, WriterSchema>,
+    name: &str,
+) -> Result<&'a WriterSchema, EncodeError> {
+    writers
+        .get(name)
+        .ok_or_else(|| EncodeError::UnplannedEvent {
+            event: name.to_owned(),
+        })
 }
 
 async fn latest_writers(
