@@ -190,6 +190,10 @@ pub async fn run_with_clock(
             LagGauge::new(metrics::CONSUMER_LAG, ("stage", "score")),
         ));
     }
+    // The stages hold the only copies of the identity log now: its reader
+    // stops when the last stage does, and has closed its consumer by the
+    // time the roles after the scorer stop (the quickstart's broker last).
+    drop(identity);
     tracing::info!(%addr, kafka = %kafka, events = %topics.events, scores = %topics.scores, partitions, threads = cfg.threads, "scorer running");
     ready.set(true);
 
