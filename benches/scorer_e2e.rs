@@ -12,7 +12,9 @@
 //! LEADSTREAM_BENCH_PRELOAD (events written to an unrelated topic first, to
 //! measure on a broker that holds a day of data; 0).
 //! Ends with `scorer_e2e events_per_s=… passthrough_per_s=… ratio=…
-//! p50_ms=… p99_ms=… max_ms=…`.
+//! p50_ms=… p99_ms=… max_ms=… preload=… repeats=…` (repeats: score records
+//! of the latency run read twice: the same score produced twice, which a
+//! run with no fault and no rebalance should not have).
 
 mod harness;
 
@@ -316,14 +318,19 @@ async fn main() {
     // (to the score's produce, to the score read back after its ack)
     let latencies: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
     let read = Arc::new(AtomicUsize::new(0));
+    // Score records whose (lead, version) was read before: the same score
+    // produced twice (two owners of one partition, or a replay).
+    let repeats = Arc::new(AtomicUsize::new(0));
     let reader = {
-        let (produced, latencies, read, bootstrap, scores_topic) = (
+        let (produced, latencies, read, repeats, bootstrap, scores_topic) = (
             Arc::clone(&produced),
             Arc::clone(&latencies),
             Arc::clone(&read),
+            Arc::clone(&repeats),
             bootstrap.clone(),
             scores_topic.clone(),
         );
+        let mut seen = std::collections::HashSet::new();
         tokio::spawn(async move {
             read_scores(
                 &bootstrap,
@@ -331,6 +338,9 @@ async fn main() {
                 WARM_ROUNDS * lat_leads + n,
                 |lead, version, ts, read_ms| {
                     read.fetch_add(1, Ordering::Relaxed);
+                    if !seen.insert((lead.clone(), version)) {
+                        repeats.fetch_add(1, Ordering::Relaxed);
+                    }
                     if let Some(sent) = produced.lock().unwrap().remove(&(lead, version)) {
                         latencies.lock().unwrap().push((ts - sent, read_ms - sent));
                     }
@@ -400,9 +410,10 @@ async fn main() {
     read_at.sort_unstable();
     let p = |l: &[i64], q: f64| harness::percentile(l, q);
     println!(
-        "latency at {rate} events/s for {seconds} s ({} scores): event produce -> score produce p50 {} ms, p99 {} ms, max {} ms; \
+        "latency at {rate} events/s for {seconds} s ({} scores matched, {} repeated score records): event produce -> score produce p50 {} ms, p99 {} ms, max {} ms; \
          -> score read back (acked) p50 {} ms, p99 {} ms, max {} ms",
         read_at.len(),
+        repeats.load(Ordering::Relaxed),
         p(&produced_at, 0.5),
         p(&produced_at, 0.99),
         produced_at.last().unwrap(),
@@ -411,10 +422,11 @@ async fn main() {
         read_at.last().unwrap(),
     );
     println!(
-        "scorer_e2e events_per_s={events_per_s:.0} passthrough_per_s={passthrough_per_s:.0} ratio={:.2} p50_ms={} p99_ms={} max_ms={} preload={preload}",
+        "scorer_e2e events_per_s={events_per_s:.0} passthrough_per_s={passthrough_per_s:.0} ratio={:.2} p50_ms={} p99_ms={} max_ms={} preload={preload} repeats={}",
         events_per_s / passthrough_per_s,
         p(&read_at, 0.5),
         p(&read_at, 0.99),
-        read_at.last().unwrap()
+        read_at.last().unwrap(),
+        repeats.load(Ordering::Relaxed),
     );
 }
