@@ -316,7 +316,7 @@ async fn ids_on_different_partitions_and_instances_merge_into_one_lead() {
     }
 }
 
-fn spawn_binary(cfg: &ScorerConfig, log: &str, extra: &[&str]) -> common::KilledOnDrop {
+fn spawn_binary(cfg: &ScorerConfig, log: &str) -> common::KilledOnDrop {
     let log = std::fs::File::create(std::env::temp_dir().join(log)).unwrap();
     Command::new(env!("CARGO_BIN_EXE_leadstream"))
         .args([
@@ -344,7 +344,6 @@ fn spawn_binary(cfg: &ScorerConfig, log: &str, extra: &[&str]) -> common::Killed
             "--idle-ms",
             &cfg.idle_ms.to_string(),
         ])
-        .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -392,7 +391,7 @@ async fn kill_9_and_a_rebalance_mid_stream_end_in_the_same_scores_as_an_uninterr
 
     let run = common::unique("scorer_crash");
     let cfg = config(&s.bootstrap, &s.events.name, &run);
-    let victim = spawn_binary(&cfg, &format!("{run}-a.log"), &[]);
+    let victim = spawn_binary(&cfg, &format!("{run}-a.log"));
     // Let it get part of the way, then kill -9 mid-stream.
     read_scores(
         &s.bootstrap,
@@ -402,11 +401,10 @@ async fn kill_9_and_a_rebalance_mid_stream_end_in_the_same_scores_as_an_uninterr
     )
     .await;
     drop(victim); // kill -9
-    let b = spawn_binary(&cfg, &format!("{run}-b.log"), &[]);
+    let b = spawn_binary(&cfg, &format!("{run}-b.log"));
     produce(&s.bootstrap, &s.events.name, &second[..second.len() / 2]).await;
-    // A second instance, with two stream threads, joins: the group
-    // rebalances while events flow.
-    let c = spawn_binary(&cfg, &format!("{run}-c.log"), &["--threads", "2"]);
+    // A second instance joins: the group rebalances while events flow.
+    let c = spawn_binary(&cfg, &format!("{run}-c.log"));
     produce(&s.bootstrap, &s.events.name, &second[second.len() / 2..]).await;
     let crashed = read_scores(
         &s.bootstrap,
