@@ -254,6 +254,7 @@ async fn main() {
         },
         Batching {
             max: cfg.batch_max,
+            max_bytes: cfg.batch_max_bytes,
             wait_ms: cfg.batch_ms,
             close_when_drained: !cfg.batch_fill,
         },

@@ -19,7 +19,9 @@ pub struct Lead {
     /// `events == 0` until the first event (or merged state) arrives.
     pub state: LeadState,
     pub version: u64,
-    pub applied_offset: i64,
+    /// `by_lead` position of the last routed record applied
+    /// (`routing::position`); replays skip up to it.
+    pub applied_position: i64,
     pub seen: SeenIds,
     /// Leads folded into this one and those asked to hand over; boxed and
     /// absent for the many leads that never merge.
@@ -41,7 +43,7 @@ impl Default for Lead {
         Self {
             state: LeadState::new(0),
             version: 0,
-            applied_offset: -1,
+            applied_position: -1,
             seen: SeenIds::default(),
             merges: None,
             merged_into: None,
@@ -219,7 +221,8 @@ impl Lead {
             lead_form_submitted: s.lead_form_submitted,
             last_purchase_ms: s.last_purchase_ms.get(),
             version: self.version,
-            applied_offset: self.applied_offset,
+            applied_offset: crate::routing::offset_of(self.applied_position),
+            applied_position: Some(self.applied_position),
             recent: self.seen.iter().map(|(h, _)| h).collect(),
             recent_ts_ms: self.seen.iter().map(|(_, ts)| ts).collect(),
             seen_floor_ms: (self.seen.floor_ms() != i64::MIN).then_some(self.seen.floor_ms()),
@@ -304,7 +307,9 @@ impl Lead {
         Ok(Self {
             state,
             version: p.version,
-            applied_offset: p.applied_offset,
+            applied_position: p
+                .applied_position
+                .unwrap_or_else(|| crate::routing::legacy_position(p.applied_offset)),
             seen: {
                 // Snapshots from before event times were kept: assume the
                 // lead's last event time, so they are let go with it.
@@ -372,7 +377,7 @@ mod tests {
         lead.state = LeadState::new(e.ts_ms);
         lead.state.apply(&e, 7 * crate::DAY_MS, 90 * crate::DAY_MS);
         lead.version = 3;
-        lead.applied_offset = 41;
+        lead.applied_position = 41 << 16 | 3;
         assert!(lead.seen.insert(message_hash("m0"), e.ts_ms - 60_000));
         assert!(lead.seen.insert(message_hash("m1"), e.ts_ms));
         assert!(!lead.seen.insert(message_hash("m1"), e.ts_ms));

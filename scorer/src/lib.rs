@@ -12,6 +12,7 @@ pub mod identity;
 pub mod lead;
 pub mod processor;
 pub mod proto;
+pub mod routing;
 pub mod rules;
 pub mod runtime;
 pub mod score;

@@ -18,6 +18,14 @@ pub struct Routed {
     pub body: Option<Body>,
 }
 
+/// A batch's routed records for one `by_lead` partition, in order, as one
+/// Kafka record (see `routing`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RoutedBatch {
+    #[prost(message, repeated, tag = "1")]
+    pub routed: Vec<Routed>,
+}
+
 // Records are decoded one at a time and moved on; boxing the snapshot would
 // only add an allocation per merge.
 #[allow(clippy::large_enum_variant)]
@@ -162,6 +170,11 @@ pub struct LeadSnapshot {
     /// Event times below this were let go from `recent`.
     #[prost(int64, optional, tag = "36")]
     pub seen_floor_ms: Option<i64>,
+    /// Position (offset << 16 | index in its batch record) of the last
+    /// routed record applied; absent in snapshots from before batch
+    /// records, whose `applied_offset` covers the whole record.
+    #[prost(int64, optional, tag = "37")]
+    pub applied_position: Option<i64>,
 }
 
 #[derive(Clone, Copy, PartialEq, prost::Message)]

@@ -23,6 +23,7 @@ use leadstream_scorer::{
     identity::IdentityGraph,
     processor::{Output, Processor},
     proto::Routed,
+    routing,
     rules::{DEFAULT_TOML, ScoringConfig},
     runtime::{score_loop, stitch},
 };
@@ -41,6 +42,8 @@ struct Run {
     processor: Processor,
     /// `by_lead` partitions: (offset, key, wire bytes) not yet processed.
     by_lead: Vec<VecDeque<(i64, String, Vec<u8>)>>,
+    /// Routed records not yet written as batch records.
+    pending: Vec<Routed>,
     next_offset: Vec<i64>,
     /// The changelog, compacted: latest value per (partition, key).
     changelog: BTreeMap<(i32, String), Vec<u8>>,
@@ -48,33 +51,50 @@ struct Run {
 }
 
 impl Run {
-    fn route(&mut self, routed: &Routed) {
-        let p = partition_for(&routed.lead_id, PARTITIONS) as usize;
-        let offset = self.next_offset[p];
-        self.next_offset[p] += 1;
-        self.by_lead[p].push_back((offset, routed.lead_id.clone(), routed.encode_to_vec()));
+    fn route(&mut self, routed: Routed) {
+        self.pending.push(routed);
+    }
+
+    /// Writes the pending routed records as the stitcher and the score loop
+    /// do: one batch record per partition.
+    fn flush(&mut self) {
+        let routes = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|r| (partition_for(&r.lead_id, PARTITIONS), r));
+        for (p, value) in routing::batch_records(routes, PARTITIONS) {
+            let p = p as usize;
+            let offset = self.next_offset[p];
+            self.next_offset[p] += 1;
+            self.by_lead[p].push_back((offset, routing::ROUTED_BATCH_KEY.into(), value));
+        }
     }
 
     async fn process(&mut self) {
+        self.flush();
         while let Some(p) = (0..PARTITIONS as usize).find(|p| !self.by_lead[*p].is_empty()) {
             for _ in 0..BATCH {
                 let Some((offset, key, wire)) = self.by_lead[p].pop_front() else {
                     break;
                 };
-                let routed = Routed::decode(wire.as_slice()).expect("by_lead record decodes");
-                let Some(input) = score_loop::input_of(&self.decoder, routed.body).await else {
-                    continue;
-                };
-                let outcome = self.processor.handle(
-                    p as i32,
-                    offset,
-                    &key,
-                    input,
-                    &mut self.graph,
-                    routed.graph_offset,
-                    None,
-                );
-                self.emit(outcome.outputs).await;
+                let records =
+                    routing::read_record(key.as_bytes(), &wire).expect("by_lead record reads");
+                for (i, routed) in records.into_iter().enumerate() {
+                    let Some(input) = score_loop::input_of(&self.decoder, routed.body).await else {
+                        continue;
+                    };
+                    let outcome = self.processor.handle(
+                        p as i32,
+                        routing::position(offset, i),
+                        &routed.lead_id,
+                        input,
+                        &mut self.graph,
+                        routed.graph_offset,
+                        None,
+                    );
+                    self.emit(outcome.outputs).await;
+                    // What a record hands on is read after what came before it.
+                    self.flush();
+                }
             }
         }
         self.end_batch(None).await;
@@ -87,6 +107,7 @@ impl Run {
             let outputs = self.processor.advance(p, idle_now_ms, None);
             self.emit(outputs).await;
         }
+        self.flush();
         for (p, records) in self.processor.take_changelog() {
             for (k, v) in records {
                 self.changelog.insert((p, k), v);
@@ -109,7 +130,7 @@ impl Run {
                     self.scores
                         .push(serde_json::to_string(&to_json(&decoded.value)).unwrap());
                 }
-                Output::Route(r) => self.route(r),
+                Output::Route(r) => self.route(r.clone()),
             }
         }
     }
@@ -150,6 +171,7 @@ async fn the_fixed_event_file_scores_exactly_as_recorded() {
         graph: IdentityGraph::default(),
         processor: processor(),
         by_lead: (0..PARTITIONS).map(|_| VecDeque::new()).collect(),
+        pending: Vec::new(),
         next_offset: vec![0; PARTITIONS as usize],
         changelog: BTreeMap::new(),
         scores: Vec::new(),
@@ -175,7 +197,7 @@ async fn the_fixed_event_file_scores_exactly_as_recorded() {
             graph_offset: i as u64,
             body: Some(read.body),
         };
-        run.route(&routed);
+        run.route(routed);
         if i % BATCH == BATCH - 1 {
             run.process().await;
         }

@@ -135,6 +135,7 @@ pub async fn run(
             // fewer, larger inserts.
             Batching {
                 max: cfg.batch_rows,
+                max_bytes: usize::MAX,
                 wait_ms: cfg.batch_ms,
                 close_when_drained: false,
             },

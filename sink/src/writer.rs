@@ -604,6 +604,7 @@ mod tests {
         let writer = Writer::new(Kind::Violations, decoder, store, &cfg, stop.clone());
         let batching = Batching {
             max: 40,
+            max_bytes: usize::MAX,
             wait_ms: 200,
             close_when_drained: false,
         };

@@ -1,14 +1,15 @@
 //! Consuming in batches: collect, commit what was processed, rewind.
 
-/// Reads up to `max` records from `consumer`, waiting at most `wait_ms` in
-/// all. With `close_when_drained`, a batch that holds records also closes
+/// Reads up to `max` records or until they hold `max_bytes` of keys and
+/// payloads (the record that crosses it included) from `consumer`, waiting
+/// at most `wait_ms` in all. With `close_when_drained`, a batch that holds records also closes
 /// as soon as nothing more is fetched already: at low load a record waits
 /// for no window, at high load the queue never drains and batches fill to
 /// `max`. An error ends the batch early; it is returned only when nothing
 /// was read, so records already in hand are processed first.
 pub async fn collect_batch<'a, C>(
     consumer: &'a rdkafka::consumer::StreamConsumer<C>,
-    max: usize,
+    (max, max_bytes): (usize, usize),
     wait_ms: u64,
     close_when_drained: bool,
 ) -> rdkafka::error::KafkaResult<Vec<rdkafka::message::BorrowedMessage<'a>>>
@@ -16,14 +17,19 @@ where
     C: rdkafka::consumer::ConsumerContext + 'static,
 {
     let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    let take = |batch: &mut Vec<_>, bytes: &mut usize, m: rdkafka::message::BorrowedMessage<'a>| {
+        *bytes += m.key_len() + m.payload_len();
+        batch.push(m);
+    };
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
-    while batch.len() < max {
+    while batch.len() < max && bytes < max_bytes {
         // Records librdkafka has already fetched are taken without arming
         // a timer per record (a backlog is read 20,000 at a time).
         if let Some(r) = ready_now(consumer.recv()) {
             match r {
                 Ok(m) => {
-                    batch.push(m);
+                    take(&mut batch, &mut bytes, m);
                     continue;
                 }
                 Err(e) if batch.is_empty() => return Err(e),
@@ -34,7 +40,7 @@ where
             break;
         }
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(m)) => batch.push(m),
+            Ok(Ok(m)) => take(&mut batch, &mut bytes, m),
             Ok(Err(e)) if batch.is_empty() => return Err(e),
             Ok(Err(_)) | Err(_) => break,
         }

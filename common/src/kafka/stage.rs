@@ -43,13 +43,16 @@ pub trait BatchStage: Send {
     }
 }
 
-/// How a batch closes: at `max` records or after `wait_ms`, and with
+/// How a batch closes: at `max` records, at `max_bytes` of keys and
+/// payloads (a record may carry many events: the scorer's `by_lead` batch
+/// records), or after `wait_ms`, and with
 /// `close_when_drained` also once it holds records and nothing more is
 /// fetched (latency-bound stages; a sink writing to ClickHouse wants the
 /// window, for fewer, larger inserts).
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
     pub max: usize,
+    pub max_bytes: usize,
     pub wait_ms: u64,
     pub close_when_drained: bool,
 }
@@ -89,13 +92,19 @@ impl<S: BatchStage> StageDriver<S> {
     pub async fn step(&mut self) -> anyhow::Result<usize> {
         let Batching {
             max,
+            max_bytes,
             wait_ms,
             close_when_drained,
         } = self.batching;
         let started = std::time::Instant::now();
-        let batch = collect_batch(&self.consumer, max, wait_ms, close_when_drained)
-            .await
-            .context("reading from Kafka")?;
+        let batch = collect_batch(
+            &self.consumer,
+            (max, max_bytes),
+            wait_ms,
+            close_when_drained,
+        )
+        .await
+        .context("reading from Kafka")?;
         let collected = started.elapsed();
         self.lag.maybe_record(&self.consumer);
         let durable = self.stage.process(&self.consumer, &batch).await?;

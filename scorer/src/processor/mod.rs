@@ -85,7 +85,7 @@ pub enum Output {
 /// Why a record changed nothing; counted by the shell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skipped {
-    /// Already applied before a restart (offset at or below the lead's).
+    /// Already applied before a restart (position at or below the lead's).
     Replayed,
     /// A message id this lead already applied.
     Duplicate,
@@ -303,7 +303,9 @@ impl Processor {
         out
     }
 
-    /// Handles one record keyed `key` at `offset` of `partition`. `graph`
+    /// Handles one routed record for lead `key` at `position` of `partition`
+    /// (`routing::position`: positions only grow along a
+    /// partition, and a replayed one is recognised by it). `graph`
     /// must have applied the identity log at least to the record's
     /// `graph_offset`; `graph_offset` is how far it has, stamped on
     /// anything this produces.
@@ -311,7 +313,7 @@ impl Processor {
     pub fn handle(
         &mut self,
         partition: i32,
-        offset: i64,
+        position: i64,
         key: &str,
         input: Input,
         graph: &mut IdentityGraph,
@@ -319,7 +321,7 @@ impl Processor {
         model: Option<&dyn Model>,
     ) -> Outcome {
         let place = Place::of(graph, key);
-        self.handle_placed(partition, offset, key, input, place, graph_offset, model)
+        self.handle_placed(partition, position, key, input, place, graph_offset, model)
     }
 
     /// [`Processor::handle`] with the graph's answer for `key` looked up
@@ -329,7 +331,7 @@ impl Processor {
     pub fn handle_placed(
         &mut self,
         partition: i32,
-        offset: i64,
+        position: i64,
         key: &str,
         input: Input,
         place: Place,
@@ -345,7 +347,7 @@ impl Processor {
         if part
             .leads
             .get(key)
-            .is_some_and(|l| l.applied_offset >= offset)
+            .is_some_and(|l| l.applied_position >= position)
         {
             out.skipped = Some(Skipped::Replayed);
             return out;
@@ -370,7 +372,7 @@ impl Processor {
                         })),
                     }));
                 }
-                lead.applied_offset = offset;
+                lead.applied_position = position;
                 part.dirty.insert(key.to_owned());
             }
             let body = match input {
@@ -402,7 +404,7 @@ impl Processor {
                 }));
             }
         }
-        lead.applied_offset = offset;
+        lead.applied_position = position;
         part.dirty.insert(key.to_owned());
         let input_kind = match &input {
             Input::Event { .. } => InputKind::Event,

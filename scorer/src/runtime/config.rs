@@ -56,6 +56,11 @@ pub struct ScorerConfig {
     /// whatever was fetched.
     #[arg(long, env = "LEADSTREAM_SCORER_BATCH", default_value_t = 10_000)]
     pub batch_max: usize,
+    /// Most bytes of records per batch. A `by_lead` record carries up to
+    /// 256 KiB of events for one partition, so the score loop's batches
+    /// are bounded by this, not by `--batch-max`.
+    #[arg(long, env = "LEADSTREAM_SCORER_BATCH_BYTES", default_value_t = 4 << 20)]
+    pub batch_max_bytes: usize,
     /// The longest a batch waits for records. A batch closes as soon as the
     /// records already fetched are taken (a few milliseconds at low load,
     /// `--batch-max` records under a backlog) unless `--batch-fill`.

@@ -137,6 +137,7 @@ pub async fn run_with_clock(
 
     let batching = Batching {
         max: cfg.batch_max,
+        max_bytes: cfg.batch_max_bytes,
         wait_ms: cfg.batch_ms,
         close_when_drained: !cfg.batch_fill,
     };
@@ -157,6 +158,7 @@ pub async fn run_with_clock(
                 decoder: Arc::clone(&decoder),
                 identity: identity.clone(),
                 topics: topics.clone(),
+                in_flight: None,
             },
             batching,
             LagGauge::new(metrics::CONSUMER_LAG, ("stage", "stitch")),

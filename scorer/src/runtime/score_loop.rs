@@ -16,7 +16,6 @@ use leadstream_common::kafka::{
     rewind_partitions_to_committed, send,
 };
 use leadstream_schemas::{Decoder, Encoder};
-use prost::Message as _;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
@@ -34,6 +33,7 @@ use crate::{
     event::{from_facts, from_plan},
     processor::{Input, Output, Place, Processor, ScoreRecord, Skipped},
     proto::{Body, Routed},
+    routing::{ROUTED_BATCH_KEY, batch_records, offset_of, position, read_record},
     train::TrainedModel,
 };
 
@@ -146,7 +146,7 @@ impl BatchStage for ScoreLoop {
             self.restore(p).await?;
         }
         let t0 = std::time::Instant::now();
-        let mut deliveries = Vec::new();
+        let mut outputs = Outputs::default();
         let read_at = Instant::now();
         let model = self.model.read().expect("model lock").clone();
         let model = model.as_deref().map(|m| m as &dyn crate::score::Model);
@@ -159,8 +159,7 @@ impl BatchStage for ScoreLoop {
                 metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
                 continue;
             };
-            let key = String::from_utf8_lossy(key);
-            let routed = match Routed::decode(payload) {
+            let routed = match read_record(key, payload) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(partition = p, offset = m.offset(), error = %e, "unreadable by_lead record skipped");
@@ -168,50 +167,10 @@ impl BatchStage for ScoreLoop {
                     continue;
                 }
             };
-            if self.identity.applied() < routed.graph_offset
-                && tokio::time::timeout(
-                    Duration::from_secs(2),
-                    self.identity.wait_for(routed.graph_offset),
-                )
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    partition = p,
-                    offset = m.offset(),
-                    needed = routed.graph_offset,
-                    applied = self.identity.applied(),
-                    "waiting for the identity log to catch up"
-                );
-                self.identity.wait_for(routed.graph_offset).await;
-            }
-            let Some(input) = input_of(&self.decoder, routed.body).await else {
-                metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
-                continue;
-            };
-            if matches!(input, Input::MergeState { .. }) {
-                metrics::counter!(MERGES).increment(1);
-            }
-            let (place, graph_offset) = {
-                let mut graph = self.identity.graph.lock().expect("graph lock");
-                (Place::of(&mut graph, &key), self.identity.applied())
-            };
-            let outcome = self.processor.handle_placed(
-                p,
-                m.offset(),
-                &key,
-                input,
-                place,
-                graph_offset,
-                model,
-            );
-            records += 1;
-            tracing::debug!(partition = p, offset = m.offset(), lead = %key, skipped = ?outcome.skipped, outputs = outcome.outputs.len(), "record");
-            if let Some(s) = outcome.skipped {
-                metrics::counter!(SKIPPED, "reason" => skipped_label(s)).increment(1);
-            }
-            for o in outcome.outputs {
-                self.produce(o, &mut deliveries).await?;
+            for (i, routed) in routed.into_iter().enumerate() {
+                let at = position(m.offset(), i);
+                self.apply(p, at, routed, model, &mut outputs).await?;
+                records += 1;
             }
         }
         metrics::counter!(RECORDS).increment(records);
@@ -225,9 +184,10 @@ impl BatchStage for ScoreLoop {
                 if let Output::Score { reason, .. } = &o {
                     metrics::counter!(TIME_SCORES, "reason" => reason.as_str()).increment(1);
                 }
-                self.produce(o, &mut deliveries).await?;
+                self.emit(o, &mut outputs).await?;
             }
         }
+        let deliveries = self.send_routes(outputs).await;
         // Outputs first, then state: a changelog entry implies its outputs landed.
         let t_process = t0.elapsed();
         await_deliveries(deliveries).await?;
@@ -242,7 +202,7 @@ impl BatchStage for ScoreLoop {
         await_deliveries(state_writes).await?;
         self.reported
             .report(self.processor.leads(), self.processor.scheduled());
-        tracing::debug!(records = batch.len(), n_state, ?t_process, ?t_outputs, total = ?t0.elapsed(), "score batch");
+        tracing::debug!(records = batch.len(), routed = records, n_state, ?t_process, ?t_outputs, total = ?t0.elapsed(), "score batch");
         // After a rebalance the new owner replays from the last commit;
         // leads restored from a newer changelog skip what they applied.
         Ok(next_offsets(batch.iter().filter(|m| !stale(m))))
@@ -281,16 +241,65 @@ impl ScoreLoop {
         .await
     }
 
-    /// Queues one output of the processor on its topic.
-    async fn produce(
-        &self,
-        o: Output,
-        deliveries: &mut Vec<rdkafka::producer::DeliveryFuture>,
+    /// Applies one routed record at `at` of partition `p`, once the
+    /// identity graph has caught up with the route.
+    async fn apply(
+        &mut self,
+        p: i32,
+        at: i64,
+        mut routed: Routed,
+        model: Option<&dyn crate::score::Model>,
+        outputs: &mut Outputs,
     ) -> anyhow::Result<()> {
+        if self.identity.applied() < routed.graph_offset
+            && tokio::time::timeout(
+                Duration::from_secs(2),
+                self.identity.wait_for(routed.graph_offset),
+            )
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                partition = p,
+                offset = offset_of(at),
+                needed = routed.graph_offset,
+                applied = self.identity.applied(),
+                "waiting for the identity log to catch up"
+            );
+            self.identity.wait_for(routed.graph_offset).await;
+        }
+        let lead = std::mem::take(&mut routed.lead_id);
+        let Some(input) = input_of(&self.decoder, routed.body).await else {
+            metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
+            return Ok(());
+        };
+        if matches!(input, Input::MergeState { .. }) {
+            metrics::counter!(MERGES).increment(1);
+        }
+        let (place, graph_offset) = {
+            let mut graph = self.identity.graph.lock().expect("graph lock");
+            (Place::of(&mut graph, &lead), self.identity.applied())
+        };
+        let outcome = self
+            .processor
+            .handle_placed(p, at, &lead, input, place, graph_offset, model);
+        tracing::debug!(partition = p, offset = offset_of(at), %lead, skipped = ?outcome.skipped, outputs = outcome.outputs.len(), "record");
+        if let Some(s) = outcome.skipped {
+            metrics::counter!(SKIPPED, "reason" => skipped_label(s)).increment(1);
+        }
+        for o in outcome.outputs {
+            self.emit(o, outputs).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues a score on its topic at once; keeps a route for the batch's
+    /// `by_lead` batch records.
+    async fn emit(&self, o: Output, outputs: &mut Outputs) -> anyhow::Result<()> {
         match o {
             Output::Score { record, .. } => {
                 let framed = encode_score(&self.encoder, &record)?;
-                deliveries.push(
+                outputs.deliveries.push(
                     send(
                         &self.producer,
                         &self.topics.scores,
@@ -302,23 +311,44 @@ impl ScoreLoop {
                 );
                 metrics::counter!(SCORES).increment(1);
             }
-            Output::Route(r) => {
-                let partition = partition_for(&r.lead_id, self.topics.partitions);
-                let lead = r.lead_id.clone();
-                deliveries.push(
-                    send(
-                        &self.producer,
-                        &self.topics.by_lead,
-                        partition,
-                        &lead,
-                        &r.encode_to_vec(),
-                    )
-                    .await,
-                );
-            }
+            Output::Route(r) => outputs.routes.push(r),
         }
         Ok(())
     }
+
+    /// Queues the batch's routes as batch records of their partitions;
+    /// returns every delivery of the batch.
+    async fn send_routes(&self, outputs: Outputs) -> Vec<rdkafka::producer::DeliveryFuture> {
+        let Outputs {
+            mut deliveries,
+            routes,
+        } = outputs;
+        let partitions = self.topics.partitions;
+        let routes = routes
+            .into_iter()
+            .map(|r| (partition_for(&r.lead_id, partitions), r));
+        for (partition, value) in batch_records(routes, partitions) {
+            deliveries.push(
+                send(
+                    &self.producer,
+                    &self.topics.by_lead,
+                    partition,
+                    ROUTED_BATCH_KEY,
+                    &value,
+                )
+                .await,
+            );
+        }
+        deliveries
+    }
+}
+
+/// What a batch has produced so far.
+#[derive(Default)]
+struct Outputs {
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    /// Merge messages, sent as batch records at the end of the batch.
+    routes: Vec<Routed>,
 }
 
 /// The processor's input for one `by_lead` body; None for an empty one.

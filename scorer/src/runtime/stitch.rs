@@ -1,6 +1,7 @@
 //! Stage one: `leadstream.events` (keyed by whichever id the SDK knew) →
-//! `<prefix>.by_lead` (keyed by lead id). Links new id combinations through
-//! the identity log first, so every instance routes with the same graph.
+//! `<prefix>.by_lead` (partitioned by lead id, one batch record per
+//! partition and batch). Links new id combinations through the identity log
+//! first, so every instance routes with the same graph.
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use crate::{
     event::{from_plan, to_facts},
     identity::identifiers,
     proto::{Body, Link, Routed},
+    routing::{BatchRecords, ROUTED_BATCH_KEY},
 };
 
 pub struct Stitcher {
@@ -33,6 +35,24 @@ pub struct Stitcher {
     pub decoder: Arc<Decoder>,
     pub identity: IdentityLog,
     pub topics: Topics,
+    /// The previous batch's `by_lead` records, not yet known to be acked,
+    /// and the offsets to commit once they are.
+    pub in_flight: Option<InFlight>,
+}
+
+/// Routes queued by one batch and what to commit once they are acked.
+pub struct InFlight {
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    offsets: Offsets,
+}
+
+impl InFlight {
+    async fn landed(self) -> anyhow::Result<Offsets> {
+        await_deliveries(self.deliveries)
+            .await
+            .context("routing events to by_lead")?;
+        Ok(self.offsets)
+    }
 }
 
 impl BatchStage for Stitcher {
@@ -46,11 +66,21 @@ impl BatchStage for Stitcher {
     /// awaited once for the batch, and each route is stamped with the log
     /// position its owner must reach. One round trip per batch, not per
     /// new link, and the same routes as linking one event at a time.
+    ///
+    /// The routes are not waited for: the next batch is read and routed
+    /// while they travel, and a batch's offsets are committed at the next
+    /// step, once its routes are acked. A failed route fails that step, and
+    /// both batches are read again from the last commit (the owner drops
+    /// the repeats by message id).
     async fn process(
         &mut self,
         _consumer: &StreamConsumer,
         batch: &[BorrowedMessage<'_>],
     ) -> anyhow::Result<Offsets> {
+        if batch.is_empty() {
+            // Nothing new: commit what has landed meanwhile.
+            return self.drain().await;
+        }
         let mut reads = Vec::with_capacity(batch.len());
         for m in batch {
             let Some(payload) = m.payload() else {
@@ -102,29 +132,55 @@ impl BatchStage for Stitcher {
                 Some(*end)
             })
             .collect();
-        let mut deliveries = Vec::with_capacity(routes.len());
+        let n_routed = routes.len() as u64;
+        let mut records = BatchRecords::new(self.topics.partitions);
         for (lead, body, n_links, applied) in routes {
+            let graph_offset = n_links
+                .checked_sub(1)
+                .map_or(applied, |i| applied.max(past[i]));
             let routed = Routed {
-                lead_id: lead.clone(),
-                graph_offset: n_links
-                    .checked_sub(1)
-                    .map_or(applied, |i| applied.max(past[i])),
+                lead_id: lead,
+                graph_offset,
                 body: Some(body),
             };
+            records.push(
+                partition_for(&routed.lead_id, self.topics.partitions),
+                &routed,
+            );
+        }
+        let mut deliveries = Vec::new();
+        for (partition, value) in records.finish() {
             deliveries.push(
                 send(
                     &self.producer,
                     &self.topics.by_lead,
-                    partition_for(&lead, self.topics.partitions),
-                    &lead,
-                    &routed.encode_to_vec(),
+                    partition,
+                    ROUTED_BATCH_KEY,
+                    &value,
                 )
                 .await,
             );
-            metrics::counter!(EVENTS_ROUTED).increment(1);
         }
-        await_deliveries(deliveries).await?;
-        Ok(next_offsets(batch))
+        metrics::counter!(EVENTS_ROUTED).increment(n_routed);
+        let previous = self.in_flight.replace(InFlight {
+            deliveries,
+            offsets: next_offsets(batch),
+        });
+        match previous {
+            Some(p) => p.landed().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn forget(&mut self, _consumer: &StreamConsumer) {
+        self.in_flight = None;
+    }
+
+    async fn drain(&mut self) -> anyhow::Result<Offsets> {
+        match self.in_flight.take() {
+            Some(p) => p.landed().await,
+            None => Ok(Vec::new()),
+        }
     }
 }
 
