@@ -145,6 +145,14 @@ fn recheck(lead: &Lead, model_loaded: bool) -> bool {
 
 /// Puts `lead` in `schedule` at its next possible change, unless a live
 /// entry is already due no later.
+/// Notes that `key` changed in this batch; most events are of a lead
+/// already noted, and those cost no allocation.
+fn mark_dirty(dirty: &mut BTreeSet<String>, key: &str) {
+    if !dirty.contains(key) {
+        dirty.insert(key.to_owned());
+    }
+}
+
 fn schedule_lead(
     schedule: &mut BinaryHeap<Reverse<(i64, String)>>,
     key: &str,
@@ -373,7 +381,7 @@ impl Processor {
                     }));
                 }
                 lead.applied_position = position;
-                part.dirty.insert(key.to_owned());
+                mark_dirty(&mut part.dirty, key);
             }
             let body = match input {
                 Input::Event { event } => Some(Body::Facts(to_facts(event))),
@@ -405,7 +413,7 @@ impl Processor {
             }
         }
         lead.applied_position = position;
-        part.dirty.insert(key.to_owned());
+        mark_dirty(&mut part.dirty, key);
         let input_kind = match &input {
             Input::Event { .. } => InputKind::Event,
             _ => InputKind::Merge,
