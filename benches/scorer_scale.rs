@@ -268,8 +268,30 @@ async fn main() {
         reading_ms as f64 / 1000.0 / (leads as f64 / 100_000.0)
     );
     drop(second);
+
+    // One pass of `leadstream scorer compact-identity` over the run's log.
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_leadstream"))
+        .args([
+            "scorer",
+            "--kafka",
+            &bootstrap,
+            "--topic-prefix",
+            &format!("{run}.scorer"),
+            "compact-identity",
+        ])
+        .env("LEADSTREAM_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "compact-identity failed: {out:?}");
+    let compact_s = t.elapsed().as_secs_f64();
+    println!(
+        "identity log, one compaction pass in {compact_s:.1} s: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
     println!(
         "scorer_scale leads={leads} rss_mb={rss_mb:.0} bytes_per_lead={bytes_per_lead:.0} \
-         bytes_per_identifier={bytes_per_identifier:.0} restore_s={restore_s:.1}"
+         bytes_per_identifier={bytes_per_identifier:.0} restore_s={restore_s:.1} \
+         identity_compact_s={compact_s:.1}"
     );
 }

@@ -50,7 +50,7 @@ enum Command {
     /// Serve the Segment-compatible HTTP tracking API: validate, hash PII, publish to Kafka.
     Ingest(leadstream_ingest::IngestConfig),
     /// Score leads from the event stream: stitch identities, keep windows, publish lead_scores.
-    Scorer(leadstream_scorer::runtime::ScorerConfig),
+    Scorer(leadstream_scorer::runtime::ScorerArgs),
     /// Write events, scores and violations to ClickHouse; `sink migrate` applies the SQL migrations.
     Sink(leadstream_sink::SinkArgs),
     /// Train the scoring model on historical events and report how well it ranks.
@@ -101,9 +101,16 @@ fn main() -> ExitCode {
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Train(args) => train_cmd::run(args).await,
-            Command::Scorer(cfg) => leadstream_scorer::runtime::run(cfg, shutdown_signal())
-                .await
-                .map(|()| ExitCode::SUCCESS),
+            Command::Scorer(args) => match args.command {
+                Some(leadstream_scorer::runtime::ScorerCommand::CompactIdentity) => {
+                    leadstream_scorer::runtime::compact_identity(&args.run)
+                        .await
+                        .map(|()| ExitCode::SUCCESS)
+                }
+                None => leadstream_scorer::runtime::run(args.run, shutdown_signal())
+                    .await
+                    .map(|()| ExitCode::SUCCESS),
+            },
             Command::Sink(args) => match args.command {
                 Some(leadstream_sink::SinkCommand::Migrate(ch)) => leadstream_sink::migrate(&ch)
                     .await

@@ -574,3 +574,132 @@ async fn all_records(bootstrap: &str, topic: &str, lead: &str) -> Vec<Value> {
     }
     out
 }
+
+/// `scorer compact-identity` on the real broker: after a pass (and a second
+/// one), a scorer that reads the log from the start has the same leads and
+/// follows every old lead id to the same lead, and so does one that reads
+/// only what Kafka's compaction would keep of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compacting_the_identity_log_keeps_every_lead_and_old_lead_id() {
+    use leadstream_scorer::{identity_compaction as compaction, runtime::identity_log};
+    let bootstrap = common::kafka();
+    let topic = common::TestTopic::create(&bootstrap, "scorer_identity", 1).await;
+    let events = journeys(0..60);
+    let (_, mut expected) = expected_leads(&events);
+    let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap, 5)
+        .create()
+        .unwrap();
+    let append = |ids: Vec<String>| {
+        let (producer, topic) = (&producer, &topic.name);
+        async move {
+            let (key, value) = compaction::link_record(&ids);
+            producer
+                .send(
+                    FutureRecord::to(topic)
+                        .partition(0)
+                        .key(&key)
+                        .payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("link appended")
+                .offset
+        }
+    };
+    let mut links = 0;
+    let mut keys = std::collections::BTreeSet::new();
+    for (_, e) in &events {
+        let ids = identifiers(e);
+        if ids.len() > 1 {
+            keys.insert(compaction::link_record(&ids).0);
+            append(ids).await;
+            links += 1;
+        }
+    }
+    let first = identity_log::compact(&bootstrap, &topic.name)
+        .await
+        .unwrap();
+    assert_eq!(first.records_read, links + 1, "every link and the marker");
+    // Every distinct link key and the marker; the leads take their place.
+    assert_eq!(first.tombstones, keys.len() + 1, "{first:?}");
+    assert!(first.components_written < keys.len(), "{first:?}");
+    assert!(first.bytes_after < first.bytes_before, "{first:?}");
+    let second = identity_log::compact(&bootstrap, &topic.name)
+        .await
+        .unwrap();
+    assert!(second.bytes_after <= first.bytes_after, "{second:?}");
+    // A link appended after the passes, as a running scorer would.
+    let end = append(vec!["a:web-1".into(), "u:late-1".into()]).await;
+    expected.link(&["a:web-1".into(), "u:late-1".into()]);
+
+    let ids: Vec<String> = events
+        .iter()
+        .flat_map(|(_, e)| identifiers(e))
+        .chain(["u:late-1".to_owned()])
+        .collect();
+    let same = |got: &mut IdentityGraph, expected: &mut IdentityGraph, what: &str| {
+        for id in &ids {
+            let one = std::slice::from_ref(id);
+            assert_eq!(got.resolve(one), expected.resolve(one), "{what}: {id}");
+            let old = lead_id_of(id);
+            assert_eq!(
+                got.current_lead(&old),
+                expected.current_lead(&old),
+                "{what}: {old}"
+            );
+        }
+    };
+    // What a scorer starting now reads: the whole log, nothing compacted yet.
+    let log = identity_log::IdentityLog::start(&bootstrap, &topic.name).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), log.wait_for(end as u64 + 1))
+        .await
+        .expect("the reader reaches the last link");
+    same(&mut log.graph.lock().unwrap(), &mut expected, "whole log");
+
+    // What it would read once Kafka compacted the topic: the last record of
+    // each key, none whose last is a tombstone.
+    let consumer: StreamConsumer =
+        leadstream_common::kafka::reader_config(&bootstrap, &common::unique("compacted"))
+            .create()
+            .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic.name, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("reading the identity log back")
+            .unwrap();
+        records.push((
+            m.key().unwrap_or_default().to_vec(),
+            m.payload().map(<[u8]>::to_vec),
+        ));
+        if m.offset() >= end {
+            break;
+        }
+    }
+    let last: BTreeMap<&[u8], usize> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.as_slice(), i))
+        .collect();
+    let kept: Vec<_> = records
+        .iter()
+        .enumerate()
+        .filter(|(i, (k, v))| last[k.as_slice()] == *i && v.is_some())
+        .map(|(_, r)| r)
+        .collect();
+    assert!(
+        kept.len() * 2 < links,
+        "{} records kept of {links} links",
+        kept.len()
+    );
+    let mut compacted = IdentityGraph::default();
+    for (k, v) in kept {
+        let record = compaction::read(Some(k), v.as_deref()).unwrap();
+        assert!(compaction::apply(&mut compacted, &record));
+    }
+    same(&mut compacted, &mut expected, "compacted log");
+}

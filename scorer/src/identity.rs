@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::event::PlanFields;
+use crate::{event::PlanFields, proto::Component};
 
 /// Identifiers an event carries, typed so ids from different namespaces
 /// never collide ("u:" user, "w:" WeChat union, "p:" phone hash, "a:" anonymous).
@@ -139,6 +139,68 @@ impl IdentityGraph {
     pub fn resolve(&mut self, ids: &[String]) -> String {
         let first = ids.first().expect("an event needs at least one identifier");
         self.lead_of(first).unwrap_or_else(|| lead_id_of(first))
+    }
+
+    /// Applies a lead as a compaction wrote it: every member joins `root`'s
+    /// lead, each former root as the separate lead it once was (so its old
+    /// lead id still leads here and counts as absorbed). Members the graph
+    /// does not know are attached without ever having been a root.
+    pub fn apply_component(&mut self, c: &Component) {
+        let root = c.root.clone();
+        self.parent
+            .entry(root.clone())
+            .or_insert_with(|| root.clone());
+        for f in &c.former_roots {
+            if !self.parent.contains_key(f) {
+                self.parent.insert(f.clone(), f.clone());
+            }
+            if self.find(f) != self.find(&root) {
+                self.link(&[root.clone(), f.clone()]);
+            }
+        }
+        for m in &c.members {
+            if !self.parent.contains_key(m) {
+                let r = self.find(&root);
+                self.parent.insert(m.clone(), r);
+            } else if self.find(m) != self.find(&root) {
+                self.link(&[root.clone(), m.clone()]);
+            }
+        }
+    }
+
+    /// Every lead of the graph as (root, other members, former roots), in
+    /// root order: what a compaction writes.
+    pub fn components(&mut self) -> Vec<Component> {
+        let ids: Vec<String> = self.parent.keys().cloned().collect();
+        let mut by_root: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for id in ids {
+            let r = self.find(&id);
+            if r != id {
+                by_root.entry(r).or_default().push(id);
+            } else {
+                by_root.entry(r).or_default();
+            }
+        }
+        by_root
+            .into_iter()
+            .map(|(root, mut members)| {
+                members.sort();
+                let mut former_roots: Vec<String> = self
+                    .absorbed
+                    .get(&root)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|lead| self.canonical.get(lead).cloned())
+                    .collect();
+                former_roots.sort();
+                former_roots.dedup();
+                Component {
+                    root,
+                    members,
+                    former_roots,
+                }
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {

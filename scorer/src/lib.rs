@@ -9,6 +9,7 @@ pub mod context;
 pub mod event;
 pub mod features;
 pub mod identity;
+pub mod identity_compaction;
 pub mod lead;
 pub mod processor;
 pub mod proto;

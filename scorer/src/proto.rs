@@ -8,6 +8,19 @@ pub struct Link {
     pub ids: Vec<String>,
 }
 
+/// One lead's identifiers as a compaction of the identity log wrote them
+/// (key `\0component:<root>#<chunk>`, see `identity_compaction`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Component {
+    #[prost(string, tag = "1")]
+    pub root: String,
+    #[prost(string, repeated, tag = "2")]
+    pub members: Vec<String>,
+    /// Identifiers that were the root of a lead that merged into this one.
+    #[prost(string, repeated, tag = "3")]
+    pub former_roots: Vec<String>,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Routed {
     #[prost(string, tag = "1")]

@@ -2,8 +2,25 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use leadstream_common::args::{SharedArgs, parse_defaults};
+
+/// `leadstream scorer [compact-identity]`.
+#[derive(Debug, Args)]
+pub struct ScorerArgs {
+    #[command(subcommand)]
+    pub command: Option<ScorerCommand>,
+    #[command(flatten)]
+    pub run: ScorerConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScorerCommand {
+    /// Compact the identity log once: write each lead as one record and
+    /// tombstone the links it covers (run it daily, e.g. as a CronJob;
+    /// scorers keep running meanwhile).
+    CompactIdentity,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct ScorerConfig {

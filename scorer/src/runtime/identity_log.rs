@@ -8,14 +8,13 @@ use std::{
     time::Duration,
 };
 
-use prost::Message as _;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
 };
 use tokio::sync::watch;
 
-use crate::{identity::IdentityGraph, proto::Link};
+use crate::{identity::IdentityGraph, identity_compaction as compaction};
 
 /// The graph and how far into the log it is (next offset to apply).
 #[derive(Clone)]
@@ -54,14 +53,19 @@ impl IdentityLog {
                 match consumer.recv().await {
                     Ok(m) => {
                         let next = m.offset() as u64 + 1;
-                        match m.payload().map(Link::decode) {
-                            Some(Ok(link)) if !link.ids.is_empty() => {
-                                g.lock().expect("graph lock").link(&link.ids);
+                        match compaction::read(m.key(), m.payload()) {
+                            Ok(record) => {
+                                if !compaction::apply(&mut g.lock().expect("graph lock"), &record) {
+                                    tracing::error!(
+                                        offset = m.offset(),
+                                        "identity link without ids skipped"
+                                    );
+                                }
                             }
-                            other => tracing::error!(
+                            Err(e) => tracing::error!(
                                 offset = m.offset(),
-                                ?other,
-                                "unreadable identity link skipped"
+                                error = %e,
+                                "unreadable identity record skipped"
                             ),
                         }
                         metrics::gauge!(super::metrics::IDENTITY_APPLIED).set(next as f64);
@@ -92,4 +96,93 @@ impl IdentityLog {
         // The sender lives as long as the reader task, i.e. the process.
         let _ = rx.wait_for(|applied| *applied >= offset).await;
     }
+}
+
+/// What a compaction pass did.
+#[derive(Debug)]
+pub struct CompactionReport {
+    pub records_read: usize,
+    pub identifiers: usize,
+    pub components_written: usize,
+    pub tombstones: usize,
+    pub bytes_before: usize,
+    pub bytes_after: usize,
+}
+
+/// One compaction pass over `topic` (see [`crate::identity_compaction`]):
+/// appends a marker, reads the log up to it, writes each lead once and
+/// tombstones what those records cover. Kafka removes the covered records
+/// at its next compaction of the topic.
+pub async fn compact(bootstrap: &str, topic: &str) -> anyhow::Result<CompactionReport> {
+    use anyhow::Context as _;
+    use leadstream_common::kafka::{await_deliveries, producer_config, send};
+    use rdkafka::producer::FutureProducer;
+
+    let producer: FutureProducer = producer_config(bootstrap, 5).create()?;
+    // The end is the marker's offset, not the high watermark (which some
+    // brokers report short of acked records).
+    let marker = send(&producer, topic, 0, compaction::MARKER_KEY, &[]).await;
+    let end = match marker.await {
+        Ok(Ok(d)) => d.offset,
+        Ok(Err((e, _))) => anyhow::bail!("cannot append the compaction marker to {topic}: {e}"),
+        Err(_) => anyhow::bail!("the producer dropped the compaction marker for {topic}"),
+    };
+    let consumer: StreamConsumer =
+        leadstream_common::kafka::reader_config(bootstrap, &format!("{topic}.compact")).create()?;
+    tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let mut log = Vec::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .with_context(|| {
+                format!("reading {topic}: no record for 30 s before offset {end}")
+            })??;
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        log.push((key, m.payload().map(<[u8]>::to_vec)));
+        if m.offset() >= end {
+            break;
+        }
+    }
+    let records_read = log.len();
+    let plan = compaction::plan(log);
+    let mut deliveries = Vec::with_capacity(plan.writes.len());
+    for (key, value) in &plan.writes {
+        deliveries.push(send(&producer, topic, 0, key, value).await);
+    }
+    await_deliveries(deliveries)
+        .await
+        .with_context(|| format!("writing compacted leads to {topic}"))?;
+    // Only once every lead is written: a tombstone must follow what covers it.
+    let mut deliveries = Vec::with_capacity(plan.tombstones.len());
+    for key in &plan.tombstones {
+        let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic)
+            .key(key.as_str())
+            .partition(0);
+        // A full queue is waited out, as `send` does for valued records.
+        let delivery = loop {
+            match producer.send_result(record) {
+                Ok(d) => break d,
+                Err((_, r)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    record = r;
+                }
+            }
+        };
+        deliveries.push(delivery);
+    }
+    await_deliveries(deliveries)
+        .await
+        .with_context(|| format!("writing tombstones to {topic}"))?;
+    Ok(CompactionReport {
+        records_read,
+        identifiers: plan.ids_before,
+        components_written: plan.writes.len(),
+        tombstones: plan.tombstones.len(),
+        bytes_before: plan.bytes_before,
+        bytes_after: plan.bytes_after,
+    })
 }

@@ -30,7 +30,7 @@ use rdkafka::{
     producer::FutureProducer,
 };
 
-pub use config::ScorerConfig;
+pub use config::{ScorerArgs, ScorerCommand, ScorerConfig};
 
 use crate::{
     clock::{Clock, SystemClock},
@@ -48,6 +48,24 @@ pub struct Topics {
     pub by_lead: String,
     pub changelog: String,
     pub partitions: i32,
+}
+
+/// `leadstream scorer compact-identity`: one compaction pass over the
+/// identity log, reported on stdout.
+pub async fn compact_identity(cfg: &ScorerConfig) -> anyhow::Result<()> {
+    let kafka = cfg.shared.kafka.brokers()?.to_owned();
+    let topic = cfg.identity_topic();
+    let r = identity_log::compact(&kafka, &topic).await?;
+    println!(
+        "compacted {topic}: {} records read ({} identifiers in links), {} lead records written, {} tombstones; live bytes {} -> {} once Kafka compacts",
+        r.records_read,
+        r.identifiers,
+        r.components_written,
+        r.tombstones,
+        r.bytes_before,
+        r.bytes_after
+    );
+    Ok(())
 }
 
 /// Runs the scorer until `shutdown` resolves; each loop finishes (and

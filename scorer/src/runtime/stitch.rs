@@ -10,7 +10,6 @@ use leadstream_common::kafka::{
     BatchStage, Offsets, await_deliveries, delivered_offsets, next_offsets, partition_for, send,
 };
 use leadstream_schemas::{Decoder, codec::DecodeError};
-use prost::Message as _;
 use rdkafka::{
     Message,
     consumer::{DefaultConsumerContext, StreamConsumer},
@@ -26,7 +25,8 @@ use super::{
 use crate::{
     event::{from_plan, to_facts},
     identity::identifiers,
-    proto::{Body, Link, Routed},
+    identity_compaction::link_record,
+    proto::{Body, Routed},
     routing::{BatchRecords, ROUTED_BATCH_KEY},
 };
 
@@ -206,10 +206,7 @@ pub async fn read(decoder: &Decoder, framed: &[u8]) -> Result<Read, DecodeError>
 impl Stitcher {
     /// Queues a link of `ids` on the identity log.
     async fn append_link(&self, ids: &[String]) -> rdkafka::producer::DeliveryFuture {
-        let mut sorted = ids.to_vec();
-        sorted.sort();
-        let key = sorted.join("|");
-        let value = Link { ids: ids.to_vec() }.encode_to_vec();
+        let (key, value) = link_record(ids);
         send(&self.producer, &self.topics.identity, 0, &key, &value).await
     }
 }
