@@ -274,11 +274,11 @@ async fn main() {
     let out = Command::new(env!("CARGO_BIN_EXE_leadstream"))
         .args([
             "scorer",
+            "compact-identity",
             "--kafka",
             &bootstrap,
             "--topic-prefix",
             &format!("{run}.scorer"),
-            "compact-identity",
         ])
         .env("LEADSTREAM_LOG", "warn")
         .output()

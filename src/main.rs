@@ -102,8 +102,8 @@ fn main() -> ExitCode {
             Command::Simulate(args) => simulate::run(args).await,
             Command::Train(args) => train_cmd::run(args).await,
             Command::Scorer(args) => match args.command {
-                Some(leadstream_scorer::runtime::ScorerCommand::CompactIdentity) => {
-                    leadstream_scorer::runtime::compact_identity(&args.run)
+                Some(leadstream_scorer::runtime::ScorerCommand::CompactIdentity(cfg)) => {
+                    leadstream_scorer::runtime::compact_identity(&cfg)
                         .await
                         .map(|()| ExitCode::SUCCESS)
                 }

@@ -84,6 +84,9 @@ fn str_of(v: &Value) -> String {
 }
 
 /// Checks a role against its subcommand's help; returns (subcommand, port).
+/// Commands that run to completion: no listener, no probes.
+const RUN_TO_COMPLETION: [&str; 2] = ["sink migrate", "scorer compact-identity"];
+
 fn check(role: &Role) -> (String, Option<u16>) {
     let sub: Vec<String> = role
         .args
@@ -127,7 +130,9 @@ fn check(role: &Role) -> (String, Option<u16>) {
                 .find(|(k, _)| k.ends_with("_LISTEN") && h.envs.contains(*k))
                 .map(|(_, v)| v.clone())
         });
-    let serves = h.flags.contains("--listen");
+    // A run-to-completion command takes the role's flags but serves nothing.
+    let serves =
+        h.flags.contains("--listen") && !RUN_TO_COMPLETION.contains(&sub.join(" ").as_str());
     let port = match (serves, listen) {
         (false, _) => None,
         (true, None) => panic!(
@@ -268,11 +273,12 @@ fn kubernetes_manifests_pass_only_flags_variables_and_ports_the_cli_has() {
     let mut subs = BTreeSet::new();
     for doc in &docs {
         let kind = str_of(&doc["kind"]);
-        if !["Deployment", "Job", "StatefulSet"].contains(&kind.as_str()) {
-            continue;
-        }
+        let pod = match kind.as_str() {
+            "Deployment" | "Job" | "StatefulSet" => &doc["spec"]["template"],
+            "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"],
+            _ => continue,
+        };
         let name = str_of(&doc["metadata"]["name"]);
-        let pod = &doc["spec"]["template"];
         let annotated: Option<u16> = pod["metadata"]["annotations"]["prometheus.io/port"]
             .as_str()
             .map(|p| p.parse().unwrap());
@@ -315,7 +321,7 @@ fn kubernetes_manifests_pass_only_flags_variables_and_ports_the_cli_has() {
                 probed,
             };
             let (sub, port) = check(&role);
-            if sub != "sink migrate" {
+            if !RUN_TO_COMPLETION.contains(&sub.as_str()) {
                 assert!(
                     c["readinessProbe"].is_mapping() && c["livenessProbe"].is_mapping(),
                     "{name}: probes on /_liveness and /_readiness"
@@ -327,7 +333,13 @@ fn kubernetes_manifests_pass_only_flags_variables_and_ports_the_cli_has() {
             subs.insert(sub);
         }
     }
-    for needed in ["ingest", "scorer", "sink", "sink migrate"] {
+    for needed in [
+        "ingest",
+        "scorer",
+        "scorer compact-identity",
+        "sink",
+        "sink migrate",
+    ] {
         assert!(subs.contains(needed), "k8s runs no `{needed}`: {subs:?}");
     }
     // Each Service sends traffic to the port its Deployment listens on.

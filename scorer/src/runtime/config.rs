@@ -18,8 +18,8 @@ pub struct ScorerArgs {
 pub enum ScorerCommand {
     /// Compact the identity log once: write each lead as one record and
     /// tombstone the links it covers (run it daily, e.g. as a CronJob;
-    /// scorers keep running meanwhile).
-    CompactIdentity,
+    /// scorers keep running meanwhile). Takes the scorer's flags.
+    CompactIdentity(ScorerConfig),
 }
 
 #[derive(Debug, Clone, Args)]
