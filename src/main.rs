@@ -50,7 +50,7 @@ enum Command {
     /// Serve the Segment-compatible HTTP tracking API: validate, hash PII, publish to Kafka.
     Ingest(leadstream_ingest::IngestConfig),
     /// Score leads from the event stream: stitch identities, keep windows, publish lead_scores.
-    Scorer(leadstream_scorer::runtime::ScorerArgs),
+    Scorer(Box<leadstream_scorer::runtime::ScorerArgs>),
     /// Write events, scores and violations to ClickHouse; `sink migrate` applies the SQL migrations.
     Sink(leadstream_sink::SinkArgs),
     /// Train the scoring model on historical events and report how well it ranks.
