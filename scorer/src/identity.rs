@@ -168,6 +168,11 @@ impl IdentityGraph {
         }
     }
 
+    /// The root identifier of `id`'s lead, if the graph holds `id`.
+    pub fn lead_root(&mut self, id: &str) -> Option<String> {
+        self.parent.contains_key(id).then(|| self.find(id))
+    }
+
     /// Every lead of the graph as (root, other members, former roots), in
     /// root order: what a compaction writes.
     pub fn components(&mut self) -> Vec<Component> {

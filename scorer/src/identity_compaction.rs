@@ -95,7 +95,8 @@ pub struct Plan {
 /// (key, value; `None` is a tombstone).
 pub fn plan(log: impl IntoIterator<Item = (String, Option<Vec<u8>>)>) -> Plan {
     let mut graph = IdentityGraph::default();
-    let mut live: BTreeMap<String, usize> = BTreeMap::new();
+    // Live key → its size and an identifier it holds (none for a marker).
+    let mut live: BTreeMap<String, (usize, Option<String>)> = BTreeMap::new();
     let mut ids_before = 0;
     for (key, value) in log {
         let record = read(Some(key.as_bytes()), value.as_deref());
@@ -104,11 +105,16 @@ pub fn plan(log: impl IntoIterator<Item = (String, Option<Vec<u8>>)>) -> Plan {
                 live.remove(&key);
             }
             (Some(v), Ok(record)) => {
-                if let LogRecord::Link(ids) = &record {
-                    ids_before += ids.len();
-                }
+                let some_id = match &record {
+                    LogRecord::Link(ids) => {
+                        ids_before += ids.len();
+                        ids.first().cloned()
+                    }
+                    LogRecord::Component(c) => Some(c.root.clone()),
+                    LogRecord::Nothing => None,
+                };
                 apply(&mut graph, &record);
-                live.insert(key.clone(), key.len() + v.len());
+                live.insert(key.clone(), (key.len() + v.len(), some_id));
             }
             // Unreadable: left alone, neither applied nor covered.
             (Some(_), Err(e)) => {
@@ -116,21 +122,39 @@ pub fn plan(log: impl IntoIterator<Item = (String, Option<Vec<u8>>)>) -> Plan {
             }
         }
     }
+    // A lead that one live record already holds whole is left as it is: that
+    // record alone rebuilds it (anything else that touched it was a repeat
+    // of the same key). Rewriting it would only add a record.
+    let mut records_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut markers = Vec::new();
+    for (key, (_, id)) in &live {
+        match id.as_ref().and_then(|id| graph.lead_root(id)) {
+            Some(root) => records_of.entry(root).or_default().push(key.clone()),
+            None => markers.push(key.clone()),
+        }
+    }
     let mut plan = Plan {
         ids_before,
-        bytes_before: live.values().sum(),
+        bytes_before: live.values().map(|(n, _)| n).sum(),
         ..Plan::default()
     };
     let mut written = BTreeSet::new();
     for c in graph.components() {
+        let records = records_of.remove(&c.root).unwrap_or_default();
+        if let [only] = records.as_slice() {
+            plan.bytes_after += live[only].0;
+            continue;
+        }
         for (key, record) in chunks(c) {
             let value = record.encode_to_vec();
             plan.bytes_after += key.len() + value.len();
             written.insert(key.clone());
             plan.writes.push((key, value));
         }
+        plan.tombstones
+            .extend(records.into_iter().filter(|k| !written.contains(k)));
     }
-    plan.tombstones = live.into_keys().filter(|k| !written.contains(k)).collect();
+    plan.tombstones.extend(markers);
     plan
 }
 
@@ -298,6 +322,25 @@ mod tests {
         twice.extend(again.writes.into_iter().map(|(k, v)| (k, Some(v))));
         twice.extend(again.tombstones.into_iter().map(|k| (k, None)));
         assert_same_leads(&mut before, &mut rebuild(&kafka_compacted(&twice)), &ids);
+    }
+
+    #[test]
+    fn leads_of_one_record_each_are_left_as_they_are() {
+        let log: Vec<(String, Option<Vec<u8>>)> = (0..100)
+            .map(|p| {
+                let (k, v) = link_record(&[format!("a:web-{p}"), format!("w:wx-{p}")]);
+                (k, Some(v))
+            })
+            .chain([(MARKER_KEY.to_owned(), Some(Vec::new()))])
+            .collect();
+        let pass = plan(log);
+        assert!(
+            pass.writes.is_empty(),
+            "{} records written",
+            pass.writes.len()
+        );
+        assert_eq!(pass.tombstones, vec![MARKER_KEY.to_owned()]);
+        assert!(pass.bytes_after < pass.bytes_before);
     }
 
     #[test]
