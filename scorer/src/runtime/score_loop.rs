@@ -33,7 +33,7 @@ use crate::{
     event::{from_facts, from_plan},
     processor::{Input, Output, Place, Processor, ScoreRecord, Skipped},
     proto::{Body, Routed},
-    routing::{ROUTED_BATCH_KEY, batch_records, offset_of, position, read_record},
+    routing::{batch_records, offset_of, position, read_record},
     train::TrainedModel,
 };
 
@@ -327,18 +327,13 @@ impl ScoreLoop {
         let routes = routes
             .into_iter()
             .map(|r| (partition_for(&r.lead_id, partitions), r));
-        for (partition, value) in batch_records(routes, partitions) {
-            deliveries.push(
-                send(
-                    &self.producer,
-                    &self.topics.by_lead,
-                    partition,
-                    ROUTED_BATCH_KEY,
-                    &value,
-                )
-                .await,
-            );
-        }
+        super::stitch::send_batch_records(
+            &self.producer,
+            &self.topics.by_lead,
+            batch_records(routes, partitions),
+            &mut deliveries,
+        )
+        .await;
         deliveries
     }
 }

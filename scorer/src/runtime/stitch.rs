@@ -149,18 +149,13 @@ impl BatchStage for Stitcher {
             );
         }
         let mut deliveries = Vec::new();
-        for (partition, value) in records.finish() {
-            deliveries.push(
-                send(
-                    &self.producer,
-                    &self.topics.by_lead,
-                    partition,
-                    ROUTED_BATCH_KEY,
-                    &value,
-                )
-                .await,
-            );
-        }
+        send_batch_records(
+            &self.producer,
+            &self.topics.by_lead,
+            records.finish(),
+            &mut deliveries,
+        )
+        .await;
         metrics::counter!(EVENTS_ROUTED).increment(n_routed);
         let previous = self.in_flight.replace(InFlight {
             deliveries,
@@ -181,6 +176,19 @@ impl BatchStage for Stitcher {
             Some(p) => p.landed().await,
             None => Ok(Vec::new()),
         }
+    }
+}
+
+/// Queues `by_lead` batch records ((partition, value) pairs), adding their
+/// deliveries to `deliveries`.
+pub async fn send_batch_records(
+    producer: &FutureProducer,
+    by_lead: &str,
+    records: Vec<(i32, Vec<u8>)>,
+    deliveries: &mut Vec<rdkafka::producer::DeliveryFuture>,
+) {
+    for (partition, value) in records {
+        deliveries.push(send(producer, by_lead, partition, ROUTED_BATCH_KEY, &value).await);
     }
 }
 
