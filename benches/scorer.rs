@@ -45,6 +45,7 @@ fn processor_with(leads: u64) -> (Processor, usize, f64) {
             for (key, events) in &inputs {
                 let input = Input::Event {
                     event: Some(events[i].clone()),
+                    anonymous: false,
                 };
                 black_box(p.handle(0, offset, key, input, &mut graph, 0, None));
                 offset += 1;

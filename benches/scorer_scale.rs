@@ -51,6 +51,7 @@ fn processor_bytes_per_lead(leads: u64, events: i64) -> f64 {
             for (l, key) in keys.iter().enumerate() {
                 let input = Input::Event {
                     event: Some(harness::typical_event(l as u64, i)),
+                    anonymous: false,
                 };
                 black_box(p.handle(0, offset, key, input, &mut graph, 0, None));
                 offset += 1;

@@ -526,15 +526,81 @@ async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
     .await;
     assert_eq!(nurture[&lead]["change_reason"], "went_nurture");
     assert_eq!(nurture[&lead]["updated_at"], T0 + 365 * DAY);
+
+    // An anonymous device silent past the anonymous TTL expires: its
+    // changelog key gets a tombstone.
+    assert_eq!(cfg.anonymous_ttl_days, 400);
+    clock.set(T0 + 401 * DAY);
+    let changelog = cfg.changelog_topic();
+    let tombstone = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let values = changelog_values(&s.bootstrap, &changelog, &lead).await;
+            if values.last().is_some_and(Option::is_none) {
+                return values;
+            }
+        }
+    })
+    .await
+    .expect("a tombstone for the expired lead on the changelog");
+    assert!(tombstone.len() >= 2, "a snapshot, then the tombstone");
     let _ = tx.send(());
     tokio::time::timeout(Duration::from_secs(30), task)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
+    let before_return = all_records(&s.bootstrap, &cfg.shared.topics.scores, &lead).await;
 
-    // Every record of the lead, in order: each transition exactly once.
-    let all = all_records(&s.bootstrap, &cfg.shared.topics.scores, &lead).await;
+    // A restarted scorer restores the partition without it: the device's
+    // next event starts a new lead, whose versions supersede the old ones.
+    let back = json!({"message_id": "idle-2", "event": "page_viewed", "type": "page", "platform": "web",
+        "source_id": "web-main", "tenant": "brand-a", "timestamp": T0 + 402 * DAY, "received_at": T0 + 402 * DAY,
+        "context": {}, "anonymous_id": "idle-visitor", "properties": {"page_type": "home"}});
+    produce(&s.bootstrap, &s.events.name, &[(1, back)]).await;
+    clock.set(T0 + 402 * DAY);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(leadstream_scorer::runtime::run_with_clock(
+        cfg.clone(),
+        clock.clone(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let returned = read_scores(
+        &s.bootstrap,
+        &cfg.shared.topics.scores,
+        Duration::from_secs(60),
+        {
+            let lead = lead.clone();
+            move |l: &BTreeMap<String, Value>| {
+                l.get(&lead)
+                    .is_some_and(|v| v["updated_at"].as_i64() >= Some(T0 + 402 * DAY))
+            }
+        },
+    )
+    .await;
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let r = &returned[&lead];
+    assert_eq!(
+        r["event_count"], 1,
+        "the expired history is not restored: {r}"
+    );
+    assert_eq!(r["change_reason"], "event");
+    let old_max = before_return
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    assert!(r["version"].as_i64().unwrap() > old_max, "{r} vs {old_max}");
+    let all = before_return;
+
+    // Every record of the lead before it expired, in order: each
+    // transition exactly once.
     let reasons: Vec<&str> = all
         .iter()
         .map(|v| v["change_reason"].as_str().unwrap())
@@ -554,6 +620,22 @@ async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
         versions.windows(2).all(|w| w[0] < w[1]),
         "versions increase: {versions:?}"
     );
+}
+
+/// The values of `key` on `topic` in offset order (`None`: a tombstone).
+async fn changelog_values(bootstrap: &str, topic: &str, key: &str) -> Vec<Option<Vec<u8>>> {
+    let consumer: StreamConsumer =
+        leadstream_common::kafka::consumer_config(bootstrap, &common::unique("changelog_values"))
+            .create()
+            .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+        if m.key() == Some(key.as_bytes()) {
+            out.push(m.payload().map(<[u8]>::to_vec));
+        }
+    }
+    out
 }
 
 /// Every `lead_score` of `lead` on `topic`, in offset order (one partition per key).

@@ -252,6 +252,8 @@ pub fn to_facts(event: Option<LeadEvent>) -> EventFacts {
         duration_ms: e.duration_ms,
         page_value: e.page_value,
         categories: e.categories.to_vec(),
+        // Only the stitcher knows; it sets this after routing.
+        anonymous: false,
     }
 }
 

@@ -8,6 +8,9 @@ use std::collections::HashMap;
 
 use crate::{event::PlanFields, proto::Component};
 
+/// Prefix of anonymous (device, cookie, mini-program) identifiers.
+pub const ANONYMOUS: &str = "a:";
+
 /// Identifiers an event carries, typed so ids from different namespaces
 /// never collide ("u:" user, "w:" WeChat union, "p:" phone hash, "a:" anonymous).
 pub fn identifiers<E: PlanFields + ?Sized>(event: &E) -> Vec<String> {
@@ -20,10 +23,10 @@ pub fn identifiers<E: PlanFields + ?Sized>(event: &E) -> Vec<String> {
     push("u:", event.str_at(&["user_id"]));
     push("w:", event.str_at(&["union_id"]));
     push("p:", event.str_at(&["phone_hash"]));
-    push("a:", event.str_at(&["anonymous_id"]));
+    push(ANONYMOUS, event.str_at(&["anonymous_id"]));
     if event.str_at(&["event"]) == Some("alias") {
         // The earlier id of an alias is usually an anonymous id.
-        push("a:", event.str_at(&["properties", "previous_id"]));
+        push(ANONYMOUS, event.str_at(&["properties", "previous_id"]));
     }
     out
 }
@@ -133,6 +136,13 @@ impl IdentityGraph {
             }
         }
         true
+    }
+
+    /// Whether an event with these identifiers is anonymous: its only
+    /// identifier is an anonymous id the graph has never linked, so nobody
+    /// knows whose device it is.
+    pub fn is_anonymous(&self, ids: &[String]) -> bool {
+        matches!(ids, [only] if only.starts_with(ANONYMOUS) && !self.parent.contains_key(only))
     }
 
     /// The lead of an event with these identifiers, without changing the graph.

@@ -36,6 +36,9 @@ pub struct Lead {
     /// Due time of this lead's live entry in its partition's schedule
     /// (rebuilt on restore, not persisted).
     pub scheduled_ms: Option<i64>,
+    /// Every event so far carried only an anonymous id the identity graph
+    /// never linked, and nothing merged in: the lead may expire.
+    pub anonymous: bool,
 }
 
 impl Default for Lead {
@@ -51,6 +54,7 @@ impl Default for Lead {
             emitted: None,
             evaluated_ms: i64::MIN,
             scheduled_ms: None,
+            anonymous: false,
         }
     }
 }
@@ -194,6 +198,8 @@ impl Lead {
                 .extend(theirs.absorbed);
         }
         self.late_events = self.late_events.saturating_add(other.late_events);
+        // A merge is a link: the lead is someone's now.
+        self.anonymous = false;
     }
 
     pub fn to_snapshot(&self) -> LeadSnapshot {
@@ -249,6 +255,7 @@ impl Lead {
             model_page_s: s.model_page_s,
             category_values: s.categories.values.to_vec(),
             category_seen_s: s.categories.seen_s.to_vec(),
+            anonymous: self.anonymous,
         }
     }
 
@@ -338,6 +345,7 @@ impl Lead {
             emitted,
             evaluated_ms: p.evaluated_ms,
             scheduled_ms: None,
+            anonymous: p.anonymous,
         })
     }
 }

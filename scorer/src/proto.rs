@@ -90,6 +90,10 @@ pub struct EventFacts {
     pub page_value: Option<f64>,
     #[prost(fixed32, repeated, tag = "17")]
     pub categories: Vec<u32>,
+    /// The event's only identifier is an anonymous id the identity graph
+    /// has never linked (set by the stitcher).
+    #[prost(bool, tag = "18")]
+    pub anonymous: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -188,6 +192,11 @@ pub struct LeadSnapshot {
     /// records, whose `applied_offset` covers the whole record.
     #[prost(int64, optional, tag = "37")]
     pub applied_position: Option<i64>,
+    /// Every event so far carried only an unlinked anonymous id, and no
+    /// lead merged in: the lead expires after the anonymous TTL. False in
+    /// snapshots from before expiry, which therefore never expire.
+    #[prost(bool, tag = "38")]
+    pub anonymous: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, prost::Message)]

@@ -46,7 +46,7 @@ struct Run {
     pending: Vec<Routed>,
     next_offset: Vec<i64>,
     /// The changelog, compacted: latest value per (partition, key).
-    changelog: BTreeMap<(i32, String), Vec<u8>>,
+    changelog: BTreeMap<(i32, String), Option<Vec<u8>>>,
     scores: Vec<String>,
 }
 
@@ -143,7 +143,7 @@ impl Run {
         }
         for ((p, key), value) in &self.changelog {
             processor
-                .restore(*p, key, value)
+                .restore(*p, key, value.as_deref())
                 .expect("changelog restores");
         }
         self.processor = processor;
@@ -266,7 +266,7 @@ async fn json_and_datum_map_every_fixture_event_alike() {
         let wire = to_facts(event.clone()).encode_to_vec();
         let facts = leadstream_scorer::proto::EventFacts::decode(wire.as_slice()).unwrap();
         assert_eq!(from_facts(facts).unwrap(), event);
-        let Some(Input::Event { event: old }) =
+        let Some(Input::Event { event: old, .. }) =
             score_loop::input_of(&decoder, Some(Body::Event(framed))).await
         else {
             panic!("an old by_lead event is an event input");

@@ -18,5 +18,7 @@ pub use consume::{
     rewind_to_committed,
 };
 pub use lag::LagGauge;
-pub use produce::{DeliveryError, await_deliveries, delivered_offsets, partition_for, send};
+pub use produce::{
+    DeliveryError, await_deliveries, delivered_offsets, partition_for, send, send_tombstone,
+};
 pub use stage::{BatchStage, Batching, Offsets, StageDriver};

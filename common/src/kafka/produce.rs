@@ -17,9 +17,29 @@ pub async fn send(
     key: &str,
     value: &[u8],
 ) -> rdkafka::producer::DeliveryFuture {
-    let mut record = rdkafka::producer::FutureRecord::to(topic)
+    let record = rdkafka::producer::FutureRecord::to(topic)
         .key(key)
         .payload(value);
+    queue(producer, record, partition).await
+}
+
+/// Queues a tombstone (a null value) for `key`, as [`send`] queues a record:
+/// a compacted topic then drops every record of `key`.
+pub async fn send_tombstone(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: i32,
+    key: &str,
+) -> rdkafka::producer::DeliveryFuture {
+    let record = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic).key(key);
+    queue(producer, record, partition).await
+}
+
+async fn queue(
+    producer: &rdkafka::producer::FutureProducer,
+    mut record: rdkafka::producer::FutureRecord<'_, str, [u8]>,
+    partition: i32,
+) -> rdkafka::producer::DeliveryFuture {
     if partition >= 0 {
         record = record.partition(partition);
     }

@@ -30,6 +30,9 @@ use crate::{
 /// Changelog key holding a partition's stream time.
 pub const STREAM_TIME_KEY: &str = "\u{0}stream_time";
 
+/// A changelog record: the key and the encoded value, `None` for a tombstone.
+pub type ChangelogRecord = (String, Option<Vec<u8>>);
+
 /// One `by_lead` record, decoded by the shell.
 // Inputs live for one record and are handled straight away; boxing the
 // merge state would only add an allocation per merge.
@@ -40,6 +43,8 @@ pub enum Input {
     /// scorable event.
     Event {
         event: Option<LeadEvent>,
+        /// The event's only identifier is an unlinked anonymous id.
+        anonymous: bool,
     },
     MergeRequest {
         into: String,
@@ -112,6 +117,8 @@ struct Partition {
     /// Boxed: the map's spare capacity then costs a pointer per slot, not a lead.
     leads: HashMap<String, Box<Lead>>,
     dirty: BTreeSet<String>,
+    /// Leads expired since the last changelog: their keys get tombstones.
+    expired: Vec<String>,
     stream_time_dirty: bool,
     /// Leads by the next instant time alone may change their class. An
     /// entry is live while it matches its lead's `scheduled_ms`; stale ones
@@ -124,14 +131,14 @@ struct Partition {
 }
 
 impl Partition {
-    fn ensure_schedule(&mut self, cfg: &ScoringConfig, model_loaded: bool) {
+    fn ensure_schedule(&mut self, cfg: &ScoringConfig, ttl: Option<i64>, model_loaded: bool) {
         if self.schedule_built_with_model == Some(model_loaded) {
             return;
         }
         self.schedule.clear();
         for (key, lead) in &mut self.leads {
             lead.scheduled_ms = None;
-            schedule_lead(&mut self.schedule, key, lead, cfg, model_loaded);
+            schedule_lead(&mut self.schedule, key, lead, cfg, ttl, model_loaded);
         }
         self.schedule_built_with_model = Some(model_loaded);
     }
@@ -153,22 +160,51 @@ fn mark_dirty(dirty: &mut BTreeSet<String>, key: &str) {
     }
 }
 
+/// When `lead` expires under an anonymous TTL of `ttl` ms: `ttl` after its
+/// last event, if it is anonymous (a lead with no events at once).
+fn expires_at(lead: &Lead, ttl: Option<i64>) -> Option<i64> {
+    let ttl = ttl.filter(|_| lead.anonymous && lead.merged_into.is_none())?;
+    Some(if lead.has_events() {
+        lead.state.last_event_ms.saturating_add(ttl)
+    } else {
+        i64::MIN
+    })
+}
+
+/// The first output version of a fresh anonymous lead when leads expire:
+/// its first event's time × 1000. A lead that expired and came back
+/// starts above every version its former self emitted (it had fewer than
+/// 1000 scores per millisecond of its life and the TTL), so tables that
+/// keep the highest version (lead_scores) show the new one.
+fn expiring_version_base(first_event_ms: i64) -> u64 {
+    u64::try_from(first_event_ms)
+        .unwrap_or(0)
+        .saturating_mul(1000)
+}
+
 fn schedule_lead(
     schedule: &mut BinaryHeap<Reverse<(i64, String)>>,
     key: &str,
     lead: &mut Lead,
     cfg: &ScoringConfig,
+    ttl: Option<i64>,
     model_loaded: bool,
 ) {
     if lead.merged_into.is_some() {
         return;
     }
-    if let Some(due) = next_change(
+    let change = next_change(
         &lead.state,
         lead.evaluated_ms,
         cfg,
         recheck(lead, model_loaded),
-    ) && lead.scheduled_ms.is_none_or(|s| due < s)
+    );
+    let due = match (change, expires_at(lead, ttl)) {
+        (Some(c), Some(e)) => Some(c.min(e)),
+        (c, e) => c.or(e),
+    };
+    if let Some(due) = due
+        && lead.scheduled_ms.is_none_or(|s| due < s)
     {
         schedule.push(Reverse((due, key.to_owned())));
         lead.scheduled_ms = Some(due);
@@ -222,6 +258,8 @@ pub struct Processor {
     cfg: ScoringConfig,
     grace_ms: i64,
     score_bots: bool,
+    /// Anonymous leads idle this long (in watermark time) expire.
+    anonymous_ttl_ms: Option<i64>,
     partitions: HashMap<i32, Partition>,
 }
 
@@ -231,20 +269,52 @@ impl Processor {
             cfg,
             grace_ms,
             score_bots,
+            anonymous_ttl_ms: None,
             partitions: HashMap::new(),
         }
     }
 
-    /// Restores one changelog record of `partition` (latest wins).
-    pub fn restore(&mut self, partition: i32, key: &str, value: &[u8]) -> Result<(), RestoreError> {
+    /// Expires anonymous leads (every event carried only an anonymous id
+    /// the identity graph never linked) once they have had no event for
+    /// `ttl_ms` of watermark time: their state is dropped and their
+    /// changelog key tombstoned. A later event of the same id starts a new
+    /// lead. The TTL must exceed the grace period, or a re-delivered event
+    /// could count again on the new lead.
+    pub fn with_anonymous_ttl(mut self, ttl_ms: Option<i64>) -> Result<Self, TtlError> {
+        if let Some(ttl) = ttl_ms
+            && ttl <= self.grace_ms
+        {
+            return Err(TtlError {
+                ttl_ms: ttl,
+                grace_ms: self.grace_ms,
+            });
+        }
+        self.anonymous_ttl_ms = ttl_ms;
+        Ok(self)
+    }
+
+    /// Restores one changelog record of `partition` (latest wins; a
+    /// tombstone, `None`, removes the lead).
+    pub fn restore(
+        &mut self,
+        partition: i32,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), RestoreError> {
         let part = self.partitions.entry(partition).or_default();
         if key == STREAM_TIME_KEY {
+            let value = value.unwrap_or_default();
             let t = proto::StreamTime::decode(value)
                 .map_err(|e| RestoreError::Decode(e.to_string()))?;
             part.stream_time_ms = part.stream_time_ms.max(t.ms);
             part.watermark_ms = part.watermark_ms.max(t.watermark_ms);
             return Ok(());
         }
+        let Some(value) = value else {
+            // A tombstone: the lead expired.
+            part.leads.remove(key);
+            return Ok(());
+        };
         let snap = LeadSnapshot::decode(value).map_err(|e| RestoreError::Decode(e.to_string()))?;
         part.leads
             .insert(key.to_owned(), Box::new(Lead::from_snapshot(snap)?));
@@ -285,24 +355,28 @@ impl Processor {
             .map(|l| &**l)
     }
 
-    /// Changelog records (key, encoded value) for what changed since the
-    /// last call, per partition.
-    pub fn take_changelog(&mut self) -> BTreeMap<i32, Vec<(String, Vec<u8>)>> {
+    /// Changelog records (key, encoded value; `None` for a tombstone) for
+    /// what changed since the last call, per partition.
+    pub fn take_changelog(&mut self) -> BTreeMap<i32, Vec<ChangelogRecord>> {
         let mut out = BTreeMap::new();
         for (&p, part) in &mut self.partitions {
-            let mut records: Vec<(String, Vec<u8>)> = std::mem::take(&mut part.dirty)
+            // An expired lead that came back in the meantime is dirty and
+            // gets its new snapshot instead.
+            let mut records: Vec<ChangelogRecord> = std::mem::take(&mut part.expired)
                 .into_iter()
-                .filter_map(|k| {
-                    let lead = part.leads.get(&k)?;
-                    Some((k, lead.to_snapshot().encode_to_vec()))
-                })
+                .filter(|k| !part.leads.contains_key(k))
+                .map(|k| (k, None))
                 .collect();
+            records.extend(std::mem::take(&mut part.dirty).into_iter().filter_map(|k| {
+                let lead = part.leads.get(&k)?;
+                Some((k, Some(lead.to_snapshot().encode_to_vec())))
+            }));
             if std::mem::take(&mut part.stream_time_dirty) {
                 let t = proto::StreamTime {
                     ms: part.stream_time_ms,
                     watermark_ms: part.watermark_ms,
                 };
-                records.push((STREAM_TIME_KEY.to_owned(), t.encode_to_vec()));
+                records.push((STREAM_TIME_KEY.to_owned(), Some(t.encode_to_vec())));
             }
             if !records.is_empty() {
                 out.insert(p, records);
@@ -349,8 +423,9 @@ impl Processor {
         let hl = self.cfg.half_life_ms();
         let dormant = self.cfg.dormant_after_ms();
         let cfg = &self.cfg;
+        let ttl = self.anonymous_ttl_ms;
         let part = self.partitions.entry(partition).or_default();
-        part.ensure_schedule(cfg, model.is_some());
+        part.ensure_schedule(cfg, ttl, model.is_some());
         let mut out = Outcome::default();
         if part
             .leads
@@ -384,7 +459,8 @@ impl Processor {
                 mark_dirty(&mut part.dirty, key);
             }
             let body = match input {
-                Input::Event { event } => Some(Body::Facts(to_facts(event))),
+                // The lead it goes to is linked: not anonymous any more.
+                Input::Event { event, .. } => Some(Body::Facts(to_facts(event))),
                 Input::MergeState { from, state } => {
                     Some(Body::MergeState(MergeState { from, state }))
                 }
@@ -418,6 +494,14 @@ impl Processor {
             Input::Event { .. } => InputKind::Event,
             _ => InputKind::Merge,
         };
+        if let Input::Event { anonymous, .. } = &input {
+            let anonymous = *anonymous;
+            if !lead.has_events() && lead.merges.is_none() {
+                lead.anonymous = anonymous;
+            } else if !anonymous {
+                lead.anonymous = false;
+            }
+        }
         let changed = match input {
             Input::Event { event: None, .. } => {
                 out.skipped = Some(Skipped::Unscorable);
@@ -447,6 +531,9 @@ impl Processor {
                     }
                     if !lead.has_events() {
                         lead.state = crate::features::LeadState::new(e.ts_ms);
+                        if lead.anonymous && ttl.is_some() && lead.version == 0 {
+                            lead.version = expiring_version_base(e.ts_ms);
+                        }
                     }
                     lead.state.apply(&e, hl, dormant);
                     true
@@ -487,7 +574,7 @@ impl Processor {
             out.outputs
                 .push(score_output(key, lead, now, &scored, reason));
         }
-        schedule_lead(&mut part.schedule, key, lead, cfg, model.is_some());
+        schedule_lead(&mut part.schedule, key, lead, cfg, ttl, model.is_some());
         out
     }
 
@@ -502,10 +589,11 @@ impl Processor {
         model: Option<&dyn Model>,
     ) -> Vec<Output> {
         let cfg = &self.cfg;
+        let ttl = self.anonymous_ttl_ms;
         let Some(part) = self.partitions.get_mut(&partition) else {
             return Vec::new();
         };
-        part.ensure_schedule(cfg, model.is_some());
+        part.ensure_schedule(cfg, ttl, model.is_some());
         let mut w = part.stream_time_ms - self.grace_ms;
         if let Some(now) = idle_now_ms {
             w = w.max(now - self.grace_ms);
@@ -528,16 +616,25 @@ impl Processor {
                 continue;
             }
             lead.scheduled_ms = None;
-            if catch_up(&key, lead, part.watermark_ms, cfg, model, &mut outputs) {
+            let expires = expires_at(lead, ttl).filter(|at| *at <= part.watermark_ms);
+            // Time's changes up to the expiry are still emitted.
+            let upto = expires.unwrap_or(part.watermark_ms);
+            if catch_up(&key, lead, upto, cfg, model, &mut outputs) {
                 part.dirty.insert(key.clone());
             }
-            schedule_lead(&mut part.schedule, &key, lead, cfg, model.is_some());
+            if expires.is_some() {
+                part.leads.remove(&key);
+                part.dirty.remove(&key);
+                part.expired.push(key);
+                continue;
+            }
+            schedule_lead(&mut part.schedule, &key, lead, cfg, ttl, model.is_some());
         }
         // Stale entries pile up only when due times keep moving earlier;
         // rebuild once they outnumber the leads.
         if part.schedule.len() > 2 * part.leads.len() + 1024 {
             part.schedule_built_with_model = None;
-            part.ensure_schedule(cfg, model.is_some());
+            part.ensure_schedule(cfg, ttl, model.is_some());
         }
         outputs
     }
@@ -560,6 +657,15 @@ fn event_now(lead: &Lead, stream_time_ms: i64) -> i64 {
     stream_time_ms
         .max(lead.state.last_event_ms)
         .max(lead.evaluated_ms)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the anonymous TTL ({ttl_ms} ms) must exceed the grace period ({grace_ms} ms), or a re-delivered event could count again on an expired lead's successor"
+)]
+pub struct TtlError {
+    pub ttl_ms: i64,
+    pub grace_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -64,6 +64,15 @@ pub struct ScorerConfig {
     /// sending events still decay, go dormant and lose expired flags.
     #[arg(long, env = "LEADSTREAM_SCORER_IDLE_MS", default_value_t = 5_000)]
     pub idle_ms: u64,
+    /// Anonymous leads (every event carried only an anonymous id that was
+    /// never linked to another identifier) with no event for this many
+    /// days are dropped from the scorer's state and changelog; their last
+    /// score stays in ClickHouse, and a later event starts a new lead. The
+    /// default keeps a device through its dormant year, so its return
+    /// still counts as a reactivation. 0 keeps them forever. Must exceed
+    /// the grace period.
+    #[arg(long, env = "LEADSTREAM_ANONYMOUS_TTL_DAYS", default_value_t = 400)]
+    pub anonymous_ttl_days: u32,
     /// Score events that ingest marked as bots (ignored by default).
     #[arg(long, env = "LEADSTREAM_SCORE_BOTS")]
     pub score_bots: bool,
@@ -127,6 +136,10 @@ impl ScorerConfig {
     }
     pub fn changelog_topic(&self) -> String {
         format!("{}.changelog", self.topic_prefix)
+    }
+
+    pub fn anonymous_ttl_ms(&self) -> Option<i64> {
+        (self.anonymous_ttl_days > 0).then(|| i64::from(self.anonymous_ttl_days) * 86_400_000)
     }
 
     /// Defaults for an embedded run (quickstart, tests): everything but the broker.

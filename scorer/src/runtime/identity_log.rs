@@ -115,7 +115,7 @@ pub struct CompactionReport {
 /// at its next compaction of the topic.
 pub async fn compact(bootstrap: &str, topic: &str) -> anyhow::Result<CompactionReport> {
     use anyhow::Context as _;
-    use leadstream_common::kafka::{await_deliveries, producer_config, send};
+    use leadstream_common::kafka::{await_deliveries, producer_config, send, send_tombstone};
     use rdkafka::producer::FutureProducer;
 
     let producer: FutureProducer = producer_config(bootstrap, 5).create()?;
@@ -159,20 +159,7 @@ pub async fn compact(bootstrap: &str, topic: &str) -> anyhow::Result<CompactionR
     // Only once every lead is written: a tombstone must follow what covers it.
     let mut deliveries = Vec::with_capacity(plan.tombstones.len());
     for key in &plan.tombstones {
-        let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic)
-            .key(key.as_str())
-            .partition(0);
-        // A full queue is waited out, as `send` does for valued records.
-        let delivery = loop {
-            match producer.send_result(record) {
-                Ok(d) => break d,
-                Err((_, r)) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    record = r;
-                }
-            }
-        };
-        deliveries.push(delivery);
+        deliveries.push(send_tombstone(&producer, topic, 0, key).await);
     }
     await_deliveries(deliveries)
         .await

@@ -16,6 +16,8 @@ pub const SCHEDULED: &str = "scorer_schedule_entries";
 pub const MERGES: &str = "scorer_merges_folded_total";
 pub const RESTORED: &str = "scorer_changelog_records_restored_total";
 pub const LEADS: &str = "scorer_leads";
+/// Anonymous leads dropped after the anonymous TTL (changelog tombstones).
+pub const LEADS_EXPIRED: &str = "scorer_leads_expired_total";
 /// The `reason` labels of [`SKIPPED`] (the score loop's closed set).
 pub const SKIP_REASONS: [&str; 7] = [
     "empty",
@@ -39,6 +41,7 @@ pub fn register() {
         SCORES,
         MERGES,
         RESTORED,
+        LEADS_EXPIRED,
     ] {
         metrics::counter!(name).increment(0);
     }

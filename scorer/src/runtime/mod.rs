@@ -197,7 +197,8 @@ pub async fn run_with_clock(
                     scoring.clone(),
                     cfg.grace_minutes as i64 * 60_000,
                     cfg.score_bots,
-                ),
+                )
+                .with_anonymous_ttl(cfg.anonymous_ttl_ms())?,
                 model: Arc::clone(&model),
                 topics: topics.clone(),
                 bootstrap: kafka.clone(),

@@ -13,7 +13,7 @@ use std::{
 
 use leadstream_common::kafka::{
     BatchStage, Offsets, await_deliveries, next_offsets, partition_for,
-    rewind_partitions_to_committed, send,
+    rewind_partitions_to_committed, send, send_tombstone,
 };
 use leadstream_schemas::{Decoder, Encoder};
 use rdkafka::{
@@ -26,7 +26,9 @@ use rdkafka::{
 use super::{
     Topics,
     identity_log::IdentityLog,
-    metrics::{LEADS, MERGES, RECORDS, RESTORED, SCHEDULED, SCORES, SKIPPED, TIME_SCORES},
+    metrics::{
+        LEADS, LEADS_EXPIRED, MERGES, RECORDS, RESTORED, SCHEDULED, SCORES, SKIPPED, TIME_SCORES,
+    },
 };
 use crate::{
     clock::Clock,
@@ -193,11 +195,20 @@ impl BatchStage for ScoreLoop {
         await_deliveries(deliveries).await?;
         let t_outputs = t0.elapsed();
         let mut state_writes = Vec::new();
+        let mut expired = 0u64;
         for (p, records) in self.processor.take_changelog() {
             for (k, v) in records {
-                state_writes.push(send(&self.producer, &self.topics.changelog, p, &k, &v).await);
+                let changelog = &self.topics.changelog;
+                state_writes.push(match v {
+                    Some(v) => send(&self.producer, changelog, p, &k, &v).await,
+                    None => {
+                        expired += 1;
+                        send_tombstone(&self.producer, changelog, p, &k).await
+                    }
+                });
             }
         }
+        metrics::counter!(LEADS_EXPIRED).increment(expired);
         let n_state = state_writes.len();
         await_deliveries(state_writes).await?;
         self.reported
@@ -352,6 +363,7 @@ struct Outputs {
 pub async fn input_of(decoder: &Decoder, body: Option<Body>) -> Option<Input> {
     Some(match body? {
         Body::Facts(facts) => Input::Event {
+            anonymous: facts.anonymous,
             event: from_facts(facts).unwrap_or_else(|e| {
                 tracing::error!(error = %e, "unreadable event facts in by_lead");
                 None
@@ -359,6 +371,7 @@ pub async fn input_of(decoder: &Decoder, body: Option<Body>) -> Option<Input> {
         },
         // Written by scorers before 2026-12-05: the framed event itself.
         Body::Event(framed) => Input::Event {
+            anonymous: false,
             event: decoder
                 .visit(&framed, |_, datum| from_plan(datum))
                 .await
@@ -430,9 +443,9 @@ async fn restore(
         if m.offset() >= end {
             break;
         }
-        match (m.key(), m.payload()) {
-            (Some(k), Some(v)) if k != RESTORE_MARKER_KEY.as_bytes() => {
-                processor.restore(p, &String::from_utf8_lossy(k), v)?;
+        match m.key() {
+            Some(k) if k != RESTORE_MARKER_KEY.as_bytes() => {
+                processor.restore(p, &String::from_utf8_lossy(k), m.payload())?;
                 restored += 1;
             }
             _ => {}

@@ -103,7 +103,7 @@ impl BatchStage for Stitcher {
         // (lead, body, links appended before it, log position applied then)
         let mut routes = Vec::with_capacity(reads.len());
         let mut links = Vec::new();
-        for Read { ids, body } in reads {
+        for Read { ids, mut body } in reads {
             let needs_link = ids.len() > 1
                 && !self
                     .identity
@@ -117,6 +117,9 @@ impl BatchStage for Stitcher {
             let mut g = self.identity.graph.lock().expect("graph lock");
             if needs_link {
                 g.link(&ids);
+            }
+            if let Body::Facts(facts) = &mut body {
+                facts.anonymous = g.is_anonymous(&ids);
             }
             routes.push((g.resolve(&ids), body, links.len(), self.identity.applied()));
         }

@@ -50,7 +50,7 @@ fn run_steps(steps: &[Step], crash_at: Option<usize>) -> Vec<Json> {
     let new = || Processor::new(cfg.clone(), 3_600_000, false);
     let mut p = new();
     let mut g = IdentityGraph::default();
-    let mut changelog: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut changelog: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut produced = Vec::new();
     let mut k = 0;
     let mut crashed = false;
@@ -61,6 +61,7 @@ fn run_steps(steps: &[Step], crash_at: Option<usize>) -> Vec<Json> {
                 let lead = g.resolve(&identifiers(e));
                 let input = Input::Event {
                     event: from_plan(e),
+                    anonymous: false,
                 };
                 outputs.extend(p.handle(0, k as i64, &lead, input, &mut g, 0, None).outputs);
             }
@@ -78,7 +79,7 @@ fn run_steps(steps: &[Step], crash_at: Option<usize>) -> Vec<Json> {
             crashed = true;
             p = new();
             for (key, v) in &changelog {
-                p.restore(0, key, v).unwrap();
+                p.restore(0, key, v.as_deref()).unwrap();
             }
             continue; // step k is read again
         }

@@ -94,6 +94,7 @@ fn late_events_beyond_grace_are_counted_not_applied_and_replays_are_skipped() {
         let e = ev(id, "x", json!({}), "page_viewed", "home", minutes);
         Input::Event {
             event: from_plan(&e),
+            anonymous: false,
         }
     };
     let lead = crate::identity::lead_id_of("a:x");
@@ -129,7 +130,7 @@ fn late_events_beyond_grace_are_counted_not_applied_and_replays_are_skipped() {
         false,
     );
     for (k, v) in &log[&0] {
-        q.restore(0, k, v).unwrap();
+        q.restore(0, k, v.as_deref()).unwrap();
     }
     assert_eq!(
         q.lead(0, &lead).map(Lead::to_snapshot),
@@ -168,6 +169,7 @@ fn a_replay_of_a_thousand_events_counts_each_once() {
         e["timestamp"] = json!(T0 + i * 10_000);
         Input::Event {
             event: from_plan(&e),
+            anonymous: false,
         }
     };
     let mut offset = 0;
@@ -188,7 +190,7 @@ fn a_replay_of_a_thousand_events_counts_each_once() {
 
     let mut q = Processor::new(cfg, grace, false);
     for (k, v) in &p.take_changelog()[&0] {
-        q.restore(0, k, v).unwrap();
+        q.restore(0, k, v.as_deref()).unwrap();
     }
     for i in (0..1_010).rev() {
         assert_eq!(feed(&mut q, &mut g, i), Some(Skipped::Duplicate), "m{i}");

@@ -5,6 +5,7 @@ use serde_json::{Value as Json, json};
 use super::*;
 use crate::{event::from_plan, identity::identifiers, rules::DEFAULT_TOML};
 
+mod expiry;
 mod lifecycle;
 mod merges;
 mod parity;
@@ -55,7 +56,8 @@ impl Harness {
         }
         let lead = self.graph.resolve(&ids);
         let event = from_plan(&e);
-        self.push(lead, Input::Event { event });
+        let anonymous = self.graph.is_anonymous(&ids);
+        self.push(lead, Input::Event { event, anonymous });
     }
 
     fn drain(&mut self) {
@@ -71,6 +73,7 @@ impl Harness {
                     Output::Route(r) => {
                         let input = match r.body.unwrap() {
                             Body::Facts(f) => Input::Event {
+                                anonymous: f.anonymous,
                                 event: crate::event::from_facts(f).unwrap(),
                             },
                             Body::Event(_) => unreachable!("the processor forwards facts"),
