@@ -66,15 +66,15 @@ fn config(bootstrap: &str, run: &str) -> ScorerConfig {
     cfg
 }
 
-/// Reads scores, calling `seen(lead, version, score produce time ms, read
-/// time ms)`. A score can be read only once Kafka acked it, so the read
+/// Reads scores, calling `seen(lead, version, event count, score produce
+/// time ms, read time ms)`. A score can be read only once Kafka acked it, so the read
 /// time bounds its acknowledged produce from above; the reader's fetch
 /// waits 1 ms at most, to add little to that bound.
 async fn read_scores(
     bootstrap: &str,
     topic: &str,
     n: usize,
-    mut seen: impl FnMut(String, i64, i64, i64),
+    mut seen: impl FnMut(String, i64, i64, i64, i64),
 ) {
     let plan = Plan::embedded().unwrap();
     let decoder = Decoder::new(Arc::new(EmbeddedResolver::new(&plan).unwrap()));
@@ -95,6 +95,7 @@ async fn read_scores(
         seen(
             v["lead_id"].as_str().unwrap().to_owned(),
             v["version"].as_i64().unwrap(),
+            v["event_count"].as_i64().unwrap(),
             m.timestamp().to_millis().unwrap(),
             read_ms,
         );
@@ -293,6 +294,7 @@ async fn main() {
     tokio::spawn(run(cfg, std::future::pending()));
     // Warm-up: rounds of one event per lead, each waited for (groups
     // joined, caches warm).
+    // (lead, its event count once the event is applied) → produce time.
     let produced: Arc<Mutex<HashMap<(String, i64), i64>>> = Arc::default();
     let lat_leads = 500usize;
     const WARM_ROUNDS: usize = 2;
@@ -337,12 +339,12 @@ async fn main() {
                 &bootstrap,
                 &scores_topic,
                 WARM_ROUNDS * lat_leads + n,
-                |lead, version, ts, read_ms| {
+                |lead, version, events, ts, read_ms| {
                     read.fetch_add(1, Ordering::Relaxed);
                     if !seen.insert((lead.clone(), version)) {
                         repeats.fetch_add(1, Ordering::Relaxed);
                     }
-                    if let Some(sent) = produced.lock().unwrap().remove(&(lead, version)) {
+                    if let Some(sent) = produced.lock().unwrap().remove(&(lead, events)) {
                         latencies.lock().unwrap().push((ts - sent, read_ms - sent));
                     }
                 },

@@ -330,6 +330,9 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     // Time runs `speed` days a second, so a second of reordering between
     // partitions spans that much event time: a week of it is the grace.
     scorer.grace_minutes = ((args.speed * 7.0 * 1440.0) as u64).max(60);
+    // The anonymous TTL must exceed the grace, which fast time stretches.
+    let grace_days = u32::try_from(scorer.grace_minutes / 1440).unwrap_or(u32::MAX - 1);
+    scorer.anonymous_ttl_days = scorer.anonymous_ttl_days.max(grace_days + 1);
     let scorer_task = tokio::spawn(leadstream_scorer::runtime::run_with_clock(
         scorer,
         Arc::clone(&clock),

@@ -45,8 +45,9 @@ pub struct SimulateArgs {
     pub rate: f64,
     /// Days of history: people arrive over this many days, ending now. The
     /// history is replayed in seconds, so run the scorer with a grace at
-    /// least this long (`--grace-minutes`, days x 1440), or it drops
-    /// reordered events as late.
+    /// least this long (`--grace-minutes`, days x 1440, and
+    /// `--anonymous-ttl-days` above it), or it drops reordered events as
+    /// late.
     #[arg(long, env = "LEADSTREAM_SIMULATE_DAYS", default_value_t = 400)]
     pub days: i64,
     /// Where the truth goes (one JSON line per person).
