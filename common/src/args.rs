@@ -42,6 +42,17 @@ pub struct KafkaArgs {
         default_value_t = 45_000
     )]
     pub session_timeout_ms: u64,
+    /// How often a group member tells the coordinator it is alive, and so
+    /// how soon it learns that the group rebalances (a member that joined
+    /// or left): librdkafka's 3 s default stretches every rebalance, e.g.
+    /// when a second stream thread joins moments after the first. Capped
+    /// at a third of the session timeout.
+    #[arg(
+        long = "heartbeat-interval-ms",
+        env = "LEADSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub heartbeat_interval_ms: u64,
 }
 
 /// No broker was named where one is needed.
@@ -63,6 +74,14 @@ impl KafkaArgs {
     pub fn consumer_config(&self, group: &str) -> Result<ClientConfig, NoBrokers> {
         let mut c = kafka::consumer_config(self.brokers()?, group);
         c.set("session.timeout.ms", self.session_timeout_ms.to_string());
+        let heartbeat = self
+            .heartbeat_interval_ms
+            .min(self.session_timeout_ms / 3)
+            .max(1);
+        // A LEADSTREAM_RDKAFKA_* override still wins, as everywhere.
+        if std::env::var("LEADSTREAM_RDKAFKA_HEARTBEAT_INTERVAL_MS").is_err() {
+            c.set("heartbeat.interval.ms", heartbeat.to_string());
+        }
         Ok(c)
     }
 }

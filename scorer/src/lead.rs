@@ -39,6 +39,9 @@ pub struct Lead {
     /// Every event so far carried only an anonymous id the identity graph
     /// never linked, and nothing merged in: the lead may expire.
     pub anonymous: bool,
+    /// Listed in its partition's changed leads since the last changelog
+    /// (not persisted).
+    pub dirty: bool,
 }
 
 impl Default for Lead {
@@ -55,6 +58,7 @@ impl Default for Lead {
             evaluated_ms: i64::MIN,
             scheduled_ms: None,
             anonymous: false,
+            dirty: false,
         }
     }
 }
@@ -346,6 +350,7 @@ impl Lead {
             evaluated_ms: p.evaluated_ms,
             scheduled_ms: None,
             anonymous: p.anonymous,
+            dirty: false,
         })
     }
 }

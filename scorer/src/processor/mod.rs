@@ -10,7 +10,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap},
+    collections::{BTreeMap, BinaryHeap, HashMap},
 };
 
 use prost::Message;
@@ -116,7 +116,8 @@ struct Partition {
     watermark_ms: i64,
     /// Boxed: the map's spare capacity then costs a pointer per slot, not a lead.
     leads: HashMap<String, Box<Lead>>,
-    dirty: BTreeSet<String>,
+    /// Leads changed since the last changelog, each once (`Lead::dirty`).
+    dirty: Vec<String>,
     /// Leads expired since the last changelog: their keys get tombstones.
     expired: Vec<String>,
     stream_time_dirty: bool,
@@ -152,11 +153,12 @@ fn recheck(lead: &Lead, model_loaded: bool) -> bool {
 
 /// Puts `lead` in `schedule` at its next possible change, unless a live
 /// entry is already due no later.
-/// Notes that `key` changed in this batch; most events are of a lead
-/// already noted, and those cost no allocation.
-fn mark_dirty(dirty: &mut BTreeSet<String>, key: &str) {
-    if !dirty.contains(key) {
-        dirty.insert(key.to_owned());
+/// Notes that `lead` (under `key`) changed in this batch; most events are
+/// of a lead already noted, and those cost a flag test.
+fn mark_dirty(dirty: &mut Vec<String>, key: &str, lead: &mut Lead) {
+    if !lead.dirty {
+        lead.dirty = true;
+        dirty.push(key.to_owned());
     }
 }
 
@@ -224,6 +226,11 @@ fn catch_up(
     outputs: &mut Vec<Output>,
 ) -> bool {
     if lead.merged_into.is_some() || !lead.has_events() {
+        return false;
+    }
+    // The lead's schedule entry is never later than its next change: when
+    // it lies past `upto`, nothing is due (most events of an active lead).
+    if lead.scheduled_ms.is_some_and(|s| s > upto) {
         return false;
     }
     let mut emitted = false;
@@ -368,7 +375,10 @@ impl Processor {
                 .map(|k| (k, None))
                 .collect();
             records.extend(std::mem::take(&mut part.dirty).into_iter().filter_map(|k| {
-                let lead = part.leads.get(&k)?;
+                // A lead that expired and came back within the batch is
+                // listed twice; its flag lets only the first through.
+                let lead = part.leads.get_mut(&k).filter(|l| l.dirty)?;
+                lead.dirty = false;
                 Some((k, Some(lead.to_snapshot().encode_to_vec())))
             }));
             if std::mem::take(&mut part.stream_time_dirty) {
@@ -456,7 +466,7 @@ impl Processor {
                     }));
                 }
                 lead.applied_position = position;
-                mark_dirty(&mut part.dirty, key);
+                mark_dirty(&mut part.dirty, key, lead);
             }
             let body = match input {
                 // The lead it goes to is linked: not anonymous any more.
@@ -476,7 +486,10 @@ impl Processor {
             return out;
         }
 
-        let lead = part.leads.entry(key.to_owned()).or_default();
+        if !part.leads.contains_key(key) {
+            part.leads.insert(key.to_owned(), Box::default());
+        }
+        let lead = part.leads.get_mut(key).expect("inserted above");
         for merged in &absorbed {
             if !lead.has_absorbed(merged) && lead.request(merged) {
                 out.outputs.push(Output::Route(Routed {
@@ -489,7 +502,7 @@ impl Processor {
             }
         }
         lead.applied_position = position;
-        mark_dirty(&mut part.dirty, key);
+        mark_dirty(&mut part.dirty, key, lead);
         let input_kind = match &input {
             Input::Event { .. } => InputKind::Event,
             _ => InputKind::Merge,
@@ -620,11 +633,12 @@ impl Processor {
             // Time's changes up to the expiry are still emitted.
             let upto = expires.unwrap_or(part.watermark_ms);
             if catch_up(&key, lead, upto, cfg, model, &mut outputs) {
-                part.dirty.insert(key.clone());
+                mark_dirty(&mut part.dirty, &key, lead);
             }
             if expires.is_some() {
+                // Its key may stay in `dirty`; the changelog skips leads it
+                // no longer holds.
                 part.leads.remove(&key);
-                part.dirty.remove(&key);
                 part.expired.push(key);
                 continue;
             }

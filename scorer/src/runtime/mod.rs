@@ -325,6 +325,11 @@ mod tests {
         for group in [cfg.group.clone(), stitch_group(&cfg)] {
             let consumer = consumer_config(&cfg, &group).unwrap();
             assert_eq!(consumer.get("session.timeout.ms"), Some("7000"), "{group}");
+            assert_eq!(
+                consumer.get("heartbeat.interval.ms"),
+                Some("1000"),
+                "{group}"
+            );
             assert_eq!(consumer.get("group.id"), Some(group.as_str()));
             assert_eq!(consumer.get("fetch.wait.max.ms"), Some("5"), "{group}");
         }

@@ -35,7 +35,7 @@ use crate::{
     event::{from_facts, from_plan},
     processor::{Input, Output, Place, Processor, ScoreRecord, Skipped},
     proto::{Body, Routed},
-    routing::{batch_records, offset_of, position, read_record},
+    routing::{batch_records, position, read_record},
     train::TrainedModel,
 };
 
@@ -169,11 +169,9 @@ impl BatchStage for ScoreLoop {
                     continue;
                 }
             };
-            for (i, routed) in routed.into_iter().enumerate() {
-                let at = position(m.offset(), i);
-                self.apply(p, at, routed, model, &mut outputs).await?;
-                records += 1;
-            }
+            records += routed.len() as u64;
+            self.apply(p, m.offset(), routed, model, &mut outputs)
+                .await?;
         }
         metrics::counter!(RECORDS).increment(records);
         // Time: leads whose grade or stage changed with no event. An idle
@@ -252,54 +250,61 @@ impl ScoreLoop {
         .await
     }
 
-    /// Applies one routed record at `at` of partition `p`, once the
-    /// identity graph has caught up with the route.
+    /// Applies the routed records of the `by_lead` record at `offset` of
+    /// partition `p`, once the identity graph has caught up with their
+    /// routes. The graph is locked once for the record's places, not once
+    /// per routed record: the stitcher links under the same lock.
     async fn apply(
         &mut self,
         p: i32,
-        at: i64,
-        mut routed: Routed,
+        offset: i64,
+        routed: Vec<Routed>,
         model: Option<&dyn crate::score::Model>,
         outputs: &mut Outputs,
     ) -> anyhow::Result<()> {
-        if self.identity.applied() < routed.graph_offset
-            && tokio::time::timeout(
-                Duration::from_secs(2),
-                self.identity.wait_for(routed.graph_offset),
-            )
-            .await
-            .is_err()
+        let needed = routed.iter().map(|r| r.graph_offset).max().unwrap_or(0);
+        if self.identity.applied() < needed
+            && tokio::time::timeout(Duration::from_secs(2), self.identity.wait_for(needed))
+                .await
+                .is_err()
         {
             tracing::warn!(
                 partition = p,
-                offset = offset_of(at),
-                needed = routed.graph_offset,
+                offset,
+                needed,
                 applied = self.identity.applied(),
                 "waiting for the identity log to catch up"
             );
-            self.identity.wait_for(routed.graph_offset).await;
+            self.identity.wait_for(needed).await;
         }
-        let lead = std::mem::take(&mut routed.lead_id);
-        let Some(input) = input_of(&self.decoder, routed.body).await else {
-            metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
-            return Ok(());
-        };
-        if matches!(input, Input::MergeState { .. }) {
-            metrics::counter!(MERGES).increment(1);
-        }
-        let (place, graph_offset) = {
+        let (places, graph_offset) = {
             let mut graph = self.identity.graph.lock().expect("graph lock");
-            (Place::of(&mut graph, &lead), self.identity.applied())
+            let places: Vec<Place> = routed
+                .iter()
+                .map(|r| Place::of(&mut graph, &r.lead_id))
+                .collect();
+            (places, self.identity.applied())
         };
-        let outcome = self
-            .processor
-            .handle_placed(p, at, &lead, input, place, graph_offset, model);
-        tracing::debug!(partition = p, offset = offset_of(at), %lead, skipped = ?outcome.skipped, outputs = outcome.outputs.len(), "record");
-        if let Some(s) = outcome.skipped {
-            metrics::counter!(SKIPPED, "reason" => skipped_label(s)).increment(1);
-        }
-        for o in outcome.outputs {
-            self.emit(o, outputs).await?;
+        for (i, (routed, place)) in routed.into_iter().zip(places).enumerate() {
+            let at = position(offset, i);
+            let Routed { lead_id, body, .. } = routed;
+            let Some(input) = input_of(&self.decoder, body).await else {
+                metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
+                continue;
+            };
+            if matches!(input, Input::MergeState { .. }) {
+                metrics::counter!(MERGES).increment(1);
+            }
+            let outcome =
+                self.processor
+                    .handle_placed(p, at, &lead_id, input, place, graph_offset, model);
+            tracing::debug!(partition = p, offset, index = i, lead = %lead_id, skipped = ?outcome.skipped, outputs = outcome.outputs.len(), "record");
+            if let Some(s) = outcome.skipped {
+                metrics::counter!(SKIPPED, "reason" => skipped_label(s)).increment(1);
+            }
+            for o in outcome.outputs {
+                self.emit(o, outputs).await?;
+            }
         }
         Ok(())
     }
@@ -320,7 +325,7 @@ impl ScoreLoop {
                     )
                     .await,
                 );
-                metrics::counter!(SCORES).increment(1);
+                outputs.scores += 1;
             }
             Output::Route(r) => outputs.routes.push(r),
         }
@@ -333,7 +338,9 @@ impl ScoreLoop {
         let Outputs {
             mut deliveries,
             routes,
+            scores,
         } = outputs;
+        metrics::counter!(SCORES).increment(scores);
         let partitions = self.topics.partitions;
         let routes = routes
             .into_iter()
@@ -355,6 +362,8 @@ struct Outputs {
     deliveries: Vec<rdkafka::producer::DeliveryFuture>,
     /// Merge messages, sent as batch records at the end of the batch.
     routes: Vec<Routed>,
+    /// Score records queued (counted once per batch).
+    scores: u64,
 }
 
 /// The processor's input for one `by_lead` body; None for an empty one.
