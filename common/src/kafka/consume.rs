@@ -146,3 +146,54 @@ where
         Ok(moved)
     })
 }
+
+/// Reads partition `partition` of `topic` from its start through a marker
+/// record (`marker_key`, empty value) this appends first, calling `each` on
+/// every record up to and including the marker. The end is the marker's
+/// offset rather than the high watermark: everything acked before the
+/// marker is before it in the log, on any broker (Tansu 0.6 reports the
+/// base offset of the last batch + 1 as the high watermark, which hides
+/// acked records). Used where a whole partition must be read before acting
+/// on it: a changelog restore, an identity-log compaction.
+pub async fn read_through_marker(
+    producer: &rdkafka::producer::FutureProducer,
+    bootstrap: &str,
+    (topic, partition): (&str, i32),
+    marker_key: &str,
+    label: &str,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use rdkafka::{
+        Message as _, Offset, TopicPartitionList,
+        consumer::{Consumer as _, StreamConsumer},
+    };
+    use std::time::Duration;
+
+    let marker = super::send(producer, topic, partition, marker_key, &[]).await;
+    let end = match marker.await {
+        Ok(Ok(d)) => d.offset,
+        Ok(Err((e, _))) => anyhow::bail!("cannot append a marker to {topic}[{partition}]: {e}"),
+        Err(_) => anyhow::bail!("the producer dropped the marker for {topic}[{partition}]"),
+    };
+    let consumer: StreamConsumer = super::reader_config(bootstrap, label).create()?;
+    // Metadata first: librdkafka postpones the offset lookup of a partition
+    // whose leader it does not know yet by 500 ms, which every read by a
+    // freshly created reader paid.
+    tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .with_context(|| {
+                format!("reading {topic}[{partition}]: no record for 30 s before offset {end}")
+            })??;
+        each(&m)?;
+        if m.offset() >= end {
+            return Ok(());
+        }
+    }
+}

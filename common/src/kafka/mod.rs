@@ -14,8 +14,8 @@ pub use config::{
     reader_config,
 };
 pub use consume::{
-    collect_batch, commit_offsets, next_offsets, rewind_partitions_to_committed,
-    rewind_to_committed,
+    collect_batch, commit_offsets, next_offsets, read_through_marker,
+    rewind_partitions_to_committed, rewind_to_committed,
 };
 pub use lag::LagGauge;
 pub use produce::{

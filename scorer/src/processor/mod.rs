@@ -10,28 +10,25 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BinaryHeap, HashMap},
+    collections::{BinaryHeap, HashMap},
 };
 
-use prost::Message;
-
+mod changelog;
 mod record;
+mod schedule;
+pub use changelog::{ChangelogRecord, RestoreError, STREAM_TIME_KEY};
 pub use record::{Reason, ScoreRecord};
+use record::{event_now, score_output};
+use schedule::{catch_up, expiring_version_base, schedule_lead};
 
 use crate::{
-    event::{LeadEvent, Platform, to_facts},
+    event::{LeadEvent, to_facts},
     identity::IdentityGraph,
-    lead::{Lead, SnapshotError, message_hash},
-    proto::{self, Body, LeadSnapshot, MergeRequest, MergeState, Routed},
+    lead::{Lead, message_hash},
+    proto::{Body, LeadSnapshot, MergeRequest, MergeState, Routed},
     rules::ScoringConfig,
-    score::{ChangeReason, Grade, Model, next_change, score},
+    score::{ChangeReason, Model, score},
 };
-
-/// Changelog key holding a partition's stream time.
-pub const STREAM_TIME_KEY: &str = "\u{0}stream_time";
-
-/// A changelog record: the key and the encoded value, `None` for a tombstone.
-pub type ChangelogRecord = (String, Option<Vec<u8>>);
 
 /// One `by_lead` record, decoded by the shell.
 // Inputs live for one record and are handled straight away; boxing the
@@ -145,14 +142,6 @@ impl Partition {
     }
 }
 
-/// Whether `lead` needs the model's periodic re-check: a model is loaded
-/// and the lead was last graded above low.
-fn recheck(lead: &Lead, model_loaded: bool) -> bool {
-    model_loaded && lead.emitted.is_some_and(|c| c.grade != Grade::Low)
-}
-
-/// Puts `lead` in `schedule` at its next possible change, unless a live
-/// entry is already due no later.
 /// Notes that `lead` (under `key`) changed in this batch; most events are
 /// of a lead already noted, and those cost a flag test.
 fn mark_dirty(dirty: &mut Vec<String>, key: &str, lead: &mut Lead) {
@@ -160,105 +149,6 @@ fn mark_dirty(dirty: &mut Vec<String>, key: &str, lead: &mut Lead) {
         lead.dirty = true;
         dirty.push(key.to_owned());
     }
-}
-
-/// When `lead` expires under an anonymous TTL of `ttl` ms: `ttl` after its
-/// last event, if it is anonymous (a lead with no events at once).
-fn expires_at(lead: &Lead, ttl: Option<i64>) -> Option<i64> {
-    let ttl = ttl.filter(|_| lead.anonymous && lead.merged_into.is_none())?;
-    Some(if lead.has_events() {
-        lead.state.last_event_ms.saturating_add(ttl)
-    } else {
-        i64::MIN
-    })
-}
-
-/// The first output version of a fresh anonymous lead when leads expire:
-/// its first event's time × 1000. A lead that expired and came back
-/// starts above every version its former self emitted (it had fewer than
-/// 1000 scores per millisecond of its life and the TTL), so tables that
-/// keep the highest version (lead_scores) show the new one.
-fn expiring_version_base(first_event_ms: i64) -> u64 {
-    u64::try_from(first_event_ms)
-        .unwrap_or(0)
-        .saturating_mul(1000)
-}
-
-fn schedule_lead(
-    schedule: &mut BinaryHeap<Reverse<(i64, String)>>,
-    key: &str,
-    lead: &mut Lead,
-    cfg: &ScoringConfig,
-    ttl: Option<i64>,
-    model_loaded: bool,
-) {
-    if lead.merged_into.is_some() {
-        return;
-    }
-    let change = next_change(
-        &lead.state,
-        lead.evaluated_ms,
-        cfg,
-        recheck(lead, model_loaded),
-    );
-    let due = match (change, expires_at(lead, ttl)) {
-        (Some(c), Some(e)) => Some(c.min(e)),
-        (c, e) => c.or(e),
-    };
-    if let Some(due) = due
-        && lead.scheduled_ms.is_none_or(|s| due < s)
-    {
-        schedule.push(Reverse((due, key.to_owned())));
-        lead.scheduled_ms = Some(due);
-    }
-}
-
-/// Re-scores `lead` at every instant up to `upto` where time alone may
-/// change its class, emitting a record (with the reason) for each change.
-/// Scoring at the boundary, not at whatever time the sweep runs, makes the
-/// records the same on replay. True when anything was emitted.
-fn catch_up(
-    key: &str,
-    lead: &mut Lead,
-    upto: i64,
-    cfg: &ScoringConfig,
-    model: Option<&dyn Model>,
-    outputs: &mut Vec<Output>,
-) -> bool {
-    if lead.merged_into.is_some() || !lead.has_events() {
-        return false;
-    }
-    // The lead's schedule entry is never later than its next change: when
-    // it lies past `upto`, nothing is due (most events of an active lead).
-    if lead.scheduled_ms.is_some_and(|s| s > upto) {
-        return false;
-    }
-    let mut emitted = false;
-    while let Some(due) = next_change(
-        &lead.state,
-        lead.evaluated_ms,
-        cfg,
-        recheck(lead, model.is_some()),
-    )
-    .filter(|d| *d <= upto)
-    {
-        let scored = score(&lead.state, due, cfg, model);
-        let class = scored.class();
-        match lead.emitted {
-            Some(before) if before != class => {
-                let reason = ChangeReason::for_time(before, class);
-                outputs.push(score_output(key, lead, due, &scored, reason));
-                emitted = true;
-            }
-            Some(_) => lead.evaluated_ms = due,
-            // State from before emissions were tracked: adopt, do not emit.
-            None => {
-                lead.emitted = Some(class);
-                lead.evaluated_ms = due;
-            }
-        }
-    }
-    emitted
 }
 
 pub struct Processor {
@@ -300,35 +190,6 @@ impl Processor {
         Ok(self)
     }
 
-    /// Restores one changelog record of `partition` (latest wins; a
-    /// tombstone, `None`, removes the lead).
-    pub fn restore(
-        &mut self,
-        partition: i32,
-        key: &str,
-        value: Option<&[u8]>,
-    ) -> Result<(), RestoreError> {
-        let part = self.partitions.entry(partition).or_default();
-        if key == STREAM_TIME_KEY {
-            let value = value.unwrap_or_default();
-            let t = proto::StreamTime::decode(value)
-                .map_err(|e| RestoreError::Decode(e.to_string()))?;
-            part.stream_time_ms = part.stream_time_ms.max(t.ms);
-            part.watermark_ms = part.watermark_ms.max(t.watermark_ms);
-            return Ok(());
-        }
-        let Some(value) = value else {
-            // A tombstone: the lead expired.
-            part.leads.remove(key);
-            return Ok(());
-        };
-        let snap = LeadSnapshot::decode(value).map_err(|e| RestoreError::Decode(e.to_string()))?;
-        part.leads
-            .insert(key.to_owned(), Box::new(Lead::from_snapshot(snap)?));
-        part.schedule_built_with_model = None;
-        Ok(())
-    }
-
     /// Forgets a partition this instance no longer owns.
     pub fn revoke(&mut self, partition: i32) {
         self.partitions.remove(&partition);
@@ -360,39 +221,6 @@ impl Processor {
             .leads
             .get(lead_id)
             .map(|l| &**l)
-    }
-
-    /// Changelog records (key, encoded value; `None` for a tombstone) for
-    /// what changed since the last call, per partition.
-    pub fn take_changelog(&mut self) -> BTreeMap<i32, Vec<ChangelogRecord>> {
-        let mut out = BTreeMap::new();
-        for (&p, part) in &mut self.partitions {
-            // An expired lead that came back in the meantime is dirty and
-            // gets its new snapshot instead.
-            let mut records: Vec<ChangelogRecord> = std::mem::take(&mut part.expired)
-                .into_iter()
-                .filter(|k| !part.leads.contains_key(k))
-                .map(|k| (k, None))
-                .collect();
-            records.extend(std::mem::take(&mut part.dirty).into_iter().filter_map(|k| {
-                // A lead that expired and came back within the batch is
-                // listed twice; its flag lets only the first through.
-                let lead = part.leads.get_mut(&k).filter(|l| l.dirty)?;
-                lead.dirty = false;
-                Some((k, Some(lead.to_snapshot().encode_to_vec())))
-            }));
-            if std::mem::take(&mut part.stream_time_dirty) {
-                let t = proto::StreamTime {
-                    ms: part.stream_time_ms,
-                    watermark_ms: part.watermark_ms,
-                };
-                records.push((STREAM_TIME_KEY.to_owned(), Some(t.encode_to_vec())));
-            }
-            if !records.is_empty() {
-                out.insert(p, records);
-            }
-        }
-        out
     }
 
     /// Handles one routed record for lead `key` at `position` of `partition`
@@ -590,87 +418,12 @@ impl Processor {
         schedule_lead(&mut part.schedule, key, lead, cfg, ttl, model.is_some());
         out
     }
-
-    /// Runs `partition`'s schedule to its watermark: stream time minus
-    /// grace, or, when the shell says the partition is idle, the wall clock
-    /// (`idle_now_ms`, from its injectable clock) minus grace. Emits a score
-    /// for each lead whose class time alone changed; touches only due leads.
-    pub fn advance(
-        &mut self,
-        partition: i32,
-        idle_now_ms: Option<i64>,
-        model: Option<&dyn Model>,
-    ) -> Vec<Output> {
-        let cfg = &self.cfg;
-        let ttl = self.anonymous_ttl_ms;
-        let Some(part) = self.partitions.get_mut(&partition) else {
-            return Vec::new();
-        };
-        part.ensure_schedule(cfg, ttl, model.is_some());
-        let mut w = part.stream_time_ms - self.grace_ms;
-        if let Some(now) = idle_now_ms {
-            w = w.max(now - self.grace_ms);
-        }
-        if w > part.watermark_ms {
-            part.watermark_ms = w;
-            part.stream_time_dirty = true;
-        }
-        let mut outputs = Vec::new();
-        while let Some(Reverse((due, _))) = part.schedule.peek()
-            && *due <= part.watermark_ms
-        {
-            let Some(Reverse((due, key))) = part.schedule.pop() else {
-                break;
-            };
-            let Some(lead) = part.leads.get_mut(&key) else {
-                continue;
-            };
-            if lead.scheduled_ms != Some(due) {
-                continue;
-            }
-            lead.scheduled_ms = None;
-            let expires = expires_at(lead, ttl).filter(|at| *at <= part.watermark_ms);
-            // Time's changes up to the expiry are still emitted.
-            let upto = expires.unwrap_or(part.watermark_ms);
-            if catch_up(&key, lead, upto, cfg, model, &mut outputs) {
-                mark_dirty(&mut part.dirty, &key, lead);
-            }
-            if expires.is_some() {
-                // Its key may stay in `dirty`; the changelog skips leads it
-                // no longer holds.
-                part.leads.remove(&key);
-                part.expired.push(key);
-                continue;
-            }
-            schedule_lead(&mut part.schedule, &key, lead, cfg, ttl, model.is_some());
-        }
-        // Stale entries pile up only when due times keep moving earlier;
-        // rebuild once they outnumber the leads.
-        if part.schedule.len() > 2 * part.leads.len() + 1024 {
-            part.schedule_built_with_model = None;
-            part.ensure_schedule(cfg, ttl, model.is_some());
-        }
-        outputs
-    }
-
-    /// Leads due in `partition`'s schedule (live or stale entries), for metrics.
-    pub fn scheduled(&self) -> usize {
-        self.partitions.values().map(|p| p.schedule.len()).sum()
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
 enum InputKind {
     Event,
     Merge,
-}
-
-/// The instant an event-driven score refers to: the partition's stream
-/// time, never before the lead's newest event or its last emitted score.
-fn event_now(lead: &Lead, stream_time_ms: i64) -> i64 {
-    stream_time_ms
-        .max(lead.state.last_event_ms)
-        .max(lead.evaluated_ms)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -680,65 +433,6 @@ fn event_now(lead: &Lead, stream_time_ms: i64) -> i64 {
 pub struct TtlError {
     pub ttl_ms: i64,
     pub grace_ms: i64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    #[error("changelog record does not decode: {0}")]
-    Decode(String),
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
-}
-
-/// The `lead_score` output for `lead` scored at `now`; bumps the lead's
-/// version and records what was emitted.
-fn score_output(
-    lead_id: &str,
-    lead: &mut Lead,
-    now: i64,
-    scored: &crate::score::Scored,
-    reason: ChangeReason,
-) -> Output {
-    let s = &lead.state;
-    lead.version += 1;
-    let previous_stage = lead.emitted.map(|c| c.stage.as_str());
-    let record = ScoreRecord {
-        lead_id: lead_id.to_owned(),
-        score: round2(scored.score),
-        rule_score: round2(scored.rule_score),
-        probability: scored.probability,
-        grade: scored.grade.as_str(),
-        stage: scored.stage.as_str(),
-        reasons: scored
-            .reasons
-            .iter()
-            .map(|&(code, points)| Reason {
-                code,
-                points: round2(points),
-            })
-            .collect(),
-        reactivated: scored.reactivated,
-        event_count: i64::from(s.events),
-        platforms: s.platforms_used().map(Platform::as_str).collect(),
-        first_platform: s.first_platform.map(Platform::as_str),
-        first_channel: s.first_channel.clone(),
-        first_seen_at: s.first_seen_ms,
-        last_event_at: s.last_event_ms,
-        merged_into: lead.merged_into.clone(),
-        version: lead.version as i64,
-        updated_at: now,
-        change_reason: reason.as_str(),
-        previous_stage,
-        churn_risk: scored.churn_risk,
-        last_intent_at: s.last_high_intent_ms.get(),
-    };
-    lead.emitted = Some(scored.class());
-    lead.evaluated_ms = now;
-    Output::Score { record, reason }
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 #[cfg(test)]

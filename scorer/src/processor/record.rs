@@ -4,6 +4,9 @@
 use leadstream_schemas::codec::{Field, FieldView};
 use serde_json::Value as Json;
 
+use super::Output;
+use crate::{event::Platform, lead::Lead, score::ChangeReason};
+
 /// One `lead_score` record (the `leadstream.scores.LeadScore` schema).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreRecord {
@@ -120,4 +123,63 @@ impl ScoreRecord {
     pub fn to_json(&self) -> Json {
         Field::Record(self).to_json()
     }
+}
+
+/// The instant an event-driven score refers to: the partition's stream
+/// time, never before the lead's newest event or its last emitted score.
+pub(super) fn event_now(lead: &Lead, stream_time_ms: i64) -> i64 {
+    stream_time_ms
+        .max(lead.state.last_event_ms)
+        .max(lead.evaluated_ms)
+}
+
+/// The `lead_score` output for `lead` scored at `now`; bumps the lead's
+/// version and records what was emitted.
+pub(super) fn score_output(
+    lead_id: &str,
+    lead: &mut Lead,
+    now: i64,
+    scored: &crate::score::Scored,
+    reason: ChangeReason,
+) -> Output {
+    let s = &lead.state;
+    lead.version += 1;
+    let previous_stage = lead.emitted.map(|c| c.stage.as_str());
+    let record = ScoreRecord {
+        lead_id: lead_id.to_owned(),
+        score: round2(scored.score),
+        rule_score: round2(scored.rule_score),
+        probability: scored.probability,
+        grade: scored.grade.as_str(),
+        stage: scored.stage.as_str(),
+        reasons: scored
+            .reasons
+            .iter()
+            .map(|&(code, points)| Reason {
+                code,
+                points: round2(points),
+            })
+            .collect(),
+        reactivated: scored.reactivated,
+        event_count: i64::from(s.events),
+        platforms: s.platforms_used().map(Platform::as_str).collect(),
+        first_platform: s.first_platform.map(Platform::as_str),
+        first_channel: s.first_channel.clone(),
+        first_seen_at: s.first_seen_ms,
+        last_event_at: s.last_event_ms,
+        merged_into: lead.merged_into.clone(),
+        version: lead.version as i64,
+        updated_at: now,
+        change_reason: reason.as_str(),
+        previous_stage,
+        churn_risk: scored.churn_risk,
+        last_intent_at: s.last_high_intent_ms.get(),
+    };
+    lead.emitted = Some(scored.class());
+    lead.evaluated_ms = now;
+    Output::Score { record, reason }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }

@@ -115,38 +115,26 @@ pub struct CompactionReport {
 /// at its next compaction of the topic.
 pub async fn compact(bootstrap: &str, topic: &str) -> anyhow::Result<CompactionReport> {
     use anyhow::Context as _;
-    use leadstream_common::kafka::{await_deliveries, producer_config, send, send_tombstone};
+    use leadstream_common::kafka::{
+        await_deliveries, producer_config, read_through_marker, send, send_tombstone,
+    };
     use rdkafka::producer::FutureProducer;
 
     let producer: FutureProducer = producer_config(bootstrap, 5).create()?;
-    // The end is the marker's offset, not the high watermark (which some
-    // brokers report short of acked records).
-    let marker = send(&producer, topic, 0, compaction::MARKER_KEY, &[]).await;
-    let end = match marker.await {
-        Ok(Ok(d)) => d.offset,
-        Ok(Err((e, _))) => anyhow::bail!("cannot append the compaction marker to {topic}: {e}"),
-        Err(_) => anyhow::bail!("the producer dropped the compaction marker for {topic}"),
-    };
-    let consumer: StreamConsumer =
-        leadstream_common::kafka::reader_config(bootstrap, &format!("{topic}.compact")).create()?;
-    tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
-        .with_context(|| format!("reading the metadata of {topic}"))?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
-    consumer.assign(&tpl)?;
     let mut log = Vec::new();
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .with_context(|| {
-                format!("reading {topic}: no record for 30 s before offset {end}")
-            })??;
-        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-        log.push((key, m.payload().map(<[u8]>::to_vec)));
-        if m.offset() >= end {
-            break;
-        }
-    }
+    read_through_marker(
+        &producer,
+        bootstrap,
+        (topic, 0),
+        compaction::MARKER_KEY,
+        &format!("{topic}.compact"),
+        |m| {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            log.push((key, m.payload().map(<[u8]>::to_vec)));
+            Ok(())
+        },
+    )
+    .await?;
     let records_read = log.len();
     let plan = compaction::plan(log);
     let mut deliveries = Vec::with_capacity(plan.writes.len());

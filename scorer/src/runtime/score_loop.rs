@@ -12,12 +12,12 @@ use std::{
 };
 
 use leadstream_common::kafka::{
-    BatchStage, Offsets, await_deliveries, next_offsets, partition_for,
+    BatchStage, Offsets, await_deliveries, next_offsets, partition_for, read_through_marker,
     rewind_partitions_to_committed, send, send_tombstone,
 };
 use leadstream_schemas::{Decoder, Encoder};
 use rdkafka::{
-    Message, Offset, TopicPartitionList,
+    Message,
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     message::BorrowedMessage,
     producer::FutureProducer,
@@ -402,13 +402,9 @@ pub fn encode_score(encoder: &Encoder, record: &ScoreRecord) -> anyhow::Result<V
     Ok(encoder.encode_derived_view("lead_score", record)?.bytes)
 }
 
-/// Reads partition `p` of the changelog from the start into the processor,
-/// unless the processor already holds it.
-///
-/// The end is found by appending a marker and reading up to it rather than
-/// trusting the high watermark: everything acked before the marker is
-/// before it in the log, on any broker (Tansu 0.6 reports the base offset
-/// of the last batch + 1 as the high watermark, which hides acked records).
+/// Reads partition `p` of the changelog from the start (through a marker,
+/// see [`read_through_marker`]) into the processor, unless the processor
+/// already holds it.
 async fn restore(
     processor: &mut Processor,
     producer: &FutureProducer,
@@ -420,51 +416,33 @@ async fn restore(
         return Ok(());
     }
     let started = std::time::Instant::now();
-    let marker = send(producer, changelog, p, RESTORE_MARKER_KEY, &[]).await;
-    let end = match marker.await {
-        Ok(Ok(d)) => d.offset,
-        Ok(Err((e, _))) => {
-            anyhow::bail!("cannot append the restore marker to {changelog}[{p}]: {e}")
-        }
-        Err(_) => anyhow::bail!("the producer dropped the restore marker for {changelog}[{p}]"),
-    };
-    let consumer: StreamConsumer =
-        leadstream_common::kafka::reader_config(bootstrap, &format!("{changelog}.restore"))
-            .create()?;
-    // Metadata first: librdkafka postpones the offset lookup of a partition
-    // whose leader it does not know yet by 500 ms, which every restore of
-    // a freshly created reader paid.
-    tokio::task::block_in_place(|| {
-        consumer.fetch_metadata(Some(changelog), Duration::from_secs(10))
-    })
-    .with_context(|| format!("reading the metadata of {changelog}"))?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(changelog, p, Offset::Beginning)?;
-    consumer.assign(&tpl)?;
     processor.assign(p);
     let mut restored = 0u64;
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .with_context(|| {
-                format!("restoring {changelog}[{p}]: no record for 30 s before offset {end}")
-            })??;
-        if m.offset() >= end {
-            break;
-        }
-        match m.key() {
-            Some(k) if k != RESTORE_MARKER_KEY.as_bytes() => {
-                processor.restore(p, &String::from_utf8_lossy(k), m.payload())?;
-                restored += 1;
+    let read = read_through_marker(
+        producer,
+        bootstrap,
+        (changelog, p),
+        RESTORE_MARKER_KEY,
+        &format!("{changelog}.restore"),
+        |m| {
+            match m.key() {
+                Some(k) if k != RESTORE_MARKER_KEY.as_bytes() => {
+                    processor.restore(p, &String::from_utf8_lossy(k), m.payload())?;
+                    restored += 1;
+                }
+                _ => {}
             }
-            _ => {}
-        }
-    }
+            Ok(())
+        },
+    )
+    .await;
+    // A failed read leaves the partition half restored, but owned: the
+    // failed step's `forget` drops it and restores it again.
+    read.with_context(|| format!("restoring {changelog}[{p}]"))?;
     metrics::counter!(RESTORED).increment(restored);
     tracing::info!(
         partition = p,
         records = restored,
-        end,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "partition state restored from the changelog"
     );
