@@ -327,7 +327,7 @@ mod tests {
             assert_eq!(consumer.get("session.timeout.ms"), Some("7000"), "{group}");
             assert_eq!(
                 consumer.get("heartbeat.interval.ms"),
-                Some("1000"),
+                Some("3000"),
                 "{group}"
             );
             assert_eq!(consumer.get("group.id"), Some(group.as_str()));
