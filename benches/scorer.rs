@@ -74,6 +74,37 @@ fn time_driven(p: &mut Processor, days: i64) -> (usize, f64) {
     (emitted, emitted as f64 / started.elapsed().as_secs_f64())
 }
 
+/// New anonymous visitors, `per_day` a day for `days` days, one event
+/// each, through one partition's processor with the idle clock run at the
+/// end of each day: how many leads it holds at the end under an anonymous
+/// TTL of `ttl_days` (None: kept forever).
+fn anonymous_visitors(per_day: i64, days: i64, ttl_days: Option<i64>) -> usize {
+    let cfg = ScoringConfig::parse(DEFAULT_TOML).unwrap();
+    let mut p = Processor::new(cfg, 6 * 3_600_000, false)
+        .with_anonymous_ttl(ttl_days.map(|d| d * DAY_MS))
+        .unwrap();
+    p.assign(0);
+    let mut graph = IdentityGraph::default();
+    let mut offset = 0;
+    for day in 0..days {
+        for v in 0..per_day {
+            let mut e = harness::event(v);
+            e.ts_ms = T0 + day * DAY_MS + v * 1_000;
+            e.message_id = format!("v{day}-{v}");
+            let input = Input::Event {
+                event: Some(e),
+                anonymous: true,
+            };
+            let key = format!("a:visitor-{day}-{v}");
+            black_box(p.handle(0, offset, &key, input, &mut graph, 0, None));
+            offset += 1;
+        }
+        black_box(p.advance(0, Some(T0 + (day + 1) * DAY_MS), None));
+        drop(p.take_changelog());
+    }
+    p.leads()
+}
+
 fn bench(c: &mut Criterion) {
     // What the processor holds per typical lead, by allocation: the lead
     // (state, dedupe ids, bookkeeping), its map entry and schedule entry.
@@ -94,6 +125,16 @@ fn bench(c: &mut Criterion) {
         rescored as f64 / leads as f64
     );
     drop(p);
+    // Visitors who never log in: without expiry the leads grow with every
+    // device ever seen; with the default TTL they stop at about TTL days'
+    // worth.
+    let (per_day, days) = if full { (500, 800) } else { (20, 500) };
+    let kept = anonymous_visitors(per_day, days, None);
+    let held = anonymous_visitors(per_day, days, Some(400));
+    assert!(held < kept, "expiry bounds anonymous leads");
+    println!(
+        "anonymous visitors: {per_day} a day for {days} days, one event each: {held} leads held with the 400-day TTL, {kept} without"
+    );
 
     let cfg = ScoringConfig::parse(DEFAULT_TOML).unwrap();
     let (hl, dormant) = (cfg.half_life_ms(), cfg.dormant_after_ms());
@@ -211,7 +252,7 @@ fn bench(c: &mut Criterion) {
         TrainedModel::Logistic(_) => 0,
     };
     println!(
-        "scorer update_score_ns={update_score_ns:.0} events_per_s_per_core={:.0} update_score_with_model_ns={with_model_ns:.0} model_events_per_s_per_core={:.0} model_trees={trees} processor_event_ns={ns_per_event:.0} bytes_per_lead={per_lead:.0} time_rescores_per_s={per_s:.0}",
+        "scorer update_score_ns={update_score_ns:.0} events_per_s_per_core={:.0} update_score_with_model_ns={with_model_ns:.0} model_events_per_s_per_core={:.0} model_trees={trees} processor_event_ns={ns_per_event:.0} bytes_per_lead={per_lead:.0} time_rescores_per_s={per_s:.0} anonymous_leads_held={held} anonymous_leads_kept={kept}",
         1e9 / update_score_ns,
         1e9 / with_model_ns
     );
