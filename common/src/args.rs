@@ -46,9 +46,7 @@ pub struct KafkaArgs {
     /// how soon it learns that the group rebalances (a member that joined
     /// or left). Lower shortens rebalances, e.g. when a second stream
     /// thread joins moments after the first; 3 s is librdkafka's default.
-    /// A third of the session timeout when not below it. (On the embedded dev
-    /// broker, 1 s left a rebalanced group stalled in 2 of 8 runs of the
-    /// kill -9 test.)
+    /// A third of the session timeout when not below it.
     #[arg(
         long = "heartbeat-interval-ms",
         env = "LEADSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS",
