@@ -6,6 +6,7 @@ pub mod config;
 pub mod consume;
 pub mod lag;
 pub mod produce;
+pub mod rebalance_log;
 pub mod stage;
 
 pub use admin::{TopicError, TopicSpec, ensure_topics, partition_count};
@@ -21,4 +22,5 @@ pub use lag::LagGauge;
 pub use produce::{
     DeliveryError, await_deliveries, delivered_offsets, partition_for, send, send_tombstone,
 };
+pub use rebalance_log::{RebalanceLog, log_rebalance};
 pub use stage::{BatchStage, Batching, Offsets, StageDriver};

@@ -19,7 +19,8 @@ use std::{
 use anyhow::Context as _;
 use leadstream_common::{
     kafka::{
-        Batching, LagGauge, StageDriver, TopicSpec, ensure_topics, partition_count, producer_config,
+        Batching, LagGauge, RebalanceLog, StageDriver, TopicSpec, ensure_topics, partition_count,
+        producer_config,
     },
     ops::{self, Ready},
     pipeline_metrics,
@@ -165,8 +166,10 @@ pub async fn run_with_clock(
     let mut stitchers = Vec::new();
     let mut scorers = Vec::new();
     for thread in 0..cfg.threads {
-        let stitch_consumer: StreamConsumer =
-            consumer_config(&cfg, &stitch_group(&cfg))?.create()?;
+        let stitch_consumer: StreamConsumer<RebalanceLog> =
+            consumer_config(&cfg, &stitch_group(&cfg))?.create_with_context(RebalanceLog {
+                stage: format!("stitch-{thread}"),
+            })?;
         stitch_consumer.subscribe(&[&topics.events])?;
         stitchers.push(StageDriver::new(
             format!("stitch-{thread}"),

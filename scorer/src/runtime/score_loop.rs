@@ -59,6 +59,7 @@ impl ConsumerContext for RebalanceTracker {
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        leadstream_common::kafka::log_rebalance("score", rebalance);
         if let Rebalance::Assign(tpl) = rebalance {
             let mut assigned = self.assigned.lock().expect("assigned lock");
             assigned.extend(tpl.elements().iter().map(|e| e.partition()));

@@ -7,14 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use leadstream_common::kafka::{
-    BatchStage, Offsets, await_deliveries, delivered_offsets, next_offsets, partition_for, send,
+    BatchStage, Offsets, RebalanceLog, await_deliveries, delivered_offsets, next_offsets,
+    partition_for, send,
 };
 use leadstream_schemas::{Decoder, codec::DecodeError};
 use rdkafka::{
-    Message,
-    consumer::{DefaultConsumerContext, StreamConsumer},
-    message::BorrowedMessage,
-    producer::FutureProducer,
+    Message, consumer::StreamConsumer, message::BorrowedMessage, producer::FutureProducer,
 };
 
 use super::{
@@ -56,7 +54,7 @@ impl InFlight {
 }
 
 impl BatchStage for Stitcher {
-    type Context = DefaultConsumerContext;
+    type Context = RebalanceLog;
 
     /// Reads the batch's events, then routes them in order. An event with
     /// identifiers the graph does not link yet appends a `Link` and applies
@@ -74,7 +72,7 @@ impl BatchStage for Stitcher {
     /// the repeats by message id).
     async fn process(
         &mut self,
-        _consumer: &StreamConsumer,
+        _consumer: &StreamConsumer<RebalanceLog>,
         batch: &[BorrowedMessage<'_>],
     ) -> anyhow::Result<Offsets> {
         if batch.is_empty() {
@@ -170,7 +168,7 @@ impl BatchStage for Stitcher {
         }
     }
 
-    fn forget(&mut self, _consumer: &StreamConsumer) {
+    fn forget(&mut self, _consumer: &StreamConsumer<RebalanceLog>) {
         self.in_flight = None;
     }
 
