@@ -250,6 +250,25 @@ fn spawn_scorer(
     (tx, task)
 }
 
+/// [`spawn_scorer`] with its clock injected.
+fn spawn_scorer_on(
+    cfg: ScorerConfig,
+    clock: Arc<ManualClock>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        leadstream_scorer::runtime::run_with_clock(cfg, clock, async move {
+            let _ = rx.await;
+        })
+        .await
+        .expect("scorer run");
+    });
+    (tx, task)
+}
+
 async fn setup() -> Setup {
     let bootstrap = common::kafka();
     let events = common::TestTopic::create(&bootstrap, "scorer_events", PARTITIONS).await;
@@ -471,14 +490,7 @@ async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
     let mut cfg = config(&s.bootstrap, &s.events.name, &run);
     cfg.idle_ms = 300;
     let clock = Arc::new(ManualClock::new(T0 + 60_000));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(leadstream_scorer::runtime::run_with_clock(
-        cfg.clone(),
-        clock.clone(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let (tx, task) = spawn_scorer_on(cfg.clone(), clock.clone());
     let stage_is = |stage: &'static str| {
         let lead = lead.clone();
         move |l: &BTreeMap<String, Value>| l.get(&lead).is_some_and(|v| v["stage"] == stage)
@@ -534,7 +546,7 @@ async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
     let changelog = cfg.changelog_topic();
     let tombstone = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            let values = changelog_values(&s.bootstrap, &changelog, &lead).await;
+            let values = values_of(&s.bootstrap, &changelog, &lead, Duration::from_secs(5)).await;
             if values.last().is_some_and(Option::is_none) {
                 return values;
             }
@@ -547,7 +559,6 @@ async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
     tokio::time::timeout(Duration::from_secs(30), task)
         .await
         .unwrap()
-        .unwrap()
         .unwrap();
     let before_return = all_records(&s.bootstrap, &cfg.shared.topics.scores, &lead).await;
 
@@ -558,14 +569,7 @@ async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
         "context": {}, "anonymous_id": "idle-visitor", "properties": {"page_type": "home"}});
     produce(&s.bootstrap, &s.events.name, &[(1, back)]).await;
     clock.set(T0 + 402 * DAY);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(leadstream_scorer::runtime::run_with_clock(
-        cfg.clone(),
-        clock.clone(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let (tx, task) = spawn_scorer_on(cfg.clone(), clock.clone());
     let returned = read_scores(
         &s.bootstrap,
         &cfg.shared.topics.scores,
@@ -582,7 +586,6 @@ async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
     let _ = tx.send(());
     tokio::time::timeout(Duration::from_secs(30), task)
         .await
-        .unwrap()
         .unwrap()
         .unwrap();
     let r = &returned[&lead];
@@ -622,15 +625,21 @@ async fn a_silent_lead_goes_dormant_and_then_nurture_on_the_clock_alone() {
     );
 }
 
-/// The values of `key` on `topic` in offset order (`None`: a tombstone).
-async fn changelog_values(bootstrap: &str, topic: &str, key: &str) -> Vec<Option<Vec<u8>>> {
+/// The values of `key` on `topic` in offset order (`None`: a tombstone),
+/// read until nothing arrives for `quiet`.
+async fn values_of(
+    bootstrap: &str,
+    topic: &str,
+    key: &str,
+    quiet: Duration,
+) -> Vec<Option<Vec<u8>>> {
     let consumer: StreamConsumer =
-        leadstream_common::kafka::consumer_config(bootstrap, &common::unique("changelog_values"))
+        leadstream_common::kafka::consumer_config(bootstrap, &common::unique("values_of"))
             .create()
             .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
-    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+    while let Ok(Ok(m)) = tokio::time::timeout(quiet, consumer.recv()).await {
         if m.key() == Some(key.as_bytes()) {
             out.push(m.payload().map(<[u8]>::to_vec));
         }
@@ -642,17 +651,10 @@ async fn changelog_values(bootstrap: &str, topic: &str, key: &str) -> Vec<Option
 async fn all_records(bootstrap: &str, topic: &str, lead: &str) -> Vec<Value> {
     let plan = Plan::embedded().unwrap();
     let decoder = Decoder::new(Arc::new(EmbeddedResolver::new(&plan).unwrap()));
-    let consumer: StreamConsumer =
-        leadstream_common::kafka::consumer_config(bootstrap, &common::unique("all_records"))
-            .create()
-            .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
-    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(8), consumer.recv()).await {
-        if m.key() == Some(lead.as_bytes()) {
-            let v = to_json(&decoder.decode(m.payload().unwrap()).await.unwrap().value);
-            out.push(v);
-        }
+    for value in values_of(bootstrap, topic, lead, Duration::from_secs(8)).await {
+        let value = value.expect("a score record, not a tombstone");
+        out.push(to_json(&decoder.decode(&value).await.unwrap().value));
     }
     out
 }
