@@ -425,6 +425,42 @@ async fn clickhouse_going_away_mid_load_loses_and_doubles_nothing() {
         .unwrap();
 }
 
+/// A sink started while ClickHouse cannot be reached (starting, or
+/// restarting) waits for it instead of exiting, then writes everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sink_started_while_clickhouse_is_down_waits_for_it() {
+    let bootstrap = common::kafka();
+    let t = topics(&bootstrap).await;
+    let database = common::unique("sink_start_down");
+    migrate(&common::clickhouse(), &database).await;
+    let db = client(&database).await;
+    produce(&bootstrap, &t, 0, 6000).await;
+
+    let outage = proxy(&common::clickhouse()).await;
+    outage.down.store(true, Ordering::SeqCst);
+    let cfg = config(&bootstrap, &t, &outage.addr, &database);
+    let mut sink = spawn_sink(&cfg, "start_down");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        sink.0.try_wait().unwrap().is_none(),
+        "the sink exited while ClickHouse was down; log: {}",
+        sink_log_path(&cfg, "start_down").display()
+    );
+    outage.down.store(false, Ordering::SeqCst);
+    wait_for_events(&db, 6000, Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_everything_once(&db, 6000, 100, 60).await;
+    let log = std::fs::read_to_string(sink_log_path(&cfg, "start_down")).unwrap();
+    assert!(
+        log.contains("ClickHouse unreachable; waiting for it"),
+        "the wait is logged: {log}"
+    );
+    db.query(&format!("DROP DATABASE {database}"))
+        .execute()
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clickhouse_killed_mid_load_and_restarted_loses_and_doubles_nothing() {
     let bootstrap = common::kafka();

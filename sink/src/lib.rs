@@ -12,7 +12,7 @@ pub mod rows;
 pub mod store;
 pub mod writer;
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -58,29 +58,73 @@ pub async fn migrate(args: &ClickHouseArgs) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Connects to ClickHouse and checks that the database is migrated.
+async fn open_clickhouse(cfg: &SinkConfig, url: &str) -> anyhow::Result<Store> {
+    let store = Store::clickhouse(&cfg.clickhouse, url).await?;
+    if let Store::ClickHouse(client) = &store {
+        let latest = migrate::MIGRATIONS.last().map_or(0, |m| m.0);
+        let applied: u32 = match client
+            .query("SELECT max(version) FROM schema_migrations")
+            .fetch_one()
+            .await
+        {
+            Ok(v) => v,
+            Err(e @ clickhouse::error::Error::Network(_)) => return Err(e.into()),
+            Err(_) => 0,
+        };
+        anyhow::ensure!(
+            applied >= latest,
+            "ClickHouse database {} is at migration {applied}, this sink needs {latest}: run `leadstream sink migrate` first",
+            cfg.clickhouse.database
+        );
+    }
+    Ok(store)
+}
+
+/// Whether `e` says ClickHouse could not be reached (as opposed to refusing
+/// what was asked).
+fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<leadstream_common::clickhouse::ConnectError>(),
+            Some(leadstream_common::clickhouse::ConnectError::Unreachable { source, .. })
+                if matches!(source, clickhouse::error::Error::Network(_))
+        ) || matches!(
+            c.downcast_ref::<clickhouse::error::Error>(),
+            Some(clickhouse::error::Error::Network(_))
+        )
+    })
+}
+
 /// Runs the sink until `shutdown`; the current batch is finished (or left
-/// uncommitted) first.
+/// uncommitted) first. A ClickHouse that cannot be reached yet is waited
+/// for.
 pub async fn run(
     cfg: SinkConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut shutdown = Box::pin(shutdown);
     let store = match (&cfg.clickhouse.url, &cfg.export_dir) {
         (Some(url), _) => {
-            let store = Store::clickhouse(&cfg.clickhouse, url).await?;
-            if let Store::ClickHouse(client) = &store {
-                let latest = migrate::MIGRATIONS.last().map_or(0, |m| m.0);
-                let applied: u32 = client
-                    .query("SELECT max(version) FROM schema_migrations")
-                    .fetch_one()
-                    .await
-                    .unwrap_or(0);
-                anyhow::ensure!(
-                    applied >= latest,
-                    "ClickHouse database {} is at migration {applied}, this sink needs {latest}: run `leadstream sink migrate` first",
-                    cfg.clickhouse.database
-                );
+            let mut backoff = Duration::from_millis(100);
+            let max_backoff = Duration::from_millis(cfg.max_backoff_ms.max(100));
+            loop {
+                match open_clickhouse(&cfg, url).await {
+                    Ok(store) => break store,
+                    // Starting or restarting (a sink started with it, or
+                    // restarted meanwhile): wait for it rather than exit
+                    // and depend on an orchestrator to start us again.
+                    Err(e) if is_unreachable(&e) => {
+                        tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "ClickHouse unreachable; waiting for it");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = shutdown.as_mut() => return Ok(()),
+                        }
+                        backoff = (backoff * 2).min(max_backoff);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            store
         }
         (None, Some(dir)) => Store::Export(dir.clone()),
         (None, None) => anyhow::bail!(
