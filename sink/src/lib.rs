@@ -104,6 +104,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut shutdown = Box::pin(shutdown);
+    // Configuration errors first, then the operations endpoint (live, not
+    // ready), then ClickHouse, which may have to be waited for.
+    anyhow::ensure!(
+        cfg.clickhouse.url.is_some() || cfg.export_dir.is_some(),
+        "nowhere to write: pass --clickhouse URL (or LEADSTREAM_CLICKHOUSE_URL), or --export-dir DIR for JSONEachRow files"
+    );
+    let kafka = cfg.shared.kafka.brokers()?.to_owned();
+    let plan = Plan::embedded()?;
+    let resolver = cfg.shared.registry.resolver(&plan)?;
+    let decoder = Arc::new(Decoder::new(resolver));
+    metrics::register();
+    let ready = Ready::default();
+    let addr = ops::serve(cfg.listen, ready.clone())
+        .await
+        .with_context(|| format!("binding the sink's operations endpoint to {}", cfg.listen))?;
     let store = match (&cfg.clickhouse.url, &cfg.export_dir) {
         (Some(url), _) => {
             let mut backoff = Duration::from_millis(100);
@@ -127,19 +142,8 @@ pub async fn run(
             }
         }
         (None, Some(dir)) => Store::Export(dir.clone()),
-        (None, None) => anyhow::bail!(
-            "nowhere to write: pass --clickhouse URL (or LEADSTREAM_CLICKHOUSE_URL), or --export-dir DIR for JSONEachRow files"
-        ),
+        (None, None) => unreachable!("checked above"),
     };
-    let kafka = cfg.shared.kafka.brokers()?.to_owned();
-    let plan = Plan::embedded()?;
-    let resolver = cfg.shared.registry.resolver(&plan)?;
-    let decoder = Arc::new(Decoder::new(resolver));
-    metrics::register();
-    let ready = Ready::default();
-    let addr = ops::serve(cfg.listen, ready.clone())
-        .await
-        .with_context(|| format!("binding the sink's operations endpoint to {}", cfg.listen))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut loops = Vec::new();
     let mut streams = vec![
