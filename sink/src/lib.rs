@@ -82,14 +82,11 @@ async fn open_clickhouse(cfg: &SinkConfig, url: &str) -> anyhow::Result<Store> {
 }
 
 /// Whether `e` says ClickHouse could not be reached (as opposed to refusing
-/// what was asked).
+/// what was asked). A `ConnectError::Unreachable` has the client's error
+/// as its source, so the chain holds it too.
 fn is_unreachable(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
-            c.downcast_ref::<leadstream_common::clickhouse::ConnectError>(),
-            Some(leadstream_common::clickhouse::ConnectError::Unreachable { source, .. })
-                if matches!(source, clickhouse::error::Error::Network(_))
-        ) || matches!(
             c.downcast_ref::<clickhouse::error::Error>(),
             Some(clickhouse::error::Error::Network(_))
         )

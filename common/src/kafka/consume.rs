@@ -171,11 +171,9 @@ pub async fn read_through_marker(
     use std::time::Duration;
 
     let marker = super::send(producer, topic, partition, marker_key, &[]).await;
-    let end = match marker.await {
-        Ok(Ok(d)) => d.offset,
-        Ok(Err((e, _))) => anyhow::bail!("cannot append a marker to {topic}[{partition}]: {e}"),
-        Err(_) => anyhow::bail!("the producer dropped the marker for {topic}[{partition}]"),
-    };
+    let end = super::delivered_offsets(vec![marker])
+        .await
+        .with_context(|| format!("appending a marker to {topic}[{partition}]"))?[0];
     let consumer: StreamConsumer = super::reader_config(bootstrap, label).create()?;
     // Metadata first: librdkafka postpones the offset lookup of a partition
     // whose leader it does not know yet by 500 ms, which every read by a

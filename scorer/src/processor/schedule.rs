@@ -13,13 +13,13 @@ use crate::{
 
 /// Whether `lead` needs the model's periodic re-check: a model is loaded
 /// and the lead was last graded above low.
-pub(super) fn recheck(lead: &Lead, model_loaded: bool) -> bool {
+fn recheck(lead: &Lead, model_loaded: bool) -> bool {
     model_loaded && lead.emitted.is_some_and(|c| c.grade != Grade::Low)
 }
 
 /// When `lead` expires under an anonymous TTL of `ttl` ms: `ttl` after its
 /// last event, if it is anonymous (a lead with no events at once).
-pub(super) fn expires_at(lead: &Lead, ttl: Option<i64>) -> Option<i64> {
+fn expires_at(lead: &Lead, ttl: Option<i64>) -> Option<i64> {
     let ttl = ttl.filter(|_| lead.anonymous && lead.merged_into.is_none())?;
     Some(if lead.has_events() {
         lead.state.last_event_ms.saturating_add(ttl)
