@@ -202,6 +202,13 @@ async fn wait_for_every_stream_but_events(db: &clickhouse::Client) {
         Duration::from_secs(60),
     )
     .await;
+    wait_for(
+        db,
+        "SELECT count() FROM dead_letters FINAL",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
 }
 
 /// Waits until `sql` (a count) reaches `n`. Each stream (events, DLQ,
