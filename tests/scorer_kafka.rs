@@ -791,3 +791,89 @@ async fn compacting_the_identity_log_keeps_every_lead_and_old_lead_id() {
     }
     same(&mut compacted, &mut expected, "compacted log");
 }
+
+/// The score loop commits every `--commit-interval-ms`: a lead's events
+/// in between, each in a batch of its own, are scored at once but written
+/// to the changelog once, when a stop commits what was applied; a
+/// restarted scorer goes on from there without losing or counting any
+/// event again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leads_events_within_a_commit_interval_are_one_changelog_write() {
+    let s = setup().await;
+    let event = |n: i64| {
+        json!({"message_id": format!("interval-{n}"), "event": "page_viewed", "type": "page",
+            "platform": "web", "source_id": "web-main", "tenant": "brand-a",
+            "timestamp": T0 + n * 1000, "received_at": T0 + n * 1000, "context": {},
+            "anonymous_id": "interval-visitor", "properties": {"page_type": "model_detail"}})
+    };
+    let lead = lead_id_of("a:interval-visitor");
+    let run = common::unique("scorer_interval");
+    let mut cfg = config(&s.bootstrap, &s.events.name, &run);
+    cfg.commit_interval_ms = 600_000;
+    let changelog = cfg.changelog_topic();
+    let (tx, task) = spawn_scorer(cfg.clone());
+
+    let plan = Plan::embedded().unwrap();
+    let decoder = Decoder::new(Arc::new(EmbeddedResolver::new(&plan).unwrap()));
+    let scores =
+        leadstream_common::kafka::consumer_config(&s.bootstrap, &common::unique("interval"))
+            .create::<StreamConsumer>()
+            .unwrap();
+    while leadstream_common::kafka::partition_count(&s.bootstrap, &cfg.shared.topics.scores)
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    scores.subscribe(&[&cfg.shared.topics.scores]).unwrap();
+    for n in 1..=12 {
+        // Each event waits for the previous one's score: a batch each.
+        produce(&s.bootstrap, &s.events.name, &[(2, event(n))]).await;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(60), scores.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no score for event {n}"))
+                .unwrap();
+            let v = to_json(&decoder.decode(m.payload().unwrap()).await.unwrap().value);
+            if v["lead_id"] == lead.as_str() && v["event_count"] == n {
+                break;
+            }
+        }
+    }
+    let snapshots = || values_of(&s.bootstrap, &changelog, &lead, Duration::from_secs(3));
+    assert_eq!(
+        snapshots().await.len(),
+        0,
+        "12 batches within the interval wrote no snapshot yet"
+    );
+
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("scorer stops on shutdown")
+        .unwrap();
+    assert_eq!(
+        snapshots().await.len(),
+        1,
+        "the stop's commit wrote the lead once"
+    );
+
+    // Restarted: nothing is applied twice and nothing is missed.
+    produce(&s.bootstrap, &s.events.name, &[(2, event(13))]).await;
+    let (tx, task) = spawn_scorer(cfg.clone());
+    let latest = read_scores(
+        &s.bootstrap,
+        &cfg.shared.topics.scores,
+        Duration::from_secs(60),
+        |l| {
+            l.get(&lead)
+                .is_some_and(|v| v["event_count"].as_i64() >= Some(13))
+        },
+    )
+    .await;
+    assert_eq!(latest[&lead]["event_count"], 13);
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

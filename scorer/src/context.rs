@@ -110,22 +110,84 @@ pub fn month_hash(month: u32) -> u32 {
         .map_or(NONE, |m| hash(m))
 }
 
-/// Hashes of [`values`].
+/// Hashes of [`values`], computed without building the values: the live
+/// scorer takes these for every event.
 pub fn hashes<E: PlanFields + ?Sized>(e: &E) -> [u32; CATEGORIES] {
-    values(e).map(|v| v.as_deref().map_or(NONE, hash))
+    let ascii_lower = |path: &[&str]| text(e, path).map_or(NONE, hash_ascii_lower);
+    let channel = text(e, &["context", "lead_channel"])
+        .or_else(|| text(e, &["context", "utm_source"]))
+        .map_or(NONE, hash_ascii_lower);
+    let event = text(e, &["event"]);
+    let when = |name: &str, path: &[&str]| {
+        if event == Some(name) {
+            ascii_lower(path)
+        } else {
+            NONE
+        }
+    };
+    [
+        channel,
+        ascii_lower(&["context", "utm_campaign"]),
+        ascii_lower(&["properties", "form_type"]),
+        ascii_lower(&["properties", "purchase_timeframe"]),
+        when("call_completed", &["properties", "outcome"]),
+        when("content_engaged", &["properties", "action"]),
+        text(e, &["properties", "model_id"]).map_or(NONE, hash),
+        text(e, &["context", "os"])
+            .and_then(first_word)
+            .map_or(NONE, hash_lower),
+        text(e, &["context", "user_agent"]).map_or(NONE, browser_family_hash),
+        ascii_lower(&["context", "locale"]),
+        channel,
+        ascii_lower(&["platform"]),
+        NONE,
+    ]
+}
+
+/// [`hash`] of `s.to_ascii_lowercase()`.
+fn hash_ascii_lower(s: &str) -> u32 {
+    fnv1a32(s.bytes().map(|b| b.to_ascii_lowercase()))
+}
+
+/// [`hash`] of `s.to_lowercase()`; allocates only for non-ASCII text.
+fn hash_lower(s: &str) -> u32 {
+    if s.is_ascii() {
+        hash_ascii_lower(s)
+    } else {
+        hash(&s.to_lowercase())
+    }
+}
+
+/// [`hash`] of [`browser_family`].
+fn browser_family_hash(ua: &str) -> u32 {
+    match family_token(ua) {
+        Some(family) => hash(family),
+        None => first_product(ua).map_or(NONE, hash_lower),
+    }
 }
 
 /// "iOS 17.2" and "iOS 18" are one OS to a model: the first word, lower case.
 fn os_family(os: &str) -> Option<String> {
+    first_word(os).map(str::to_lowercase)
+}
+
+fn first_word(os: &str) -> Option<&str> {
     os.split(|c: char| c.is_whitespace() || c == '/')
         .find(|w| !w.is_empty())
-        .map(str::to_lowercase)
 }
 
 /// The browser family a user agent names: the common families by their
 /// tokens (most specific first, since Chrome's agent also says Safari and
 /// Edge's also says Chrome), else the agent's first product name.
 fn browser_family(ua: &str) -> Option<String> {
+    match family_token(ua) {
+        Some(family) => Some(family.to_owned()),
+        None => first_product(ua).map(str::to_lowercase),
+    }
+}
+
+/// The common family a user agent's tokens name, most specific first.
+fn family_token(ua: &str) -> Option<&'static str> {
     const FAMILIES: [(&str, &str); 11] = [
         ("MicroMessenger", "wechat"),
         ("AlipayClient", "alipay"),
@@ -139,12 +201,15 @@ fn browser_family(ua: &str) -> Option<String> {
         ("Chrome", "chrome"),
         ("Safari", "safari"),
     ];
-    if let Some((_, family)) = FAMILIES.iter().find(|(token, _)| ua.contains(token)) {
-        return Some((*family).to_owned());
-    }
-    ua.split(['/', ' ', ';', '('])
-        .find(|w| !w.is_empty())
-        .map(str::to_lowercase)
+    FAMILIES
+        .iter()
+        .find(|(token, _)| ua.contains(token))
+        .map(|(_, family)| *family)
+}
+
+/// A user agent's first product name.
+fn first_product(ua: &str) -> Option<&str> {
+    ua.split(['/', ' ', ';', '(']).find(|w| !w.is_empty())
 }
 
 /// Per-slot values of a lead with the event time each was seen at, in
@@ -248,6 +313,32 @@ mod tests {
         assert_eq!(browser_family("okhttp/4.9").as_deref(), Some("okhttp"));
         let call = json!({"event": "call_completed", "properties": {"outcome": "appointment_set"}});
         assert_eq!(values(&call)[4].as_deref(), Some("appointment_set"));
+    }
+
+    /// The live scorer's allocation-free hashes are the hashes of the
+    /// values training sees, whatever the case, spacing or script.
+    #[test]
+    fn hashes_are_the_hashes_of_the_values() {
+        let events = [
+            json!({}),
+            json!({"event": " call_completed ", "platform": " WEB ",
+                "context": {"lead_channel": "  ", "utm_source": " Bitauto", "os": "Android/14",
+                            "user_agent": "  ", "locale": "ZH-cn", "utm_campaign": ""},
+                "properties": {"outcome": " Not_Interested", "model_id": " X5 ", "action": "share"}}),
+            json!({"event": "content_engaged", "platform": "mini_program",
+                "context": {"lead_channel": "Dealer Walk-In", "os": "  ÉOS Ünïx 3", "user_agent": "Ärger/1.0 (X)",
+                            "locale": "DE-ÄT"},
+                "properties": {"action": "Video_Play", "outcome": "ignored", "form_type": "Türkçe İ",
+                               "purchase_timeframe": " 3-6M "}}),
+            json!({"event": "page_viewed",
+                "context": {"user_agent": "Mozilla/5.0 (Linux) Chrome/120 SamsungBrowser/23 Safari/537"},
+                "properties": {"model_id": "ÄÖ"}}),
+            json!({"event": "page_viewed", "context": {"user_agent": "(;/ ", "os": "/ /"}}),
+        ];
+        for e in events {
+            let want = values(&e).map(|v| v.as_deref().map_or(NONE, hash));
+            assert_eq!(hashes(&e), want, "{e}");
+        }
     }
 
     #[test]

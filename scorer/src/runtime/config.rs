@@ -102,6 +102,20 @@ pub struct ScorerConfig {
     /// writes at moderate load, for a higher score latency.
     #[arg(long, env = "LEADSTREAM_SCORER_BATCH_FILL")]
     pub batch_fill: bool,
+    /// How often the score loop makes its work durable: awaits its
+    /// outputs' acks, writes each lead changed since the last time to the
+    /// changelog once, and commits the records applied (Kafka Streams'
+    /// `commit.interval.ms`). Scores are sent as each event is applied,
+    /// whatever this is. Longer: fewer changelog writes under load (a lead
+    /// with many events in the interval is written once); a crash or
+    /// rebalance re-applies (and re-sends the same scores for) at most this
+    /// much. 0: after every batch.
+    #[arg(
+        long,
+        env = "LEADSTREAM_SCORER_COMMIT_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub commit_interval_ms: u64,
     /// Stream threads. Each runs both stages on consumers of its own
     /// (as Kafka Streams' `num.stream.threads`), so the partitions of this
     /// instance are scored on that many cores. Threads beyond the partition

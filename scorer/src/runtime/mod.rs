@@ -209,6 +209,8 @@ pub async fn run_with_clock(
                 idle: Duration::from_millis(cfg.idle_ms),
                 last_read: Default::default(),
                 reported: Default::default(),
+                commit_interval: Duration::from_millis(cfg.commit_interval_ms),
+                uncommitted: Default::default(),
             },
             batching,
             LagGauge::new(metrics::CONSUMER_LAG, ("stage", "score")),

@@ -1,8 +1,9 @@
-//! Stage two: `<prefix>.by_lead` → scores, merges and the changelog. Per
-//! batch: process, wait for every output to be acked, write the changed
-//! leads to the changelog, wait, commit input offsets. A crash anywhere
-//! replays from the last commit; leads restored from a newer changelog skip
-//! what they already applied.
+//! Stage two: `<prefix>.by_lead` → scores, merges and the changelog. Each
+//! batch is applied and its outputs sent at once; every commit interval
+//! the loop waits for those outputs to be acked, writes the leads changed
+//! since the last commit to the changelog (each once), waits, and commits
+//! the input offsets. A crash anywhere replays from the last commit; leads
+//! restored from a newer changelog skip what they already applied.
 
 use anyhow::Context as _;
 use std::{
@@ -83,6 +84,29 @@ pub struct ScoreLoop {
     pub last_read: HashMap<i32, Instant>,
     /// What this loop last added to the process-wide gauges.
     pub reported: Reported,
+    /// How often applied work is made durable and committed (0: every batch).
+    pub commit_interval: Duration,
+    pub uncommitted: Uncommitted,
+}
+
+/// Work applied since the last commit: the outputs still in flight and the
+/// offsets to commit once they and the changelog have landed.
+pub struct Uncommitted {
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    /// by_lead partition → the offset after its last applied record.
+    offsets: std::collections::BTreeMap<i32, i64>,
+    /// Since when: the last commit, or the start.
+    since: Instant,
+}
+
+impl Default for Uncommitted {
+    fn default() -> Self {
+        Self {
+            deliveries: Vec::new(),
+            offsets: Default::default(),
+            since: Instant::now(),
+        }
+    }
 }
 
 /// A score loop's share of the leads and schedule gauges, which sum the
@@ -118,6 +142,8 @@ impl BatchStage for ScoreLoop {
             tracing::info!(partition = p, "partition revoked; state dropped");
             self.processor.revoke(p);
             self.last_read.remove(&p);
+            // Its next owner applies again what was not committed.
+            self.uncommitted.offsets.remove(&p);
         }
         // Records of a partition revoked while this batch was read belong
         // to its next owner, which reads them from the committed offset.
@@ -189,10 +215,67 @@ impl BatchStage for ScoreLoop {
             }
         }
         let deliveries = self.send_routes(outputs).await;
-        // Outputs first, then state: a changelog entry implies its outputs landed.
+        self.uncommitted.deliveries.extend(deliveries);
+        for (_, p, next) in next_offsets(batch.iter().filter(|m| !stale(m))) {
+            self.uncommitted.offsets.insert(p, next);
+        }
+        self.reported
+            .report(self.processor.leads(), self.processor.scheduled());
         let t_process = t0.elapsed();
+        if self.uncommitted.since.elapsed() < self.commit_interval {
+            tracing::debug!(
+                records = batch.len(),
+                routed = records,
+                ?t_process,
+                "score batch"
+            );
+            return Ok(Vec::new());
+        }
+        let committed = self.commit().await?;
+        tracing::debug!(records = batch.len(), routed = records, ?t_process, total = ?t0.elapsed(), "score batch and commit");
+        // After a rebalance the new owner replays from the last commit;
+        // leads restored from a newer changelog skip what they applied.
+        Ok(committed)
+    }
+
+    /// After a failed batch: forget in-memory state (it may hold part of the
+    /// batch); it comes back from the changelog when the batch is read again.
+    fn forget(&mut self, consumer: &StreamConsumer<RebalanceTracker>) {
+        let owned: Vec<i32> = (0..self.topics.partitions)
+            .filter(|p| self.processor.owns(*p))
+            .collect();
+        for p in &owned {
+            self.processor.revoke(*p);
+            self.last_read.remove(p);
+        }
+        // Read again from the last commit.
+        self.uncommitted = Uncommitted::default();
+        // Still ours: restored at the next step, records or not.
+        consumer
+            .context()
+            .assigned
+            .lock()
+            .expect("assigned lock")
+            .extend(owned);
+    }
+
+    /// At stop: what was applied since the last commit is made durable.
+    async fn drain(&mut self) -> anyhow::Result<Offsets> {
+        self.commit().await
+    }
+}
+
+impl ScoreLoop {
+    /// Makes what was applied since the last commit durable: outputs
+    /// first, then state (a changelog entry implies its outputs landed),
+    /// then the offsets to commit.
+    async fn commit(&mut self) -> anyhow::Result<Offsets> {
+        let Uncommitted {
+            deliveries,
+            offsets,
+            ..
+        } = std::mem::take(&mut self.uncommitted);
         await_deliveries(deliveries).await?;
-        let t_outputs = t0.elapsed();
         let mut state_writes = Vec::new();
         let mut expired = 0u64;
         for (p, records) in self.processor.take_changelog() {
@@ -208,37 +291,14 @@ impl BatchStage for ScoreLoop {
             }
         }
         metrics::counter!(LEADS_EXPIRED).increment(expired);
-        let n_state = state_writes.len();
+        tracing::debug!(state_writes = state_writes.len(), "changelog");
         await_deliveries(state_writes).await?;
-        self.reported
-            .report(self.processor.leads(), self.processor.scheduled());
-        tracing::debug!(records = batch.len(), routed = records, n_state, ?t_process, ?t_outputs, total = ?t0.elapsed(), "score batch");
-        // After a rebalance the new owner replays from the last commit;
-        // leads restored from a newer changelog skip what they applied.
-        Ok(next_offsets(batch.iter().filter(|m| !stale(m))))
+        Ok(offsets
+            .into_iter()
+            .map(|(p, next)| (self.topics.by_lead.clone(), p, next))
+            .collect())
     }
 
-    /// After a failed batch: forget in-memory state (it may hold part of the
-    /// batch); it comes back from the changelog when the batch is read again.
-    fn forget(&mut self, consumer: &StreamConsumer<RebalanceTracker>) {
-        let owned: Vec<i32> = (0..self.topics.partitions)
-            .filter(|p| self.processor.owns(*p))
-            .collect();
-        for p in &owned {
-            self.processor.revoke(*p);
-            self.last_read.remove(p);
-        }
-        // Still ours: restored at the next step, records or not.
-        consumer
-            .context()
-            .assigned
-            .lock()
-            .expect("assigned lock")
-            .extend(owned);
-    }
-}
-
-impl ScoreLoop {
     /// Partition `p`'s leads from the changelog, unless already held.
     async fn restore(&mut self, p: i32) -> anyhow::Result<()> {
         restore(
