@@ -113,13 +113,32 @@ pub struct ReadError(#[from] prost::DecodeError);
 
 /// The routed records of one `by_lead` record, with the lead each is for.
 pub fn read_record(key: &[u8], value: &[u8]) -> Result<Vec<Routed>, ReadError> {
+    let mut out = Vec::new();
+    read_record_into(key, value, &mut out)?;
+    Ok(out)
+}
+
+/// [`read_record`] into `out`, which is cleared first and keeps its
+/// capacity: a batch record holds thousands of routed records, and a
+/// fresh vector for each grows through fresh pages the kernel must zero.
+pub fn read_record_into(key: &[u8], value: &[u8], out: &mut Vec<Routed>) -> Result<(), ReadError> {
+    out.clear();
     if key == ROUTED_BATCH_KEY.as_bytes() {
-        return Ok(RoutedBatch::decode(value)?.routed);
+        let mut batch = RoutedBatch {
+            routed: std::mem::take(out),
+        };
+        let read = batch.merge(value);
+        *out = batch.routed;
+        if read.is_err() {
+            out.clear();
+        }
+        return Ok(read?);
     }
     let mut routed = Routed::decode(value)?;
     // Before batching the key named the lead.
     routed.lead_id = String::from_utf8_lossy(key).into_owned();
-    Ok(vec![routed])
+    out.push(routed);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub struct ScoringConfig {
     /// Rule points at which the rule score reaches 63 (1 − 1/e of 100).
     pub scale: f64,
     /// Points per unit of (decayed) intent, by reason code.
-    pub weights: BTreeMap<String, f64>,
+    pub weights: Weights,
     pub grades: Grades,
     pub stages: Stages,
     /// How long a reactivated lead keeps the flag.
@@ -26,6 +26,34 @@ pub struct ScoringConfig {
     pub model_weight: f64,
     /// With a model, how often a lead above low is re-checked for a grade change.
     pub model_recheck_hours: f64,
+}
+
+/// The rule weights as configured (reason code → points), and by signal
+/// for scoring, which reads all of them for every score.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(from = "BTreeMap<String, f64>")]
+pub struct Weights {
+    by_code: BTreeMap<String, f64>,
+    by_signal: [f64; Signal::ALL.len()],
+}
+
+impl From<BTreeMap<String, f64>> for Weights {
+    fn from(by_code: BTreeMap<String, f64>) -> Self {
+        let by_signal = Signal::ALL.map(|s| by_code.get(s.code()).copied().unwrap_or(0.0));
+        Self { by_code, by_signal }
+    }
+}
+
+impl Weights {
+    /// The configured reason codes.
+    pub fn codes(&self) -> impl Iterator<Item = &str> {
+        self.by_code.keys().map(String::as_str)
+    }
+
+    /// Points per unit of `signal`'s intent (0 when not configured).
+    pub fn of(&self, signal: Signal) -> f64 {
+        self.by_signal[signal.index()]
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -74,12 +102,12 @@ impl ScoringConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let known: Vec<&str> = Signal::ALL.iter().map(|s| s.code()).collect();
-        if self.weights.contains_key("prior_purchase") {
+        if self.weights.codes().any(|k| k == "prior_purchase") {
             return Err(ConfigError::Invalid(
                 "weights.prior_purchase is no longer a rule: a purchase is a stage (customer, retained), and owners are scored for upgrade by their own behaviour; remove the line".into(),
             ));
         }
-        if let Some(k) = self.weights.keys().find(|k| !known.contains(&k.as_str())) {
+        if let Some(k) = self.weights.codes().find(|k| !known.contains(k)) {
             return Err(ConfigError::Invalid(format!(
                 "weights.{k} is not a reason code; known: {}",
                 known.join(", ")
@@ -132,8 +160,12 @@ impl ScoringConfig {
         (self.model_recheck_hours * crate::HOUR_MS as f64) as i64
     }
 
+    #[cfg(test)]
     fn weight(&self, code: &str) -> f64 {
-        self.weights.get(code).copied().unwrap_or(0.0)
+        Signal::ALL
+            .iter()
+            .find(|s| s.code() == code)
+            .map_or(0.0, |&s| self.weights.of(s))
     }
 
     /// Rule points by reason code at `now_ms`, largest first.
@@ -141,12 +173,7 @@ impl ScoringConfig {
         let intent = state.intent_at(now_ms, self.half_life_ms());
         let mut out: Vec<(&'static str, f64)> = Signal::ALL
             .iter()
-            .map(|s| {
-                (
-                    s.code(),
-                    self.weight(s.code()) * f64::from(intent[s.index()]),
-                )
-            })
+            .map(|s| (s.code(), self.weights.of(*s) * f64::from(intent[s.index()])))
             .filter(|(_, p)| *p > 0.0)
             .collect();
         // Ties broken by code so replays give identical reasons.

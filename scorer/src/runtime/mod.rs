@@ -211,6 +211,7 @@ pub async fn run_with_clock(
                 reported: Default::default(),
                 commit_interval: Duration::from_millis(cfg.commit_interval_ms),
                 uncommitted: Default::default(),
+                routed: Vec::new(),
             },
             batching,
             LagGauge::new(metrics::CONSUMER_LAG, ("stage", "score")),

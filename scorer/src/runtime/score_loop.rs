@@ -36,7 +36,7 @@ use crate::{
     event::{from_facts, from_plan},
     processor::{Input, Output, Place, Processor, ScoreRecord, Skipped},
     proto::{Body, Routed},
-    routing::{batch_records, position, read_record},
+    routing::{batch_records, position, read_record_into},
     train::TrainedModel,
 };
 
@@ -87,6 +87,9 @@ pub struct ScoreLoop {
     /// How often applied work is made durable and committed (0: every batch).
     pub commit_interval: Duration,
     pub uncommitted: Uncommitted,
+    /// The routed records of the `by_lead` record being applied, kept
+    /// between records for its capacity.
+    pub routed: Vec<Routed>,
 }
 
 /// Work applied since the last commit: the outputs still in flight and the
@@ -188,17 +191,19 @@ impl BatchStage for ScoreLoop {
                 metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
                 continue;
             };
-            let routed = match read_record(key, payload) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(partition = p, offset = m.offset(), error = %e, "unreadable by_lead record skipped");
-                    metrics::counter!(SKIPPED, "reason" => "unreadable").increment(1);
-                    continue;
-                }
-            };
+            let mut routed = std::mem::take(&mut self.routed);
+            if let Err(e) = read_record_into(key, payload, &mut routed) {
+                tracing::error!(partition = p, offset = m.offset(), error = %e, "unreadable by_lead record skipped");
+                metrics::counter!(SKIPPED, "reason" => "unreadable").increment(1);
+                self.routed = routed;
+                continue;
+            }
             records += routed.len() as u64;
-            self.apply(p, m.offset(), routed, model, &mut outputs)
-                .await?;
+            let applied = self
+                .apply(p, m.offset(), &mut routed, model, &mut outputs)
+                .await;
+            self.routed = routed;
+            applied?;
         }
         metrics::counter!(RECORDS).increment(records);
         // Time: leads whose grade or stage changed with no event. An idle
@@ -319,7 +324,7 @@ impl ScoreLoop {
         &mut self,
         p: i32,
         offset: i64,
-        routed: Vec<Routed>,
+        routed: &mut Vec<Routed>,
         model: Option<&dyn crate::score::Model>,
         outputs: &mut Outputs,
     ) -> anyhow::Result<()> {
@@ -346,7 +351,7 @@ impl ScoreLoop {
                 .collect();
             (places, self.identity.applied())
         };
-        for (i, (routed, place)) in routed.into_iter().zip(places).enumerate() {
+        for (i, (routed, place)) in routed.drain(..).zip(places).enumerate() {
             let at = position(offset, i);
             let Routed { lead_id, body, .. } = routed;
             let Some(input) = input_of(&self.decoder, body).await else {
