@@ -6,9 +6,13 @@
 //! of the per-event cost. A `Datum` borrows strings from the record bytes
 //! and field names from the schema: one allocation per record, array or map.
 
+mod projection;
+
 use std::collections::HashMap;
 
 use apache_avro::schema::{Name, RecordSchema, Schema, UuidSchema};
+
+pub use projection::{Paths, Projection};
 
 /// One decoded value. Unions are transparent (the chosen branch's value);
 /// logical types appear as their underlying type.
@@ -222,6 +226,7 @@ pub enum DatumError {
 
 /// A writer schema prepared for reading: named types indexed so references
 /// resolve without a search.
+#[derive(Clone)]
 pub struct DatumReader {
     schema: &'static Schema,
     names: HashMap<Name, &'static Schema>,

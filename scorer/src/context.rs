@@ -7,7 +7,7 @@
 
 use leadstream_schemas::hash::fnv1a32;
 
-use crate::event::PlanFields;
+use crate::event::{PlanField as F, PlanFields};
 
 /// Where a slot's value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +65,8 @@ pub fn hash_normalised(value: &str) -> u32 {
     fnv1a32(v.bytes().map(|b| b.to_ascii_lowercase()))
 }
 
-fn text<'a, E: PlanFields + ?Sized>(e: &'a E, path: &[&str]) -> Option<&'a str> {
-    e.str_at(path).map(str::trim).filter(|s| !s.is_empty())
+fn text<E: PlanFields + ?Sized>(e: &E, field: F) -> Option<&str> {
+    e.str_at(field).map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// The category values one tracking-plan event carries, by slot. Channel
@@ -74,27 +74,25 @@ fn text<'a, E: PlanFields + ?Sized>(e: &'a E, path: &[&str]) -> Option<&'a str> 
 /// the same value (the lead keeps the first and the newest).
 pub fn values<E: PlanFields + ?Sized>(e: &E) -> [Option<String>; CATEGORIES] {
     let lower = |s: Option<&str>| s.map(str::to_ascii_lowercase);
-    let channel = lower(
-        text(e, &["context", "lead_channel"]).or_else(|| text(e, &["context", "utm_source"])),
-    );
-    let event = text(e, &["event"]);
+    let channel = lower(text(e, F::LeadChannel).or_else(|| text(e, F::UtmSource)));
+    let event = text(e, F::Event);
     [
         channel.clone(),
-        lower(text(e, &["context", "utm_campaign"])),
-        lower(text(e, &["properties", "form_type"])),
-        lower(text(e, &["properties", "purchase_timeframe"])),
+        lower(text(e, F::UtmCampaign)),
+        lower(text(e, F::FormType)),
+        lower(text(e, F::PurchaseTimeframe)),
         (event == Some("call_completed"))
-            .then(|| lower(text(e, &["properties", "outcome"])))
+            .then(|| lower(text(e, F::Outcome)))
             .flatten(),
         (event == Some("content_engaged"))
-            .then(|| lower(text(e, &["properties", "action"])))
+            .then(|| lower(text(e, F::Action)))
             .flatten(),
-        text(e, &["properties", "model_id"]).map(str::to_owned),
-        text(e, &["context", "os"]).and_then(os_family),
-        text(e, &["context", "user_agent"]).and_then(browser_family),
-        lower(text(e, &["context", "locale"])),
+        text(e, F::ModelId).map(str::to_owned),
+        text(e, F::Os).and_then(os_family),
+        text(e, F::UserAgent).and_then(browser_family),
+        lower(text(e, F::Locale)),
         channel,
-        lower(text(e, &["platform"])),
+        lower(text(e, F::Platform)),
         None,
     ]
 }
@@ -113,33 +111,31 @@ pub fn month_hash(month: u32) -> u32 {
 /// Hashes of [`values`], computed without building the values: the live
 /// scorer takes these for every event.
 pub fn hashes<E: PlanFields + ?Sized>(e: &E) -> [u32; CATEGORIES] {
-    let ascii_lower = |path: &[&str]| text(e, path).map_or(NONE, hash_ascii_lower);
-    let channel = text(e, &["context", "lead_channel"])
-        .or_else(|| text(e, &["context", "utm_source"]))
+    let ascii_lower = |field: F| text(e, field).map_or(NONE, hash_ascii_lower);
+    let channel = text(e, F::LeadChannel)
+        .or_else(|| text(e, F::UtmSource))
         .map_or(NONE, hash_ascii_lower);
-    let event = text(e, &["event"]);
-    let when = |name: &str, path: &[&str]| {
+    let event = text(e, F::Event);
+    let when = |name: &str, field: F| {
         if event == Some(name) {
-            ascii_lower(path)
+            ascii_lower(field)
         } else {
             NONE
         }
     };
     [
         channel,
-        ascii_lower(&["context", "utm_campaign"]),
-        ascii_lower(&["properties", "form_type"]),
-        ascii_lower(&["properties", "purchase_timeframe"]),
-        when("call_completed", &["properties", "outcome"]),
-        when("content_engaged", &["properties", "action"]),
-        text(e, &["properties", "model_id"]).map_or(NONE, hash),
-        text(e, &["context", "os"])
-            .and_then(first_word)
-            .map_or(NONE, hash_lower),
-        text(e, &["context", "user_agent"]).map_or(NONE, browser_family_hash),
-        ascii_lower(&["context", "locale"]),
+        ascii_lower(F::UtmCampaign),
+        ascii_lower(F::FormType),
+        ascii_lower(F::PurchaseTimeframe),
+        when("call_completed", F::Outcome),
+        when("content_engaged", F::Action),
+        text(e, F::ModelId).map_or(NONE, hash),
+        text(e, F::Os).and_then(first_word).map_or(NONE, hash_lower),
+        text(e, F::UserAgent).map_or(NONE, browser_family_hash),
+        ascii_lower(F::Locale),
         channel,
-        ascii_lower(&["platform"]),
+        ascii_lower(F::Platform),
         NONE,
     ]
 }

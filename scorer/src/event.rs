@@ -1,6 +1,6 @@
 //! A tracking-plan event reduced to what scoring needs.
 
-use leadstream_schemas::datum::Datum;
+use leadstream_schemas::datum::{Datum, Paths};
 
 use crate::proto::EventFacts;
 use serde_json::Value as Json;
@@ -90,16 +90,91 @@ pub struct LeadEvent {
     pub categories: [u32; crate::context::CATEGORIES],
 }
 
-/// A decoded tracking-plan event read by path. Training reads events as
+/// The tracking-plan fields scoring reads (identity, scoring meaning,
+/// categorical context), each at its path in the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanField {
+    MessageId,
+    Event,
+    Timestamp,
+    Platform,
+    UserId,
+    UnionId,
+    PhoneHash,
+    AnonymousId,
+    PreviousId,
+    PageType,
+    VisitType,
+    Outcome,
+    ModelId,
+    OwnedModelId,
+    Price,
+    PurchaseDate,
+    DurationMs,
+    PageValue,
+    FormType,
+    PurchaseTimeframe,
+    Action,
+    LeadChannel,
+    UtmSource,
+    UtmCampaign,
+    SessionId,
+    IsBot,
+    Os,
+    UserAgent,
+    Locale,
+}
+
+/// The path of each [`PlanField`], in its order: the live scorer reads
+/// events through a projection of these paths.
+pub static PLAN_PATHS: &Paths = &[
+    &["message_id"],
+    &["event"],
+    &["timestamp"],
+    &["platform"],
+    &["user_id"],
+    &["union_id"],
+    &["phone_hash"],
+    &["anonymous_id"],
+    &["properties", "previous_id"],
+    &["properties", "page_type"],
+    &["properties", "visit_type"],
+    &["properties", "outcome"],
+    &["properties", "model_id"],
+    &["properties", "owned_model_id"],
+    &["properties", "price"],
+    &["properties", "purchase_date"],
+    &["properties", "duration_ms"],
+    &["properties", "page_value"],
+    &["properties", "form_type"],
+    &["properties", "purchase_timeframe"],
+    &["properties", "action"],
+    &["context", "lead_channel"],
+    &["context", "utm_source"],
+    &["context", "utm_campaign"],
+    &["context", "session_id"],
+    &["context", "is_bot"],
+    &["context", "os"],
+    &["context", "user_agent"],
+    &["context", "locale"],
+];
+
+impl PlanField {
+    pub fn path(self) -> &'static [&'static str] {
+        PLAN_PATHS[self as usize]
+    }
+}
+
+/// A decoded tracking-plan event read by field. Training reads events as
 /// JSON (files, ClickHouse rows); the live scorer reads the borrowed Avro
 /// datum. Both answer alike (JSON in the plan's shape is what
 /// `leadstream_schemas::codec::to_json` makes of the datum), so one mapping
 /// serves training and serving and the two cannot drift apart.
 pub trait PlanFields {
-    fn str_at(&self, path: &[&str]) -> Option<&str>;
-    fn i64_at(&self, path: &[&str]) -> Option<i64>;
-    fn f64_at(&self, path: &[&str]) -> Option<f64>;
-    fn bool_at(&self, path: &[&str]) -> Option<bool>;
+    fn str_at(&self, field: PlanField) -> Option<&str>;
+    fn i64_at(&self, field: PlanField) -> Option<i64>;
+    fn f64_at(&self, field: PlanField) -> Option<f64>;
+    fn bool_at(&self, field: PlanField) -> Option<bool>;
 }
 
 fn json_at<'a>(v: &'a Json, path: &[&str]) -> Option<&'a Json> {
@@ -107,17 +182,17 @@ fn json_at<'a>(v: &'a Json, path: &[&str]) -> Option<&'a Json> {
 }
 
 impl PlanFields for Json {
-    fn str_at(&self, path: &[&str]) -> Option<&str> {
-        json_at(self, path)?.as_str()
+    fn str_at(&self, field: PlanField) -> Option<&str> {
+        json_at(self, field.path())?.as_str()
     }
-    fn i64_at(&self, path: &[&str]) -> Option<i64> {
-        json_at(self, path)?.as_i64()
+    fn i64_at(&self, field: PlanField) -> Option<i64> {
+        json_at(self, field.path())?.as_i64()
     }
-    fn f64_at(&self, path: &[&str]) -> Option<f64> {
-        json_at(self, path)?.as_f64()
+    fn f64_at(&self, field: PlanField) -> Option<f64> {
+        json_at(self, field.path())?.as_f64()
     }
-    fn bool_at(&self, path: &[&str]) -> Option<bool> {
-        json_at(self, path)?.as_bool()
+    fn bool_at(&self, field: PlanField) -> Option<bool> {
+        json_at(self, field.path())?.as_bool()
     }
 }
 
@@ -135,31 +210,50 @@ fn datum_at<'d, 'a>(d: &'d Datum<'a>, path: &[&str]) -> Option<&'d Datum<'a>> {
 }
 
 impl PlanFields for Datum<'_> {
-    fn str_at(&self, path: &[&str]) -> Option<&str> {
-        datum_at(self, path)?.as_str()
+    fn str_at(&self, field: PlanField) -> Option<&str> {
+        datum_at(self, field.path())?.as_str()
     }
-    fn i64_at(&self, path: &[&str]) -> Option<i64> {
-        datum_at(self, path)?.as_i64()
+    fn i64_at(&self, field: PlanField) -> Option<i64> {
+        datum_at(self, field.path())?.as_i64()
     }
-    fn f64_at(&self, path: &[&str]) -> Option<f64> {
-        datum_at(self, path)?.as_f64()
+    fn f64_at(&self, field: PlanField) -> Option<f64> {
+        datum_at(self, field.path())?.as_f64()
     }
-    fn bool_at(&self, path: &[&str]) -> Option<bool> {
-        datum_at(self, path)?.as_bool()
+    fn bool_at(&self, field: PlanField) -> Option<bool> {
+        datum_at(self, field.path())?.as_bool()
     }
 }
 
-/// A non-empty string at `path`.
-fn s<E: PlanFields + ?Sized>(e: &E, path: &[&str]) -> Option<String> {
-    e.str_at(path).filter(|s| !s.is_empty()).map(str::to_owned)
+/// An event read through the projection of [`PLAN_PATHS`]
+/// ([`leadstream_schemas::Decoder::project`]): each field by its index.
+pub struct Projected<'d, 'a>(pub &'d [Datum<'a>]);
+
+impl PlanFields for Projected<'_, '_> {
+    fn str_at(&self, field: PlanField) -> Option<&str> {
+        self.0.get(field as usize)?.as_str()
+    }
+    fn i64_at(&self, field: PlanField) -> Option<i64> {
+        self.0.get(field as usize)?.as_i64()
+    }
+    fn f64_at(&self, field: PlanField) -> Option<f64> {
+        self.0.get(field as usize)?.as_f64()
+    }
+    fn bool_at(&self, field: PlanField) -> Option<bool> {
+        self.0.get(field as usize)?.as_bool()
+    }
+}
+
+/// A non-empty string at `field`.
+fn s<E: PlanFields + ?Sized>(e: &E, field: PlanField) -> Option<String> {
+    e.str_at(field).filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
 /// Maps a decoded tracking-plan event to its scoring meaning.
 pub fn from_plan<E: PlanFields + ?Sized>(e: &E) -> Option<LeadEvent> {
-    let event = s(e, &["event"])?;
-    let ts_ms = e.i64_at(&["timestamp"])?;
-    let prop = |name: &'static str| [PROPERTIES, name];
-    let page_type = s(e, &prop("page_type"));
+    use PlanField as F;
+    let event = s(e, F::Event)?;
+    let ts_ms = e.i64_at(F::Timestamp)?;
+    let page_type = s(e, F::PageType);
     let mut signals = Vec::with_capacity(2);
     match event.as_str() {
         "page_viewed" => {
@@ -179,17 +273,15 @@ pub fn from_plan<E: PlanFields + ?Sized>(e: &E) -> Option<LeadEvent> {
         "test_drive_booked" => signals.push(Signal::TestDrive),
         "lead_form_submitted" => signals.push(Signal::LeadForm),
         // A service visit keeps an owner engaged; it is not a showroom visit.
-        "store_visited" => {
-            signals.push(if s(e, &prop("visit_type")).as_deref() == Some("service") {
-                Signal::Engagement
-            } else {
-                Signal::StoreVisit
-            })
-        }
+        "store_visited" => signals.push(if s(e, F::VisitType).as_deref() == Some("service") {
+            Signal::Engagement
+        } else {
+            Signal::StoreVisit
+        }),
         "content_engaged" | "coupon_claimed" => signals.push(Signal::Engagement),
         "call_completed" => {
             if matches!(
-                s(e, &prop("outcome")).as_deref(),
+                s(e, F::Outcome).as_deref(),
                 Some("interested" | "appointment_set" | "callback_requested")
             ) {
                 signals.push(Signal::Engagement);
@@ -199,31 +291,29 @@ pub fn from_plan<E: PlanFields + ?Sized>(e: &E) -> Option<LeadEvent> {
     }
     let lost = event == "call_completed"
         && matches!(
-            s(e, &prop("outcome")).as_deref(),
+            s(e, F::Outcome).as_deref(),
             Some("not_interested" | "already_bought")
         );
-    let platform = s(e, &["platform"]).as_deref().and_then(Platform::parse);
+    let platform = s(e, F::Platform).as_deref().and_then(Platform::parse);
     Some(LeadEvent {
-        message_id: s(e, &["message_id"]).unwrap_or_default(),
+        message_id: s(e, F::MessageId).unwrap_or_default(),
         ts_ms,
         platform,
         signals,
-        model_id: s(e, &prop("model_id")).or_else(|| s(e, &prop("owned_model_id"))),
-        price: e.f64_at(&prop("price")),
-        channel: s(e, &["context", "lead_channel"]).or_else(|| s(e, &["context", "utm_source"])),
-        session_id: s(e, &["context", "session_id"]),
-        is_bot: e.bool_at(&["context", "is_bot"]).unwrap_or(false),
+        model_id: s(e, F::ModelId).or_else(|| s(e, F::OwnedModelId)),
+        price: e.f64_at(F::Price),
+        channel: s(e, F::LeadChannel).or_else(|| s(e, F::UtmSource)),
+        session_id: s(e, F::SessionId),
+        is_bot: e.bool_at(F::IsBot).unwrap_or(false),
         order: event == "order_placed" || event == "vehicle_delivered",
         lost,
-        purchase_ms: e.i64_at(&prop("purchase_date")),
-        duration_ms: e.i64_at(&prop("duration_ms")),
-        page_value: e.f64_at(&prop("page_value")),
+        purchase_ms: e.i64_at(F::PurchaseDate),
+        duration_ms: e.i64_at(F::DurationMs),
+        page_value: e.f64_at(F::PageValue),
         categories: crate::context::hashes(e),
         event,
     })
 }
-
-const PROPERTIES: &str = "properties";
 
 /// The `by_lead` form of an event's scoring meaning; `None` is an event
 /// that maps to nothing scorable (still routed: it advances its lead).

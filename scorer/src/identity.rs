@@ -6,7 +6,10 @@
 
 use std::collections::HashMap;
 
-use crate::{event::PlanFields, proto::Component};
+use crate::{
+    event::{PlanField, PlanFields},
+    proto::Component,
+};
 
 /// Prefix of anonymous (device, cookie, mini-program) identifiers.
 pub const ANONYMOUS: &str = "a:";
@@ -20,13 +23,13 @@ pub fn identifiers<E: PlanFields + ?Sized>(event: &E) -> Vec<String> {
             out.push(format!("{prefix}{s}"));
         }
     };
-    push("u:", event.str_at(&["user_id"]));
-    push("w:", event.str_at(&["union_id"]));
-    push("p:", event.str_at(&["phone_hash"]));
-    push(ANONYMOUS, event.str_at(&["anonymous_id"]));
-    if event.str_at(&["event"]) == Some("alias") {
+    push("u:", event.str_at(PlanField::UserId));
+    push("w:", event.str_at(PlanField::UnionId));
+    push("p:", event.str_at(PlanField::PhoneHash));
+    push(ANONYMOUS, event.str_at(PlanField::AnonymousId));
+    if event.str_at(PlanField::Event) == Some("alias") {
         // The earlier id of an alias is usually an anonymous id.
-        push(ANONYMOUS, event.str_at(&["properties", "previous_id"]));
+        push(ANONYMOUS, event.str_at(PlanField::PreviousId));
     }
     out
 }

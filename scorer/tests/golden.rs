@@ -241,7 +241,7 @@ async fn the_fixed_event_file_scores_exactly_as_recorded() {
 #[tokio::test]
 async fn json_and_datum_map_every_fixture_event_alike() {
     use leadstream_scorer::{
-        event::{from_facts, from_plan, to_facts},
+        event::{PLAN_PATHS, Projected, from_facts, from_plan, to_facts},
         identity::identifiers,
         processor::Input,
         proto::Body,
@@ -263,6 +263,15 @@ async fn json_and_datum_map_every_fixture_event_alike() {
             .unwrap();
         assert_eq!(ids, identifiers(&decoded), "{line}");
         assert_eq!(event, from_plan(&decoded), "{line}");
+        // The stitcher's projection of the same bytes reads the same.
+        let projected = decoder
+            .project(&framed, PLAN_PATHS, |_, values| {
+                let e = Projected(values);
+                (identifiers(&e), from_plan(&e))
+            })
+            .await
+            .unwrap();
+        assert_eq!(projected, (ids.clone(), event.clone()), "{line}");
         let wire = to_facts(event.clone()).encode_to_vec();
         let facts = leadstream_scorer::proto::EventFacts::decode(wire.as_slice()).unwrap();
         assert_eq!(from_facts(facts).unwrap(), event);

@@ -8,7 +8,7 @@ use std::{
 use apache_avro::{reader::datum::GenericDatumReader, types::Value};
 
 use crate::{
-    datum::{Datum, DatumReader},
+    datum::{Datum, DatumReader, Paths, Projection},
     resolver::{ResolvedSchema, SchemaResolver},
 };
 
@@ -18,6 +18,30 @@ pub(super) struct Reader {
     schema: Arc<ResolvedSchema>,
     datum: GenericDatumReader<'static>,
     borrowed: DatumReader,
+    /// Projections compiled for this schema, by the address of their
+    /// (static) path list.
+    projections: RwLock<Vec<(usize, Arc<Projection>)>>,
+}
+
+impl Reader {
+    fn projection(&self, paths: &'static Paths) -> Arc<Projection> {
+        let key = paths.as_ptr() as usize;
+        let found = |list: &[(usize, Arc<Projection>)]| {
+            list.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, p)| Arc::clone(p))
+        };
+        if let Some(p) = found(&self.projections.read().expect("lock poisoned")) {
+            return p;
+        }
+        let mut list = self.projections.write().expect("lock poisoned");
+        if let Some(p) = found(&list) {
+            return p;
+        }
+        let p = Arc::new(Projection::new(&self.borrowed, paths));
+        list.push((key, Arc::clone(&p)));
+        p
+    }
 }
 
 /// Decodes framed bytes with the writer schema named by the frame, fetched
@@ -100,6 +124,26 @@ impl Decoder {
         Self::visit_with(&reader, bytes, f)
     }
 
+    /// Reads only the values at `paths` (see [`Projection`]) and hands
+    /// them to `f`, in path order, with the writer schema's id: for a
+    /// reader of a few fields of a wide datum. The projection is compiled
+    /// once per writer schema and path list.
+    pub async fn project<R>(
+        &self,
+        bytes: &[u8],
+        paths: &'static Paths,
+        f: impl FnOnce(u32, &[Datum<'_>]) -> R,
+    ) -> Result<R, DecodeError> {
+        let (id, datum) = split_frame(bytes)?;
+        let reader = self.reader(id).await?;
+        let projection = reader.projection(paths);
+        let values = projection.read(datum).map_err(|e| DecodeError::Datum {
+            id,
+            message: e.to_string(),
+        })?;
+        Ok(f(id, &values))
+    }
+
     fn visit_with<R>(
         reader: &Reader,
         bytes: &[u8],
@@ -157,6 +201,7 @@ impl Decoder {
             schema,
             datum,
             borrowed,
+            projections: Default::default(),
         });
         self.readers
             .write()

@@ -21,7 +21,7 @@ use super::{
     metrics::{EVENTS_ROUTED, LINKS_WRITTEN, STITCH_SKIPPED},
 };
 use crate::{
-    event::{from_plan, to_facts},
+    event::{PLAN_PATHS, Projected, from_plan, to_facts},
     identity::identifiers,
     identity_compaction::link_record,
     proto::{Body, Routed},
@@ -200,14 +200,17 @@ pub struct Read {
     pub body: Body,
 }
 
-/// Reads one framed event of the events topic, once: the borrowed datum
-/// gives the identifiers and the facts scoring needs, and only the facts
-/// travel on.
+/// Reads one framed event of the events topic, once and only the fields
+/// scoring reads ([`PLAN_PATHS`]): they give the identifiers and the facts
+/// scoring needs, and only the facts travel on.
 pub async fn read(decoder: &Decoder, framed: &[u8]) -> Result<Read, DecodeError> {
     decoder
-        .visit(framed, |_, datum| Read {
-            ids: identifiers(datum),
-            body: Body::Facts(to_facts(from_plan(datum))),
+        .project(framed, PLAN_PATHS, |_, values| {
+            let event = Projected(values);
+            Read {
+                ids: identifiers(&event),
+                body: Body::Facts(to_facts(from_plan(&event))),
+            }
         })
         .await
 }
