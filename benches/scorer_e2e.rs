@@ -8,13 +8,17 @@
 //! for a stable pass-through rate), LEADSTREAM_BENCH_EVENTS_PER_LEAD (50),
 //! LEADSTREAM_BENCH_RATE (events/s in the latency run, 2000),
 //! LEADSTREAM_BENCH_SECONDS (latency run length, 10),
-//! LEADSTREAM_BENCH_THREADS (the scorer's `--threads`, 2),
+//! LEADSTREAM_BENCH_THREADS (the scorer's `--threads`, 1 as its default:
+//! one stream thread's two stages already use both cores here, and with
+//! more the run starts with a rebalance, since the dev broker forms a group
+//! with its first member at once, where Kafka waits
+//! `group.initial.rebalance.delay.ms` for the others),
 //! LEADSTREAM_BENCH_PRELOAD (events written to an unrelated topic first, to
 //! measure on a broker that holds a day of data; 0).
 //! Ends with `scorer_e2e events_per_s=… passthrough_per_s=… ratio=…
 //! p50_ms=… p99_ms=… max_ms=… preload=… repeats=…` (repeats: score records
 //! of the latency run read twice: the same score produced again when a
-//! rebalance, here the second stream thread joining during the warm-up,
+//! rebalance, such as a second stream thread joining during the warm-up,
 //! hands a partition over and its new owner applies again what was not
 //! committed yet). The throughput run counts distinct score records only.
 
@@ -64,7 +68,7 @@ fn config(bootstrap: &str, run: &str) -> ScorerConfig {
     cfg.group = format!("{run}-group");
     cfg.replication_factor = 1;
     cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.threads = harness::knob("LEADSTREAM_BENCH_THREADS", 2);
+    cfg.threads = harness::knob("LEADSTREAM_BENCH_THREADS", 1);
     cfg
 }
 
@@ -180,6 +184,7 @@ async fn read_span(bootstrap: &str, topic: &str, n: usize) -> Span {
     let mut cpu_from = None;
     let mut seen = std::collections::HashSet::with_capacity(n);
     let mut repeats = 0usize;
+    let mut stamps = Vec::with_capacity(n);
     while seen.len() < n {
         let m = tokio::time::timeout(Duration::from_secs(120), consumer.recv())
             .await
@@ -199,13 +204,25 @@ async fn read_span(bootstrap: &str, topic: &str, n: usize) -> Span {
         let ts = m.timestamp().to_millis().unwrap();
         first = first.min(ts);
         last = last.max(ts);
+        stamps.push(ts);
     }
     let cores = harness::cpu().cores_since(&cpu_from.expect("n > 0"));
+    // Thousands of records produced in each second from the first.
+    let mut per_second = vec![0usize; ((last - first) / 1000 + 1) as usize];
+    for ts in stamps {
+        per_second[((ts - first) / 1000) as usize] += 1;
+    }
+    let timeline = per_second
+        .iter()
+        .map(|n| format!("{}k", n / 1000))
+        .collect::<Vec<_>>()
+        .join(" ");
     Span {
         first,
         last,
         cores,
         repeats,
+        timeline,
     }
 }
 
@@ -216,6 +233,8 @@ struct Span {
     last: i64,
     cores: String,
     repeats: usize,
+    /// Records per second of the span, in thousands.
+    timeline: String,
 }
 
 impl Span {
@@ -236,7 +255,7 @@ async fn main() {
     let per_lead: usize = harness::knob("LEADSTREAM_BENCH_EVENTS_PER_LEAD", 50);
     let rate: u64 = harness::knob("LEADSTREAM_BENCH_RATE", 2_000);
     let seconds: u64 = harness::knob("LEADSTREAM_BENCH_SECONDS", 10);
-    let threads: usize = harness::knob("LEADSTREAM_BENCH_THREADS", 2);
+    let threads: usize = harness::knob("LEADSTREAM_BENCH_THREADS", 1);
     let encoder = harness::plan_encoder().await;
     let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap, 5)
         .create()
@@ -300,9 +319,10 @@ async fn main() {
     let _ = passing.await;
     let passthrough_per_s = total as f64 / span.seconds();
     println!(
-        "pass-through: {total} events, first to last produce {:.2} s = {passthrough_per_s:.0} events/s; {}",
+        "pass-through: {total} events, first to last produce {:.2} s = {passthrough_per_s:.0} events/s; {}; per second: {}",
         span.seconds(),
-        span.cores
+        span.cores,
+        span.timeline
     );
 
     let started = Instant::now();
@@ -314,10 +334,11 @@ async fn main() {
     println!(
         "throughput: {total} events ({leads} leads x {per_lead}) scored in {wall:.1} s from start \
          (incl. group join); first to last score {:.2} s = {events_per_s:.0} events/s \
-         ({} repeated score records not counted); {}",
+         ({} repeated score records not counted); {}; per second: {}",
         span.seconds(),
         span.repeats,
-        span.cores
+        span.cores,
+        span.timeline
     );
 
     // Latency: scorer running and caught up, events at a steady rate.

@@ -8,6 +8,7 @@ pub mod lag;
 pub mod produce;
 pub mod rebalance_log;
 pub mod stage;
+pub mod tally;
 
 pub use admin::{TopicError, TopicSpec, ensure_topics, partition_count};
 pub use config::{
@@ -24,3 +25,4 @@ pub use produce::{
 };
 pub use rebalance_log::{RebalanceLog, log_rebalance};
 pub use stage::{BatchStage, Batching, Offsets, StageDriver};
+pub use tally::{Tallied, TallyProducer, tally_producer};

@@ -153,6 +153,7 @@ pub async fn run_with_clock(
     }
 
     let producer: FutureProducer = scorer_producer_config(&cfg, &kafka).create()?;
+    let tallied = leadstream_common::kafka::tally_producer(&scorer_producer_config(&cfg, &kafka))?;
 
     let batching = Batching {
         max: cfg.batch_max,
@@ -193,6 +194,7 @@ pub async fn run_with_clock(
             score_consumer,
             score_loop::ScoreLoop {
                 producer: producer.clone(),
+                out: leadstream_common::kafka::Tallied::new(tallied.clone()),
                 decoder: Arc::clone(&decoder),
                 encoder: Arc::clone(&encoder),
                 identity: identity.clone(),

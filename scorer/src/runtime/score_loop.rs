@@ -13,8 +13,8 @@ use std::{
 };
 
 use leadstream_common::kafka::{
-    BatchStage, Offsets, await_deliveries, next_offsets, partition_for, read_through_marker,
-    rewind_partitions_to_committed, send, send_tombstone,
+    BatchStage, Offsets, Tallied, await_deliveries, next_offsets, partition_for,
+    read_through_marker, rewind_partitions_to_committed,
 };
 use leadstream_schemas::{Decoder, Encoder};
 use rdkafka::{
@@ -69,7 +69,11 @@ impl ConsumerContext for RebalanceTracker {
 }
 
 pub struct ScoreLoop {
+    /// Merge routes to by_lead and restore markers.
     pub producer: FutureProducer,
+    /// Scores and the changelog: many records, counted rather than awaited
+    /// one by one.
+    pub out: Tallied,
     pub decoder: Arc<Decoder>,
     pub encoder: Arc<Encoder>,
     pub identity: IdentityLog,
@@ -255,6 +259,7 @@ impl BatchStage for ScoreLoop {
         }
         // Read again from the last commit.
         self.uncommitted = Uncommitted::default();
+        self.out.forget();
         // Still ours: restored at the next step, records or not.
         consumer
             .context()
@@ -281,23 +286,21 @@ impl ScoreLoop {
             ..
         } = std::mem::take(&mut self.uncommitted);
         await_deliveries(deliveries).await?;
-        let mut state_writes = Vec::new();
+        self.out.landed().await.context("producing scores")?;
+        let before = self.out.sent();
         let mut expired = 0u64;
         for (p, records) in self.processor.take_changelog() {
             for (k, v) in records {
-                let changelog = &self.topics.changelog;
-                state_writes.push(match v {
-                    Some(v) => send(&self.producer, changelog, p, &k, &v).await,
-                    None => {
-                        expired += 1;
-                        send_tombstone(&self.producer, changelog, p, &k).await
-                    }
-                });
+                // A tombstone (None) once the lead expired.
+                expired += u64::from(v.is_none());
+                self.out
+                    .send(&self.topics.changelog, p, &k, v.as_deref())
+                    .await;
             }
         }
         metrics::counter!(LEADS_EXPIRED).increment(expired);
-        tracing::debug!(state_writes = state_writes.len(), "changelog");
-        await_deliveries(state_writes).await?;
+        tracing::debug!(state_writes = self.out.sent() - before, "changelog");
+        self.out.landed().await.context("writing the changelog")?;
         Ok(offsets
             .into_iter()
             .map(|(p, next)| (self.topics.by_lead.clone(), p, next))
@@ -377,20 +380,13 @@ impl ScoreLoop {
 
     /// Queues a score on its topic at once; keeps a route for the batch's
     /// `by_lead` batch records.
-    async fn emit(&self, o: Output, outputs: &mut Outputs) -> anyhow::Result<()> {
+    async fn emit(&mut self, o: Output, outputs: &mut Outputs) -> anyhow::Result<()> {
         match o {
             Output::Score { record, .. } => {
                 let framed = encode_score(&self.encoder, &record)?;
-                outputs.deliveries.push(
-                    send(
-                        &self.producer,
-                        &self.topics.scores,
-                        -1,
-                        &record.lead_id,
-                        &framed,
-                    )
-                    .await,
-                );
+                self.out
+                    .send(&self.topics.scores, -1, &record.lead_id, Some(&framed))
+                    .await;
                 outputs.scores += 1;
             }
             Output::Route(r) => outputs.routes.push(r),
