@@ -294,17 +294,7 @@ impl DatumReader {
                     })?;
                 Datum::Enum(symbol)
             }
-            Schema::Union(u) => {
-                let index = read_long(input)?;
-                let branch = usize::try_from(index)
-                    .ok()
-                    .and_then(|i| u.variants().get(i))
-                    .ok_or(DatumError::BadUnionIndex {
-                        index,
-                        branches: u.variants().len(),
-                    })?;
-                self.read_schema(branch, input)?
-            }
+            Schema::Union(u) => self.read_schema(union_branch(input, u.variants())?, input)?,
             Schema::Record(r) => {
                 let mut values = Vec::with_capacity(r.fields.len());
                 for f in &r.fields {
@@ -363,6 +353,18 @@ fn collect_names(schema: &'static Schema, names: &mut HashMap<Name, &'static Sch
         Schema::Map(m) => collect_names(&m.types, names),
         _ => {}
     }
+}
+
+/// The branch a union datum takes (its index comes first).
+fn union_branch<'s, T>(input: &mut &[u8], branches: &'s [T]) -> Result<&'s T, DatumError> {
+    let index = read_long(input)?;
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| branches.get(i))
+        .ok_or(DatumError::BadUnionIndex {
+            index,
+            branches: branches.len(),
+        })
 }
 
 fn take<'a>(input: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], DatumError> {

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 
 use apache_avro::schema::{Name, Schema};
 
-use super::{Datum, DatumError, DatumReader, read_block_len, read_bytes, read_long, take};
+use super::{
+    Datum, DatumError, DatumReader, read_block_len, read_bytes, read_long, take, union_branch,
+};
 
 /// Paths into a record datum: record fields and map keys by name, unions
 /// unwrapped (as [`Datum`] reads them).
@@ -90,17 +92,7 @@ impl Projection {
                     }
                 }
             }
-            Node::Union(branches) => {
-                let index = read_long(input)?;
-                let branch = usize::try_from(index)
-                    .ok()
-                    .and_then(|i| branches.get(i))
-                    .ok_or(DatumError::BadUnionIndex {
-                        index,
-                        branches: branches.len(),
-                    })?;
-                self.walk(branch, input, out)?;
-            }
+            Node::Union(branches) => self.walk(union_branch(input, branches)?, input, out)?,
         }
         Ok(())
     }
@@ -145,17 +137,7 @@ impl Projection {
             | Schema::Uuid(apache_avro::schema::UuidSchema::Fixed(f)) => {
                 take(input, f.size, "fixed")?;
             }
-            Schema::Union(u) => {
-                let index = read_long(input)?;
-                let branch = usize::try_from(index)
-                    .ok()
-                    .and_then(|i| u.variants().get(i))
-                    .ok_or(DatumError::BadUnionIndex {
-                        index,
-                        branches: u.variants().len(),
-                    })?;
-                self.skip(branch, input)?;
-            }
+            Schema::Union(u) => self.skip(union_branch(input, u.variants())?, input)?,
             Schema::Record(r) => {
                 for f in &r.fields {
                     self.skip(&f.schema, input)?;
