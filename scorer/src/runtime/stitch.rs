@@ -79,29 +79,28 @@ impl BatchStage for Stitcher {
             // Nothing new: commit what has landed meanwhile.
             return self.drain().await;
         }
-        let mut reads = Vec::with_capacity(batch.len());
+        // (lead, body, links appended before it, log position applied then)
+        let mut routes = Vec::with_capacity(batch.len());
+        let mut links = Vec::new();
         for m in batch {
             let Some(payload) = m.payload() else {
                 metrics::counter!(STITCH_SKIPPED, "reason" => "empty").increment(1);
                 continue;
             };
-            match read(&self.decoder, payload).await {
+            let Read { ids, mut body } = match read(&self.decoder, payload).await {
                 Ok(r) if r.ids.is_empty() => {
                     metrics::counter!(STITCH_SKIPPED, "reason" => "no_identity").increment(1);
+                    continue;
                 }
-                Ok(r) => reads.push(r),
+                Ok(r) => r,
                 Err(e) => {
                     // Ingest validated it; a record that does not decode is
                     // not ours to fix. The sink keeps it in its dead letters.
                     tracing::error!(partition = m.partition(), offset = m.offset(), error = %e, "undecodable event skipped by the scorer");
                     metrics::counter!(STITCH_SKIPPED, "reason" => "undecodable").increment(1);
+                    continue;
                 }
-            }
-        }
-        // (lead, body, links appended before it, log position applied then)
-        let mut routes = Vec::with_capacity(reads.len());
-        let mut links = Vec::new();
-        for Read { ids, mut body } in reads {
+            };
             let needs_link = ids.len() > 1
                 && !self
                     .identity
