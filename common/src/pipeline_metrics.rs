@@ -191,11 +191,22 @@ pub fn spawn(
     )))
 }
 
-/// After the stop: waits for the last partial minute's rows, bounded, as
+/// How long a minute's rows may wait for their acks: bounded, as at a stop
 /// the broker may already be gone.
+const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+
+/// After the stop: waits for the last partial minute's rows. The publisher
+/// bounds its own wait; past a further margin it is cancelled, and this
+/// returns only once its producer is gone, so a caller that stops the
+/// broker next never has a client of this role reconnecting to it.
 pub async fn finish(publisher: Option<tokio::task::JoinHandle<()>>) {
-    if let Some(p) = publisher {
-        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    if let Some(mut p) = publisher
+        && tokio::time::timeout(PUBLISH_WAIT * 2, &mut p)
+            .await
+            .is_err()
+    {
+        p.abort();
+        let _ = p.await;
     }
 }
 
@@ -239,18 +250,42 @@ pub async fn publish(
             _ = stop.wait_for(|s| *s) => true,
         };
         let rows = reporter.rows(&handle.render(), minute as u32);
+        // Queued together and awaited together: one linger for the minute,
+        // not one per row (a role has dozens of series).
+        let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
             let Ok(json) = serde_json::to_vec(row) else {
                 continue;
             };
             let key = format!("{}|{}|{}", row.service, row.instance, row.metric);
             let record = FutureRecord::to(&topic).key(&key).payload(&json);
-            if let Err((e, _)) = producer.send(record, Duration::from_secs(10)).await {
-                tracing::warn!(error = %e, %topic, "a pipeline metrics row was not published");
-                break;
+            match producer.send_result(record) {
+                Ok(d) => deliveries.push(d),
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, %topic, "a pipeline metrics row was not queued");
+                    break;
+                }
+            }
+        }
+        let acked = tokio::time::timeout(PUBLISH_WAIT, async {
+            let mut lost = 0usize;
+            for d in deliveries {
+                if !matches!(d.await, Ok(Ok(_))) {
+                    lost += 1;
+                }
+            }
+            lost
+        });
+        match acked.await {
+            Ok(0) => {}
+            Ok(lost) => tracing::warn!(lost, %topic, "pipeline metrics rows were not published"),
+            Err(_) => {
+                tracing::warn!(%topic, "pipeline metrics rows unacknowledged after {PUBLISH_WAIT:?}")
             }
         }
         if stopped {
+            // The producer is dropped here, inside the task, so once
+            // `finish` returns no client of this role talks to the broker.
             return;
         }
         minute = next;

@@ -21,17 +21,18 @@ use crate::{identity::IdentityGraph, identity_compaction as compaction};
 pub struct IdentityLog {
     pub graph: Arc<Mutex<IdentityGraph>>,
     applied: watch::Receiver<u64>,
-    /// Stops the reader when the last copy goes (the scorer stopped), so
-    /// its consumer does not outlive the scorer and talk to a broker that
-    /// is going away.
-    _reader: Arc<AbortOnDrop>,
+    /// The reader task: [`IdentityLog::stop`] ends it and waits until its
+    /// consumer is closed; dropping the last copy only asks it to end.
+    reader: Arc<Reader>,
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct Reader(Mutex<Option<tokio::task::JoinHandle<()>>>);
 
-impl Drop for AbortOnDrop {
+impl Drop for Reader {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = self.0.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
     }
 }
 
@@ -81,8 +82,18 @@ impl IdentityLog {
         Ok(Self {
             graph,
             applied: rx,
-            _reader: Arc::new(AbortOnDrop(reader)),
+            reader: Arc::new(Reader(Mutex::new(Some(reader)))),
         })
+    }
+
+    /// Ends the reader and returns once its consumer is closed, so a
+    /// broker stopped next (the quickstart's) sees no client of it.
+    pub async fn stop(&self) {
+        let task = self.reader.0.lock().expect("reader lock").take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     /// How far the graph has applied the log.

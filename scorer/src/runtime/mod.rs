@@ -219,10 +219,6 @@ pub async fn run_with_clock(
             LagGauge::new(metrics::CONSUMER_LAG, ("stage", "score")),
         ));
     }
-    // The stages hold the only copies of the identity log now: its reader
-    // stops when the last stage does, and has closed its consumer by the
-    // time the roles after the scorer stop (the quickstart's broker last).
-    drop(identity);
     tracing::info!(%addr, kafka = %kafka, events = %topics.events, scores = %topics.scores, partitions, threads = cfg.threads, "scorer running");
     ready.set(true);
 
@@ -256,6 +252,7 @@ pub async fn run_with_clock(
     for (what, task) in tasks {
         task.await.with_context(|| format!("{what} task"))?;
     }
+    identity.stop().await;
     pipeline_metrics::finish(reporter).await;
     ready.set(false);
     tracing::info!("scorer stopped");
