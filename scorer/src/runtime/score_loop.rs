@@ -99,6 +99,8 @@ pub struct ScoreLoop {
 /// Work applied since the last commit: the outputs still in flight and the
 /// offsets to commit once they and the changelog have landed.
 pub struct Uncommitted {
+    /// Merge routes queued on by_lead (scores and the changelog are
+    /// counted by the loop's `Tallied`).
     deliveries: Vec<rdkafka::producer::DeliveryFuture>,
     /// by_lead partition → the offset after its last applied record.
     offsets: std::collections::BTreeMap<i32, i64>,
@@ -223,8 +225,7 @@ impl BatchStage for ScoreLoop {
                 self.emit(o, &mut outputs).await?;
             }
         }
-        let deliveries = self.send_routes(outputs).await;
-        self.uncommitted.deliveries.extend(deliveries);
+        self.send_routes(outputs).await;
         for (_, p, next) in next_offsets(batch.iter().filter(|m| !stale(m))) {
             self.uncommitted.offsets.insert(p, next);
         }
@@ -394,14 +395,10 @@ impl ScoreLoop {
         Ok(())
     }
 
-    /// Queues the batch's routes as batch records of their partitions;
-    /// returns every delivery of the batch.
-    async fn send_routes(&self, outputs: Outputs) -> Vec<rdkafka::producer::DeliveryFuture> {
-        let Outputs {
-            mut deliveries,
-            routes,
-            scores,
-        } = outputs;
+    /// Queues the batch's routes as batch records of their partitions,
+    /// their deliveries awaited at the next commit.
+    async fn send_routes(&mut self, outputs: Outputs) {
+        let Outputs { routes, scores } = outputs;
         metrics::counter!(SCORES).increment(scores);
         let partitions = self.topics.partitions;
         let routes = routes
@@ -411,17 +408,15 @@ impl ScoreLoop {
             &self.producer,
             &self.topics.by_lead,
             batch_records(routes, partitions),
-            &mut deliveries,
+            &mut self.uncommitted.deliveries,
         )
         .await;
-        deliveries
     }
 }
 
 /// What a batch has produced so far.
 #[derive(Default)]
 struct Outputs {
-    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
     /// Merge messages, sent as batch records at the end of the batch.
     routes: Vec<Routed>,
     /// Score records queued (counted once per batch).
