@@ -55,6 +55,10 @@ pub fn offset_of(position: i64) -> i64 {
 pub struct BatchRecords {
     open: Vec<(Vec<u8>, usize)>,
     closed: Vec<(i32, Vec<u8>)>,
+    /// Buffers of records already sent, given back by [`Self::recycle`]: a
+    /// record grows to hundreds of KiB, and a fresh buffer for each grows
+    /// through copies and fresh pages the kernel must zero.
+    spare: Vec<Vec<u8>>,
 }
 
 impl BatchRecords {
@@ -62,6 +66,29 @@ impl BatchRecords {
         Self {
             open: (0..partitions.max(1)).map(|_| Default::default()).collect(),
             closed: Vec::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Takes the (partition, value) pairs pushed so far, as [`Self::finish`]
+    /// does, leaving the batch empty and ready for more.
+    pub fn take(&mut self) -> Vec<(i32, Vec<u8>)> {
+        for (p, (bytes, n)) in self.open.iter_mut().enumerate() {
+            if *n > 0 {
+                self.closed.push((p as i32, std::mem::take(bytes)));
+                *n = 0;
+            }
+        }
+        std::mem::take(&mut self.closed)
+    }
+
+    /// Gives back a record's buffer once its bytes are sent (the producer
+    /// copies them), to be filled again.
+    pub fn recycle(&mut self, mut bytes: Vec<u8>) {
+        // One spare per partition is all a batch can use at once.
+        if self.spare.len() < self.open.len() {
+            bytes.clear();
+            self.spare.push(bytes);
         }
     }
 
@@ -75,8 +102,11 @@ impl BatchRecords {
             self.closed.push((partition, std::mem::take(bytes)));
             *n = 0;
         }
-        if bytes.is_empty() {
-            bytes.reserve(MAX_RECORD_BYTES.min(framed * 64));
+        if bytes.capacity() == 0 {
+            match self.spare.pop() {
+                Some(spare) => *bytes = spare,
+                None => bytes.reserve(MAX_RECORD_BYTES.min(framed * 64)),
+            }
         }
         prost::encoding::message::encode(1, routed, bytes);
         *n += 1;
@@ -85,12 +115,7 @@ impl BatchRecords {
     /// The (partition, value) pairs; records of one partition in the order
     /// they were pushed.
     pub fn finish(mut self) -> Vec<(i32, Vec<u8>)> {
-        for (p, (bytes, n)) in self.open.into_iter().enumerate() {
-            if n > 0 {
-                self.closed.push((p as i32, bytes));
-            }
-        }
-        self.closed
+        self.take()
     }
 }
 

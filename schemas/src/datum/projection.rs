@@ -20,24 +20,60 @@ pub type Paths = [&'static [&'static str]];
 /// The compiled reader of one writer schema for one list of paths.
 pub struct Projection {
     reader: DatumReader,
-    root: Node,
+    root: Op,
     slots: usize,
 }
 
-enum Node {
+/// One step of the compiled reader. A record's fields, and those of the
+/// records on a path below it (which Avro writes inline), are one flat
+/// list, and the common shapes off the paths (a primitive, or a union of
+/// null and a primitive) are read over without a look at their schema.
+enum Op {
     /// Off every path: read over.
-    Skip(&'static Schema),
+    Skip(Skip),
     /// The end of a path: its value goes to the slot.
-    Leaf(usize, &'static Schema),
-    /// A record on a path: a node per field, in the writer's order.
-    Record(Vec<Node>),
-    /// A map on a path: nodes for the keys on a path; other keys skipped.
+    Leaf(usize, Leaf),
+    /// Fields in the writer's order.
+    Seq(Vec<Op>),
+    /// A map on a path: a step for each key on a path; other keys skipped.
     Map {
-        keys: Vec<(&'static str, Node)>,
+        keys: Vec<(&'static str, Op)>,
         values: &'static Schema,
     },
-    /// A union on a path: a node per branch.
-    Union(Vec<Node>),
+    /// A union on a path: a step per branch.
+    Union(Vec<Op>),
+}
+
+/// How a value off the paths is read over.
+#[derive(Clone, Copy)]
+enum Skip {
+    Simple(Simple),
+    /// A union of null and a simple value: `present` is the value's branch.
+    Optional { present: i64, value: Simple },
+    /// Anything else, by its schema.
+    Schema(&'static Schema),
+}
+
+/// A value whose size its first bytes give.
+#[derive(Clone, Copy)]
+enum Simple {
+    Nothing,
+    Varint,
+    /// A length, then that many bytes.
+    Sized,
+    /// A fixed number of bytes, named for the error when they are missing.
+    Fixed(usize, &'static str),
+}
+
+/// How a value at a path's end is read.
+#[derive(Clone, Copy)]
+enum Leaf {
+    Value(&'static Schema),
+    /// A union of null and one other branch, `present`.
+    Optional {
+        present: i64,
+        value: &'static Schema,
+    },
 }
 
 impl Projection {
@@ -58,85 +94,80 @@ impl Projection {
     /// Reads one datum that must span all of `bytes`; the value at each
     /// path in its slot of the returned vector (path order).
     pub fn read<'a>(&'a self, bytes: &'a [u8]) -> Result<Vec<Datum<'a>>, DatumError> {
-        let mut out = vec![Datum::Null; self.slots];
+        // Not `vec![Datum::Null; n]`, which clones the value into each
+        // slot through Datum's Clone, a per-event cost of its own.
+        let mut out = Vec::with_capacity(self.slots);
+        out.resize_with(self.slots, || Datum::Null);
         let mut input = bytes;
-        self.walk(&self.root, &mut input, &mut out)?;
+        self.run(&self.root, &mut input, &mut out)?;
         if !input.is_empty() {
             return Err(DatumError::Trailing(input.len()));
         }
         Ok(out)
     }
 
-    fn walk<'a>(
+    fn run<'a>(
         &'a self,
-        node: &'a Node,
+        op: &'a Op,
         input: &mut &'a [u8],
         out: &mut [Datum<'a>],
     ) -> Result<(), DatumError> {
-        match node {
-            Node::Skip(schema) => self.skip(schema, input)?,
-            Node::Leaf(slot, schema) => out[*slot] = self.reader.read_schema(schema, input)?,
-            Node::Record(fields) => {
-                for f in fields {
-                    self.walk(f, input, out)?;
+        match op {
+            Op::Skip(skip) => self.skip_op(*skip, input)?,
+            Op::Leaf(slot, leaf) => out[*slot] = self.leaf(*leaf, input)?,
+            Op::Seq(ops) => {
+                for op in ops {
+                    self.run(op, input, out)?;
                 }
             }
-            Node::Map { keys, values } => {
+            Op::Map { keys, values } => {
                 while let Some(n) = read_block_len(input)? {
                     for _ in 0..n {
                         let key = read_bytes(input)?;
                         match keys.iter().find(|(k, _)| k.as_bytes() == key) {
-                            Some((_, node)) => self.walk(node, input, out)?,
+                            Some((_, op)) => self.run(op, input, out)?,
                             None => self.skip(values, input)?,
                         }
                     }
                 }
             }
-            Node::Union(branches) => self.walk(union_branch(input, branches)?, input, out)?,
+            Op::Union(branches) => self.run(union_branch(input, branches)?, input, out)?,
         }
         Ok(())
     }
 
+    fn leaf<'a>(&'a self, leaf: Leaf, input: &mut &'a [u8]) -> Result<Datum<'a>, DatumError> {
+        match leaf {
+            Leaf::Value(schema) => self.reader.read_schema(schema, input),
+            Leaf::Optional { present, value } => {
+                if optional_branch(input, present)? {
+                    self.reader.read_schema(value, input)
+                } else {
+                    Ok(Datum::Null)
+                }
+            }
+        }
+    }
+
+    fn skip_op(&self, skip: Skip, input: &mut &[u8]) -> Result<(), DatumError> {
+        match skip {
+            Skip::Simple(s) => skip_simple(s, input),
+            Skip::Optional { present, value } => {
+                if optional_branch(input, present)? {
+                    skip_simple(value, input)?;
+                }
+                Ok(())
+            }
+            Skip::Schema(schema) => self.skip(schema, input),
+        }
+    }
+
     /// Advances past one datum of `schema` without reading it into values.
     fn skip(&self, schema: &Schema, input: &mut &[u8]) -> Result<(), DatumError> {
+        if let Some(s) = simple(&self.reader.names, schema) {
+            return skip_simple(s, input);
+        }
         match schema {
-            Schema::Null => {}
-            Schema::Boolean => {
-                take(input, 1, "boolean")?;
-            }
-            Schema::Int
-            | Schema::Date
-            | Schema::TimeMillis
-            | Schema::Long
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos
-            | Schema::Enum(_) => {
-                read_long(input)?;
-            }
-            Schema::Float => {
-                take(input, 4, "float")?;
-            }
-            Schema::Double => {
-                take(input, 8, "double")?;
-            }
-            Schema::String
-            | Schema::Uuid(apache_avro::schema::UuidSchema::String)
-            | Schema::Bytes
-            | Schema::BigDecimal
-            | Schema::Uuid(apache_avro::schema::UuidSchema::Bytes)
-            | Schema::Decimal(_) => {
-                read_bytes(input)?;
-            }
-            Schema::Fixed(f)
-            | Schema::Duration(f)
-            | Schema::Uuid(apache_avro::schema::UuidSchema::Fixed(f)) => {
-                take(input, f.size, "fixed")?;
-            }
             Schema::Union(u) => self.skip(union_branch(input, u.variants())?, input)?,
             Schema::Record(r) => {
                 for f in &r.fields {
@@ -149,6 +180,8 @@ impl Projection {
                 p.skip(&m.types, input)
             })?,
             Schema::Ref { name } => self.skip(self.named(name)?, input)?,
+            // Every other schema is simple.
+            _ => unreachable!("a simple schema is skipped above"),
         }
         Ok(())
     }
@@ -186,20 +219,110 @@ impl Projection {
     }
 }
 
-/// The node reading `schema` for the (slot, rest of path) pairs that reach it.
+fn skip_simple(s: Simple, input: &mut &[u8]) -> Result<(), DatumError> {
+    match s {
+        Simple::Nothing => {}
+        Simple::Varint => {
+            read_long(input)?;
+        }
+        Simple::Sized => {
+            read_bytes(input)?;
+        }
+        Simple::Fixed(n, what) => {
+            take(input, n, what)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a two-branch union's index: whether it is the `present` branch
+/// (else the null one), refusing an index out of range as a union does.
+fn optional_branch(input: &mut &[u8], present: i64) -> Result<bool, DatumError> {
+    match read_long(input)? {
+        i if i == present => Ok(true),
+        i if i == 1 - present => Ok(false),
+        index => Err(DatumError::BadUnionIndex { index, branches: 2 }),
+    }
+}
+
+/// How a value of `schema` is read over when its bytes alone say how far
+/// (None for records, arrays, maps and unions, or an unknown name).
+fn simple(names: &HashMap<Name, &'static Schema>, schema: &Schema) -> Option<Simple> {
+    Some(match schema {
+        Schema::Null => Simple::Nothing,
+        Schema::Boolean => Simple::Fixed(1, "boolean"),
+        Schema::Int
+        | Schema::Date
+        | Schema::TimeMillis
+        | Schema::Long
+        | Schema::TimeMicros
+        | Schema::TimestampMillis
+        | Schema::TimestampMicros
+        | Schema::TimestampNanos
+        | Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros
+        | Schema::LocalTimestampNanos
+        | Schema::Enum(_) => Simple::Varint,
+        Schema::Float => Simple::Fixed(4, "float"),
+        Schema::Double => Simple::Fixed(8, "double"),
+        Schema::String
+        | Schema::Uuid(apache_avro::schema::UuidSchema::String)
+        | Schema::Bytes
+        | Schema::BigDecimal
+        | Schema::Uuid(apache_avro::schema::UuidSchema::Bytes)
+        | Schema::Decimal(_) => Simple::Sized,
+        Schema::Fixed(f)
+        | Schema::Duration(f)
+        | Schema::Uuid(apache_avro::schema::UuidSchema::Fixed(f)) => Simple::Fixed(f.size, "fixed"),
+        Schema::Ref { name } => return simple(names, names.get(name)?),
+        Schema::Union(_) | Schema::Record(_) | Schema::Array(_) | Schema::Map(_) => return None,
+    })
+}
+
+/// The branch of a union of null and one other schema that is not null.
+fn optional_of(schema: &'static Schema) -> Option<(i64, &'static Schema)> {
+    let Schema::Union(u) = schema else {
+        return None;
+    };
+    match u.variants() {
+        [Schema::Null, value] if !matches!(value, Schema::Null) => Some((1, value)),
+        [value, Schema::Null] if !matches!(value, Schema::Null) => Some((0, value)),
+        _ => None,
+    }
+}
+
+fn skip_of(names: &HashMap<Name, &'static Schema>, schema: &'static Schema) -> Skip {
+    if let Some(s) = simple(names, schema) {
+        return Skip::Simple(s);
+    }
+    if let Some((present, value)) = optional_of(schema)
+        && let Some(value) = simple(names, value)
+    {
+        return Skip::Optional { present, value };
+    }
+    Skip::Schema(schema)
+}
+
+/// The step reading `schema` for the (slot, rest of path) pairs that reach it.
 fn compile(
     names: &HashMap<Name, &'static Schema>,
     schema: &'static Schema,
     paths: &[(usize, &'static [&'static str])],
-) -> Node {
+) -> Op {
     if paths.is_empty() {
-        return Node::Skip(schema);
+        return Op::Skip(skip_of(names, schema));
     }
     if let Some(&(slot, _)) = paths.iter().find(|(_, rest)| rest.is_empty()) {
         // A path ends here (a container at a path's end is read whole).
-        return Node::Leaf(slot, schema);
+        return Op::Leaf(
+            slot,
+            match optional_of(schema) {
+                Some((present, value)) => Leaf::Optional { present, value },
+                None => Leaf::Value(schema),
+            },
+        );
     }
-    // Paths that go on below this node, with their first step taken.
+    // Paths that go on below this step, with their first step taken.
     let below = |name: &str| -> Vec<(usize, &'static [&'static str])> {
         paths
             .iter()
@@ -208,25 +331,30 @@ fn compile(
             .collect()
     };
     match schema {
-        Schema::Record(r) => Node::Record(
-            r.fields
-                .iter()
-                .map(|f| compile(names, &f.schema, &below(&f.name)))
-                .collect(),
-        ),
+        Schema::Record(r) => {
+            let mut ops = Vec::with_capacity(r.fields.len());
+            for f in &r.fields {
+                match compile(names, &f.schema, &below(&f.name)) {
+                    // A record's fields follow one another in the bytes.
+                    Op::Seq(inner) => ops.extend(inner),
+                    op => ops.push(op),
+                }
+            }
+            Op::Seq(ops)
+        }
         Schema::Map(m) => {
-            let mut keys: Vec<(&'static str, Node)> = Vec::new();
+            let mut keys: Vec<(&'static str, Op)> = Vec::new();
             for &(_, rest) in paths {
                 if !keys.iter().any(|(k, _)| *k == rest[0]) {
                     keys.push((rest[0], compile(names, &m.types, &below(rest[0]))));
                 }
             }
-            Node::Map {
+            Op::Map {
                 keys,
                 values: &m.types,
             }
         }
-        Schema::Union(u) => Node::Union(
+        Schema::Union(u) => Op::Union(
             u.variants()
                 .iter()
                 .map(|v| compile(names, v, paths))
@@ -235,10 +363,10 @@ fn compile(
         Schema::Ref { name } => match names.get(name) {
             Some(named) => compile(names, named, paths),
             // Read (and fail) as the datum reader would.
-            None => Node::Skip(schema),
+            None => Op::Skip(Skip::Schema(schema)),
         },
         // A path that goes on below a value with no fields is not there.
-        _ => Node::Skip(schema),
+        _ => Op::Skip(skip_of(names, schema)),
     }
 }
 
@@ -375,6 +503,35 @@ mod tests {
         assert_eq!(slots[5], Datum::Long(9));
         assert_eq!(slots[8], Datum::Enum("b"));
         assert_eq!(slots[9], Datum::Boolean(true));
+    }
+
+    #[test]
+    fn optional_fields_read_and_fail_as_unions_do() {
+        let schema = leak(
+            r#"{"type": "record", "name": "O", "fields": [
+                {"name": "a", "type": ["null", "string"]},
+                {"name": "b", "type": ["string", "null"]},
+                {"name": "c", "type": ["null", "long"]},
+                {"name": "d", "type": ["null", "string"]}
+            ]}"#,
+        );
+        static OPT: &Paths = &[&["a"], &["b"], &["d"]];
+        let reader = DatumReader::new(schema);
+        let projection = Projection::new(&reader, OPT);
+        // a = "x", b = "y", c = 5 (skipped), d = null.
+        let bytes = [2, 2, b'x', 0, 2, b'y', 2, 10, 0];
+        assert_eq!(
+            projection.read(&bytes).unwrap(),
+            [Datum::Str("x"), Datum::Str("y"), Datum::Null]
+        );
+        // An index past either branch, at a read field and at a skipped one.
+        for at in [0, 6] {
+            let mut bad = bytes;
+            bad[at] = 4;
+            let want = reader.read(&bad).unwrap_err();
+            assert_eq!(want, DatumError::BadUnionIndex { index: 2, branches: 2 });
+            assert_eq!(projection.read(&bad).unwrap_err(), want, "index at {at}");
+        }
     }
 
     #[test]

@@ -181,6 +181,7 @@ pub async fn run_with_clock(
                 identity: identity.clone(),
                 topics: topics.clone(),
                 in_flight: None,
+                records: crate::routing::BatchRecords::new(topics.partitions),
             },
             batching,
             LagGauge::new(metrics::CONSUMER_LAG, ("stage", "stitch")),

@@ -407,7 +407,7 @@ impl ScoreLoop {
         super::stitch::send_batch_records(
             &self.producer,
             &self.topics.by_lead,
-            batch_records(routes, partitions),
+            &batch_records(routes, partitions),
             &mut self.uncommitted.deliveries,
         )
         .await;

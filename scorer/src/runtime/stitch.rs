@@ -36,6 +36,9 @@ pub struct Stitcher {
     /// The previous batch's `by_lead` records, not yet known to be acked,
     /// and the offsets to commit once they are.
     pub in_flight: Option<InFlight>,
+    /// Where each batch's routes are encoded; empty between batches, its
+    /// buffers kept for the next.
+    pub records: BatchRecords,
 }
 
 /// Routes queued by one batch and what to commit once they are acked.
@@ -133,7 +136,7 @@ impl BatchStage for Stitcher {
             })
             .collect();
         let n_routed = routes.len() as u64;
-        let mut records = BatchRecords::new(self.topics.partitions);
+        let records = &mut self.records;
         for (lead, body, n_links, applied) in routes {
             let graph_offset = n_links
                 .checked_sub(1)
@@ -149,13 +152,17 @@ impl BatchStage for Stitcher {
             );
         }
         let mut deliveries = Vec::new();
+        let records = records.take();
         send_batch_records(
             &self.producer,
             &self.topics.by_lead,
-            records.finish(),
+            &records,
             &mut deliveries,
         )
         .await;
+        for (_, bytes) in records {
+            self.records.recycle(bytes);
+        }
         metrics::counter!(EVENTS_ROUTED).increment(n_routed);
         let previous = self.in_flight.replace(InFlight {
             deliveries,
@@ -169,6 +176,7 @@ impl BatchStage for Stitcher {
 
     fn forget(&mut self, _consumer: &StreamConsumer<RebalanceLog>) {
         self.in_flight = None;
+        self.records.take();
     }
 
     async fn drain(&mut self) -> anyhow::Result<Offsets> {
@@ -184,11 +192,11 @@ impl BatchStage for Stitcher {
 pub async fn send_batch_records(
     producer: &FutureProducer,
     by_lead: &str,
-    records: Vec<(i32, Vec<u8>)>,
+    records: &[(i32, Vec<u8>)],
     deliveries: &mut Vec<rdkafka::producer::DeliveryFuture>,
 ) {
     for (partition, value) in records {
-        deliveries.push(send(producer, by_lead, partition, ROUTED_BATCH_KEY, &value).await);
+        deliveries.push(send(producer, by_lead, *partition, ROUTED_BATCH_KEY, value).await);
     }
 }
 
