@@ -49,7 +49,10 @@ enum Op {
 enum Skip {
     Simple(Simple),
     /// A union of null and a simple value: `present` is the value's branch.
-    Optional { present: i64, value: Simple },
+    Optional {
+        present: i64,
+        value: Simple,
+    },
     /// Anything else, by its schema.
     Schema(&'static Schema),
 }
@@ -529,7 +532,13 @@ mod tests {
             let mut bad = bytes;
             bad[at] = 4;
             let want = reader.read(&bad).unwrap_err();
-            assert_eq!(want, DatumError::BadUnionIndex { index: 2, branches: 2 });
+            assert_eq!(
+                want,
+                DatumError::BadUnionIndex {
+                    index: 2,
+                    branches: 2
+                }
+            );
             assert_eq!(projection.read(&bad).unwrap_err(), want, "index at {at}");
         }
     }

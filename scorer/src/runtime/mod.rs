@@ -182,6 +182,7 @@ pub async fn run_with_clock(
                 topics: topics.clone(),
                 in_flight: None,
                 records: crate::routing::BatchRecords::new(topics.partitions),
+                routes: Vec::new(),
             },
             batching,
             LagGauge::new(metrics::CONSUMER_LAG, ("stage", "stitch")),

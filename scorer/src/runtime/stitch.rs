@@ -39,6 +39,8 @@ pub struct Stitcher {
     /// Where each batch's routes are encoded; empty between batches, its
     /// buffers kept for the next.
     pub records: BatchRecords,
+    /// Each batch's routes before they are encoded; empty between batches.
+    pub routes: Vec<(String, Body, usize, u64)>,
 }
 
 /// Routes queued by one batch and what to commit once they are acked.
@@ -82,8 +84,12 @@ impl BatchStage for Stitcher {
             // Nothing new: commit what has landed meanwhile.
             return self.drain().await;
         }
-        // (lead, body, links appended before it, log position applied then)
-        let mut routes = Vec::with_capacity(batch.len());
+        // (lead, body, links appended before it, log position applied then),
+        // in a vector kept from batch to batch: thousands of bodies are
+        // megabytes, and a fresh vector for each batch is fresh pages.
+        let mut routes = std::mem::take(&mut self.routes);
+        routes.clear();
+        routes.reserve(batch.len());
         let mut links = Vec::new();
         for m in batch {
             let Some(payload) = m.payload() else {
@@ -137,7 +143,7 @@ impl BatchStage for Stitcher {
             .collect();
         let n_routed = routes.len() as u64;
         let records = &mut self.records;
-        for (lead, body, n_links, applied) in routes {
+        for (lead, body, n_links, applied) in routes.drain(..) {
             let graph_offset = n_links
                 .checked_sub(1)
                 .map_or(applied, |i| applied.max(past[i]));
@@ -151,6 +157,7 @@ impl BatchStage for Stitcher {
                 &routed,
             );
         }
+        self.routes = routes;
         let mut deliveries = Vec::new();
         let records = records.take();
         send_batch_records(
