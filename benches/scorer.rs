@@ -224,6 +224,40 @@ fn bench(c: &mut Criterion) {
             black_box(score(&state, e.ts_ms, &blended, Some(&model)))
         })
     });
+    // A score as the scorer writes it to Kafka: the lead's record after an
+    // intent-heavy run of events, encoded and framed.
+    let record = {
+        let mut p = Processor::new(cfg.clone(), 6 * 3_600_000, false);
+        p.assign(0);
+        let mut graph = IdentityGraph::default();
+        let mut last = None;
+        for (i, e) in typical_events(7).into_iter().enumerate() {
+            let input = Input::Event {
+                event: Some(e),
+                anonymous: false,
+            };
+            for o in p
+                .handle(0, i as i64, "Lbench", input, &mut graph, 0, None)
+                .outputs
+            {
+                if let Output::Score { record, .. } = o {
+                    last = Some(record);
+                }
+            }
+        }
+        last.expect("a typical lead scores")
+    };
+    let encoder = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(harness::plan_encoder());
+    group.bench_function("encode_score", |b| {
+        b.iter(|| {
+            black_box(leadstream_scorer::runtime::score_loop::encode_score(
+                &encoder,
+                black_box(&record),
+            ))
+        })
+    });
     group.finish();
 
     // The summary line scripts read; update + score timed by hand here so

@@ -14,9 +14,12 @@
 //! with its first member at once, where Kafka waits
 //! `group.initial.rebalance.delay.ms` for the others),
 //! LEADSTREAM_BENCH_PRELOAD (events written to an unrelated topic first, to
-//! measure on a broker that holds a day of data; 0).
+//! measure on a broker that holds a day of data; 0),
+//! LEADSTREAM_BENCH_ROUNDS (3: the backlog is read that many times by the
+//! pass-through and by a fresh scorer in turn; the summary gives the
+//! median of each and the ratio of the medians).
 //! Ends with `scorer_e2e events_per_s=… passthrough_per_s=… ratio=…
-//! p50_ms=… p99_ms=… max_ms=… preload=… repeats=…` (repeats: score records
+//! p50_ms=… p99_ms=… max_ms=… preload=… repeats=… rounds=…` (repeats: score records
 //! of the latency run read twice: the same score produced again when a
 //! rebalance, such as a second stream thread joining during the warm-up,
 //! hands a partition over and its new owner applies again what was not
@@ -37,7 +40,7 @@ use leadstream_common::kafka::{
     BatchStage, Batching, LagGauge, Offsets, StageDriver, await_deliveries, next_offsets, send,
 };
 use leadstream_schemas::{EmbeddedResolver, Plan, codec::Decoder, codec::to_json};
-use leadstream_scorer::runtime::{ScorerConfig, run};
+use leadstream_scorer::runtime::{ScorerConfig, run as run_scorer};
 use rdkafka::{
     Message,
     consumer::{Consumer, DefaultConsumerContext, StreamConsumer},
@@ -244,6 +247,95 @@ impl Span {
     }
 }
 
+/// One pass-through of the `total` events on `events` (a group and a
+/// target topic of its own, named from `run`); its events/s.
+async fn passthrough_round(bootstrap: &str, events: &str, run: &str, total: usize) -> f64 {
+    let to = format!("{run}.passthrough");
+    harness::create_topic(bootstrap, &to, PARTITIONS).await;
+    let cfg = config(bootstrap, run);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let consumer: StreamConsumer =
+        leadstream_common::kafka::consumer_config(bootstrap, &format!("{run}-passthrough"))
+            .create()
+            .unwrap();
+    consumer.subscribe(&[events]).unwrap();
+    let driver = StageDriver::new(
+        "passthrough",
+        consumer,
+        PassThrough {
+            producer: leadstream_scorer::runtime::scorer_producer_config(&cfg, bootstrap)
+                .create()
+                .unwrap(),
+            to: to.clone(),
+        },
+        Batching {
+            max: cfg.batch_max,
+            max_bytes: cfg.batch_max_bytes,
+            wait_ms: cfg.batch_ms,
+            close_when_drained: !cfg.batch_fill,
+        },
+        LagGauge::new("bench_lag", ("stage", "passthrough")),
+    );
+    let passing = tokio::spawn(driver.run_until(stop_rx));
+    let span = read_span(bootstrap, &to, total).await;
+    let _ = stop_tx.send(true);
+    let _ = passing.await;
+    let per_s = total as f64 / span.seconds();
+    println!(
+        "pass-through: {total} events, first to last produce {:.2} s = {per_s:.0} events/s; {}; per second: {}",
+        span.seconds(),
+        span.cores,
+        span.timeline
+    );
+    per_s
+}
+
+/// A fresh scorer (topics and groups of its own, named from `run`) on the
+/// `total` events of `(leads, per_lead)` on `events`, stopped once every
+/// event is scored; its events/s, first score to last.
+async fn scorer_round(
+    bootstrap: &str,
+    events: &str,
+    run: &str,
+    total: usize,
+    (leads, per_lead): (usize, usize),
+) -> f64 {
+    let mut cfg = config(bootstrap, run);
+    cfg.shared.topics.events = events.to_owned();
+    let scores_topic = cfg.shared.topics.scores.clone();
+    let started = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let scorer = tokio::spawn(run_scorer(cfg, async move {
+        let _ = stop_rx.await;
+    }));
+    let span = read_span(bootstrap, &scores_topic, total).await;
+    let wall = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(());
+    scorer.await.unwrap().unwrap();
+    let per_s = total as f64 / span.seconds();
+    println!(
+        "throughput: {total} events ({leads} leads x {per_lead}) scored in {wall:.1} s from start \
+         (incl. group join); first to last score {:.2} s = {per_s:.0} events/s \
+         ({} repeated score records not counted); {}; per second: {}",
+        span.seconds(),
+        span.repeats,
+        span.cores,
+        span.timeline
+    );
+    per_s
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    if xs.len().is_multiple_of(2) {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    } else {
+        xs[mid]
+    }
+}
+
 #[tokio::main]
 async fn main() {
     if !harness::under_cargo_bench() {
@@ -257,6 +349,7 @@ async fn main() {
     let rate: u64 = harness::knob("LEADSTREAM_BENCH_RATE", 2_000);
     let seconds: u64 = harness::knob("LEADSTREAM_BENCH_SECONDS", 10);
     let threads: usize = harness::knob("LEADSTREAM_BENCH_THREADS", 1);
+    let rounds: usize = harness::knob("LEADSTREAM_BENCH_ROUNDS", 3).max(1);
     let encoder = harness::plan_encoder().await;
     let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap, 5)
         .create()
@@ -280,67 +373,37 @@ async fn main() {
         );
     }
 
-    // Throughput: a backlog of events; the pass-through reads it, then the
-    // scorer does, one after the other on the same broker.
+    // Throughput: a backlog of events, read in rounds by the pass-through
+    // and by a fresh scorer in turn, on the same broker. The cores here
+    // are shared virtual ones whose speed swings by up to half for a
+    // second at a time (benches/README.md): rounds in turn, and the median
+    // of each, keep one slow second from deciding the ratio.
     let run1 = format!("sbench{}a", std::process::id());
-    let cfg = config(&bootstrap, &run1);
-    harness::create_topic(&bootstrap, &cfg.shared.topics.events, PARTITIONS).await;
+    let events = format!("{run1}.events");
+    harness::create_topic(&bootstrap, &events, PARTITIONS).await;
     let total = leads * per_lead;
-    let events = &cfg.shared.topics.events;
-    harness::produce_events(&producer, &encoder, events, backlog(leads, per_lead)).await;
-
-    let passthrough_topic = format!("{run1}.passthrough");
-    harness::create_topic(&bootstrap, &passthrough_topic, PARTITIONS).await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let consumer: StreamConsumer =
-        leadstream_common::kafka::consumer_config(&bootstrap, &format!("{run1}-passthrough"))
-            .create()
-            .unwrap();
-    consumer.subscribe(&[&cfg.shared.topics.events]).unwrap();
-    let driver = StageDriver::new(
-        "passthrough",
-        consumer,
-        PassThrough {
-            producer: leadstream_scorer::runtime::scorer_producer_config(&cfg, &bootstrap)
-                .create()
-                .unwrap(),
-            to: passthrough_topic.clone(),
-        },
-        Batching {
-            max: cfg.batch_max,
-            max_bytes: cfg.batch_max_bytes,
-            wait_ms: cfg.batch_ms,
-            close_when_drained: !cfg.batch_fill,
-        },
-        LagGauge::new("bench_lag", ("stage", "passthrough")),
-    );
-    let passing = tokio::spawn(driver.run_until(stop_rx));
-    let span = read_span(&bootstrap, &passthrough_topic, total).await;
-    let _ = stop_tx.send(true);
-    let _ = passing.await;
-    let passthrough_per_s = total as f64 / span.seconds();
-    println!(
-        "pass-through: {total} events, first to last produce {:.2} s = {passthrough_per_s:.0} events/s; {}; per second: {}",
-        span.seconds(),
-        span.cores,
-        span.timeline
-    );
-
-    let started = Instant::now();
-    let scores_topic = cfg.shared.topics.scores.clone();
-    tokio::spawn(run(cfg, std::future::pending()));
-    let span = read_span(&bootstrap, &scores_topic, total).await;
-    let wall = started.elapsed().as_secs_f64();
-    let events_per_s = total as f64 / span.seconds();
-    println!(
-        "throughput: {total} events ({leads} leads x {per_lead}) scored in {wall:.1} s from start \
-         (incl. group join); first to last score {:.2} s = {events_per_s:.0} events/s \
-         ({} repeated score records not counted); {}; per second: {}",
-        span.seconds(),
-        span.repeats,
-        span.cores,
-        span.timeline
-    );
+    harness::produce_events(&producer, &encoder, &events, backlog(leads, per_lead)).await;
+    let (mut passthrough_rates, mut scorer_rates) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let rate = passthrough_round(&bootstrap, &events, &format!("{run1}p{round}"), total).await;
+        passthrough_rates.push(rate);
+        let rate = scorer_round(
+            &bootstrap,
+            &events,
+            &format!("{run1}s{round}"),
+            total,
+            (leads, per_lead),
+        )
+        .await;
+        scorer_rates.push(rate);
+        println!(
+            "round {round}: scorer {rate:.0} events/s, pass-through {:.0} events/s, ratio {:.2}",
+            passthrough_rates[round - 1],
+            rate / passthrough_rates[round - 1]
+        );
+    }
+    let passthrough_per_s = median(&passthrough_rates);
+    let events_per_s = median(&scorer_rates);
 
     // Latency: scorer running and caught up, events at a steady rate.
     let run2 = format!("sbench{}b", std::process::id());
@@ -348,7 +411,7 @@ async fn main() {
     harness::create_topic(&bootstrap, &cfg.shared.topics.events, PARTITIONS).await;
     let scores_topic = cfg.shared.topics.scores.clone();
     let events_topic = cfg.shared.topics.events.clone();
-    tokio::spawn(run(cfg, std::future::pending()));
+    tokio::spawn(run_scorer(cfg, std::future::pending()));
     // Warm-up: rounds of one event per lead, each waited for (groups
     // joined, caches warm).
     // (lead, its event count once the event is applied) → produce time.
@@ -483,7 +546,7 @@ async fn main() {
         read_at.last().unwrap(),
     );
     println!(
-        "scorer_e2e events_per_s={events_per_s:.0} passthrough_per_s={passthrough_per_s:.0} ratio={:.2} p50_ms={} p99_ms={} max_ms={} preload={preload} repeats={}",
+        "scorer_e2e events_per_s={events_per_s:.0} passthrough_per_s={passthrough_per_s:.0} ratio={:.2} p50_ms={} p99_ms={} max_ms={} preload={preload} repeats={} rounds={rounds}",
         events_per_s / passthrough_per_s,
         p(&read_at, 0.5),
         p(&read_at, 0.99),

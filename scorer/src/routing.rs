@@ -24,6 +24,9 @@ pub const MAX_ROUTED_PER_RECORD: usize = (1 << INDEX_BITS) - 1;
 /// `message.max.bytes` that brokers and librdkafka default to.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 
+/// Most bytes of record buffers a [`BatchRecords`] keeps between batches.
+const MAX_SPARE_BYTES: usize = 32 * MAX_RECORD_BYTES;
+
 /// Where a routed record sits in its `by_lead` partition: the offset of the
 /// Kafka record that carries it and its index there, packed so positions
 /// order as (offset, index) do. Offsets up to 2^47 fit.
@@ -85,8 +88,12 @@ impl BatchRecords {
     /// Gives back a record's buffer once its bytes are sent (the producer
     /// copies them), to be filled again.
     pub fn recycle(&mut self, mut bytes: Vec<u8>) {
-        // One spare per partition is all a batch can use at once.
-        if self.spare.len() < self.open.len() {
+        // A busy batch closes records at the size limit, so it needs as
+        // many buffers as it has records; past that, spares are memory
+        // held for nothing (at most MAX_SPARE_BYTES).
+        if (self.spare.len() + 1) * MAX_RECORD_BYTES <= MAX_SPARE_BYTES
+            && bytes.capacity() >= MAX_RECORD_BYTES
+        {
             bytes.clear();
             self.spare.push(bytes);
         }
@@ -105,7 +112,10 @@ impl BatchRecords {
         if bytes.capacity() == 0 {
             match self.spare.pop() {
                 Some(spare) => *bytes = spare,
-                None => bytes.reserve(MAX_RECORD_BYTES.min(framed * 64)),
+                // The size a record closes at plus the one routed record
+                // that may take it over: a buffer is filled once, not grown
+                // through copies. Pages untouched cost nothing.
+                None => bytes.reserve_exact(MAX_RECORD_BYTES + framed),
             }
         }
         prost::encoding::message::encode(1, routed, bytes);

@@ -1,6 +1,6 @@
 //! Avro binary written straight from JSON or a view while validating it.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use apache_avro::schema::{EnumSchema, RecordField, RecordSchema, Schema, UnionSchema};
 use serde_json::{Map, Value as Json};
@@ -243,6 +243,18 @@ pub(super) fn write_record_view(
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     let layout = layouts.get(record, view.names());
+    write_record_laid_out(layouts, record, &layout, view, path, out)
+}
+
+/// [`write_record_view`] with the view's layout for `record` already found.
+fn write_record_laid_out(
+    layouts: &Layouts,
+    record: &RecordSchema,
+    layout: &Layout,
+    view: &dyn FieldView,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     if let Some(extra) = layout.extra {
         return Err(EncodeError::AdditionalProperty {
             field: Path::Field(path, extra).to_string(),
@@ -275,12 +287,58 @@ fn write_value(
         }),
         Field::Null => write_avro(schema, Some(&Json::Null), path, out),
         Field::Json(j) => write_avro(schema, Some(j), path, out),
-        Field::Long(n) => write_avro(schema, Some(&Json::from(n)), path, out),
-        Field::Bool(b) => write_avro(schema, Some(&Json::Bool(b)), path, out),
+        Field::Long(n) => write_long_as(schema, n, path, out),
+        Field::Bool(b) => write_bool(schema, b, path, out),
         Field::Double(x) => write_double(schema, x, path, out),
         Field::Text(t) => write_text(schema, t, path, out),
         Field::Record(r) => write_view_as(layouts, schema, r, path, out),
         Field::List(l) => write_list(layouts, schema, l, path, out),
+    }
+}
+
+/// An integer where `schema` expects a long or a timestamp (or a union
+/// holding one); anything else goes the JSON way for the same bytes or
+/// error (an int checks its range there).
+fn write_long_as(
+    schema: &Schema,
+    n: i64,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    match schema {
+        Schema::Long | Schema::TimestampMillis => {
+            write_long(n, out);
+            Ok(())
+        }
+        Schema::Union(union) => write_branch(
+            union,
+            out,
+            |variant, out| write_long_as(variant, n, path, out),
+            || mismatch(path, "null", &Json::from(n)),
+        ),
+        other => write_avro(other, Some(&Json::from(n)), path, out),
+    }
+}
+
+/// A boolean where `schema` expects one, as [`write_long_as`] does.
+fn write_bool(
+    schema: &Schema,
+    b: bool,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    match schema {
+        Schema::Boolean => {
+            out.push(u8::from(b));
+            Ok(())
+        }
+        Schema::Union(union) => write_branch(
+            union,
+            out,
+            |variant, out| write_bool(variant, b, path, out),
+            || mismatch(path, "null", &Json::Bool(b)),
+        ),
+        other => write_avro(other, Some(&Json::Bool(b)), path, out),
     }
 }
 
@@ -323,8 +381,26 @@ fn write_list(
         Schema::Array(a) => {
             if !list.is_empty() {
                 write_long(list.len() as i64, out);
+                // Items of one view type share a layout: found once for the
+                // list, not once per item.
+                let mut laid_out: Option<(*const &str, Arc<Layout>)> = None;
                 for i in 0..list.len() {
-                    write_value(layouts, &a.items, list.item(i), &Path::Index(path, i), out)?;
+                    let item_path = Path::Index(path, i);
+                    match (a.items.as_ref(), list.item(i)) {
+                        (Schema::Record(record), Field::Record(view)) => {
+                            let names = view.names();
+                            let layout = match &laid_out {
+                                Some((key, layout)) if *key == names.as_ptr() => layout,
+                                _ => {
+                                    &laid_out
+                                        .insert((names.as_ptr(), layouts.get(record, names)))
+                                        .1
+                                }
+                            };
+                            write_record_laid_out(layouts, record, layout, view, &item_path, out)?
+                        }
+                        (items, item) => write_value(layouts, items, item, &item_path, out)?,
+                    }
                 }
             }
             out.push(0);

@@ -54,9 +54,11 @@ impl IdentityLog {
                 match consumer.recv().await {
                     Ok(m) => {
                         let next = m.offset() as u64 + 1;
-                        match compaction::read(m.key(), m.payload()) {
+                        let record = compaction::read(m.key(), m.payload());
+                        let mut graph = g.lock().expect("graph lock");
+                        match record {
                             Ok(record) => {
-                                if !compaction::apply(&mut g.lock().expect("graph lock"), &record) {
+                                if !compaction::apply(&mut graph, &record) {
                                     tracing::error!(
                                         offset = m.offset(),
                                         "identity link without ids skipped"
@@ -69,8 +71,11 @@ impl IdentityLog {
                                 "unreadable identity record skipped"
                             ),
                         }
-                        metrics::gauge!(super::metrics::IDENTITY_APPLIED).set(next as f64);
+                        // Under the graph's lock: whoever reads the graph
+                        // under it reads the position of what it holds.
                         tx.send_replace(next);
+                        drop(graph);
+                        metrics::gauge!(super::metrics::IDENTITY_APPLIED).set(next as f64);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "identity log read failed; retrying");
@@ -96,7 +101,8 @@ impl IdentityLog {
         }
     }
 
-    /// How far the graph has applied the log.
+    /// How far the graph has applied the log; read under the graph's lock,
+    /// exactly what the graph holds.
     pub fn applied(&self) -> u64 {
         *self.applied.borrow()
     }

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     event::{PLAN_PATHS, Projected, from_plan, to_facts},
-    identity::identifiers,
+    identity::{IdentityGraph, identifiers},
     identity_compaction::link_record,
     proto::{Body, Routed},
     routing::{BatchRecords, ROUTED_BATCH_KEY},
@@ -39,8 +39,9 @@ pub struct Stitcher {
     /// Where each batch's routes are encoded; empty between batches, its
     /// buffers kept for the next.
     pub records: BatchRecords,
-    /// Each batch's routes before they are encoded; empty between batches.
-    pub routes: Vec<(String, Body, usize, u64)>,
+    /// Each batch's routes (lead, body, links appended before it) before
+    /// they are encoded; empty between batches.
+    pub routes: Vec<(String, Body, usize)>,
 }
 
 /// Routes queued by one batch and what to commit once they are acked.
@@ -84,8 +85,8 @@ impl BatchStage for Stitcher {
             // Nothing new: commit what has landed meanwhile.
             return self.drain().await;
         }
-        // (lead, body, links appended before it, log position applied then),
-        // in a vector kept from batch to batch: thousands of bodies are
+        // (lead, body, links appended before it), in a vector kept from
+        // batch to batch: thousands of bodies are
         // megabytes, and a fresh vector for each batch is fresh pages.
         let mut routes = std::mem::take(&mut self.routes);
         routes.clear();
@@ -110,25 +111,29 @@ impl BatchStage for Stitcher {
                     continue;
                 }
             };
-            let needs_link = ids.len() > 1
-                && !self
-                    .identity
-                    .graph
-                    .lock()
-                    .expect("graph lock")
-                    .already_linked(&ids);
-            if needs_link {
-                links.push(self.append_link(&ids).await);
-            }
-            let mut g = self.identity.graph.lock().expect("graph lock");
-            if needs_link {
-                g.link(&ids);
-            }
-            if let Body::Facts(facts) = &mut body {
-                facts.anonymous = g.is_anonymous(&ids);
-            }
-            routes.push((g.resolve(&ids), body, links.len(), self.identity.applied()));
+            // One lock for an event whose ids are linked already (most).
+            let linked = {
+                let mut g = self.identity.graph.lock().expect("graph lock");
+                (ids.len() <= 1 || g.already_linked(&ids)).then(|| route(&mut g, &ids, &mut body))
+            };
+            let lead = match linked {
+                Some(lead) => lead,
+                None => {
+                    links.push(self.append_link(&ids).await);
+                    let mut g = self.identity.graph.lock().expect("graph lock");
+                    g.link(&ids);
+                    route(&mut g, &ids, &mut body)
+                }
+            };
+            routes.push((lead, body, links.len()));
         }
+        // The log position the graph had reached once every route of the
+        // batch was resolved: at least what any of them was resolved with
+        // (an owner may wait for a little more than it needs, never less).
+        let applied = {
+            let _graph = self.identity.graph.lock().expect("graph lock");
+            self.identity.applied()
+        };
         let offsets = delivered_offsets(links)
             .await
             .context("appending to the identity log")?;
@@ -143,7 +148,7 @@ impl BatchStage for Stitcher {
             .collect();
         let n_routed = routes.len() as u64;
         let records = &mut self.records;
-        for (lead, body, n_links, applied) in routes.drain(..) {
+        for (lead, body, n_links) in routes.drain(..) {
             let graph_offset = n_links
                 .checked_sub(1)
                 .map_or(applied, |i| applied.max(past[i]));
@@ -205,6 +210,15 @@ pub async fn send_batch_records(
     for (partition, value) in records {
         deliveries.push(send(producer, by_lead, *partition, ROUTED_BATCH_KEY, value).await);
     }
+}
+
+/// The lead `ids` resolve to in `graph`, noting on `body` whether it is
+/// still anonymous.
+fn route(graph: &mut IdentityGraph, ids: &[String], body: &mut Body) -> String {
+    if let Body::Facts(facts) = body {
+        facts.anonymous = graph.is_anonymous(ids);
+    }
+    graph.resolve(ids)
 }
 
 /// What the stitcher reads from one framed event: the identifiers it routes
