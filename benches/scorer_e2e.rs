@@ -15,7 +15,7 @@
 //! `group.initial.rebalance.delay.ms` for the others),
 //! LEADSTREAM_BENCH_PRELOAD (events written to an unrelated topic first, to
 //! measure on a broker that holds a day of data; 0),
-//! LEADSTREAM_BENCH_ROUNDS (3: the backlog is read that many times by the
+//! LEADSTREAM_BENCH_ROUNDS (5: the backlog is read that many times by the
 //! pass-through and by a fresh scorer in turn; the summary gives the
 //! median of each and the ratio of the medians).
 //! Ends with `scorer_e2e events_per_s=… passthrough_per_s=… ratio=…
@@ -349,7 +349,7 @@ async fn main() {
     let rate: u64 = harness::knob("LEADSTREAM_BENCH_RATE", 2_000);
     let seconds: u64 = harness::knob("LEADSTREAM_BENCH_SECONDS", 10);
     let threads: usize = harness::knob("LEADSTREAM_BENCH_THREADS", 1);
-    let rounds: usize = harness::knob("LEADSTREAM_BENCH_ROUNDS", 3).max(1);
+    let rounds: usize = harness::knob("LEADSTREAM_BENCH_ROUNDS", 5).max(1);
     let encoder = harness::plan_encoder().await;
     let producer: FutureProducer = leadstream_common::kafka::producer_config(&bootstrap, 5)
         .create()

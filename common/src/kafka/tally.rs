@@ -90,6 +90,22 @@ impl Tallied {
     /// leaves the choice to the partitioner. A full queue is waited out;
     /// a record refused at once counts as a failed delivery.
     pub async fn send(&mut self, topic: &str, partition: i32, key: &str, value: Option<&[u8]>) {
+        while !self.try_send(topic, partition, key, value) {
+            tracing::debug!("producer queue full");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// [`Tallied::send`] without waiting: false when the producer's queue
+    /// is full, and then nothing was queued or counted. The hot path calls
+    /// this first, so no future is built for a record that goes at once.
+    pub fn try_send(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> bool {
         let mut record = BaseRecord::with_opaque_to(topic, Arc::clone(&self.tally)).key(key);
         if let Some(value) = value {
             record = record.payload(value);
@@ -97,24 +113,18 @@ impl Tallied {
         if partition >= 0 {
             record = record.partition(partition);
         }
-        self.sent += 1;
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    tracing::debug!("producer queue full");
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    record = r;
-                }
-                Err((e, _)) => {
-                    // Reported here, as the delivery callback would.
-                    let tally = &self.tally;
-                    tally.failed.lock().expect("tally lock").get_or_insert(e);
-                    tally.reported.fetch_add(1, Ordering::AcqRel);
-                    return;
-                }
+        match self.producer.send(record) {
+            Ok(()) => {}
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => return false,
+            Err((e, _)) => {
+                // Reported here, as the delivery callback would.
+                let tally = &self.tally;
+                tally.failed.lock().expect("tally lock").get_or_insert(e);
+                tally.reported.fetch_add(1, Ordering::AcqRel);
             }
         }
+        self.sent += 1;
+        true
     }
 
     /// Records queued since this sender was made or last [`Tallied::forget`].

@@ -358,7 +358,13 @@ impl ScoreLoop {
         for (i, (routed, place)) in routed.drain(..).zip(places).enumerate() {
             let at = position(offset, i);
             let Routed { lead_id, body, .. } = routed;
-            let Some(input) = input_of(&self.decoder, body).await else {
+            // Facts (every record stitchers write now) need no decoder: no
+            // future to build and move for each of them.
+            let input = match body {
+                Some(Body::Facts(facts)) => Some(facts_input(facts)),
+                other => input_of(&self.decoder, other).await,
+            };
+            let Some(input) = input else {
                 metrics::counter!(SKIPPED, "reason" => "empty").increment(1);
                 continue;
             };
@@ -373,7 +379,11 @@ impl ScoreLoop {
                 metrics::counter!(SKIPPED, "reason" => skipped_label(s)).increment(1);
             }
             for o in outcome.outputs {
-                self.emit(o, outputs).await?;
+                if let Some((key, framed)) = self.emit_now(o, outputs)? {
+                    self.out
+                        .send(&self.topics.scores, -1, &key, Some(&framed))
+                        .await;
+                }
             }
         }
         Ok(())
@@ -382,17 +392,35 @@ impl ScoreLoop {
     /// Queues a score on its topic at once; keeps a route for the batch's
     /// `by_lead` batch records.
     async fn emit(&mut self, o: Output, outputs: &mut Outputs) -> anyhow::Result<()> {
+        if let Some((key, framed)) = self.emit_now(o, outputs)? {
+            self.out
+                .send(&self.topics.scores, -1, &key, Some(&framed))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// [`Self::emit`] without waiting: a score the producer's queue had no
+    /// room for is handed back (lead id, framed record) to be sent.
+    fn emit_now(
+        &mut self,
+        o: Output,
+        outputs: &mut Outputs,
+    ) -> anyhow::Result<Option<(String, Vec<u8>)>> {
         match o {
             Output::Score { record, .. } => {
                 let framed = encode_score(&self.encoder, &record)?;
-                self.out
-                    .send(&self.topics.scores, -1, &record.lead_id, Some(&framed))
-                    .await;
                 outputs.scores += 1;
+                if !self
+                    .out
+                    .try_send(&self.topics.scores, -1, &record.lead_id, Some(&framed))
+                {
+                    return Ok(Some((record.lead_id, framed)));
+                }
             }
             Output::Route(r) => outputs.routes.push(r),
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Queues the batch's routes as batch records of their partitions,
@@ -428,13 +456,7 @@ struct Outputs {
 /// still an input (it advances the lead's offset).
 pub async fn input_of(decoder: &Decoder, body: Option<Body>) -> Option<Input> {
     Some(match body? {
-        Body::Facts(facts) => Input::Event {
-            anonymous: facts.anonymous,
-            event: from_facts(facts).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "unreadable event facts in by_lead");
-                None
-            }),
-        },
+        Body::Facts(facts) => facts_input(facts),
         // Written by scorers before 2026-12-05: the framed event itself.
         Body::Event(framed) => Input::Event {
             anonymous: false,
@@ -452,6 +474,17 @@ pub async fn input_of(decoder: &Decoder, body: Option<Body>) -> Option<Input> {
             state: s.state,
         },
     })
+}
+
+/// The processor's input for an event's facts.
+fn facts_input(facts: crate::proto::EventFacts) -> Input {
+    Input::Event {
+        anonymous: facts.anonymous,
+        event: from_facts(facts).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "unreadable event facts in by_lead");
+            None
+        }),
+    }
 }
 
 /// A score output's `lead_score` record, framed for Kafka.
