@@ -188,6 +188,36 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_is_refused_by_try_send_and_waited_out_by_send() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        // Records wait a second in the queue, which holds four.
+        let mut config = super::super::producer_config(&cluster.bootstrap_servers(), 1_000);
+        config.set("queue.buffering.max.messages", "4");
+        let mut sender = Tallied::new(tally_producer(&config).unwrap());
+        let mut accepted = 0;
+        while sender.try_send("t", 0, "k", Some(b"v".as_slice())) {
+            accepted += 1;
+            assert!(accepted <= 4, "the queue holds four records");
+        }
+        assert!(accepted >= 1);
+        // A refused record is neither queued nor counted.
+        assert_eq!(sender.sent(), accepted);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            sender.send("t", 0, "k", Some(b"v".as_slice())),
+        )
+        .await
+        .expect("the queue drains and the record goes");
+        assert_eq!(sender.sent(), accepted + 1);
+        tokio::time::timeout(std::time::Duration::from_secs(30), sender.landed())
+            .await
+            .expect("acks arrive")
+            .unwrap();
+        assert_eq!(sender.tally.reported.load(Ordering::Acquire), accepted + 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_record_kafka_refuses_fails_the_wait() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("t", 1, 1).unwrap();

@@ -106,6 +106,16 @@ async fn a_view_encodes_as_its_json_object_does() {
     float_for_long["properties"]["duration_ms"] = json!(1.5);
     let mut float_for_text = page_view();
     float_for_text["properties"]["model_id"] = json!(2.5);
+    // Longs and booleans have typed paths of their own: where the schema
+    // wants something else they must fail as the JSON value does.
+    let mut long_for_text = page_view();
+    long_for_text["properties"]["model_id"] = json!(7);
+    let mut bool_for_long = page_view();
+    bool_for_long["properties"]["duration_ms"] = json!(true);
+    let mut long_for_bool = page_view();
+    long_for_bool["context"]["is_bot"] = json!(1);
+    let mut bool_for_ts = page_view();
+    bool_for_ts["timestamp"] = json!(false);
     for e in [
         page_view(),
         bad_enum,
@@ -114,6 +124,10 @@ async fn a_view_encodes_as_its_json_object_does() {
         wrong_type,
         float_for_long,
         float_for_text,
+        long_for_text,
+        bool_for_long,
+        long_for_bool,
+        bool_for_ts,
     ] {
         let by_json = encoder.encode(&e).map(|x| x.bytes);
         let by_view = encoder
