@@ -21,7 +21,8 @@ pub use consume::{
 };
 pub use lag::LagGauge;
 pub use produce::{
-    DeliveryError, await_deliveries, delivered_offsets, partition_for, send, send_tombstone,
+    Delivery, DeliveryError, await_deliveries, delivered_offsets, partition_for, send,
+    send_tombstone,
 };
 pub use rebalance_log::{RebalanceLog, log_rebalance};
 pub use stage::{BatchStage, Batching, Offsets, StageDriver};

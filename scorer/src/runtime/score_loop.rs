@@ -101,7 +101,7 @@ pub struct ScoreLoop {
 pub struct Uncommitted {
     /// Merge routes queued on by_lead (scores and the changelog are
     /// counted by the loop's `Tallied`).
-    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    deliveries: Vec<leadstream_common::kafka::Delivery>,
     /// by_lead partition → the offset after its last applied record.
     offsets: std::collections::BTreeMap<i32, i64>,
     /// Since when: the last commit, or the start.

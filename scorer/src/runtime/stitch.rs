@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use leadstream_common::kafka::{
-    BatchStage, Offsets, RebalanceLog, await_deliveries, delivered_offsets, next_offsets,
+    BatchStage, Delivery, Offsets, RebalanceLog, await_deliveries, delivered_offsets, next_offsets,
     partition_for, send,
 };
 use leadstream_schemas::{Decoder, codec::DecodeError};
@@ -46,7 +46,7 @@ pub struct Stitcher {
 
 /// Routes queued by one batch and what to commit once they are acked.
 pub struct InFlight {
-    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    deliveries: Vec<Delivery>,
     offsets: Offsets,
 }
 
@@ -205,7 +205,7 @@ pub async fn send_batch_records(
     producer: &FutureProducer,
     by_lead: &str,
     records: &[(i32, Vec<u8>)],
-    deliveries: &mut Vec<rdkafka::producer::DeliveryFuture>,
+    deliveries: &mut Vec<Delivery>,
 ) {
     for (partition, value) in records {
         deliveries.push(send(producer, by_lead, *partition, ROUTED_BATCH_KEY, value).await);
@@ -245,7 +245,7 @@ pub async fn read(decoder: &Decoder, framed: &[u8]) -> Result<Read, DecodeError>
 
 impl Stitcher {
     /// Queues a link of `ids` on the identity log.
-    async fn append_link(&self, ids: &[String]) -> rdkafka::producer::DeliveryFuture {
+    async fn append_link(&self, ids: &[String]) -> Delivery {
         let (key, value) = link_record(ids);
         send(&self.producer, &self.topics.identity, 0, &key, &value).await
     }
