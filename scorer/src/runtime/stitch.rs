@@ -86,8 +86,8 @@ impl BatchStage for Stitcher {
             return self.drain().await;
         }
         // (lead, body, links appended before it), in a vector kept from
-        // batch to batch: thousands of bodies are
-        // megabytes, and a fresh vector for each batch is fresh pages.
+        // batch to batch: thousands of bodies are megabytes, and a fresh
+        // vector for each batch is fresh pages.
         let mut routes = std::mem::take(&mut self.routes);
         routes.clear();
         routes.reserve(batch.len());
